@@ -1,0 +1,36 @@
+"""Packaging for twisted-stow.
+
+The twistd plugin lives in ``plugins/`` and is installed into the shared
+``twisted.plugins`` namespace (no ``plugins/__init__.py``: shipping one would
+overwrite Twisted's own).  An editable install only exposes the plugin with
+``--config-settings editable_mode=strict`` (see ../shared/TWISTED.md, Q8).
+"""
+
+from setuptools import setup
+
+setup(
+    name="twisted-stow",
+    version="0.1.0",
+    description="Streaming DICOMweb STOW-RS server on Twisted and Klein",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["twisted_stow", "twisted_stow.storage", "twisted.plugins"],
+    package_dir={"twisted.plugins": "plugins"},
+    install_requires=[
+        "twisted>=24.7",
+        "klein>=24.8",
+        "pydicom>=3.0",
+        "zope.interface>=6",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "treq>=24.9",
+            "hypothesis>=6.100",
+            "dicomweb-client>=0.59",
+            "psutil>=5.9",
+        ],
+    },
+)

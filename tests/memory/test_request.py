@@ -1,0 +1,187 @@
+"""StreamingRequest inside a real HTTPChannel over StringTransport (no sockets)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from tests.dicom_files import CT, read
+from tests.helpers import build_multipart, multipart_content_type
+from twisted_stow.app import StowService
+from twisted_stow.config import StowConfig
+from twisted_stow.flow import HIGH_WATER_BYTES
+from twisted_stow.interfaces import IPartWriter, IStorage
+from twisted_stow.outcomes import InstanceRef
+from twisted_stow.request import channel_request_line
+from twisted_stow.site import StowSite
+from twisted_stow.storage import CommitResult
+
+BOUNDARY = "memory-boundary"
+IDLE_TIMEOUT_SECONDS = 5.0
+
+
+@implementer(IPartWriter)
+class HeldWriter:
+    """A writer whose bytes stay "in flight" until the test releases them."""
+
+    def __init__(self, flow: Any) -> None:
+        self.flow = flow
+        self.held = 0
+        self.data = bytearray()
+        self.aborted = False
+        self.staged_path = Path("/nonexistent")
+
+    def write(self, data: bytes | memoryview) -> None:
+        self.data += data
+        self.held += len(data)
+        self.flow.add(len(data))
+
+    def release(self) -> None:
+        held, self.held = self.held, 0
+        self.flow.done(held)
+
+    def finish(self) -> Deferred[int]:
+        self.release()
+        return succeed(len(self.data))
+
+    def commit(self, instance: InstanceRef, *, overwrite: bool) -> Deferred[CommitResult]:
+        return succeed(CommitResult.STORED)
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.release()
+
+
+@implementer(IStorage)
+class HeldStorage:
+    """Storage that never writes on its own: the test decides when bytes land."""
+
+    def __init__(self) -> None:
+        self.writers: list[HeldWriter] = []
+
+    def open_writer(self, flow: Any) -> HeldWriter:
+        writer = HeldWriter(flow)
+        self.writers.append(writer)
+        return writer
+
+
+def make_channel(storage: Any, clock: Clock) -> tuple[HTTPChannel, StringTransport]:
+    service = StowService(StowConfig(), storage, clock, lambda f, *a: maybeDeferred(f, *a))
+    site = StowSite(service, timeout=IDLE_TIMEOUT_SECONDS)
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    channel.callLater = clock.callLater  # type: ignore[method-assign]
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+def chunked_head() -> bytes:
+    return (
+        b"POST /studies HTTP/1.1\r\nHost: example\r\n"
+        + f"Content-Type: {multipart_content_type(BOUNDARY)}\r\n".encode()
+        + b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n" % len(data) + data + b"\r\n"
+
+
+def big_body(size: int) -> bytes:
+    """A multipart body with one part of ``size`` bytes (not DICOM: parsing only)."""
+    return build_multipart([b"x" * size], BOUNDARY)
+
+
+def test_storage_fakes_provide_their_interfaces() -> None:
+    """The fakes used here really implement IStorage/IPartWriter."""
+    storage = HeldStorage()
+    verifyObject(IStorage, storage)
+    verifyObject(IPartWriter, storage.open_writer(object()))
+
+
+def test_channel_keeps_request_line_where_we_read_it() -> None:
+    """Fails loudly if Twisted ever moves HTTPChannel._command/_path."""
+    channel = HTTPChannel()
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(b"POST /studies/1.2 HTTP/1.1\r\nHost: x\r\n")
+    assert channel_request_line(channel) == (b"POST", b"/studies/1.2")
+
+
+def test_slow_storage_pauses_the_socket_and_resumes_it() -> None:
+    """Above the high-water mark the transport is paused; released bytes resume it."""
+    storage = HeldStorage()
+    channel, transport = make_channel(storage, Clock())
+    body = big_body(HIGH_WATER_BYTES + 1024 * 1024)
+    channel.dataReceived(chunked_head())
+    assert transport.producerState == "producing"
+    for offset in range(0, len(body) - 100, 256 * 1024):
+        channel.dataReceived(chunk(body[offset : offset + 256 * 1024]))
+    assert transport.producerState == "paused"
+    storage.writers[0].release()
+    assert transport.producerState == "producing"
+
+
+def test_paused_upload_is_not_idle() -> None:
+    """While paused for storage the idle timeout does not cut the client off."""
+    storage = HeldStorage()
+    clock = Clock()
+    channel, transport = make_channel(storage, clock)
+    body = big_body(HIGH_WATER_BYTES + 1024 * 1024)
+    channel.dataReceived(chunked_head())
+    channel.dataReceived(chunk(body[: HIGH_WATER_BYTES + 4096]))
+    assert transport.producerState == "paused"
+    clock.advance(IDLE_TIMEOUT_SECONDS * 10)
+    assert not transport.disconnecting
+    storage.writers[0].release()
+    assert transport.producerState == "producing"
+    # Idle again, and not paused: now the timeout applies.
+    clock.advance(IDLE_TIMEOUT_SECONDS + 1)
+    assert transport.disconnecting
+
+
+def test_disconnect_aborts_the_part_in_flight() -> None:
+    """A client that goes away mid-part gets its part writer aborted."""
+    storage = HeldStorage()
+    channel, transport = make_channel(storage, Clock())
+    channel.dataReceived(chunked_head())
+    channel.dataReceived(chunk(big_body(100_000)[:50_000]))
+    assert len(storage.writers) == 1
+    channel.connectionLost(Failure(ConnectionError("client went away")))
+    assert storage.writers[0].aborted
+
+
+def test_415_is_written_before_any_body_and_without_100_continue() -> None:
+    """Refusal from the headers: exact status line first, no 100 Continue, no keep-alive."""
+    channel, transport = make_channel(HeldStorage(), Clock())
+    channel.dataReceived(
+        b"POST /studies HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+        b"Content-Length: 10\r\nExpect: 100-continue\r\n\r\n"
+    )
+    written = transport.value()
+    assert written.startswith(b"HTTP/1.1 415 Unsupported Media Type\r\n")
+    assert b"100 Continue" not in written
+    assert b"Connection: close\r\n" in written
+    assert b"Content-Type: application/problem+json\r\n" in written
+
+
+def test_single_part_body_reaches_the_writer_intact() -> None:
+    """The bytes a writer receives are exactly the part's payload."""
+    storage = HeldStorage()
+    channel, transport = make_channel(storage, Clock())
+    payload = read(CT)
+    channel.dataReceived(
+        b"POST /studies HTTP/1.1\r\nHost: x\r\nContent-Type: application/dicom\r\n"
+        + b"Content-Length: %d\r\n\r\n" % len(payload)
+    )
+    for offset in range(0, len(payload), 1000):
+        channel.dataReceived(payload[offset : offset + 1000])
+    assert bytes(storage.writers[0].data) == payload

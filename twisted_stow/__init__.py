@@ -1,0 +1,7 @@
+"""twisted-stow: a streaming DICOMweb STOW-RS server on Twisted and Klein.
+
+The package root imports nothing: the pure core (errors, outcomes, multipart,
+singlepart, mediatype, response, validation) must load without Twisted.
+"""
+
+__version__ = "0.1.0"

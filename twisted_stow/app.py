@@ -1,0 +1,382 @@
+"""``StowService``: the Klein routes, header-time decisions and error mapping.
+
+Two moments of a STOW request meet here.  ``begin_upload`` runs when the
+headers are in (from ``StreamingRequest.gotLength``) and decides everything
+that needs no body: route, method, target study, media types, size.  The
+Klein route runs once the body is complete, waits for the upload's outcomes
+and renders the Store Instances Response (PS3.18 10.5.3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import unquote_to_bytes
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
+from werkzeug.routing import RequestRedirect
+
+from .config import StowConfig
+from .errors import (
+    InvalidStudyUID,
+    LengthRequired,
+    MethodNotAllowed,
+    NoParts,
+    RouteNotFound,
+    ServiceUnavailable,
+    StowError,
+    BodyTooLarge,
+)
+from .ingest import IngestPolicy, RunInThread, StudyMismatch
+from .interfaces import IStorage
+from .mediatype import negotiate, reader_for
+from .outcomes import Stored
+from .response import (
+    PROBLEM_JSON,
+    build_store_response,
+    problem_document,
+    problem_json,
+    render,
+    warning_header_value,
+)
+from .uids import is_valid_uid
+from .upload import Target, Upload
+from .validation import ValidationPolicy, default_sop_classes, default_transfer_syntaxes
+
+log = Logger()
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Route families: the standard PS3.18 paths, the MONAI Informatics Gateway
+# paths (which trigger a workflow per POST) and dcm4chee-arc's per-AE paths.
+STANDARD, MONAI, DCM4CHEE = "standard", "monai", "dcm4chee"
+_STUDY_MISMATCH_DEFAULT = {
+    STANDARD: StudyMismatch.REJECT,
+    DCM4CHEE: StudyMismatch.REJECT,
+    # The MONAI seed documents WarningReason B007 with 202 for a mismatch.
+    MONAI: StudyMismatch.WARN,
+}
+_CORS_MAX_AGE_SECONDS = 600
+_CORS_DEFAULT_ALLOW_HEADERS = "Accept, Authorization, Content-Type"
+_CORS_EXPOSE_HEADERS = "Warning, Retry-After"
+
+
+def stow_upload(f: F) -> F:
+    """Mark a route handler as one whose body is streamed into an Upload.
+
+    Put it *below* ``@app.route``: Klein's route wrappers copy function
+    attributes, so every route of the handler carries the mark.
+    """
+    f.stow_upload = True  # type: ignore[attr-defined]
+    return f
+
+
+class StowService:
+    """The STOW-RS application: routes on a Klein app, state on the instance."""
+
+    app = Klein()
+
+    def __init__(
+        self,
+        config: StowConfig,
+        storage: IStorage,
+        reactor: Any,
+        run_in_thread: RunInThread,
+    ) -> None:
+        self.config = config
+        self.storage = storage
+        self.reactor = reactor
+        self._run_in_thread = run_in_thread
+        self._validation = ValidationPolicy(
+            allowed_sop_classes=config.sop_classes or default_sop_classes(),
+            allowed_transfer_syntaxes=config.transfer_syntaxes or default_transfer_syntaxes(),
+        )
+
+    # Header time.
+
+    def begin_upload(
+        self, request: Any, method: bytes, target: bytes, length: int | None
+    ) -> Upload | None:
+        """Decide from the headers; an Upload for a STOW POST, else None.
+
+        Raises ``StowError`` to refuse before any body byte is read.  Requests
+        that are not STOW uploads and carry no body are left to Klein.
+        """
+        has_body = length is None or length > 0
+        try:
+            path = unquote_to_bytes(target.split(b"?", 1)[0]).decode("utf-8")
+            rule, kwargs = self.app.url_map.bind("localhost", "").match(
+                path, method=method.decode("ascii"), return_rule=True
+            )
+        except WerkzeugMethodNotAllowed as e:
+            if not has_body:
+                return None
+            allowed = tuple(sorted(e.valid_methods or ()))
+            raise MethodNotAllowed(
+                f"{method.decode('ascii', 'replace')} is not allowed here", allowed
+            ) from None
+        except (HTTPException, RequestRedirect, UnicodeDecodeError):
+            if not has_body:
+                return None
+            raise RouteNotFound("no STOW-RS resource at this path") from None
+        endpoint = self.app.endpoints[rule.endpoint]
+        if not getattr(endpoint, "stow_upload", False):
+            return None
+
+        stow_target = _target_for(path, kwargs)
+        if stow_target.study_uid is not None and not is_valid_uid(stow_target.study_uid):
+            raise InvalidStudyUID(f"{stow_target.study_uid!r} is not a valid UID")
+        headers = request.requestHeaders
+        reader = reader_for(_first(headers, b"content-type"))
+        response_type = negotiate(_first(headers, b"accept"))
+        if length == 0:
+            if not headers.hasHeader(b"content-length"):
+                raise LengthRequired("send Content-Length or Transfer-Encoding: chunked")
+            raise NoParts("the request body is empty")
+        limit = self.config.max_body_bytes
+        if limit is not None and length is not None and length > limit:
+            raise BodyTooLarge(
+                f"Content-Length {length} exceeds this server's limit of {limit} bytes"
+            )
+        mismatch = self.config.study_mismatch or _STUDY_MISMATCH_DEFAULT[stow_target.route_family]
+        policy = IngestPolicy(
+            validation=self._validation,
+            expected_study_uid=stow_target.study_uid,
+            study_mismatch=mismatch,
+            duplicates=self.config.duplicates,
+        )
+        return Upload(
+            target=stow_target,
+            response_type=response_type,
+            reader=reader,
+            storage=self.storage,
+            policy=policy,
+            producer=request,
+            run_in_thread=self._run_in_thread,
+            max_body_bytes=limit,
+        )
+
+    def refusal(
+        self, request: Any, error: StowError, target: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Status, headers and body for a request refused before its body."""
+        headers = [(b"Content-Type", PROBLEM_JSON.encode())]
+        headers += _error_headers(error)
+        headers += [(k.encode(), v.encode()) for k, v in self._cors_headers(request)]
+        path = target.split(b"?", 1)[0].decode("latin-1")
+        body = problem_json(error, instance=path if path.startswith("/") else None)
+        return error.status, headers, body
+
+    # Routes.  Explicit endpoint names: Klein keys its executors by endpoint,
+    # and one name shared by several URLs would keep only the last one's data.
+
+    @app.route("/studies", methods=["POST"], endpoint="store")
+    @app.route("/studies/<study>", methods=["POST"], endpoint="store_study")
+    @app.route("/dicomweb/studies", methods=["POST"], endpoint="monai_store")
+    @app.route("/dicomweb/studies/<study>", methods=["POST"], endpoint="monai_store_study")
+    @app.route("/dicomweb/<workflow_id>/studies", methods=["POST"], endpoint="monai_wf_store")
+    @app.route(
+        "/dicomweb/<workflow_id>/studies/<study>", methods=["POST"], endpoint="monai_wf_store_study"
+    )
+    @app.route("/aets/<aet>/rs/studies", methods=["POST"], endpoint="aet_store")
+    @app.route("/aets/<aet>/rs/studies/<study>", methods=["POST"], endpoint="aet_store_study")
+    @stow_upload
+    async def store(self, request: Any, **_route: str) -> bytes:
+        """POST a STOW-RS body; the Store Instances Response when all is in."""
+        upload: Upload | None = request.upload
+        if upload is None or upload.result is None:  # pragma: no cover - guarded in gotLength
+            raise NoParts("the request body is empty")
+        result = await upload.result
+        if result.request_error is not None and not result.stored_any:
+            # Nothing stored and the body itself was broken: a syntax error
+            # of the request (PS3.18 Table 10.5.3-1, 400).
+            raise result.request_error
+        if not result.outcomes:
+            raise NoParts("the request body holds no part")
+        response = build_store_response(
+            result.outcomes, base_url=self.base_url(request, upload.target)
+        )
+        request.setResponseCode(response.status)
+        request.setHeader("Content-Type", upload.response_type)
+        if response.warning is not None:
+            request.setHeader("Warning", warning_header_value(response.warning))
+        self._set_cors(request)
+        log.info(
+            "stored {stored} of {parts} parts, status {status}",
+            stored=sum(1 for o in result.outcomes if isinstance(o, Stored)),
+            parts=len(result.outcomes),
+            status=response.status,
+        )
+        return render(response.model, upload.response_type)
+
+    @app.route("/studies", methods=["OPTIONS"], endpoint="preflight")
+    @app.route("/studies/<study>", methods=["OPTIONS"], endpoint="preflight_study")
+    @app.route("/dicomweb/studies", methods=["OPTIONS"], endpoint="monai_preflight")
+    @app.route("/dicomweb/studies/<study>", methods=["OPTIONS"], endpoint="monai_preflight_study")
+    @app.route("/dicomweb/<workflow_id>/studies", methods=["OPTIONS"], endpoint="monai_wf_preflight")
+    @app.route(
+        "/dicomweb/<workflow_id>/studies/<study>",
+        methods=["OPTIONS"],
+        endpoint="monai_wf_preflight_study",
+    )
+    @app.route("/aets/<aet>/rs/studies", methods=["OPTIONS"], endpoint="aet_preflight")
+    @app.route("/aets/<aet>/rs/studies/<study>", methods=["OPTIONS"], endpoint="aet_preflight_study")
+    def preflight(self, request: Any, **_route: str) -> bytes:
+        """OPTIONS: the methods allowed, and a CORS preflight answer."""
+        request.setResponseCode(204)
+        request.setHeader("Allow", "OPTIONS, POST")
+        headers = self._cors_headers(request)
+        if headers:
+            requested = _first(request.requestHeaders, b"access-control-request-headers")
+            headers += [
+                ("Access-Control-Allow-Methods", "POST, OPTIONS"),
+                ("Access-Control-Allow-Headers", requested or _CORS_DEFAULT_ALLOW_HEADERS),
+                ("Access-Control-Max-Age", str(_CORS_MAX_AGE_SECONDS)),
+            ]
+        for name, value in headers:
+            request.setHeader(name, value)
+        return b""
+
+    # Errors.
+
+    @app.handle_errors(StowError)
+    def stow_error(self, request: Any, failure: Failure) -> bytes:
+        """A request-level error: RFC 7807 problem document."""
+        error: StowError = failure.value
+        request.setResponseCode(error.status)
+        request.setHeader("Content-Type", PROBLEM_JSON)
+        for name, value in _error_headers(error):
+            request.setHeader(name, value)
+        self._set_cors(request)
+        return problem_json(error, instance=_instance(request))
+
+    @app.handle_errors(HTTPException)
+    def http_error(self, request: Any, failure: Failure) -> bytes:
+        """Klein's own 404/405 (bodiless requests), as problem documents."""
+        error: HTTPException = failure.value
+        status = error.code or 500
+        request.setResponseCode(status)
+        request.setHeader("Content-Type", PROBLEM_JSON)
+        if isinstance(error, WerkzeugMethodNotAllowed) and error.valid_methods:
+            request.setHeader("Allow", ", ".join(sorted(error.valid_methods)))
+        self._set_cors(request)
+        return problem_document(status, error.name, error.description or "", _instance(request))
+
+    @app.handle_errors(Exception)
+    def internal_error(self, request: Any, failure: Failure) -> bytes:
+        """Anything unforeseen: 500, logged with its traceback."""
+        log.failure("unhandled error in {uri}", failure, uri=request.uri)
+        request.setResponseCode(500)
+        request.setHeader("Content-Type", PROBLEM_JSON)
+        return problem_document(
+            500, "Internal Server Error", "the server failed to process the request",
+            _instance(request),
+        )
+
+    # URLs and CORS.
+
+    def base_url(self, request: Any, target: Target) -> str:
+        """The externally visible WADO-RS base for RetrieveURLs of ``target``."""
+        if self.config.public_url:
+            return self.config.public_url.rstrip("/") + target.base_path
+        scheme = "https" if request.isSecure() else "http"
+        host = _first(request.requestHeaders, b"host") or ""
+        if self.config.trust_forwarded_headers:
+            scheme = _first_token(request.requestHeaders, b"x-forwarded-proto") or scheme
+            host = _first_token(request.requestHeaders, b"x-forwarded-host") or host
+        hostname, port = _split_host(host)
+        if not hostname:
+            hostname = request.getHost().host
+        if port is None and not self.config.trust_forwarded_headers:
+            # Some clients send Host without the port (the Python
+            # dicomweb-client does on its Content-Length path, PEERS.md):
+            # the port we were reached on is the truth then.
+            local_port = request.getHost().port
+            if local_port != {"http": 80, "https": 443}[scheme]:
+                port = str(local_port)
+        authority = hostname if port is None else f"{hostname}:{port}"
+        return f"{scheme}://{authority}{target.base_path}"
+
+    def _cors_headers(self, request: Any) -> list[tuple[str, str]]:
+        origins = self.config.cors_origins
+        origin = _first(request.requestHeaders, b"origin")
+        if not origins or origin is None:
+            return []
+        if origin not in origins and "*" not in origins:
+            return []
+        return [
+            ("Access-Control-Allow-Origin", origin),
+            ("Vary", "Origin"),
+            ("Access-Control-Expose-Headers", _CORS_EXPOSE_HEADERS),
+        ]
+
+    def _set_cors(self, request: Any) -> None:
+        for name, value in self._cors_headers(request):
+            request.setHeader(name, value)
+
+
+def _target_for(path: str, kwargs: dict[str, str]) -> Target:
+    study = kwargs.get("study")
+    studies_at = path.rfind("/studies")
+    base_path = path[:studies_at] if studies_at >= 0 else ""
+    if path.startswith("/dicomweb/"):
+        family = MONAI
+    elif path.startswith("/aets/"):
+        family = DCM4CHEE
+    else:
+        family = STANDARD
+    return Target(
+        base_path=base_path,
+        study_uid=study,
+        workflow_id=kwargs.get("workflow_id"),
+        ae_title=kwargs.get("aet"),
+        route_family=family,
+    )
+
+
+def _error_headers(error: StowError) -> list[tuple[Any, Any]]:
+    if isinstance(error, ServiceUnavailable):
+        return [(b"Retry-After", str(error.retry_after_seconds).encode())]
+    if isinstance(error, MethodNotAllowed):
+        return [(b"Allow", ", ".join(error.allowed).encode())]
+    return []
+
+
+def _first(headers: Any, name: bytes) -> str | None:
+    values = headers.getRawHeaders(name)
+    if not values:
+        return None
+    value: bytes = values[0]
+    return value.decode("latin-1")
+
+
+def _first_token(headers: Any, name: bytes) -> str | None:
+    value = _first(headers, name)
+    if value is None:
+        return None
+    token = value.split(",", 1)[0].strip()
+    return token or None
+
+
+def _split_host(host: str) -> tuple[str, str | None]:
+    """``"h:8080"`` → (h, "8080"); ``"[::1]:80"`` → ("[::1]", "80")."""
+    host = host.strip()
+    if host.startswith("["):
+        end = host.find("]")
+        rest = host[end + 1 :]
+        return host[: end + 1], (rest[1:] if rest.startswith(":") and rest[1:].isdigit() else None)
+    name, sep, port = host.rpartition(":")
+    if sep and port.isdigit():
+        return name, port
+    return host, None
+
+
+def _instance(request: Any) -> str | None:
+    uri = getattr(request, "uri", None)
+    if isinstance(uri, bytes) and uri.startswith(b"/"):
+        return uri.decode("latin-1")
+    return None

@@ -1,0 +1,47 @@
+"""The server's configuration: one frozen value built from the options."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .ingest import Duplicates, StudyMismatch
+
+DEFAULT_LISTEN = "tcp:8080"
+DEFAULT_STORAGE = "stow-data"
+# twisted.web's own default is 12 hours; a client that sends nothing for a
+# minute is gone or hostile (time paused for storage does not count).
+DEFAULT_IDLE_TIMEOUT_SECONDS = 60.0
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_UNIT_BYTES = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """``"2G"``, ``"512MiB"``, ``"1000"`` → bytes (binary units)."""
+    match = _SIZE.match(text)
+    if match is None:
+        raise ValueError(f"not a size: {text!r} (use e.g. 1000, 512M, 2GiB)")
+    number, unit = match.groups()
+    return int(number) * _UNIT_BYTES[(unit or "")[:1].lower()]
+
+
+@dataclass(frozen=True)
+class StowConfig:
+    """Everything the server is told at start-up."""
+
+    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
+    storage: Path = Path(DEFAULT_STORAGE)
+    public_url: str | None = None
+    trust_forwarded_headers: bool = False
+    # None: the route family decides (reject on the standard and dcm4chee
+    # routes, warn on the MONAI routes, as the MONAI seed documents).
+    study_mismatch: StudyMismatch | None = None
+    duplicates: Duplicates = Duplicates.REJECT
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int | None = None
+    idle_timeout_seconds: float = DEFAULT_IDLE_TIMEOUT_SECONDS
+    # None: every storage SOP class / transfer syntax pydicom knows.
+    sop_classes: frozenset[str] | None = None
+    transfer_syntaxes: frozenset[str] | None = None

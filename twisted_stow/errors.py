@@ -1,0 +1,108 @@
+"""Errors about a request as a whole.
+
+A problem with one instance is never an exception: it is an outcome
+(``outcomes.py``) carrying a Failure/Warning Reason.  A ``StowError`` means the
+request itself cannot be served as sent; each carries the HTTP status it maps
+to (like h11's ``ProtocolError(msg, error_status_hint)``) and a short title for
+the RFC 7807 problem document.
+"""
+
+from __future__ import annotations
+
+
+class StowError(Exception):
+    """Base class: the request as a whole is refused or broken."""
+
+    status: int = 400
+    title: str = "Bad Request"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class MalformedMultipart(StowError):
+    """The multipart/related framing is broken (RFC 2046 §5.1.1)."""
+
+    title = "Malformed multipart body"
+
+
+class HeaderBlockTooLarge(MalformedMultipart):
+    """A part's header block exceeds the parser's cap."""
+
+    title = "Part header block too large"
+
+
+class TruncatedBody(MalformedMultipart):
+    """The body ended before the closing delimiter."""
+
+    title = "Truncated body"
+
+
+class NoParts(StowError):
+    """The body holds no part at all (PS3.18 10.5.1.4: one or more are required)."""
+
+    title = "No instances in request"
+
+
+class InvalidStudyUID(StowError):
+    """The ``{study}`` path segment is not a valid UID."""
+
+    title = "Invalid Study Instance UID"
+
+
+class BodyTooLarge(StowError):
+    """The body is larger than the configured limit."""
+
+    status = 413
+    title = "Payload Too Large"
+
+
+class LengthRequired(StowError):
+    """A POST body with neither Content-Length nor chunked framing."""
+
+    status = 411
+    title = "Length Required"
+
+
+class UnsupportedMediaType(StowError):
+    """The request Content-Type is not one the server accepts."""
+
+    status = 415
+    title = "Unsupported Media Type"
+
+
+class NotAcceptable(StowError):
+    """The Accept header allows neither DICOM JSON nor DICOM XML."""
+
+    status = 406
+    title = "Not Acceptable"
+
+
+class ServiceUnavailable(StowError):
+    """The server is over a limit; the client should retry later."""
+
+    status = 503
+    title = "Service Unavailable"
+
+    def __init__(self, detail: str, retry_after_seconds: int = 5) -> None:
+        super().__init__(detail)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class RouteNotFound(StowError):
+    """No STOW route at this path (answered early only when a body follows)."""
+
+    status = 404
+    title = "Not Found"
+
+
+class MethodNotAllowed(StowError):
+    """A STOW path with another method; ``allowed`` feeds the Allow header."""
+
+    status = 405
+    title = "Method Not Allowed"
+
+    def __init__(self, detail: str, allowed: tuple[str, ...]) -> None:
+        super().__init__(detail)
+        self.allowed = allowed

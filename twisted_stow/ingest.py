@@ -1,0 +1,248 @@
+"""Drive one upload: parser events → part writers → validation → commit → outcomes.
+
+``Ingest`` owns the parts of one request.  Each part's bytes go to a storage
+writer as they arrive; when the parser ends the part, the staged file is
+synced, validated in a worker thread, checked against the request's policies
+and committed.  Parts are pipelined: part N is validated and committed while
+part N+1 is still arriving.  Every part ends as exactly one ``Outcome``, in
+the order the parts were sent; a problem with one part never reaches another.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
+from twisted.logger import Logger
+
+from .errors import StowError
+from .flow import BytesInFlight
+from .interfaces import IPartWriter, IStorage
+from .multipart import BodyEnded, Event, PartData, PartEnded, PartStarted
+from .outcomes import Failed, FailureReason, InstanceRef, Outcome, Stored, WarningReason
+from .storage import CommitResult, StorageFull
+from .validation import ValidationPolicy, validate_part
+
+log = Logger()
+
+# Part media types we store; a part without Content-Type takes the root
+# type (RFC 2387 §3.1), which for our routes is application/dicom.
+_DICOM_PART_TYPES = frozenset({"application/dicom"})
+
+RunInThread = Callable[..., "Deferred[Any]"]
+
+
+class StudyMismatch(enum.Enum):
+    """What to do with an instance of another study than the URL's."""
+
+    REJECT = "reject"  # FailedSOPSequence, FailureReason 0xA900
+    WARN = "warn"  # stored, WarningReason 0xB007 (the MONAI seed's behaviour)
+
+
+class Duplicates(enum.Enum):
+    """What to do with a SOP Instance UID already stored with other bytes."""
+
+    REJECT = "reject"  # FailureReason 0x0111
+    OVERWRITE = "overwrite"
+
+
+@dataclass(frozen=True, slots=True)
+class IngestPolicy:
+    """The per-request rules Ingest applies once a part is validated."""
+
+    validation: ValidationPolicy
+    expected_study_uid: str | None = None
+    study_mismatch: StudyMismatch = StudyMismatch.REJECT
+    duplicates: Duplicates = Duplicates.REJECT
+
+
+@dataclass(slots=True)
+class IngestResult:
+    """Everything the response needs: outcomes in part order, and the
+    request-level error (broken framing) if the body could not be read to
+    its end."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    request_error: StowError | None = None
+
+    @property
+    def stored_any(self) -> bool:
+        return any(isinstance(o, Stored) for o in self.outcomes)
+
+
+def _header(headers: Sequence[tuple[str, str]], name: str) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+class Ingest:
+    """One upload's parts; feed it parser events, then ``close`` or ``abort``."""
+
+    def __init__(
+        self,
+        storage: IStorage,
+        policy: IngestPolicy,
+        flow: BytesInFlight,
+        run_in_thread: RunInThread,
+    ) -> None:
+        self._storage = storage
+        self._policy = policy
+        self._flow = flow
+        self._run_in_thread = run_in_thread
+        self._writer: IPartWriter | None = None
+        self._skip_reason: Failed | None = None
+        self._in_part = False
+        self._pending: list[Deferred[Outcome]] = []
+        self._request_error: StowError | None = None
+        self.body_ended = False
+        self.parts_seen = 0
+
+    def handle(self, events: Iterable[Event]) -> None:
+        """Apply parser events in order."""
+        for event in events:
+            if isinstance(event, PartData):
+                if self._writer is not None:
+                    self._writer.write(event.data)
+            elif isinstance(event, PartStarted):
+                self._start_part(event.headers)
+            elif isinstance(event, PartEnded):
+                self._end_part()
+            elif isinstance(event, BodyEnded):
+                self.body_ended = True
+
+    def _start_part(self, headers: Sequence[tuple[str, str]]) -> None:
+        self.parts_seen += 1
+        self._in_part = True
+        content_type = _header(headers, "content-type")
+        essence = (content_type or "application/dicom").split(";", 1)[0].strip().lower()
+        if essence not in _DICOM_PART_TYPES:
+            # Metadata+bulkdata parts are not supported; the part cannot be
+            # understood as a PS3.10 instance (PS3.18 Table I.2-2, Cxxx).
+            self._skip_reason = Failed(
+                FailureReason.CANNOT_UNDERSTAND,
+                f"part Content-Type {content_type!r} is not application/dicom",
+            )
+            return
+        self._writer = self._storage.open_writer(self._flow)
+
+    def _end_part(self) -> None:
+        self._in_part = False
+        writer, self._writer = self._writer, None
+        skipped, self._skip_reason = self._skip_reason, None
+        if writer is None:
+            assert skipped is not None
+            self._pending.append(succeed(skipped))
+            return
+        self._pending.append(ensureDeferred(self._finish_part(writer)))
+
+    async def _finish_part(self, writer: IPartWriter) -> Outcome:
+        try:
+            return await self._store(writer)
+        except Exception:
+            # Anything unexpected stays with this one part (dcm4chee#3517:
+            # one bad part must never turn the request into a 500).
+            log.failure("unexpected error while storing a part")
+            writer.abort()
+            return Failed(FailureReason.PROCESSING_FAILURE, "internal error while storing")
+
+    async def _store(self, writer: IPartWriter) -> Outcome:
+        try:
+            size = await writer.finish()
+        except StorageFull as e:
+            writer.abort()
+            return Failed(FailureReason.OUT_OF_RESOURCES, f"storage full: {e}")
+        except OSError as e:
+            writer.abort()
+            log.error("storage error while staging a part: {error}", error=e)
+            return Failed(FailureReason.PROCESSING_FAILURE, f"storage error: {e.strerror}")
+        if size == 0:
+            writer.abort()
+            return Failed(FailureReason.CANNOT_UNDERSTAND, "empty part")
+
+        verdict = await self._run_in_thread(
+            validate_part, writer.staged_path, self._policy.validation
+        )
+        if isinstance(verdict, Failed):
+            writer.abort()
+            return verdict
+        instance: InstanceRef = verdict
+
+        warning: WarningReason | None = None
+        detail = ""
+        expected = self._policy.expected_study_uid
+        if expected is not None and instance.study_instance_uid != expected:
+            detail = (
+                f"Study Instance UID {instance.study_instance_uid} differs "
+                f"from the target study {expected}"
+            )
+            if self._policy.study_mismatch is StudyMismatch.REJECT:
+                writer.abort()
+                return _failed(FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, detail, instance)
+            warning = WarningReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+
+        overwrite = self._policy.duplicates is Duplicates.OVERWRITE
+        try:
+            result = await writer.commit(instance, overwrite=overwrite)
+        except StorageFull as e:
+            return _failed(FailureReason.OUT_OF_RESOURCES, f"storage full: {e}", instance)
+        except OSError as e:
+            log.error("storage error while committing: {error}", error=e)
+            return _failed(
+                FailureReason.PROCESSING_FAILURE, f"storage error: {e.strerror}", instance
+            )
+        if result is CommitResult.CONFLICTING_DUPLICATE:
+            return _failed(
+                FailureReason.DUPLICATE_SOP_INSTANCE,
+                "SOP Instance UID already stored with different content",
+                instance,
+            )
+        return Stored(instance, warning, detail)
+
+    def fail_request(self, error: StowError) -> None:
+        """The body cannot be read further (broken framing, too large).
+
+        The part in flight is dropped; parts completed before the damage are
+        kept, and the damage is reported as a failure without UIDs
+        (OtherFailuresSequence, 0xC000).
+        """
+        if self._request_error is not None:
+            return
+        self._request_error = error
+        self._abort_current()
+        self._pending.append(
+            succeed(Failed(FailureReason.CANNOT_UNDERSTAND, f"{error.title}: {error.detail}"))
+        )
+
+    def _abort_current(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.abort()
+        self._in_part = False
+
+    def abort(self) -> None:
+        """The client went away: drop the part in flight, nothing else."""
+        self._abort_current()
+
+    def close(self) -> Deferred[IngestResult]:
+        """The body is complete: fires with every part's outcome, in order."""
+        pending = list(self._pending)
+        error = self._request_error
+
+        def collect(results: list[tuple[bool, Any]]) -> IngestResult:
+            outcomes: list[Outcome] = []
+            for ok, value in results:
+                # _finish_part never fails; keep the invariant visible.
+                assert ok, value
+                outcomes.append(value)
+            return IngestResult(outcomes, error)
+
+        return DeferredList(pending, consumeErrors=True).addCallback(collect)
+
+
+def _failed(reason: FailureReason, detail: str, instance: InstanceRef) -> Failed:
+    return Failed(reason, detail, instance.sop_class_uid, instance.sop_instance_uid)

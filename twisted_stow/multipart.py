@@ -1,0 +1,375 @@
+"""Incremental multipart/related parser: bytes in, part events out.
+
+``MultipartParser`` is fed the request body as it arrives and returns events;
+it never collects a whole part.  It buffers only what it cannot decide yet: a
+part's header block (capped) and a short tail that may be the start of a
+delimiter.  Each ``PartData`` is a slice (a ``memoryview``) of the bytes fed,
+so a multi-gigabyte part costs one ``bytes.find`` pass and no copies.
+
+Framing is RFC 2046 §5.1.1: an optional preamble, then
+``--boundary [padding] CRLF`` opens the first part; every following delimiter
+is ``CRLF--boundary``, followed by optional transport padding and CRLF (next
+part) or by ``--`` (close delimiter, after which the epilogue is ignored).
+Standard library only: no Twisted (see tests/unit/test_core_is_pure.py).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum, auto
+from typing import Protocol, TypeAlias
+
+from twisted_stow.errors import (
+    HeaderBlockTooLarge,
+    MalformedMultipart,
+    StowError,
+    TruncatedBody,
+)
+
+# A part's header block (Content-Type, sometimes Content-Length, -Location or
+# -Transfer-Encoding) is a few hundred bytes.  16 KiB is Twisted's own cap on a
+# request's whole header section (HTTPChannel.totalHeadersSize), so a part
+# cannot carry more header bytes than the request itself could.
+MAX_HEADER_BLOCK_BYTES = 16 * 1024
+
+# RFC 2046 §5.1.1 caps a boundary at 70 characters, but Orthanc sends 73; 200
+# leaves room for other generators while keeping the undecided tail short.
+MAX_BOUNDARY_BYTES = 200
+
+# RFC 2046 §5.1.1 lets gateways add whitespace ("transport-padding") after a
+# boundary.  No STOW-RS client we know sends any; the cap keeps the bytes held
+# back while a delimiter is undecided bounded.  Longer runs are payload.
+MAX_TRANSPORT_PADDING_BYTES = 32
+
+_CRLF = b"\r\n"
+_BLANK_LINE = b"\r\n\r\n"
+_PADDING = (0x20, 0x09)  # SP, HT
+_DASH = 0x2D
+_CR = 0x0D
+_LF = 0x0A
+# RFC 9110 §5.1 field-name = token.
+_FIELD_NAME = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class PartStarted:
+    """A part began; its headers, names lower-cased, values stripped, in order."""
+
+    headers: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PartData:
+    """Payload bytes of the current part: a slice of the input, never empty."""
+
+    data: bytes | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class PartEnded:
+    """The current part is complete: the delimiter after it was seen."""
+
+
+@dataclass(frozen=True, slots=True)
+class BodyEnded:
+    """The close delimiter was seen; whatever follows (epilogue) is ignored."""
+
+
+Event: TypeAlias = PartStarted | PartData | PartEnded | BodyEnded
+
+
+class BodyReader(Protocol):
+    """What the request edge feeds: ``MultipartParser`` or ``SinglePartReader``."""
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Consume the next body chunk and return the events it completes."""
+
+    def close(self) -> list[Event]:
+        """Signal the end of the body; raise ``StowError`` if it is incomplete."""
+
+
+class _State(Enum):
+    PREAMBLE = auto()
+    HEADERS = auto()
+    BODY = auto()
+    DONE = auto()
+    CLOSED = auto()
+    FAILED = auto()
+
+
+class _Verdict(Enum):
+    """What the bytes at a possible delimiter turned out to be."""
+
+    NOT_DELIMITER = auto()
+    UNDECIDED = auto()
+    NEXT_PART = auto()
+    CLOSE = auto()
+
+
+class MultipartParser:
+    """Turns a multipart/related body into events, chunk by chunk.
+
+    ``boundary`` is the raw boundary (without ``--``), 1 to
+    ``MAX_BOUNDARY_BYTES`` bytes.  ``feed`` may raise ``MalformedMultipart`` or
+    ``HeaderBlockTooLarge``; events decoded from that same chunk are then
+    dropped, since the request has failed as a whole.  After any error every
+    call raises again.  ``PartData`` views share memory with the chunk fed.
+    """
+
+    def __init__(
+        self, boundary: bytes, *, max_header_bytes: int = MAX_HEADER_BLOCK_BYTES
+    ) -> None:
+        if not 1 <= len(boundary) <= MAX_BOUNDARY_BYTES:
+            raise ValueError(f"boundary must be 1-{MAX_BOUNDARY_BYTES} bytes")
+        if b"\r" in boundary or b"\n" in boundary:
+            raise ValueError("boundary must not contain CR or LF")
+        if max_header_bytes < len(_CRLF):
+            raise ValueError("max_header_bytes must allow an empty header block")
+        self._boundary = boundary
+        self._delimiter = _CRLF + b"--" + boundary
+        # Longest delimiter line: delimiter, padding, CRLF.
+        self._max_line = len(self._delimiter) + MAX_TRANSPORT_PADDING_BYTES + 2
+        self._max_header_bytes = max_header_bytes
+        self._state = _State.PREAMBLE
+        self._error: StowError | None = None
+        self._parts = 0
+        self._received = 0
+        # RFC 2046 §5.1.1: the first dash-boundary may open the body without a
+        # CRLF before it.  Scanning as if one were there lets a single search
+        # for CRLF--boundary serve both forms.  _virtual counts the leading
+        # bytes of _tail that were never received and are not payload.
+        self._tail = _CRLF
+        self._virtual = len(_CRLF)
+        # The delimiter's CRLF seeds the header buffer, so one search for
+        # CRLFCRLF finds both an empty header block and the end of a full one.
+        self._header_buf = bytearray()
+        self._header_searched = 0
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes held back until more input decides them (header block or tail)."""
+        return len(self._tail) + len(self._header_buf)
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Consume the next chunk of the body; return the events it completes."""
+        self._raise_if_failed()
+        if self._state is _State.CLOSED:
+            raise RuntimeError("feed() after close()")
+        if self._state is _State.DONE or not data:
+            return []
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        self._received += len(data)
+        events: list[Event] = []
+        pos: int | None = 0
+        try:
+            # Each step returns None once data is used up or the body ended.
+            while pos is not None:
+                if self._state is _State.HEADERS:
+                    pos = self._feed_headers(data, pos, events)
+                else:
+                    pos = self._feed_body(data, pos, events)
+        except StowError as exc:
+            self._state = _State.FAILED
+            self._error = exc
+            raise
+        return events
+
+    def close(self) -> list[Event]:
+        """Signal the end of the body; raise ``TruncatedBody`` if it is incomplete."""
+        self._raise_if_failed()
+        if self._state in (_State.DONE, _State.CLOSED):
+            self._state = _State.CLOSED
+            return []
+        if self._state is _State.PREAMBLE:
+            if self._received == 0:
+                detail = "the body is empty; it needs at least a close delimiter"
+            else:
+                detail = f"no boundary delimiter --{self._boundary_text()} in the body"
+        elif self._state is _State.HEADERS:
+            detail = f"the body ended inside the header block of part {self._parts + 1}"
+        else:
+            detail = (
+                f"the body ended inside part {self._parts}, before the close delimiter"
+            )
+        error = TruncatedBody(detail)
+        self._state = _State.FAILED
+        self._error = error
+        raise error
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise type(self._error)(self._error.detail)
+
+    def _boundary_text(self) -> str:
+        return self._boundary.decode("latin-1")
+
+    def _feed_body(self, data: bytes, pos: int, events: list[Event]) -> int | None:
+        """Scan preamble or payload from ``pos``; return where headers start, or None."""
+        if self._tail:
+            # Candidates that began in an earlier chunk are decided on a small
+            # window, so the chunk itself is never copied.
+            tail, skip = self._tail, self._virtual
+            self._tail, self._virtual = b"", 0
+            window = tail + data[pos : pos + self._max_line]
+            start = tail.find(b"\r")
+            while start != -1:
+                verdict, end = self._classify(window, start)
+                if verdict is not _Verdict.NOT_DELIMITER:
+                    self._emit(tail, skip, start, events)
+                    if verdict is _Verdict.UNDECIDED:
+                        # Only when the window holds all of data: it is all kept.
+                        self._tail = window[start:]
+                        self._virtual = skip if start == 0 else 0
+                        return None
+                    # The tail held no decidable delimiter, so end > len(tail).
+                    return self._end_part(verdict, pos + end - len(tail), events)
+                start = tail.find(b"\r", start + 1)
+            self._emit(tail, skip, len(tail), events)
+        delimiter = self._delimiter
+        search = pos
+        while (found := data.find(delimiter, search)) != -1:
+            verdict, end = self._classify(data, found)
+            if verdict is _Verdict.NOT_DELIMITER:
+                search = found + 1  # e.g. CRLF--boundaryX: payload, RFC 2046 §5.1.1
+                continue
+            self._emit(data, pos, found, events)
+            if verdict is _Verdict.UNDECIDED:
+                self._tail = data[found:]
+                return None
+            return self._end_part(verdict, end, events)
+        # No whole delimiter left: hold back the shortest suffix that could
+        # still become one, emit everything before it.
+        keep = self._partial_start(data, max(pos, len(data) - len(delimiter) + 1))
+        self._emit(data, pos, keep, events)
+        self._tail = data[keep:]
+        return None
+
+    def _classify(self, buf: bytes, start: int) -> tuple[_Verdict, int]:
+        """Decide whether ``buf[start:]`` begins a delimiter; return it and its end."""
+        delimiter = self._delimiter
+        head = buf[start : start + len(delimiter)]
+        if head != delimiter:
+            if len(head) < len(delimiter) and delimiter.startswith(head):
+                return _Verdict.UNDECIDED, 0
+            return _Verdict.NOT_DELIMITER, 0
+        index = start + len(delimiter)
+        size = len(buf)
+        if index < size and buf[index] == _DASH:
+            if index + 1 >= size:
+                return _Verdict.UNDECIDED, 0
+            if buf[index + 1] == _DASH:
+                return _Verdict.CLOSE, index + 2
+            return _Verdict.NOT_DELIMITER, 0
+        padding_end = start + len(delimiter) + MAX_TRANSPORT_PADDING_BYTES
+        while index < size and buf[index] in _PADDING:
+            index += 1
+            if index > padding_end:
+                return _Verdict.NOT_DELIMITER, 0
+        if index >= size:
+            return _Verdict.UNDECIDED, 0
+        if buf[index] != _CR:
+            return _Verdict.NOT_DELIMITER, 0
+        if index + 1 >= size:
+            return _Verdict.UNDECIDED, 0
+        if buf[index + 1] != _LF:
+            return _Verdict.NOT_DELIMITER, 0
+        return _Verdict.NEXT_PART, index + 2
+
+    def _partial_start(self, data: bytes, start: int) -> int:
+        """Return where the shortest suffix that prefixes the delimiter starts."""
+        candidate = data.find(b"\r", start)
+        while candidate != -1:
+            if self._delimiter.startswith(data[candidate:]):
+                return candidate
+            candidate = data.find(b"\r", candidate + 1)
+        return len(data)
+
+    def _emit(self, buf: bytes, start: int, stop: int, events: list[Event]) -> None:
+        if stop > start and self._state is _State.BODY:
+            events.append(PartData(memoryview(buf)[start:stop]))
+
+    def _end_part(self, verdict: _Verdict, end: int, events: list[Event]) -> int | None:
+        """Act on a delimiter ending at ``end``; return where headers start, or None."""
+        if self._state is _State.BODY:
+            events.append(PartEnded())
+        if verdict is _Verdict.CLOSE:
+            events.append(BodyEnded())
+            self._state = _State.DONE
+            return None
+        self._state = _State.HEADERS
+        self._header_buf = bytearray(_CRLF)
+        self._header_searched = 0
+        return end
+
+    def _feed_headers(self, data: bytes, pos: int, events: list[Event]) -> int | None:
+        """Collect a header block; return where its part's payload starts, or None."""
+        cap = self._max_header_bytes
+        if len(self._header_buf) == len(_CRLF):
+            # Usual case: the whole block is in this chunk, so nothing is copied
+            # but the block itself.  A block is its lines plus the empty line.
+            if data.startswith(_CRLF, pos):
+                return self._start_part(b"", pos + len(_CRLF), events)
+            found = data.find(_BLANK_LINE, pos, pos + cap)
+            if found != -1:
+                return self._start_part(
+                    data[pos:found], found + len(_BLANK_LINE), events
+                )
+        buf = self._header_buf
+        old = len(buf)
+        take = min(len(data) - pos, cap + len(_CRLF) - old)
+        buf += memoryview(data)[pos : pos + take]
+        found = buf.find(_BLANK_LINE, max(self._header_searched - 3, 0))
+        if found == -1:
+            self._header_searched = len(buf)
+            if len(buf) - len(_CRLF) < cap:
+                return None  # all of data was taken
+        if found == -1 or found + len(_CRLF) > cap:
+            raise HeaderBlockTooLarge(
+                f"the header block of part {self._parts + 1} exceeds {cap} bytes"
+            )
+        block = bytes(buf[len(_CRLF) : found])
+        # The empty line was not in the old buffer, so this moves forward.
+        return self._start_part(block, pos + found + len(_BLANK_LINE) - old, events)
+
+    def _start_part(self, block: bytes, body_start: int, events: list[Event]) -> int:
+        """Emit ``PartStarted`` for a header block; return ``body_start``."""
+        headers = _parse_header_block(block)
+        self._parts += 1
+        events.append(PartStarted(headers))
+        self._state = _State.BODY
+        self._header_buf = bytearray()
+        # RFC 2046 §5.1.1: a part's body is optional, so the empty line's CRLF
+        # may also be the CRLF of the next delimiter ("--b CRLF CRLF --b--" is
+        # one empty part).  Re-read it as a virtual, non-payload tail.
+        self._tail = _CRLF
+        self._virtual = len(_CRLF)
+        return body_start
+
+
+def _parse_header_block(block: bytes) -> tuple[tuple[str, str], ...]:
+    """Parse ``Name: value`` lines (CRLF-separated, no empty line) into pairs."""
+    headers: list[tuple[str, str]] = []
+    for line in block.split(_CRLF) if block else ():
+        if b"\r" in line or b"\n" in line or b"\x00" in line:
+            # RFC 9110 §5.5: bare CR, LF or NUL in a field must be rejected.
+            raise MalformedMultipart("a part header contains a bare CR, LF or NUL")
+        if line[:1] in (b" ", b"\t"):
+            # obs-fold (RFC 5322 §2.2.3, RFC 9110 §5.5): join with one space.
+            if not headers:
+                raise MalformedMultipart(
+                    "a part header block starts with a continuation"
+                )
+            name, value = headers[-1]
+            folded = line.strip(b" \t").decode("latin-1")
+            headers[-1] = (name, f"{value} {folded}" if value else folded)
+            continue
+        colon = line.find(b":")
+        name_bytes = line[:colon].rstrip(b" \t") if colon > 0 else b""
+        if not _FIELD_NAME.fullmatch(name_bytes):
+            shown = line[:40].decode("latin-1")
+            raise MalformedMultipart(f"malformed part header line {shown!r}")
+        value = line[colon + 1 :].strip(b" \t").decode("latin-1")
+        headers.append((name_bytes.decode("ascii").lower(), value))
+    return tuple(headers)

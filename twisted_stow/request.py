@@ -1,0 +1,183 @@
+"""``StreamingRequest``: a twisted.web Request that streams its body.
+
+Stock twisted.web spools every body into memory or a temporary file before
+any resource runs, answers ``Expect: 100-continue`` by itself and has no size
+limit (../shared/TWISTED.md Q1, Q5).  This subclass decides from the headers
+alone in ``gotLength`` (before the ``100 Continue``), feeds each body chunk to
+the upload's reader as it arrives, and pauses the socket while storage lags.
+The Klein route runs, as usual, once the body is complete.
+"""
+
+from __future__ import annotations
+
+from io import BytesIO
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+from twisted.web.http import RESPONSES
+from twisted.web.iweb import INonQueuedRequestFactory
+from twisted.web.server import Request
+from zope.interface import provider
+
+from .errors import BodyTooLarge, StowError
+
+if TYPE_CHECKING:
+    from .upload import Upload
+
+log = Logger()
+
+# After an early refusal the write side is closed at once, and the read side
+# after this grace period: a client still sending its body must get the time
+# to read our answer before a reset could destroy it (a lingering close).
+LINGER_SECONDS = 2.0
+
+
+def channel_request_line(channel: Any) -> tuple[bytes, bytes]:
+    """Method and request-target of the request whose headers just arrived.
+
+    ``Request.method``/``uri`` are placeholders until the body is in, but
+    ``HTTPChannel`` keeps the parsed request line in ``_command``/``_path``
+    (private, unchanged since Twisted 13; tests/memory/test_request.py fails
+    loudly if that ever changes).  HTTP/2 streams expose ``command``/``path``.
+    """
+    try:
+        return channel._command, channel._path
+    except AttributeError:
+        return channel.command, channel.path
+
+
+@provider(INonQueuedRequestFactory)
+class StreamingRequest(Request):
+    """A request whose STOW-RS body is parsed and stored as it arrives."""
+
+    upload: Upload | None = None
+    _refused = False
+    _discarding = False
+    _linger_call: IDelayedCall | None = None
+    _paused_for_storage = False
+    _saved_timeout: float | None = None
+
+    def gotLength(self, length: int | None) -> None:
+        # requestReceived() needs a seekable content object; the body itself
+        # never goes there.
+        self.content = BytesIO()
+        method, target = channel_request_line(self.channel)
+        try:
+            self.upload = self.channel.site.stow.begin_upload(self, method, target, length)
+        except StowError as error:
+            self.refuse(error)
+            return
+        if self.upload is not None:
+            # Larger reads roughly halve the receive path's CPU cost
+            # (TWISTED.md Q6: 256 KiB-1 MiB was best).
+            transport = self.channel.transport
+            if transport is not None and hasattr(transport, "bufferSize"):
+                transport.bufferSize = self.upload.read_size_bytes
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused or self._discarding:
+            return
+        upload = self.upload
+        if upload is None:
+            # Not a STOW route: the body is of no use to anyone.
+            return
+        try:
+            upload.feed(data)
+        except BodyTooLarge as error:
+            upload.abort()
+            self.refuse(error)
+            return
+        if self._paused_for_storage:
+            # HTTPChannel resumes the transport for its own write-side
+            # reasons; keep it paused while storage is behind.
+            self.channel.pauseProducing()
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._refused:
+            # The answer was written in gotLength/handleContentChunk.
+            return
+        if self.upload is not None:
+            self.upload.body_complete()
+        super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason: Any) -> None:
+        if self.upload is not None:
+            self.upload.abort()
+        if self._linger_call is not None and self._linger_call.active():
+            self._linger_call.cancel()
+        super().connectionLost(reason)
+
+    # Backpressure: driven by the upload's BytesInFlight.
+
+    def pauseProducing(self) -> None:
+        """Storage is behind: stop reading the socket."""
+        if self._paused_for_storage or self._refused:
+            return
+        self._paused_for_storage = True
+        channel = self.channel
+        channel.pauseProducing()
+        # HTTPChannel's idle timer only restarts on received bytes; while we
+        # hold the socket paused none arrive, and a slow disk would get the
+        # client disconnected as idle (TWISTED.md Q3, measured).
+        self._saved_timeout = channel.setTimeout(None)
+
+    def resumeProducing(self) -> None:
+        """Storage caught up: read the socket again."""
+        if not self._paused_for_storage:
+            return
+        self._paused_for_storage = False
+        channel = getattr(self, "channel", None)
+        if channel is None:
+            return
+        if channel._handlingRequest:
+            # The body is complete and HTTPChannel has saved (our None) as the
+            # timeout to restore after the response: hand it the real one.
+            channel._savedTimeOut = self._saved_timeout
+        else:
+            channel.setTimeout(self._saved_timeout)
+        channel.resumeProducing()
+
+    # Refusing from the headers alone.
+
+    def refuse(self, error: StowError) -> None:
+        """Answer ``error`` now, before (or instead of) reading the body.
+
+        Writes a complete response straight to the transport and closes the
+        connection; ``Expect`` is dropped so HTTPChannel sends no ``100
+        Continue`` after it.  Calling Request.finish() here would make
+        HTTPChannel pop this request while its body is still being decoded.
+        """
+        if self._refused:
+            return
+        self._refused = True
+        self.requestHeaders.removeHeader(b"expect")
+        channel = self.channel
+        channel.persistent = False
+        stow = channel.site.stow
+        method, target = channel_request_line(channel)
+        status, headers, body = stow.refusal(self, error, target)
+        lines = [b"HTTP/1.1 %d %s" % (status, _reason_phrase(status))]
+        lines += [name + b": " + value for name, value in headers]
+        lines += [b"Content-Length: %d" % len(body), b"Connection: close", b"", b""]
+        transport = channel.transport
+        transport.write(b"\r\n".join(lines) + body)
+        log.info(
+            "refused {method} {target}: {status} {detail}",
+            method=method,
+            target=target,
+            status=status,
+            detail=error.detail,
+        )
+        if self._paused_for_storage:
+            self._paused_for_storage = False
+            channel.resumeProducing()
+        if hasattr(transport, "loseWriteConnection"):
+            transport.loseWriteConnection()
+            self._linger_call = stow.reactor.callLater(LINGER_SECONDS, transport.abortConnection)
+        else:
+            transport.loseConnection()
+
+
+def _reason_phrase(status: int) -> bytes:
+    return RESPONSES.get(status, b"Error")

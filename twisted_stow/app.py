@@ -22,6 +22,7 @@ from werkzeug.routing import RequestRedirect
 
 from .config import StowConfig
 from .errors import (
+    BodyTooLarge,
     InvalidStudyUID,
     LengthRequired,
     MethodNotAllowed,
@@ -29,10 +30,10 @@ from .errors import (
     RouteNotFound,
     ServiceUnavailable,
     StowError,
-    BodyTooLarge,
 )
 from .ingest import IngestPolicy, RunInThread, StudyMismatch
 from .interfaces import IStorage
+from .limits import UploadSlots
 from .mediatype import negotiate, reader_for
 from .outcomes import Stored
 from .response import (
@@ -91,6 +92,7 @@ class StowService:
         self.storage = storage
         self.reactor = reactor
         self._run_in_thread = run_in_thread
+        self.slots = UploadSlots(config.max_uploads, config.max_uploads_per_peer)
         self._validation = ValidationPolicy(
             allowed_sop_classes=config.sop_classes or default_sop_classes(),
             allowed_transfer_syntaxes=config.transfer_syntaxes or default_transfer_syntaxes(),
@@ -149,7 +151,10 @@ class StowService:
             study_mismatch=mismatch,
             duplicates=self.config.duplicates,
         )
+        # Last: a request refused for any other reason never holds a slot.
+        release = self.slots.acquire(_peer_host(request))
         return Upload(
+            release=release,
             target=stow_target,
             response_type=response_type,
             reader=reader,
@@ -217,14 +222,18 @@ class StowService:
     @app.route("/studies/<study>", methods=["OPTIONS"], endpoint="preflight_study")
     @app.route("/dicomweb/studies", methods=["OPTIONS"], endpoint="monai_preflight")
     @app.route("/dicomweb/studies/<study>", methods=["OPTIONS"], endpoint="monai_preflight_study")
-    @app.route("/dicomweb/<workflow_id>/studies", methods=["OPTIONS"], endpoint="monai_wf_preflight")
+    @app.route(
+        "/dicomweb/<workflow_id>/studies", methods=["OPTIONS"], endpoint="monai_wf_preflight"
+    )
     @app.route(
         "/dicomweb/<workflow_id>/studies/<study>",
         methods=["OPTIONS"],
         endpoint="monai_wf_preflight_study",
     )
     @app.route("/aets/<aet>/rs/studies", methods=["OPTIONS"], endpoint="aet_preflight")
-    @app.route("/aets/<aet>/rs/studies/<study>", methods=["OPTIONS"], endpoint="aet_preflight_study")
+    @app.route(
+        "/aets/<aet>/rs/studies/<study>", methods=["OPTIONS"], endpoint="aet_preflight_study"
+    )
     def preflight(self, request: Any, **_route: str) -> bytes:
         """OPTIONS: the methods allowed, and a CORS preflight answer."""
         request.setResponseCode(204)
@@ -273,7 +282,9 @@ class StowService:
         request.setResponseCode(500)
         request.setHeader("Content-Type", PROBLEM_JSON)
         return problem_document(
-            500, "Internal Server Error", "the server failed to process the request",
+            500,
+            "Internal Server Error",
+            "the server failed to process the request",
             _instance(request),
         )
 
@@ -336,6 +347,11 @@ def _target_for(path: str, kwargs: dict[str, str]) -> Target:
         ae_title=kwargs.get("aet"),
         route_family=family,
     )
+
+
+def _peer_host(request: Any) -> str:
+    peer = request.getClientAddress()
+    return str(getattr(peer, "host", peer))
 
 
 def _error_headers(error: StowError) -> list[tuple[Any, Any]]:

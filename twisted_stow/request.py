@@ -101,9 +101,17 @@ class StreamingRequest(Request):
             self.upload.body_complete()
         super().requestReceived(command, path, version)
 
+    def finish(self) -> None:
+        # Before super(): HTTPChannel may start the next pipelined request
+        # from inside finish(), and it must see this upload's slot free.
+        if self.upload is not None:
+            self.upload.release()
+        super().finish()
+
     def connectionLost(self, reason: Any) -> None:
         if self.upload is not None:
             self.upload.abort()
+            self.upload.release()
         if self._linger_call is not None and self._linger_call.active():
             self._linger_call.cancel()
         super().connectionLost(reason)

@@ -10,7 +10,13 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
-from .config import DEFAULT_IDLE_TIMEOUT_SECONDS, DEFAULT_LISTEN, DEFAULT_STORAGE, StowConfig, parse_size
+from .config import (
+    DEFAULT_IDLE_TIMEOUT_SECONDS,
+    DEFAULT_LISTEN,
+    DEFAULT_STORAGE,
+    StowConfig,
+    parse_size,
+)
 from .ingest import Duplicates, StudyMismatch
 from .site import make_site
 from .storage.filesystem import FilesystemStorage
@@ -28,25 +34,62 @@ class Options(usage.Options):
     )
     optParameters = [
         ["storage", "s", DEFAULT_STORAGE, "Directory where instances are stored."],
-        ["public-url", None, None,
-         "Externally visible base URL for RetrieveURL (e.g. https://pacs.example/dicomweb); "
-         "default: built from the request."],
-        ["study-mismatch", None, None,
-         "Instance of another study than the URL's: 'reject' (FailureReason 0xA900) or 'warn' "
-         "(stored, WarningReason 0xB007). Default: reject, but warn on /dicomweb/ routes."],
-        ["duplicates", None, "reject",
-         "SOP Instance UID already stored with different bytes: 'reject' (FailureReason "
-         "0x0111) or 'overwrite'. Identical bytes always succeed without a rewrite."],
-        ["max-body-size", None, None,
-         "Largest request body accepted, e.g. 10G (413 above it). Default: no limit."],
-        ["idle-timeout", None, str(DEFAULT_IDLE_TIMEOUT_SECONDS),
-         "Seconds a client may stay silent before it is disconnected "
-         "(time paused for slow storage does not count)."],
+        [
+            "public-url",
+            None,
+            None,
+            ("Externally visible base URL for RetrieveURL (e.g. https://pacs.example); "
+            "default: built from the request."),
+        ],
+        [
+            "study-mismatch",
+            None,
+            None,
+            ("Instance of another study than the URL's: 'reject' (FailureReason 0xA900) or "
+            "'warn' (stored, WarningReason 0xB007). Default: reject, but warn on /dicomweb/."),
+        ],
+        [
+            "duplicates",
+            None,
+            "reject",
+            ("SOP Instance UID already stored with other bytes: 'reject' (FailureReason "
+            "0x0111) or 'overwrite'. Identical bytes always succeed without a rewrite."),
+        ],
+        [
+            "max-body-size",
+            None,
+            None,
+            "Largest request body accepted, e.g. 10G (413 above it). Default: no limit.",
+        ],
+        [
+            "max-uploads",
+            None,
+            None,
+            ("Uploads received at once, in total; above it clients get 503 with Retry-After. "
+            "Default: no limit."),
+        ],
+        [
+            "max-uploads-per-peer",
+            None,
+            None,
+            ("Uploads received at once from one client address (503 with Retry-After above "
+            "it). Default: no limit."),
+        ],
+        [
+            "idle-timeout",
+            None,
+            str(DEFAULT_IDLE_TIMEOUT_SECONDS),
+            ("Seconds a client may stay silent before it is disconnected (time paused for "
+            "slow storage does not count)."),
+        ],
     ]
     optFlags = [
-        ["trust-forwarded-headers", None,
-         "Build RetrieveURL from X-Forwarded-Proto/X-Forwarded-Host (only behind a proxy "
-         "you control)."],
+        [
+            "trust-forwarded-headers",
+            None,
+            ("Build RetrieveURL from X-Forwarded-Proto/X-Forwarded-Host (only behind a proxy "
+            "you control)."),
+        ],
     ]
 
     def __init__(self) -> None:
@@ -65,13 +108,11 @@ class Options(usage.Options):
         self["cors-origin"].append(origin)
 
     def opt_sop_class(self, uid: str) -> None:
-        """Accept only these SOP Class UIDs (repeatable; others get 0x0122).
-        Default: every storage SOP class pydicom knows."""
+        """Accept only this SOP Class UID (repeatable; others: 0x0122). Default: all storage."""
         self["sop-class"].append(uid)
 
     def opt_transfer_syntax(self, uid: str) -> None:
-        """Accept only these Transfer Syntax UIDs (repeatable; others get 0xC122).
-        Default: every transfer syntax pydicom knows."""
+        """Accept only this Transfer Syntax UID (repeatable; others: 0xC122). Default: all."""
         self["transfer-syntax"].append(uid)
 
     def postOptions(self) -> None:
@@ -82,6 +123,8 @@ class Options(usage.Options):
         try:
             max_body = parse_size(self["max-body-size"]) if self["max-body-size"] else None
             idle = float(self["idle-timeout"])
+            max_uploads = _positive_or_none(self["max-uploads"], "--max-uploads")
+            max_per_peer = _positive_or_none(self["max-uploads-per-peer"], "--max-uploads-per-peer")
         except ValueError as e:
             raise usage.UsageError(str(e)) from e
         try:
@@ -98,10 +141,21 @@ class Options(usage.Options):
             duplicates=duplicates,
             cors_origins=tuple(self["cors-origin"]),
             max_body_bytes=max_body,
+            max_uploads=max_uploads,
+            max_uploads_per_peer=max_per_peer,
             idle_timeout_seconds=idle,
             sop_classes=frozenset(self["sop-class"]) or None,
             transfer_syntaxes=frozenset(self["transfer-syntax"]) or None,
         )
+
+
+def _positive_or_none(text: str | None, option: str) -> int | None:
+    if text is None:
+        return None
+    value = int(text)
+    if value < 1:
+        raise ValueError(f"{option} must be at least 1")
+    return value
 
 
 class _StorageService(Service):

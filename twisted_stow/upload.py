@@ -8,6 +8,7 @@ body is complete.  It holds what the route decided from the URL and headers
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred
@@ -42,6 +43,7 @@ class Upload:
     def __init__(
         self,
         *,
+        release: Callable[[], None],
         target: Target,
         response_type: str,
         reader: BodyReader,
@@ -52,6 +54,7 @@ class Upload:
         max_body_bytes: int | None,
     ) -> None:
         self.target = target
+        self.release = release  # frees the upload slot; idempotent
         self.response_type = response_type
         self._reader = reader
         self._reader_failed = False

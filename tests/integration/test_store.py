@@ -35,7 +35,9 @@ def multipart(parts: list[bytes], boundary: str = BOUNDARY) -> tuple[bytes, dict
     return body, {"Content-Type": [multipart_content_type(boundary)]}
 
 
-async def post(client: Any, url: str, body: Any, headers: dict[str, list[str]]) -> tuple[int, Any, Any]:
+async def post(
+    client: Any, url: str, body: Any, headers: dict[str, list[str]]
+) -> tuple[int, Any, Any]:
     response = await client.post(url, data=body, headers=headers)
     content = await response.content()
     return response.code, response.headers, content
@@ -51,7 +53,9 @@ def staging_files(root: Path) -> list[Path]:
 
 
 @pytest_twisted.ensureDeferred
-async def test_multipart_fixed_length_stores_every_instance(stow_server: Server, client: Any) -> None:
+async def test_multipart_fixed_length_stores_every_instance(
+    stow_server: Server, client: Any
+) -> None:
     """Three real instances, streamed with Content-Length: 200, all listed, bytes identical."""
     body, headers = multipart([read(p) for p in THREE])
     code, response_headers, content = await post(
@@ -280,9 +284,7 @@ async def test_keep_alive_serves_several_uploads(stow_server: Server) -> None:
         + f"Content-Length: {len(second_body)}\r\n\r\n".encode()
         + second_body
     )
-    raw = await deferToThread(
-        raw_exchange, stow_server.port, head + b"\r\n" + body + second
-    )
+    raw = await deferToThread(raw_exchange, stow_server.port, head + b"\r\n" + body + second)
     assert raw.count(b"HTTP/1.1 200 OK") == 2
     assert stored_path(stow_server.storage, MR).read_bytes() == read(MR)
 

@@ -151,7 +151,7 @@ def test_paused_upload_is_not_idle() -> None:
 def test_disconnect_aborts_the_part_in_flight() -> None:
     """A client that goes away mid-part gets its part writer aborted."""
     storage = HeldStorage()
-    channel, transport = make_channel(storage, Clock())
+    channel, _ = make_channel(storage, Clock())
     channel.dataReceived(chunked_head())
     channel.dataReceived(chunk(big_body(100_000)[:50_000]))
     assert len(storage.writers) == 1
@@ -176,7 +176,7 @@ def test_415_is_written_before_any_body_and_without_100_continue() -> None:
 def test_single_part_body_reaches_the_writer_intact() -> None:
     """The bytes a writer receives are exactly the part's payload."""
     storage = HeldStorage()
-    channel, transport = make_channel(storage, Clock())
+    channel, _ = make_channel(storage, Clock())
     payload = read(CT)
     channel.dataReceived(
         b"POST /studies HTTP/1.1\r\nHost: x\r\nContent-Type: application/dicom\r\n"

@@ -174,9 +174,7 @@ class _StagingFile:
             os.close(fd)
 
 
-def _drop_written(
-    buffers: list[bytes | memoryview], written: int
-) -> list[bytes | memoryview]:
+def _drop_written(buffers: list[bytes | memoryview], written: int) -> list[bytes | memoryview]:
     """What is left of ``buffers`` after a (possibly short) writev."""
     while buffers and written >= len(buffers[0]):
         written -= len(buffers[0])
@@ -190,9 +188,7 @@ def _drop_written(
 class FilesystemPartWriter:
     """Stages one part on disk; see ``IPartWriter`` for the lifecycle."""
 
-    def __init__(
-        self, storage: FilesystemStorage, staged_path: Path, flow: BytesInFlight
-    ) -> None:
+    def __init__(self, storage: FilesystemStorage, staged_path: Path, flow: BytesInFlight) -> None:
         self._storage = storage
         self._flow = flow
         self._queue = _SerialQueue(storage.pool, storage.reactor)

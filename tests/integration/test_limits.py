@@ -1,0 +1,111 @@
+"""Upload limits over real sockets: 503 with Retry-After from the headers, never a hang."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet.threads import deferToThread
+
+from tests.dicom_files import CT, MR, read
+from tests.helpers import build_multipart, multipart_content_type
+from tests.integration.conftest import Server
+from tests.integration.streaming import json_body, raw_exchange, status_of
+from twisted_stow.config import StowConfig
+
+BOUNDARY = "limits-boundary"
+
+
+@pytest.fixture
+def stow_config() -> StowConfig:
+    """One upload at a time in total (one test overrides it with a per-peer cap)."""
+    return StowConfig(max_uploads=1)
+
+
+def upload_request(body: bytes, *, close: bool = True) -> bytes:
+    return (
+        b"POST /studies HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + f"Content-Type: {multipart_content_type(BOUNDARY)}\r\n".encode()
+        + f"Content-Length: {len(body)}\r\n".encode()
+        + (b"Connection: close\r\n" if close else b"")
+        + b"\r\n"
+        + body
+    )
+
+
+def open_slow_upload(port: int, source: str = "127.0.0.1") -> socket.socket:
+    """Blocking: start an upload and leave it half-sent, holding a slot."""
+    body = build_multipart([read(CT)], BOUNDARY)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+    request = upload_request(body)
+    sock.sendall(request[: len(request) - 1000])
+    return sock
+
+
+async def wait_for_active(server: Server, count: int) -> None:
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    for _ in range(200):
+        if server.handle.stow.slots.active == count:
+            return
+        await deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError(f"never saw {count} active uploads")
+
+
+@pytest_twisted.ensureDeferred
+async def test_over_total_limit_gets_503_with_retry_after(stow_server: Server) -> None:
+    """A second upload while the only slot is busy: 503 + Retry-After, problem+json."""
+    holder = await deferToThread(open_slow_upload, stow_server.port)
+    try:
+        await wait_for_active(stow_server, 1)
+        body = build_multipart([read(MR)], BOUNDARY)
+        raw = await deferToThread(raw_exchange, stow_server.port, upload_request(body))
+        assert status_of(raw) == 503
+        assert b"\r\nRetry-After: 5\r\n" in raw
+        assert json_body(raw)["status"] == 503
+    finally:
+        holder.close()
+    await wait_for_active(stow_server, 0)
+    # The slot is free again: the next upload is served.
+    body = build_multipart([read(MR)], BOUNDARY)
+    raw = await deferToThread(raw_exchange, stow_server.port, upload_request(body))
+    assert status_of(raw) == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_slot_is_released_after_a_finished_upload(stow_server: Server) -> None:
+    """Two uploads one after the other on one keep-alive connection both succeed."""
+    first = upload_request(build_multipart([read(CT)], BOUNDARY), close=False)
+    second = upload_request(build_multipart([read(MR)], BOUNDARY))
+    raw = await deferToThread(raw_exchange, stow_server.port, first + second)
+    assert raw.count(b"HTTP/1.1 200 OK") == 2
+    assert stow_server.handle.stow.slots.active == 0
+
+
+@pytest.mark.parametrize("stow_config", [StowConfig(max_uploads_per_peer=1)])
+@pytest_twisted.ensureDeferred
+async def test_per_peer_limit_spares_other_clients(stow_server: Server, stow_config: Any) -> None:
+    """A busy 127.0.0.1 is refused with 503 while 127.0.0.2 is served."""
+    holder = await deferToThread(open_slow_upload, stow_server.port)
+    try:
+        await wait_for_active(stow_server, 1)
+        body = build_multipart([read(MR)], BOUNDARY)
+        raw = await deferToThread(raw_exchange, stow_server.port, upload_request(body))
+        assert status_of(raw) == 503
+
+        def from_second_address() -> bytes:
+            with socket.create_connection(
+                ("127.0.0.1", stow_server.port), timeout=10, source_address=("127.0.0.2", 0)
+            ) as sock:
+                sock.sendall(upload_request(body))
+                received = b""
+                while chunk := sock.recv(65536):
+                    received += chunk
+                return received
+
+        assert status_of(await deferToThread(from_second_address)) == 200
+    finally:
+        holder.close()

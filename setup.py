@@ -32,5 +32,6 @@ setup(
             "dicomweb-client>=0.59",
             "psutil>=5.9",
         ],
+        "lint": ["ruff>=0.6", "mypy>=1.10", "mypy-zope>=1.0"],
     },
 )

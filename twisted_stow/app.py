@@ -9,7 +9,7 @@ and renders the Store Instances Response (PS3.18 10.5.3).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import unquote_to_bytes
 
@@ -255,7 +255,8 @@ class StowService:
     @app.handle_errors(StowError)
     def stow_error(self, request: Any, failure: Failure) -> bytes:
         """A request-level error: RFC 7807 problem document."""
-        error: StowError = failure.value
+        error = failure.value
+        assert isinstance(error, StowError)
         request.setResponseCode(error.status)
         request.setHeader("Content-Type", PROBLEM_JSON)
         for name, value in _error_headers(error):
@@ -266,7 +267,8 @@ class StowService:
     @app.handle_errors(HTTPException)
     def http_error(self, request: Any, failure: Failure) -> bytes:
         """Klein's own 404/405 (bodiless requests), as problem documents."""
-        error: HTTPException = failure.value
+        error = failure.value
+        assert isinstance(error, HTTPException)
         status = error.code or 500
         request.setResponseCode(status)
         request.setHeader("Content-Type", PROBLEM_JSON)
@@ -330,7 +332,7 @@ class StowService:
             request.setHeader(name, value)
 
 
-def _target_for(path: str, kwargs: dict[str, str]) -> Target:
+def _target_for(path: str, kwargs: Mapping[str, Any]) -> Target:
     study = kwargs.get("study")
     studies_at = path.rfind("/studies")
     base_path = path[:studies_at] if studies_at >= 0 else ""

@@ -147,28 +147,28 @@ class Ingest:
             # Anything unexpected stays with this one part (dcm4chee#3517:
             # one bad part must never turn the request into a 500).
             log.failure("unexpected error while storing a part")
-            writer.abort()
+            await writer.abort()
             return Failed(FailureReason.PROCESSING_FAILURE, "internal error while storing")
 
     async def _store(self, writer: IPartWriter) -> Outcome:
         try:
             size = await writer.finish()
         except StorageFull as e:
-            writer.abort()
+            await writer.abort()
             return Failed(FailureReason.OUT_OF_RESOURCES, f"storage full: {e}")
         except OSError as e:
-            writer.abort()
+            await writer.abort()
             log.error("storage error while staging a part: {error}", error=e)
             return Failed(FailureReason.PROCESSING_FAILURE, f"storage error: {e.strerror}")
         if size == 0:
-            writer.abort()
+            await writer.abort()
             return Failed(FailureReason.CANNOT_UNDERSTAND, "empty part")
 
         verdict = await self._run_in_thread(
             validate_part, writer.staged_path, self._policy.validation
         )
         if isinstance(verdict, Failed):
-            writer.abort()
+            await writer.abort()
             return verdict
         instance: InstanceRef = verdict
 
@@ -181,7 +181,7 @@ class Ingest:
                 f"from the target study {expected}"
             )
             if self._policy.study_mismatch is StudyMismatch.REJECT:
-                writer.abort()
+                await writer.abort()
                 return _failed(FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, detail, instance)
             warning = WarningReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
 

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from .flow import BytesInFlight
+    from .outcomes import InstanceRef
+    from .storage import CommitResult
 
 
 class IPartWriter(Interface):
@@ -21,24 +30,28 @@ class IPartWriter(Interface):
         """Accept the next bytes of the part; the writer may keep a reference
         to ``data`` until it is written, so the caller must not mutate it."""
 
-    def finish() -> object:
+    def finish() -> Deferred[int]:
         """No more data: returns a Deferred firing with the part size in
         bytes once the staged bytes are synced to disk, or failing with
         ``StorageFull`` or ``OSError``."""
 
-    def commit(instance: object, *, overwrite: bool) -> object:
+    def commit(instance: InstanceRef, *, overwrite: bool) -> Deferred[CommitResult]:
         """Move the staged part into place for ``instance`` (an InstanceRef).
 
         Returns a Deferred firing with a ``CommitResult``; durable (file and
         every directory it created or changed synced) when it fires.  Fails
         with ``StorageFull`` or ``OSError``."""
 
-    def abort() -> None:
-        """Discard the part: nothing of it remains in storage.  Idempotent."""
+    def abort() -> Deferred[None]:
+        """Discard the part.  Idempotent; safe at any point.
+
+        The Deferred fires once nothing of the part remains in storage (callers
+        that report the part as failed wait for it; a lost connection need not).
+        """
 
 
 class IStorage(Interface):
     """Where accepted instances are kept."""
 
-    def open_writer(flow: object) -> IPartWriter:
+    def open_writer(flow: BytesInFlight) -> IPartWriter:
         """A writer for one new part; ``flow`` is the upload's ``BytesInFlight``."""

@@ -62,16 +62,17 @@ class StreamingRequest(Request):
         # requestReceived() needs a seekable content object; the body itself
         # never goes there.
         self.content = BytesIO()
-        method, target = channel_request_line(self.channel)
+        channel: Any = self.channel
+        method, target = channel_request_line(channel)
         try:
-            self.upload = self.channel.site.stow.begin_upload(self, method, target, length)
+            self.upload = channel.site.stow.begin_upload(self, method, target, length)
         except StowError as error:
             self.refuse(error)
             return
         if self.upload is not None:
             # Larger reads roughly halve the receive path's CPU cost
             # (TWISTED.md Q6: 256 KiB-1 MiB was best).
-            transport = self.channel.transport
+            transport = channel.transport
             if transport is not None and hasattr(transport, "bufferSize"):
                 transport.bufferSize = self.upload.read_size_bytes
 
@@ -160,7 +161,7 @@ class StreamingRequest(Request):
             return
         self._refused = True
         self.requestHeaders.removeHeader(b"expect")
-        channel = self.channel
+        channel: Any = self.channel
         channel.persistent = False
         stow = channel.site.stow
         method, target = channel_request_line(channel)
@@ -168,7 +169,7 @@ class StreamingRequest(Request):
         lines = [b"HTTP/1.1 %d %s" % (status, _reason_phrase(status))]
         lines += [name + b": " + value for name, value in headers]
         lines += [b"Content-Length: %d" % len(body), b"Connection: close", b"", b""]
-        transport = channel.transport
+        transport: Any = channel.transport
         transport.write(b"\r\n".join(lines) + body)
         log.info(
             "refused {method} {target}: {status} {detail}",

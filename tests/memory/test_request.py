@@ -56,9 +56,10 @@ class HeldWriter:
     def commit(self, instance: InstanceRef, *, overwrite: bool) -> Deferred[CommitResult]:
         return succeed(CommitResult.STORED)
 
-    def abort(self) -> None:
+    def abort(self) -> Deferred[None]:
         self.aborted = True
         self.release()
+        return succeed(None)
 
 
 @implementer(IStorage)

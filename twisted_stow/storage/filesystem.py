@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -252,16 +252,32 @@ class FilesystemPartWriter:
         d.errback(failure)
         return d
 
-    def abort(self) -> None:
-        if self._done:
-            return
+    def abort(self) -> Deferred[None]:
+        if self._discarded is not None:
+            return _chain(self._discarded)
+        if self._done:  # committed: the staged name is gone already
+            return succeed(None)
         self._done = True
         batch_bytes, self._batch, self._batch_bytes = self._batch_bytes, [], 0
         if batch_bytes:
             self._flow.done(batch_bytes)
-        self._queue.submit(self._file.discard).addErrback(
-            lambda f: log.failure("could not remove staging file", f)
-        )
+        self._discarded = self._queue.submit(self._file.discard)
+        self._discarded.addErrback(lambda f: log.failure("could not remove staging file", f))
+        return _chain(self._discarded)
+
+    _discarded: Deferred[None] | None = None
+
+
+def _chain(d: Deferred[None]) -> Deferred[None]:
+    """A new Deferred firing with ``d`` without taking over its result."""
+    mirror: Deferred[None] = Deferred()
+
+    def fire(result: object) -> object:
+        mirror.callback(None)
+        return result
+
+    d.addBoth(fire)
+    return mirror
 
 
 @implementer(IStorage)

@@ -283,6 +283,7 @@ class StowService:
         log.failure("unhandled error in {uri}", failure, uri=request.uri)
         request.setResponseCode(500)
         request.setHeader("Content-Type", PROBLEM_JSON)
+        self._set_cors(request)
         return problem_document(
             500,
             "Internal Server Error",

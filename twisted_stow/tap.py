@@ -108,11 +108,11 @@ class Options(usage.Options):
         self["cors-origin"].append(origin)
 
     def opt_sop_class(self, uid: str) -> None:
-        """Accept only this SOP Class UID (repeatable; others: 0x0122). Default: all storage."""
+        """Only accept this SOP Class (repeatable; others: 0x0122). Default: all storage."""
         self["sop-class"].append(uid)
 
     def opt_transfer_syntax(self, uid: str) -> None:
-        """Accept only this Transfer Syntax UID (repeatable; others: 0xC122). Default: all."""
+        """Only accept this Transfer Syntax (repeatable; others: 0xC122). Default: all storable."""
         self["transfer-syntax"].append(uid)
 
     def postOptions(self) -> None:

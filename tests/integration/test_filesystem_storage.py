@@ -115,8 +115,8 @@ async def test_file_and_every_changed_directory_are_synced_before_commit_returns
     assert events[1] == ("link", str(final))
     synced_dirs = {path for kind, path in events[2:] if kind == "fsync"}
     # The root gained the study directory, the study directory the series
-    # directory, and the series directory the file.
-    assert synced_dirs == {str(storage.root), str(study_dir), str(series_dir)}
+    # directory, the series directory the file, the index its entry.
+    assert synced_dirs == {str(storage.root), str(study_dir), str(series_dir), str(storage.index)}
 
 
 @pytest_twisted.ensureDeferred
@@ -136,7 +136,7 @@ async def test_second_instance_syncs_only_its_series_directory(
     other = InstanceRef(INSTANCE.sop_class_uid, "1.2.3.4.5.7", "1.2.3", "1.2.3.4")
     second = await write_part(storage, flow, b"two", 10)
     await second.commit(other, overwrite=False)
-    assert synced[1:] == [str(storage.instance_path(other).parent)]
+    assert synced[1:] == [str(storage.instance_path(other).parent), str(storage.index)]
 
 
 @pytest_twisted.ensureDeferred
@@ -260,6 +260,36 @@ async def test_conflicting_duplicate_keeps_the_old_file(
     assert await third.commit(INSTANCE, overwrite=True) is CommitResult.OVERWRITTEN
     assert storage.instance_path(INSTANCE).read_bytes() == b"replacement"
     assert staged(storage) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_same_sop_instance_in_another_series_is_a_duplicate(
+    storage: FilesystemStorage, flow: BytesInFlight
+) -> None:
+    """A SOP Instance UID is unique across studies: another path still conflicts."""
+    first = await write_part(storage, flow, b"original", 4)
+    await first.commit(INSTANCE, overwrite=False)
+    moved = InstanceRef(INSTANCE.sop_class_uid, INSTANCE.sop_instance_uid, "1.2.9", "1.2.9.1")
+    second = await write_part(storage, flow, b"other study", 4)
+    assert await second.commit(moved, overwrite=False) is CommitResult.CONFLICTING_DUPLICATE
+    assert not storage.instance_path(moved).exists()
+    assert storage.instance_path(INSTANCE).read_bytes() == b"original"
+    third = await write_part(storage, flow, b"moved for good", 4)
+    assert await third.commit(moved, overwrite=True) is CommitResult.OVERWRITTEN
+    assert storage.instance_path(moved).read_bytes() == b"moved for good"
+    assert not storage.instance_path(INSTANCE).exists()
+    assert staged(storage) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_dangling_index_entry_reads_as_absent(
+    storage: FilesystemStorage, flow: BytesInFlight
+) -> None:
+    """A crash between indexing and linking leaves an entry that does not block a retry."""
+    (storage.index / INSTANCE.sop_instance_uid).symlink_to("../1.2.9/1.2.9.1/gone.dcm")
+    writer = await write_part(storage, flow, b"retry", 4)
+    assert await writer.commit(INSTANCE, overwrite=False) is CommitResult.STORED
+    assert storage.instance_path(INSTANCE).read_bytes() == b"retry"
 
 
 def test_start_sweeps_staging_files_of_dead_processes(tmp_path: Path) -> None:

@@ -45,6 +45,7 @@ BATCH_BYTES = 1024 * 1024
 # threads; fsync of one large part must not stall every other upload.
 DEFAULT_WRITER_THREADS = 4
 STAGING_DIR_NAME = ".staging"
+INDEX_DIR_NAME = ".sop-index"
 _COMPARE_BLOCK_BYTES = 1024 * 1024
 # Errors that mean "the disk is full" rather than "storage is broken"; the
 # first maps to FailureReason 0xA700, everything else to 0x0110.
@@ -293,12 +294,18 @@ class FilesystemStorage:
     ) -> None:
         self.root = Path(root).absolute()
         self.staging = self.root / STAGING_DIR_NAME
+        self.index = self.root / INDEX_DIR_NAME
+        # Check-and-link of one SOP Instance UID must not interleave with
+        # another commit of the same UID (two uploads to two studies).
+        self._index_lock = threading.Lock()
         self.reactor = reactor
         self.pool = ThreadPool(minthreads=0, maxthreads=writer_threads, name="stow-storage")
 
     def start(self) -> None:
         """Create the directories, sweep stale staging files, start threads."""
         self.staging.mkdir(parents=True, exist_ok=True)
+        self.index.mkdir(exist_ok=True)
+        fsync_directory(self.root)
         self._sweep_stale_staging()
         self.pool.start()
 
@@ -335,26 +342,21 @@ class FilesystemStorage:
     def link_into_place(
         self, staged: Path, instance: InstanceRef, *, overwrite: bool
     ) -> CommitResult:
-        """Blocking: move ``staged`` to its final name durably."""
+        """Blocking: move ``staged`` to its final name durably.
+
+        A SOP Instance UID is unique across studies, so the duplicate check
+        goes through the index (``.sop-index/<SOPInstanceUID>``, a symlink to
+        the stored file), not only through the instance's own path.
+        """
         final = self.instance_path(instance)
         try:
             changed_dirs = self._make_dirs(final.parent)
-            try:
-                # link() is a rename that refuses to replace: atomic like
-                # rename(), but a concurrent upload of the same SOP Instance
-                # UID can never be silently overwritten.
-                os.link(staged, final)
-                result = CommitResult.STORED
-            except FileExistsError:
-                if _same_contents(staged, final):
-                    result = CommitResult.IDENTICAL_DUPLICATE
-                elif overwrite:
-                    os.replace(staged, final)
-                    result = CommitResult.OVERWRITTEN
-                else:
-                    result = CommitResult.CONFLICTING_DUPLICATE
+            with self._index_lock:
+                result, elsewhere = self._place(staged, final, instance, overwrite=overwrite)
             if result in (CommitResult.STORED, CommitResult.OVERWRITTEN):
-                changed_dirs.append(final.parent)
+                changed_dirs += [final.parent, self.index]
+            if elsewhere is not None:
+                changed_dirs.append(elsewhere.parent)
             for directory in dict.fromkeys(changed_dirs):
                 fsync_directory(directory)
         except OSError as e:
@@ -367,6 +369,59 @@ class FilesystemStorage:
             except FileNotFoundError:
                 pass
         return result
+
+    def _place(
+        self, staged: Path, final: Path, instance: InstanceRef, *, overwrite: bool
+    ) -> tuple[CommitResult, Path | None]:
+        """Under the index lock: link the file and index entry; returns what
+        happened and the older copy's path when it lived elsewhere."""
+        entry = self.index / instance.sop_instance_uid
+        previous = self._indexed(entry)
+        if previous is not None and previous != final:
+            # The same SOP Instance UID stored under another study/series.
+            if not overwrite:
+                return CommitResult.CONFLICTING_DUPLICATE, None
+            os.replace(staged, final)
+            self._point(entry, final)
+            os.unlink(previous)
+            return CommitResult.OVERWRITTEN, previous
+        # Index first: a crash between the two steps leaves a dangling entry,
+        # which reads as absent, never an instance that escapes the index.
+        self._point(entry, final)
+        try:
+            # link() is a rename that refuses to replace: atomic like
+            # rename(), but an instance already stored is never silently lost.
+            os.link(staged, final)
+            return CommitResult.STORED, None
+        except FileExistsError:
+            pass
+        if _same_contents(staged, final):
+            return CommitResult.IDENTICAL_DUPLICATE, None
+        if overwrite:
+            os.replace(staged, final)
+            return CommitResult.OVERWRITTEN, None
+        return CommitResult.CONFLICTING_DUPLICATE, None
+
+    def _indexed(self, entry: Path) -> Path | None:
+        """The stored file an index entry names, or None (no entry, dangling)."""
+        try:
+            # Lexical, not resolve(): the root itself may sit behind a symlink.
+            target = Path(os.path.normpath(self.index / os.readlink(entry)))
+        except FileNotFoundError:
+            return None
+        return target if target.exists() else None
+
+    def _point(self, entry: Path, final: Path) -> None:
+        """Make the index entry name ``final`` (atomically replacing any)."""
+        target = os.path.relpath(final, self.index)
+        try:
+            if os.readlink(entry) == target:
+                return
+        except FileNotFoundError:
+            pass
+        temporary = entry.with_name(f"{entry.name}.{uuid.uuid4().hex}.tmp")
+        os.symlink(target, temporary)
+        os.replace(temporary, entry)
 
     def _make_dirs(self, directory: Path) -> list[Path]:
         """mkdir -p below root; returns the parents whose entries changed."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import select
 import signal
 import subprocess
 import sys
@@ -25,7 +24,6 @@ from twisted_stow.site import make_site
 from twisted_stow.storage.filesystem import FilesystemStorage
 
 _STARTED = re.compile(rb"StowSite starting on (\d+)")
-TWISTD_START_TIMEOUT_SECONDS = 30.0
 
 
 @dataclass
@@ -84,57 +82,6 @@ def client() -> Iterator[HTTPClient]:
     pool.closeCachedConnections()
 
 
-def start_twistd(storage: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
-    """Start ``twistd -n stow`` on 127.0.0.1 port 0; returns (process, port)."""
-    twistd = Path(sys.executable).with_name("twistd")
-    command = [
-        str(twistd) if twistd.exists() else "twistd",
-        "-n",
-        "--pidfile=",
-        "stow",
-        "--listen",
-        "tcp:0:interface=127.0.0.1",
-        "--storage",
-        str(storage),
-        *extra,
-    ]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=storage.parent
-    )
-    assert process.stdout is not None
-    deadline = time.monotonic() + TWISTD_START_TIMEOUT_SECONDS
-    seen = b""
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([process.stdout], [], [], 0.2)
-        if ready:
-            line = process.stdout.readline()
-            seen += line
-            match = _STARTED.search(line)
-            if match:
-                # Keep draining the log, or a chatty server blocks on a full pipe.
-                threading.Thread(target=_drain, args=(process,), daemon=True).start()
-                return process, int(match.group(1))
-        if process.poll() is not None:
-            break
-    process.kill()
-    raise AssertionError(f"twistd did not start:\n{seen.decode(errors='replace')}")
-
-
-_LOGS: dict[int, list[bytes]] = {}
-
-
-def _drain(process: subprocess.Popen[bytes]) -> None:
-    assert process.stdout is not None
-    lines = _LOGS.setdefault(process.pid, [])
-    for line in process.stdout:
-        lines.append(line)
-
-
-def twistd_log(process: subprocess.Popen[bytes]) -> str:
-    """What the server has logged since it started."""
-    return b"".join(_LOGS.get(process.pid, [])).decode(errors="replace")
-
-
 def stop_twistd(process: subprocess.Popen[bytes]) -> int:
     """SIGTERM the process we started (by PID) and wait; returns its exit code."""
     if process.poll() is None:
@@ -146,12 +93,82 @@ def stop_twistd(process: subprocess.Popen[bytes]) -> int:
         return process.wait()
 
 
+def twistd_command() -> str:
+    twistd = Path(sys.executable).with_name("twistd")
+    return str(twistd) if twistd.exists() else "twistd"
+
+
+class Twistd:
+    """A ``twistd -n stow`` process we started, with its log read by a thread.
+
+    A reader thread, not ``select`` plus ``readline``: when several log lines
+    arrive in one read, ``readline`` leaves the later ones in Python's buffer,
+    where ``select`` on the pipe never sees them.
+    """
+
+    def __init__(self, storage: Path, *arguments: str) -> None:
+        command = [twistd_command(), "-n", "--pidfile=", "stow", "--storage", str(storage)]
+        self.process = subprocess.Popen(
+            [*command, *arguments],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=storage.parent,
+        )
+        self._lines: list[bytes] = []
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._changed:
+                self._lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self._lines.append(b"")  # end of the log
+            self._changed.notify_all()
+
+    def log(self) -> str:
+        with self._changed:
+            return b"".join(self._lines).decode(errors="replace")
+
+    def wait_for(self, condition: Any, timeout: float = 30.0) -> bool:
+        """Blocking: wait until ``condition(log lines)`` holds, the log ends, or timeout."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not condition(self._lines):
+                if self._lines[-1:] == [b""] or time.monotonic() > deadline:
+                    return condition(self._lines)
+                self._changed.wait(0.2)
+            return True
+
+    def ports(self, count: int) -> list[int]:
+        """Blocking: the ports of the first ``count`` "StowSite starting on N" lines."""
+
+        def found(lines: list[bytes]) -> list[int]:
+            return [int(m.group(1)) for line in lines if (m := _STARTED.search(line))]
+
+        if not self.wait_for(lambda lines: len(found(lines)) >= count):
+            self.stop()
+            raise AssertionError(f"twistd did not start:\n{self.log()}")
+        with self._changed:
+            return found(self._lines)[:count]
+
+    def stop(self) -> int:
+        """SIGTERM by PID and wait (conftest.stop_twistd); returns the exit status."""
+        return stop_twistd(self.process)
+
+
+LOOPBACK_ANY_PORT = "tcp:0:interface=127.0.0.1"
+
+
 @pytest.fixture(scope="module")
 def twistd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A real ``twistd -n stow`` process, shared by a test module."""
+    """This module's ``twistd -n stow``, started by ``Twistd`` (see why in its docstring)."""
     storage = tmp_path_factory.mktemp("twistd") / "store"
-    process, port = start_twistd(storage)
+    twistd = Twistd(storage, "--listen", LOOPBACK_ANY_PORT)
     try:
-        yield Server(f"http://127.0.0.1:{port}", port, storage, process)
+        (port,) = twistd.ports(1)
+        yield Server(f"http://127.0.0.1:{port}", port, storage, twistd.process)
     finally:
-        stop_twistd(process)
+        twistd.stop()

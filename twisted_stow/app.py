@@ -299,13 +299,14 @@ class StowService:
             return self.config.public_url.rstrip("/") + target.base_path
         scheme = "https" if request.isSecure() else "http"
         host = _first(request.requestHeaders, b"host") or ""
+        forwarded_host = None
         if self.config.trust_forwarded_headers:
             scheme = _first_token(request.requestHeaders, b"x-forwarded-proto") or scheme
-            host = _first_token(request.requestHeaders, b"x-forwarded-host") or host
-        hostname, port = _split_host(host)
+            forwarded_host = _first_token(request.requestHeaders, b"x-forwarded-host")
+        hostname, port = _split_host(forwarded_host or host)
         if not hostname:
             hostname = request.getHost().host
-        if port is None and not self.config.trust_forwarded_headers:
+        if port is None and forwarded_host is None:
             # Some clients send Host without the port (the Python
             # dicomweb-client does on its Content-Length path, PEERS.md):
             # the port we were reached on is the truth then.

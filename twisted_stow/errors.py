@@ -22,9 +22,15 @@ class StowError(Exception):
 
 
 class MalformedMultipart(StowError):
-    """The multipart/related framing is broken (RFC 2046 §5.1.1)."""
+    """The multipart/related framing is broken (RFC 2046 §5.1.1).
+
+    ``events_before_damage``: what the parser decoded from the same chunk
+    before it met the damage (a part that ended there is complete and must
+    still be stored).
+    """
 
     title = "Malformed multipart body"
+    events_before_damage: tuple[object, ...] = ()
 
 
 class HeaderBlockTooLarge(MalformedMultipart):

@@ -220,10 +220,18 @@ def _quality(
     for index, (essence, root_type) in enumerate(names):
         main = essence.split("/", 1)[0]
         for media_range, q in ranges:
-            if media_range.type == "*":
-                specificity = 0
-            elif media_range.subtype == "*" and media_range.type == main:
-                specificity = 1
+            if media_range.type == "*" or media_range.subtype == "*":
+                # A wildcard admits the format's own media type only: text/*
+                # does not make application/dicom+xml acceptable through the
+                # text/xml alias.
+                if index != 0:
+                    continue
+                if media_range.type == "*":
+                    specificity = 0
+                elif media_range.type == main:
+                    specificity = 1
+                else:
+                    continue
             elif media_range.essence != essence:
                 continue
             elif root_type is None or "type" not in media_range.params:

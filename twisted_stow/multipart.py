@@ -173,6 +173,8 @@ class MultipartParser:
         except StowError as exc:
             self._state = _State.FAILED
             self._error = exc
+            if isinstance(exc, MalformedMultipart):
+                exc.events_before_damage = tuple(events)
             raise
         return events
 

@@ -78,6 +78,8 @@ class Upload:
             events = self._reader.feed(data)
         except StowError as error:
             self._reader_failed = True
+            # Parts completed in this very chunk, before the damage, count.
+            self.ingest.handle(getattr(error, "events_before_damage", ()))
             self.ingest.fail_request(error)
             return
         self.ingest.handle(events)

@@ -89,9 +89,7 @@ def test_whole_input() -> None:
 def test_streamed_body_parses_like_built_body() -> None:
     """iter_multipart (the benchmark body) yields build_multipart's bytes in fixed chunks."""
     parts = [b"abc", b"", b"\r\n--b0undar" * 50]
-    chunks = list(
-        iter_multipart([parts[0], parts[1], iter([parts[2]])], BOUNDARY, chunk_size=7)
-    )
+    chunks = list(iter_multipart([parts[0], parts[1], iter([parts[2]])], BOUNDARY, chunk_size=7))
     assert b"".join(chunks) == build_multipart(parts, BOUNDARY)
     assert {len(chunk) for chunk in chunks[:-1]} == {7}
     assert parse_chunks(chunks) == expected(parts)
@@ -108,9 +106,7 @@ def test_one_byte_at_a_time() -> None:
 @pytest.mark.parametrize("trailing", [True, False])
 def test_crlf_at_the_edges_is_optional(leading: bool, trailing: bool) -> None:
     """Bodies with or without CRLF before the first and after the last boundary parse alike."""
-    body = build_multipart(
-        [b"x"], BOUNDARY, leading_crlf=leading, trailing_crlf=trailing
-    )
+    body = build_multipart([b"x"], BOUNDARY, leading_crlf=leading, trailing_crlf=trailing)
     assert parse(body) == expected([b"x"])
     assert parse_chunks(bytewise(body)) == expected([b"x"])
 
@@ -168,9 +164,7 @@ def test_orthanc_style_part_headers_pass_through() -> None:
         [("Content-Type", "application/dicom"), ("Content-Length", "5")],
         [("Content-Location", "  urn:x  "), ("CONTENT-TYPE", "application/dicom")],
     ]
-    body = build_multipart(
-        [b"12345", b"abc"], "o" * 73, part_headers=headers, leading_crlf=False
-    )
+    body = build_multipart([b"12345", b"abc"], "o" * 73, part_headers=headers, leading_crlf=False)
     assert parse(body, "o" * 73) == expected(
         [b"12345", b"abc"],
         [
@@ -212,9 +206,7 @@ def test_part_without_body(body: bytes, headers: tuple[tuple[str, str], ...]) ->
     assert parse_chunks(bytewise(body), "b")[:2] == [PartStarted(headers), PartEnded()]
 
 
-@pytest.mark.parametrize(
-    "body", [b"--b--", b"\r\n--b--\r\n", b"preamble\r\n--b--epilogue"]
-)
+@pytest.mark.parametrize("body", [b"--b--", b"\r\n--b--\r\n", b"preamble\r\n--b--epilogue"])
 def test_zero_parts(body: bytes) -> None:
     """A body that is only the close delimiter gives just BodyEnded."""
     assert parse(body, "b") == [BodyEnded()]
@@ -241,9 +233,7 @@ def test_delimiter_lookalikes_are_payload(payload: bytes) -> None:
     """Bytes that only resemble a delimiter stay inside the part."""
     body = build_multipart([b"A" + payload + b"Z", payload + b"Z"], BOUNDARY)
     assert parse(body) == expected([b"A" + payload + b"Z", payload + b"Z"])
-    assert parse_chunks(bytewise(body)) == expected(
-        [b"A" + payload + b"Z", payload + b"Z"]
-    )
+    assert parse_chunks(bytewise(body)) == expected([b"A" + payload + b"Z", payload + b"Z"])
 
 
 def test_transport_padding_after_boundary() -> None:
@@ -397,12 +387,8 @@ FRAGMENTS = [
     b"x",
     b"\x00",
 ]
-_DELIMITER = re.compile(
-    rb"\r\n--b0undary(?:--|[ \t]{0,%d}\r\n)" % MAX_TRANSPORT_PADDING_BYTES
-)
-payloads = st.lists(
-    st.sampled_from(FRAGMENTS) | st.binary(max_size=8), max_size=30
-).map(b"".join)
+_DELIMITER = re.compile(rb"\r\n--b0undary(?:--|[ \t]{0,%d}\r\n)" % MAX_TRANSPORT_PADDING_BYTES)
+payloads = st.lists(st.sampled_from(FRAGMENTS) | st.binary(max_size=8), max_size=30).map(b"".join)
 
 
 def is_clean(payload: bytes) -> bool:
@@ -421,15 +407,11 @@ def test_split_anywhere_same_events(
 ) -> None:
     """However the body is split, the events are the same and match the parts."""
     assume(all(is_clean(p) for p in parts))
-    body = build_multipart(
-        parts, BOUNDARY, leading_crlf=leading, trailing_crlf=trailing
-    )
+    body = build_multipart(parts, BOUNDARY, leading_crlf=leading, trailing_crlf=trailing)
     assert parse_chunks(split_at(body, cuts)) == expected(parts)
 
 
-@given(
-    payload=payloads, cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=8)
-)
+@given(payload=payloads, cuts=st.lists(st.integers(min_value=0, max_value=300), max_size=8))
 def test_lookalike_payloads_never_end_a_part(payload: bytes, cuts: list[int]) -> None:
     """A payload without a real delimiter is delivered whole, however it is split."""
     assume(is_clean(payload))
@@ -471,10 +453,23 @@ def outcome(chunks: Iterable[bytes]) -> tuple[str, list[Event]]:
     chunks=st.lists(st.sampled_from(FRAGMENTS) | st.binary(max_size=40), max_size=40),
     start=st.sampled_from([b"", b"--b0undary\r\n", b"--b0undary\r\n\r\n"]),
 )
-def test_arbitrary_bytes_raise_only_stow_error(
-    chunks: list[bytes], start: bytes
-) -> None:
+def test_arbitrary_bytes_raise_only_stow_error(chunks: list[bytes], start: bytes) -> None:
     """Any input gives events or a StowError, and the same outcome fed whole or split."""
     split = outcome([start, *chunks])
     whole = outcome([start + b"".join(chunks)])
     assert split == whole
+
+
+def test_damage_after_a_complete_part_in_the_same_chunk_keeps_that_part() -> None:
+    """Events decoded before the damage travel with the error, so a part that
+    ended in the same chunk is still delivered whole."""
+    boundary = b"dmg"
+    body = b"--dmg\r\nContent-Type: application/dicom\r\n\r\nfirst part\r\n--dmg\r\nno colon here\r\n\r\n"
+    parser = MultipartParser(boundary)
+    with pytest.raises(MalformedMultipart) as caught:
+        parser.feed(body)
+    assert coalesce(caught.value.events_before_damage) == [  # type: ignore[arg-type]
+        PartStarted((("content-type", "application/dicom"),)),
+        PartData(b"first part"),
+        PartEnded(),
+    ]

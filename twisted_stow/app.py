@@ -66,6 +66,35 @@ _CORS_DEFAULT_ALLOW_HEADERS = "Accept, Authorization, Content-Type"
 _CORS_EXPOSE_HEADERS = "Warning, Retry-After"
 
 
+# The routes of StowService; module-level so decorators in its body can use it.
+_app = Klein()
+
+# Every STOW-RS resource, with a name for its Klein endpoints.  Klein keys
+# its executors by endpoint, and one name shared by several URLs would keep
+# only the last one's data, so each path gets its own.
+STOW_PATHS = (
+    ("/studies", "studies"),
+    ("/studies/<study>", "study"),
+    ("/dicomweb/studies", "monai_studies"),
+    ("/dicomweb/studies/<study>", "monai_study"),
+    ("/dicomweb/<workflow_id>/studies", "monai_workflow_studies"),
+    ("/dicomweb/<workflow_id>/studies/<study>", "monai_workflow_study"),
+    ("/aets/<aet>/rs/studies", "aet_studies"),
+    ("/aets/<aet>/rs/studies/<study>", "aet_study"),
+)
+
+
+def _on_stow_paths(method: str, name: str) -> Callable[[F], F]:
+    """Route ``method`` on every STOW path to the decorated handler."""
+
+    def register(f: F) -> F:
+        for path, path_name in STOW_PATHS:
+            f = _app.route(path, methods=[method], endpoint=f"{name}_{path_name}")(f)
+        return f
+
+    return register
+
+
 def stow_upload(f: F) -> F:
     """Mark a route handler as one whose body is streamed into an Upload.
 
@@ -79,7 +108,7 @@ def stow_upload(f: F) -> F:
 class StowService:
     """The STOW-RS application: routes on a Klein app, state on the instance."""
 
-    app = Klein()
+    app = _app
 
     def __init__(
         self,
@@ -176,19 +205,7 @@ class StowService:
         body = problem_json(error, instance=path if path.startswith("/") else None)
         return error.status, headers, body
 
-    # Routes.  Explicit endpoint names: Klein keys its executors by endpoint,
-    # and one name shared by several URLs would keep only the last one's data.
-
-    @app.route("/studies", methods=["POST"], endpoint="store")
-    @app.route("/studies/<study>", methods=["POST"], endpoint="store_study")
-    @app.route("/dicomweb/studies", methods=["POST"], endpoint="monai_store")
-    @app.route("/dicomweb/studies/<study>", methods=["POST"], endpoint="monai_store_study")
-    @app.route("/dicomweb/<workflow_id>/studies", methods=["POST"], endpoint="monai_wf_store")
-    @app.route(
-        "/dicomweb/<workflow_id>/studies/<study>", methods=["POST"], endpoint="monai_wf_store_study"
-    )
-    @app.route("/aets/<aet>/rs/studies", methods=["POST"], endpoint="aet_store")
-    @app.route("/aets/<aet>/rs/studies/<study>", methods=["POST"], endpoint="aet_store_study")
+    @_on_stow_paths("POST", "store")
     @stow_upload
     async def store(self, request: Any, **_route: str) -> bytes:
         """POST a STOW-RS body; the Store Instances Response when all is in."""
@@ -218,22 +235,7 @@ class StowService:
         )
         return render(response.model, upload.response_type)
 
-    @app.route("/studies", methods=["OPTIONS"], endpoint="preflight")
-    @app.route("/studies/<study>", methods=["OPTIONS"], endpoint="preflight_study")
-    @app.route("/dicomweb/studies", methods=["OPTIONS"], endpoint="monai_preflight")
-    @app.route("/dicomweb/studies/<study>", methods=["OPTIONS"], endpoint="monai_preflight_study")
-    @app.route(
-        "/dicomweb/<workflow_id>/studies", methods=["OPTIONS"], endpoint="monai_wf_preflight"
-    )
-    @app.route(
-        "/dicomweb/<workflow_id>/studies/<study>",
-        methods=["OPTIONS"],
-        endpoint="monai_wf_preflight_study",
-    )
-    @app.route("/aets/<aet>/rs/studies", methods=["OPTIONS"], endpoint="aet_preflight")
-    @app.route(
-        "/aets/<aet>/rs/studies/<study>", methods=["OPTIONS"], endpoint="aet_preflight_study"
-    )
+    @_on_stow_paths("OPTIONS", "preflight")
     def preflight(self, request: Any, **_route: str) -> bytes:
         """OPTIONS: the methods allowed, and a CORS preflight answer."""
         request.setResponseCode(204)

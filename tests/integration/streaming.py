@@ -56,13 +56,22 @@ def split(body: bytes, size: int) -> list[bytes]:
 
 
 def raw_exchange(
-    port: int, request: bytes, *, read_timeout: float = 10.0, shutdown_write: bool = False
+    port: int,
+    request: bytes,
+    *,
+    read_timeout: float = 10.0,
+    shutdown_write: bool = False,
+    source: str = "127.0.0.1",
 ) -> bytes:
     """Blocking: send ``request`` on a fresh socket, read until the server closes.
 
-    Run it with ``deferToThread``: the reactor must keep serving meanwhile.
+    ``source`` picks the client address (any 127.x.y.z works on Linux), so a
+    test can be two different peers.  Run it with ``deferToThread``: the
+    reactor must keep serving meanwhile.
     """
-    with socket.create_connection(("127.0.0.1", port), timeout=read_timeout) as sock:
+    with socket.create_connection(
+        ("127.0.0.1", port), timeout=read_timeout, source_address=(source, 0)
+    ) as sock:
         sock.sendall(request)
         if shutdown_write:
             sock.shutdown(socket.SHUT_WR)

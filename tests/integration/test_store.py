@@ -294,3 +294,62 @@ def test_test_data_is_present() -> None:
     for path in (CT, MR, SR, NO_META):
         assert path.exists(), path
     assert dicom_files.TEST_FILES.is_dir()
+
+
+@pytest_twisted.ensureDeferred
+async def test_orthanc_style_request(stow_server: Server, client: Any) -> None:
+    """Orthanc as a client: unquoted 73-char boundary, per-part Content-Length,
+    no CRLF before the first or after the last delimiter, 65,524-byte chunks."""
+    boundary = "b" * 36 + "-" + "0123456789abcdef0123456789abcdef0123"
+    assert len(boundary) == 73
+    parts = [read(CT), read(MR)]
+    body = build_multipart(
+        parts,
+        boundary,
+        part_headers=[
+            [("Content-Type", "application/dicom"), ("Content-Length", str(len(p)))] for p in parts
+        ],
+        leading_crlf=False,
+        trailing_crlf=False,
+    )
+    headers = {
+        "Content-Type": [f"multipart/related; type=application/dicom; boundary={boundary}"],
+        "Accept": ["application/dicom+json"],
+    }
+    code, _, content = await post(
+        client, stow_server.url + "/studies", ChunkedProducer(split(body, 65524)), headers
+    )
+    assert code == 200, content
+    assert sop_instance_uids(json.loads(content)) == [uids(CT)[1], uids(MR)[1]]
+    for path in (CT, MR):
+        assert stored_path(stow_server.storage, path).read_bytes() == read(path)
+
+
+@pytest_twisted.ensureDeferred
+async def test_media_type_parameters_in_any_order_and_case(
+    stow_server: Server, client: Any
+) -> None:
+    """Parameter names are case-insensitive, in any order, quoted boundary, no Accept."""
+    body = build_multipart([read(CT)], BOUNDARY)
+    headers = {
+        "Content-Type": [f'Multipart/Related; BOUNDARY="{BOUNDARY}"; Type="application/dicom"']
+    }
+    code, response_headers, content = await post(
+        client, stow_server.url + "/studies", fixed_length(body), headers
+    )
+    assert code == 200, content
+    assert response_headers.getRawHeaders("content-type") == ["application/dicom+json"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_hundred_char_boundary(stow_server: Server, client: Any) -> None:
+    """A 200-character boundary (beyond RFC 2046's 70) is accepted."""
+    boundary = "x" * 200
+    body = build_multipart([read(MR)], boundary)
+    code, _, content = await post(
+        client,
+        stow_server.url + "/studies",
+        fixed_length(body),
+        {"Content-Type": [multipart_content_type(boundary, quote_boundary=True)]},
+    )
+    assert code == 200, content

@@ -420,7 +420,13 @@ class FilesystemStorage:
         except FileNotFoundError:
             pass
         temporary = entry.with_name(f"{entry.name}.{uuid.uuid4().hex}.tmp")
-        os.symlink(target, temporary)
+        try:
+            os.symlink(target, temporary)
+        except FileNotFoundError:
+            # The index directory was removed under a running server (an
+            # operator's clean-up): recreate it rather than fail every store.
+            self.index.mkdir(exist_ok=True)
+            os.symlink(target, temporary)
         os.replace(temporary, entry)
 
     def _make_dirs(self, directory: Path) -> list[Path]:

@@ -96,6 +96,13 @@ class ServiceUnavailable(StowError):
         self.retry_after_seconds = retry_after_seconds
 
 
+class InternalError(StowError):
+    """A bug surfaced while reading the request; details go to the log only."""
+
+    status = 500
+    title = "Internal Server Error"
+
+
 class RouteNotFound(StowError):
     """No STOW route at this path (answered early only when a body follows)."""
 

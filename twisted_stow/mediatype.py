@@ -83,9 +83,7 @@ def parse_media_type(value: str) -> MediaType:
             continue
         name = name.lower()
         if name in params:
-            raise UnsupportedMediaType(
-                f"parameter {name!r} repeated in {_shorten(value)!r}"
-            )
+            raise UnsupportedMediaType(f"parameter {name!r} repeated in {_shorten(value)!r}")
         params[name] = bare if quoted is None else _QUOTED_PAIR.sub(r"\1", quoted)
     return MediaType(match[1].lower(), match[2].lower(), MappingProxyType(params))
 
@@ -102,8 +100,7 @@ def _multipart_reader(media_type: MediaType, max_header_bytes: int) -> BodyReade
     boundary = media_type.params.get("boundary")
     if boundary is None:
         raise MalformedMultipart(
-            f"the {MULTIPART_RELATED} Content-Type has no boundary parameter "
-            "(RFC 2046 §5.1.1)"
+            f"the {MULTIPART_RELATED} Content-Type has no boundary parameter (RFC 2046 §5.1.1)"
         )
     try:
         raw = boundary.encode("latin-1")  # header bytes arrive decoded as latin-1
@@ -138,8 +135,7 @@ def reader_for(
     """
     if content_type is None or not content_type.strip():
         raise UnsupportedMediaType(
-            f"the request has no Content-Type; supported media types: "
-            f"{SUPPORTED_REQUEST_TYPES}"
+            f"the request has no Content-Type; supported media types: {SUPPORTED_REQUEST_TYPES}"
         )
     media_type = parse_media_type(content_type)
     factory = READERS.get(media_type.essence)
@@ -182,9 +178,7 @@ def negotiate(accept: str | None) -> str:
     json_q = _quality(ranges, _RESPONSE_TYPES[DICOM_JSON])
     xml_q = _quality(ranges, _RESPONSE_TYPES[DICOM_XML])
     if json_q <= 0 and xml_q <= 0:
-        raise NotAcceptable(
-            f"the Accept header allows neither {DICOM_JSON} nor {DICOM_XML}"
-        )
+        raise NotAcceptable(f"the Accept header allows neither {DICOM_JSON} nor {DICOM_XML}")
     return DICOM_XML if xml_q > json_q else DICOM_JSON
 
 

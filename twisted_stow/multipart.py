@@ -117,9 +117,7 @@ class MultipartParser:
     call raises again.  ``PartData`` views share memory with the chunk fed.
     """
 
-    def __init__(
-        self, boundary: bytes, *, max_header_bytes: int = MAX_HEADER_BLOCK_BYTES
-    ) -> None:
+    def __init__(self, boundary: bytes, *, max_header_bytes: int = MAX_HEADER_BLOCK_BYTES) -> None:
         if not 1 <= len(boundary) <= MAX_BOUNDARY_BYTES:
             raise ValueError(f"boundary must be 1-{MAX_BOUNDARY_BYTES} bytes")
         if b"\r" in boundary or b"\n" in boundary:
@@ -192,9 +190,7 @@ class MultipartParser:
         elif self._state is _State.HEADERS:
             detail = f"the body ended inside the header block of part {self._parts + 1}"
         else:
-            detail = (
-                f"the body ended inside part {self._parts}, before the close delimiter"
-            )
+            detail = f"the body ended inside part {self._parts}, before the close delimiter"
         error = TruncatedBody(detail)
         self._state = _State.FAILED
         self._error = error
@@ -315,9 +311,7 @@ class MultipartParser:
                 return self._start_part(b"", pos + len(_CRLF), events)
             found = data.find(_BLANK_LINE, pos, pos + cap)
             if found != -1:
-                return self._start_part(
-                    data[pos:found], found + len(_BLANK_LINE), events
-                )
+                return self._start_part(data[pos:found], found + len(_BLANK_LINE), events)
         buf = self._header_buf
         old = len(buf)
         take = min(len(data) - pos, cap + len(_CRLF) - old)
@@ -360,9 +354,7 @@ def _parse_header_block(block: bytes) -> tuple[tuple[str, str], ...]:
         if line[:1] in (b" ", b"\t"):
             # obs-fold (RFC 5322 §2.2.3, RFC 9110 §5.5): join with one space.
             if not headers:
-                raise MalformedMultipart(
-                    "a part header block starts with a continuation"
-                )
+                raise MalformedMultipart("a part header block starts with a continuation")
             name, value = headers[-1]
             folded = line.strip(b" \t").decode("latin-1")
             headers[-1] = (name, f"{value} {folded}" if value else folded)

@@ -20,7 +20,7 @@ from twisted.web.iweb import INonQueuedRequestFactory
 from twisted.web.server import Request
 from zope.interface import provider
 
-from .errors import BodyTooLarge, StowError
+from .errors import BodyTooLarge, InternalError, StowError
 
 if TYPE_CHECKING:
     from .upload import Upload
@@ -69,6 +69,11 @@ class StreamingRequest(Request):
         except StowError as error:
             self.refuse(error)
             return
+        except Exception:
+            # A bug must cost this request a 500, not the connection a hang.
+            log.failure("deciding on a request from its headers failed")
+            self.refuse(InternalError("the server failed to process the request"))
+            return
         if self.upload is not None:
             # Larger reads roughly halve the receive path's CPU cost
             # (TWISTED.md Q6: 256 KiB-1 MiB was best).
@@ -88,6 +93,11 @@ class StreamingRequest(Request):
         except BodyTooLarge as error:
             upload.abort()
             self.refuse(error)
+            return
+        except Exception:
+            log.failure("processing a body chunk failed")
+            upload.abort()
+            self.refuse(InternalError("the server failed to process the request body"))
             return
         if self._paused_for_storage:
             # HTTPChannel resumes the transport for its own write-side

@@ -61,9 +61,7 @@ _TAG_RE: Final = re.compile(r"[0-9A-F]{8}")
 # F.2.2: an attribute object holds "vr" and at most one of these value kinds.
 _VALUE_KINDS: Final = frozenset({"Value", "BulkDataURI", "InlineBinary"})
 # Characters XML 1.0 (§2.2 Char) cannot carry at all, not even as references.
-_XML_INVALID_RE: Final = re.compile(
-    "[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
-)
+_XML_INVALID_RE: Final = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 # RFC 9110 §5.6.4 quoted-string: only HTAB, SP and VCHAR are representable in
 # our ASCII header; `"` and `\` need a quoted-pair.
 _NOT_QDTEXT_RE: Final = re.compile(r"[^\t\x20-\x7e]")
@@ -108,15 +106,12 @@ def response_status(outcomes: Sequence[Outcome]) -> int:
         raise NoParts("the request body holds no instances")
     any_stored = any(isinstance(outcome, Stored) for outcome in outcomes)
     any_problem = any(
-        isinstance(outcome, Failed) or outcome.warning is not None
-        for outcome in outcomes
+        isinstance(outcome, Failed) or outcome.warning is not None for outcome in outcomes
     )
     return _STATUS_BY_SHAPE[(any_stored, any_problem)]
 
 
-def build_store_response(
-    outcomes: Sequence[Outcome], *, base_url: str
-) -> StoreResponse:
+def build_store_response(outcomes: Sequence[Outcome], *, base_url: str) -> StoreResponse:
     """Build the status, Store Instances Response Module and warning text.
 
     ``base_url`` is the externally visible DICOMweb root (no trailing slash
@@ -216,9 +211,7 @@ def render(model: Mapping[str, Any], media_type: str) -> bytes:
     return renderer(model)
 
 
-def problem_document(
-    status: int, title: str, detail: str, instance: str | None = None
-) -> bytes:
+def problem_document(status: int, title: str, detail: str, instance: str | None = None) -> bytes:
     """Return an RFC 7807 ``application/problem+json`` body (compact UTF-8).
 
     ``type`` is ``about:blank``: the HTTP status says what kind of problem it
@@ -233,9 +226,7 @@ def problem_document(
     }
     if instance is not None:
         document["instance"] = instance
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode(
-        "utf-8"
-    )
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def problem_json(error: StowError, *, instance: str | None = None) -> bytes:
@@ -312,16 +303,13 @@ def _warning_text(outcomes: Sequence[Outcome]) -> str | None:
     """
     failures = Counter(int(o.reason) for o in outcomes if isinstance(o, Failed))
     warnings = Counter(
-        int(o.warning)
-        for o in outcomes
-        if isinstance(o, Stored) and o.warning is not None
+        int(o.warning) for o in outcomes if isinstance(o, Stored) and o.warning is not None
     )
     total = len(outcomes)
     clauses: list[str] = []
     if failures:
         clauses.append(
-            f"{failures.total()} of {total} instances not stored: "
-            f"{_code_counts(failures)}"
+            f"{failures.total()} of {total} instances not stored: {_code_counts(failures)}"
         )
     if warnings:
         clauses.append(
@@ -368,9 +356,7 @@ def _json_dataset(dataset: Mapping[str, Any]) -> JsonModel:
         out: JsonModel = {"vr": vr}
         if "Value" in attribute:
             values = attribute["Value"]
-            out["Value"] = (
-                [_json_dataset(item) for item in values] if vr == "SQ" else list(values)
-            )
+            out["Value"] = [_json_dataset(item) for item in values] if vr == "SQ" else list(values)
         for kind in ("BulkDataURI", "InlineBinary"):
             if kind in attribute:
                 out[kind] = attribute[kind]
@@ -400,18 +386,12 @@ def _xml_dataset(parent: ET.Element, dataset: Mapping[str, Any]) -> None:
                 if value is not None:
                     child.text = _xml_scalar(value)
         if "BulkDataURI" in attribute:
-            ET.SubElement(
-                element, "BulkData", {"uri": _xml_safe(attribute["BulkDataURI"])}
-            )
+            ET.SubElement(element, "BulkData", {"uri": _xml_safe(attribute["BulkDataURI"])})
         if "InlineBinary" in attribute:
-            ET.SubElement(element, "InlineBinary").text = _xml_safe(
-                attribute["InlineBinary"]
-            )
+            ET.SubElement(element, "InlineBinary").text = _xml_safe(attribute["InlineBinary"])
 
 
-def _xml_person_name(
-    element: ET.Element, number: int, value: Mapping[str, str] | None
-) -> None:
+def _xml_person_name(element: ET.Element, number: int, value: Mapping[str, str] | None) -> None:
     """PS3.19 PersonName: one element per group, one per non-empty component."""
     if value is not None and not isinstance(value, Mapping):
         raise ValueError(f"PN value {value!r} is not a JSON object (Table F.2.3-1)")
@@ -420,9 +400,7 @@ def _xml_person_name(
         if value is None or group not in value:
             continue
         group_element = ET.SubElement(person, group)
-        for name, component in zip(
-            _PN_COMPONENTS, value[group].split("^"), strict=False
-        ):
+        for name, component in zip(_PN_COMPONENTS, value[group].split("^"), strict=False):
             if component:
                 ET.SubElement(group_element, name).text = _xml_safe(component)
 

@@ -24,9 +24,7 @@ from twisted_stow.multipart import (
 __all__ = ["SINGLE_PART_HEADERS", "BodyReader", "SinglePartReader"]
 
 # The headers the one part is given: what a multipart client would have sent.
-SINGLE_PART_HEADERS: tuple[tuple[str, str], ...] = (
-    ("content-type", "application/dicom"),
-)
+SINGLE_PART_HEADERS: tuple[tuple[str, str], ...] = (("content-type", "application/dicom"),)
 
 
 class _State(Enum):

@@ -38,22 +38,28 @@ class Options(usage.Options):
             "public-url",
             None,
             None,
-            ("Externally visible base URL for RetrieveURL (e.g. https://pacs.example); "
-            "default: built from the request."),
+            (
+                "Externally visible base URL for RetrieveURL (e.g. https://pacs.example); "
+                "default: built from the request."
+            ),
         ],
         [
             "study-mismatch",
             None,
             None,
-            ("Instance of another study than the URL's: 'reject' (FailureReason 0xA900) or "
-            "'warn' (stored, WarningReason 0xB007). Default: reject, but warn on /dicomweb/."),
+            (
+                "Instance of another study than the URL's: 'reject' (FailureReason 0xA900) or "
+                "'warn' (stored, WarningReason 0xB007). Default: reject, but warn on /dicomweb/."
+            ),
         ],
         [
             "duplicates",
             None,
             "reject",
-            ("SOP Instance UID already stored with other bytes: 'reject' (FailureReason "
-            "0x0111) or 'overwrite'. Identical bytes always succeed without a rewrite."),
+            (
+                "SOP Instance UID already stored with other bytes: 'reject' (FailureReason "
+                "0x0111) or 'overwrite'. Identical bytes always succeed without a rewrite."
+            ),
         ],
         [
             "max-body-size",
@@ -65,30 +71,38 @@ class Options(usage.Options):
             "max-uploads",
             None,
             None,
-            ("Uploads received at once, in total; above it clients get 503 with Retry-After. "
-            "Default: no limit."),
+            (
+                "Uploads received at once, in total; above it clients get 503 with Retry-After. "
+                "Default: no limit."
+            ),
         ],
         [
             "max-uploads-per-peer",
             None,
             None,
-            ("Uploads received at once from one client address (503 with Retry-After above "
-            "it). Default: no limit."),
+            (
+                "Uploads received at once from one client address (503 with Retry-After above "
+                "it). Default: no limit."
+            ),
         ],
         [
             "idle-timeout",
             None,
             str(DEFAULT_IDLE_TIMEOUT_SECONDS),
-            ("Seconds a client may stay silent before it is disconnected (time paused for "
-            "slow storage does not count)."),
+            (
+                "Seconds a client may stay silent before it is disconnected (time paused for "
+                "slow storage does not count)."
+            ),
         ],
     ]
     optFlags = [
         [
             "trust-forwarded-headers",
             None,
-            ("Build RetrieveURL from X-Forwarded-Proto/X-Forwarded-Host (only behind a proxy "
-            "you control)."),
+            (
+                "Build RetrieveURL from X-Forwarded-Proto/X-Forwarded-Host (only behind a proxy "
+                "you control)."
+            ),
         ],
     ]
 

@@ -241,9 +241,7 @@ class _BudgetedReader:
 
     def read(self, size: int | None = -1) -> bytes:
         """Read like ``fp.read``, raising ``_HeaderTooLarge`` once over budget."""
-        wanted = (
-            self._left + 1 if size is None or size < 0 else min(size, self._left + 1)
-        )
+        wanted = self._left + 1 if size is None or size < 0 else min(size, self._left + 1)
         try:
             data = self._fp.read(wanted)
         except OSError as exc:
@@ -328,14 +326,8 @@ class _InflatingReader:
             if not chunk:
                 return  # a truncated stream: pydicom reads what there is
             # max_length bounds the output whatever the compression ratio.
-            self._inflated += self._inflater.decompress(
-                chunk, target - len(self._inflated)
-            )
-        if (
-            end > self._budget
-            and len(self._inflated) >= self._budget
-            and not self._inflater.eof
-        ):
+            self._inflated += self._inflater.decompress(chunk, target - len(self._inflated))
+        if end > self._budget and len(self._inflated) >= self._budget and not self._inflater.eof:
             raise _HeaderTooLarge
 
 
@@ -359,18 +351,13 @@ def _read_header(path: str | os.PathLike[str]) -> _Header | Failed:
         start = raw.read(_PREAMBLE_BYTES + len(_PREFIX))
         if not start:
             return _cannot_understand("empty part")
-        if (
-            len(start) < _PREAMBLE_BYTES + len(_PREFIX)
-            or start[_PREAMBLE_BYTES:] != _PREFIX
-        ):
+        if len(start) < _PREAMBLE_BYTES + len(_PREFIX) or start[_PREAMBLE_BYTES:] != _PREFIX:
             return _cannot_understand(
                 "not a DICOM PS3.10 file: no 128-byte preamble followed by 'DICM'"
             )
 
         reader = _BudgetedReader(raw, MAX_HEADER_READ_BYTES)
-        meta = _read_pydicom(
-            reader, is_implicit_vr=False, is_little_endian=True, meta=True
-        )
+        meta = _read_pydicom(reader, is_implicit_vr=False, is_little_endian=True, meta=True)
         if isinstance(meta, Failed):
             return meta
         transfer_syntax = _text(meta, _TRANSFER_SYNTAX_UID)
@@ -478,21 +465,13 @@ def _judge(header: _Header, policy: ValidationPolicy) -> InstanceRef | Failed:
         ("Series Instance UID (0020,000E)", header.series),
     )
     problems = [
-        f"{name} is missing"
-        if not value
-        else f"{name} is not a valid UID: {_shorten(value)}"
+        f"{name} is missing" if not value else f"{name} is not a valid UID: {_shorten(value)}"
         for name, value in named
         if not value or not is_valid_uid(value)
     ]
-    sop_class = (
-        header.sop_class
-        if header.sop_class and is_valid_uid(header.sop_class)
-        else None
-    )
+    sop_class = header.sop_class if header.sop_class and is_valid_uid(header.sop_class) else None
     sop_instance = (
-        header.sop_instance
-        if header.sop_instance and is_valid_uid(header.sop_instance)
-        else None
+        header.sop_instance if header.sop_instance and is_valid_uid(header.sop_instance) else None
     )
     study, series = header.study, header.series
     # problems is empty exactly when all four are valid; the other tests only
@@ -513,10 +492,7 @@ def _judge(header: _Header, policy: ValidationPolicy) -> InstanceRef | Failed:
             f"SOP Class UID (0008,0016) {sop_class} differs from Media Storage SOP Class"
             f" UID (0002,0002) {_shorten(header.media_storage_sop_class)}"
         )
-    elif (
-        header.media_storage_sop_instance
-        and header.media_storage_sop_instance != sop_instance
-    ):
+    elif header.media_storage_sop_instance and header.media_storage_sop_instance != sop_instance:
         mismatch = (
             f"SOP Instance UID (0008,0018) {sop_instance} differs from Media Storage SOP"
             f" Instance UID (0002,0003) {_shorten(header.media_storage_sop_instance)}"

@@ -186,3 +186,35 @@ def test_single_part_body_reaches_the_writer_intact() -> None:
     for offset in range(0, len(payload), 1000):
         channel.dataReceived(payload[offset : offset + 1000])
     assert bytes(storage.writers[0].data) == payload
+
+
+def test_a_bug_at_header_time_is_a_500_not_a_hang() -> None:
+    """An exception while deciding from the headers answers 500 and closes."""
+    channel, transport = make_channel(HeldStorage(), Clock())
+
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("bug")
+
+    channel.site.stow.begin_upload = broken
+    channel.dataReceived(
+        b"POST /studies HTTP/1.1\r\nHost: x\r\nContent-Type: application/dicom\r\n"
+        b"Content-Length: 10\r\n\r\n0123456789"
+    )
+    assert transport.value().startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert b"bug" not in transport.value()
+
+
+def test_a_bug_while_storing_a_chunk_is_a_500_and_aborts() -> None:
+    """An exception from storage while a chunk is processed: 500, the part aborted."""
+    storage = HeldStorage()
+    channel, transport = make_channel(storage, Clock())
+    channel.dataReceived(chunked_head())
+    channel.dataReceived(chunk(big_body(10_000)[:5_000]))
+
+    def broken(data: Any) -> None:
+        raise RuntimeError("bug")
+
+    storage.writers[0].write = broken  # type: ignore[method-assign]
+    channel.dataReceived(chunk(b"y" * 100))
+    assert transport.value().startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert storage.writers[0].aborted

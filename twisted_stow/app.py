@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
-from urllib.parse import unquote_to_bytes
+from urllib.parse import quote, unquote_to_bytes
 
 from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from werkzeug.exceptions import HTTPException
@@ -23,6 +24,7 @@ from werkzeug.routing import RequestRedirect
 from .config import StowConfig
 from .errors import (
     BodyTooLarge,
+    InvalidRequestTarget,
     InvalidStudyUID,
     LengthRequired,
     MethodNotAllowed,
@@ -51,6 +53,7 @@ from .validation import ValidationPolicy, default_sop_classes, default_transfer_
 log = Logger()
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 # Route families: the standard PS3.18 paths, the MONAI Informatics Gateway
 # paths (which trigger a workflow per POST) and dcm4chee-arc's per-AE paths.
@@ -61,6 +64,7 @@ _STUDY_MISMATCH_DEFAULT = {
     # The MONAI seed documents WarningReason B007 with 202 for a mismatch.
     MONAI: StudyMismatch.WARN,
 }
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 _CORS_MAX_AGE_SECONDS = 600
 _CORS_DEFAULT_ALLOW_HEADERS = "Accept, Authorization, Content-Type"
 _CORS_EXPOSE_HEADERS = "Warning, Retry-After"
@@ -150,7 +154,9 @@ class StowService:
             raise MethodNotAllowed(
                 f"{method.decode('ascii', 'replace')} is not allowed here", allowed
             ) from None
-        except (HTTPException, RequestRedirect, UnicodeDecodeError):
+        except UnicodeDecodeError:
+            raise InvalidRequestTarget("the request path is not UTF-8") from None
+        except (HTTPException, RequestRedirect):
             if not has_body:
                 return None
             raise RouteNotFound("no STOW-RS resource at this path") from None
@@ -181,10 +187,12 @@ class StowService:
             duplicates=self.config.duplicates,
         )
         # Last: a request refused for any other reason never holds a slot.
+        base_url = self.base_url(request, stow_target)
         release = self.slots.acquire(_peer_host(request))
         return Upload(
             release=release,
             target=stow_target,
+            base_url=base_url,
             response_type=response_type,
             reader=reader,
             storage=self.storage,
@@ -212,16 +220,17 @@ class StowService:
         upload: Upload | None = request.upload
         if upload is None or upload.result is None:  # pragma: no cover - guarded in gotLength
             raise NoParts("the request body is empty")
-        result = await upload.result
+        # A copy: Klein cancels this handler when the client goes away, and
+        # that must not cancel the storing of parts already received whole
+        # (DESIGN.md: they are committed whatever happens to the connection).
+        result = await _detached(upload.result)
         if result.request_error is not None and not result.stored_any:
             # Nothing stored and the body itself was broken: a syntax error
             # of the request (PS3.18 Table 10.5.3-1, 400).
             raise result.request_error
         if not result.outcomes:
             raise NoParts("the request body holds no part")
-        response = build_store_response(
-            result.outcomes, base_url=self.base_url(request, upload.target)
-        )
+        response = build_store_response(result.outcomes, base_url=upload.base_url)
         request.setResponseCode(response.status)
         request.setHeader("Content-Type", upload.response_type)
         if response.warning is not None:
@@ -233,7 +242,7 @@ class StowService:
             parts=len(result.outcomes),
             status=response.status,
         )
-        return render(response.model, upload.response_type)
+        return _sized(request, render(response.model, upload.response_type))
 
     @_on_stow_paths("OPTIONS", "preflight")
     def preflight(self, request: Any, **_route: str) -> bytes:
@@ -241,7 +250,7 @@ class StowService:
         request.setResponseCode(204)
         request.setHeader("Allow", "OPTIONS, POST")
         headers = self._cors_headers(request)
-        if headers:
+        if any(name == "Access-Control-Allow-Origin" for name, _ in headers):
             requested = _first(request.requestHeaders, b"access-control-request-headers")
             headers += [
                 ("Access-Control-Allow-Methods", "POST, OPTIONS"),
@@ -264,7 +273,7 @@ class StowService:
         for name, value in _error_headers(error):
             request.setHeader(name, value)
         self._set_cors(request)
-        return problem_json(error, instance=_instance(request))
+        return _sized(request, problem_json(error, instance=_instance(request)))
 
     @app.handle_errors(HTTPException)
     def http_error(self, request: Any, failure: Failure) -> bytes:
@@ -277,7 +286,10 @@ class StowService:
         if isinstance(error, WerkzeugMethodNotAllowed) and error.valid_methods:
             request.setHeader("Allow", ", ".join(sorted(error.valid_methods)))
         self._set_cors(request)
-        return problem_document(status, error.name, error.description or "", _instance(request))
+        return _sized(
+            request,
+            problem_document(status, error.name, error.description or "", _instance(request)),
+        )
 
     @app.handle_errors(Exception)
     def internal_error(self, request: Any, failure: Failure) -> bytes:
@@ -286,48 +298,65 @@ class StowService:
         request.setResponseCode(500)
         request.setHeader("Content-Type", PROBLEM_JSON)
         self._set_cors(request)
-        return problem_document(
+        body = problem_document(
             500,
             "Internal Server Error",
             "the server failed to process the request",
             _instance(request),
         )
+        return _sized(request, body)
 
     # URLs and CORS.
 
     def base_url(self, request: Any, target: Target) -> str:
-        """The externally visible WADO-RS base for RetrieveURLs of ``target``."""
+        """The externally visible WADO-RS base for RetrieveURLs of ``target``.
+
+        Worked out at header time, so whatever it meets in the headers can
+        never fail a request after its instances are stored.
+        """
         if self.config.public_url:
             return self.config.public_url.rstrip("/") + target.base_path
+        headers = request.requestHeaders
         scheme = "https" if request.isSecure() else "http"
-        host = _first(request.requestHeaders, b"host") or ""
-        forwarded_host = None
+        authority = _first(headers, b"host") or ""
+        forwarded = False
         if self.config.trust_forwarded_headers:
-            scheme = _first_token(request.requestHeaders, b"x-forwarded-proto") or scheme
-            forwarded_host = _first_token(request.requestHeaders, b"x-forwarded-host")
-        hostname, port = _split_host(forwarded_host or host)
+            proto = (_first_token(headers, b"x-forwarded-proto") or "").lower()
+            if proto in _DEFAULT_PORTS:
+                scheme, forwarded = proto, True
+            forwarded_host = _first_token(headers, b"x-forwarded-host")
+            if forwarded_host:
+                authority, forwarded = forwarded_host, True
+        hostname, port = _split_host(authority)
+        local = request.getHost()
         if not hostname:
-            hostname = request.getHost().host
-        if port is None and forwarded_host is None:
+            hostname = str(getattr(local, "host", "") or "localhost")
+            if ":" in hostname:  # a bare IPv6 address
+                hostname = f"[{hostname}]"
+        local_port = getattr(local, "port", None)  # None on a UNIX socket
+        if port is None and not forwarded and local_port is not None:
             # Some clients send Host without the port (the Python
             # dicomweb-client does on its Content-Length path, PEERS.md):
-            # the port we were reached on is the truth then.
-            local_port = request.getHost().port
-            if local_port != {"http": 80, "https": 443}[scheme]:
+            # the port we were reached on is the truth then.  Behind a proxy
+            # (forwarded headers) our own port means nothing to the client.
+            if local_port != _DEFAULT_PORTS[scheme]:
                 port = str(local_port)
         authority = hostname if port is None else f"{hostname}:{port}"
         return f"{scheme}://{authority}{target.base_path}"
 
     def _cors_headers(self, request: Any) -> list[tuple[str, str]]:
         origins = self.config.cors_origins
+        if not origins:
+            return []
+        # Vary on every answer, allowed or not: a shared cache must never
+        # hand one origin's answer to another.
+        headers = [("Vary", "Origin")]
         origin = _first(request.requestHeaders, b"origin")
-        if not origins or origin is None:
-            return []
-        if origin not in origins and "*" not in origins:
-            return []
+        if origin is None or (origin not in origins and "*" not in origins):
+            return headers
         return [
+            *headers,
             ("Access-Control-Allow-Origin", origin),
-            ("Vary", "Origin"),
             ("Access-Control-Expose-Headers", _CORS_EXPOSE_HEADERS),
         ]
 
@@ -339,7 +368,9 @@ class StowService:
 def _target_for(path: str, kwargs: Mapping[str, Any]) -> Target:
     study = kwargs.get("study")
     studies_at = path.rfind("/studies")
-    base_path = path[:studies_at] if studies_at >= 0 else ""
+    # Re-quoted: the path was percent-decoded for matching, and a workflow
+    # id or AE title may hold characters that a URL must escape.
+    base_path = quote(path[:studies_at], safe="/") if studies_at >= 0 else ""
     if path.startswith("/dicomweb/"):
         family = MONAI
     elif path.startswith("/aets/"):
@@ -353,6 +384,27 @@ def _target_for(path: str, kwargs: Mapping[str, Any]) -> Target:
         ae_title=kwargs.get("aet"),
         route_family=family,
     )
+
+
+def _sized(request: Any, body: bytes) -> bytes:
+    """Send ``body`` with a Content-Length rather than chunked: simpler for
+    clients, and every body here is small and complete before it is sent."""
+    request.setHeader("Content-Length", str(len(body)))
+    return body
+
+
+def _detached(d: Deferred[T]) -> Deferred[T]:
+    """A Deferred with ``d``'s result whose cancellation does not reach ``d``."""
+    copy: Deferred[T] = Deferred()
+
+    def forward(result: T) -> T:
+        # After a cancel() the copy has fired already; Twisted drops this
+        # second callback for a Deferred cancelled without a canceller.
+        copy.callback(result)
+        return result
+
+    d.addCallback(forward)
+    return copy
 
 
 def _peer_host(request: Any) -> str:

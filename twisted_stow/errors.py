@@ -51,6 +51,12 @@ class NoParts(StowError):
     title = "No instances in request"
 
 
+class InvalidRequestTarget(StowError):
+    """The request path cannot be decoded (not UTF-8 after percent-decoding)."""
+
+    title = "Invalid request target"
+
+
 class InvalidStudyUID(StowError):
     """The ``{study}`` path segment is not a valid UID."""
 

@@ -17,6 +17,11 @@ from typing import Protocol
 # upload to 20 MB/s, with 125 pauses over 54 s.
 HIGH_WATER_BYTES = 8 * 1024 * 1024
 LOW_WATER_BYTES = 2 * 1024 * 1024
+# Parts between "received whole" and "outcome known".  Each costs a worker
+# thread a few milliseconds (fsync, pydicom); 64 queued keeps every thread
+# busy for a 2,000-instance CT without letting tiny-part bodies pile up work.
+HIGH_WATER_PARTS = 64
+LOW_WATER_PARTS = 16
 
 
 class Pausable(Protocol):
@@ -28,7 +33,13 @@ class Pausable(Protocol):
 
 
 class BytesInFlight:
-    """Counts bytes handed to storage and not yet written; pauses above a mark."""
+    """Counts what storage has not finished; pauses the producer above a mark.
+
+    Two measures, either of which pauses: bytes accepted but not yet written,
+    and parts received whole but not yet validated and committed.  Bytes
+    alone would let a body of many tiny parts queue unbounded per-part work
+    (a file, an fsync and a validation each) while never crossing a byte mark.
+    """
 
     def __init__(
         self,
@@ -36,27 +47,49 @@ class BytesInFlight:
         *,
         high_water_bytes: int = HIGH_WATER_BYTES,
         low_water_bytes: int = LOW_WATER_BYTES,
+        high_water_parts: int = HIGH_WATER_PARTS,
+        low_water_parts: int = LOW_WATER_PARTS,
     ) -> None:
         if not 0 <= low_water_bytes < high_water_bytes:
-            raise ValueError("need 0 <= low water < high water")
+            raise ValueError("need 0 <= low water < high water (bytes)")
+        if not 0 <= low_water_parts < high_water_parts:
+            raise ValueError("need 0 <= low water < high water (parts)")
         self._producer = producer
         self._high = high_water_bytes
         self._low = low_water_bytes
+        self._high_parts = high_water_parts
+        self._low_parts = low_water_parts
         self.in_flight_bytes = 0
+        self.pending_parts = 0
         self.paused = False
         self.pause_count = 0
 
     def add(self, nbytes: int) -> None:
         """Storage accepted ``nbytes`` it has not written yet."""
         self.in_flight_bytes += nbytes
-        if not self.paused and self.in_flight_bytes > self._high:
-            self.paused = True
-            self.pause_count += 1
-            self._producer.pauseProducing()
+        self._update()
 
     def done(self, nbytes: int) -> None:
         """Storage wrote (or dropped) ``nbytes`` it had accepted."""
         self.in_flight_bytes -= nbytes
-        if self.paused and self.in_flight_bytes < self._low:
+        self._update()
+
+    def part_started(self) -> None:
+        """A complete part went on to validation and commit."""
+        self.pending_parts += 1
+        self._update()
+
+    def part_finished(self) -> None:
+        """A part has its outcome."""
+        self.pending_parts -= 1
+        self._update()
+
+    def _update(self) -> None:
+        if not self.paused:
+            if self.in_flight_bytes > self._high or self.pending_parts > self._high_parts:
+                self.paused = True
+                self.pause_count += 1
+                self._producer.pauseProducing()
+        elif self.in_flight_bytes < self._low and self.pending_parts < self._low_parts:
             self.paused = False
             self._producer.resumeProducing()

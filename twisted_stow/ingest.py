@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from .errors import StowError
 from .flow import BytesInFlight
 from .interfaces import IPartWriter, IStorage
-from .multipart import BodyEnded, Event, PartData, PartEnded, PartStarted
+from .multipart import Event, PartData, PartEnded, PartStarted
 from .outcomes import Failed, FailureReason, InstanceRef, Outcome, Stored, WarningReason
 from .storage import CommitResult, StorageFull
 from .validation import ValidationPolicy, validate_part
@@ -95,29 +95,27 @@ class Ingest:
         self._flow = flow
         self._run_in_thread = run_in_thread
         self._writer: IPartWriter | None = None
+        # Why the part being received will not be stored (None: it may be).
         self._skip_reason: Failed | None = None
-        self._in_part = False
         self._pending: list[Deferred[Outcome]] = []
         self._request_error: StowError | None = None
-        self.body_ended = False
-        self.parts_seen = 0
 
     def handle(self, events: Iterable[Event]) -> None:
         """Apply parser events in order."""
         for event in events:
             if isinstance(event, PartData):
-                if self._writer is not None:
+                if self._skip_reason is None:
+                    if self._writer is None:
+                        # Opened on the first byte: an empty part costs no file.
+                        self._writer = self._storage.open_writer(self._flow)
                     self._writer.write(event.data)
             elif isinstance(event, PartStarted):
                 self._start_part(event.headers)
             elif isinstance(event, PartEnded):
                 self._end_part()
-            elif isinstance(event, BodyEnded):
-                self.body_ended = True
+            # BodyEnded needs no action: close() follows when the body is in.
 
     def _start_part(self, headers: Sequence[tuple[str, str]]) -> None:
-        self.parts_seen += 1
-        self._in_part = True
         content_type = _header(headers, "content-type")
         essence = (content_type or "application/dicom").split(";", 1)[0].strip().lower()
         if essence not in _DICOM_PART_TYPES:
@@ -127,18 +125,23 @@ class Ingest:
                 FailureReason.CANNOT_UNDERSTAND,
                 f"part Content-Type {content_type!r} is not application/dicom",
             )
-            return
-        self._writer = self._storage.open_writer(self._flow)
 
     def _end_part(self) -> None:
-        self._in_part = False
         writer, self._writer = self._writer, None
         skipped, self._skip_reason = self._skip_reason, None
-        if writer is None:
-            assert skipped is not None
+        if skipped is not None:
             self._pending.append(succeed(skipped))
-            return
-        self._pending.append(ensureDeferred(self._finish_part(writer)))
+        elif writer is None:
+            self._pending.append(succeed(Failed(FailureReason.CANNOT_UNDERSTAND, "empty part")))
+        else:
+            self._flow.part_started()
+            outcome = ensureDeferred(self._finish_part(writer))
+            outcome.addBoth(self._part_finished)
+            self._pending.append(outcome)
+
+    def _part_finished(self, outcome: Outcome) -> Outcome:
+        self._flow.part_finished()
+        return outcome
 
     async def _finish_part(self, writer: IPartWriter) -> Outcome:
         try:
@@ -160,10 +163,7 @@ class Ingest:
             await writer.abort()
             log.error("storage error while staging a part: {error}", error=e)
             return Failed(FailureReason.PROCESSING_FAILURE, f"storage error: {e.strerror}")
-        if size == 0:
-            await writer.abort()
-            return Failed(FailureReason.CANNOT_UNDERSTAND, "empty part")
-
+        del size  # never 0: the writer is opened on a part's first byte
         verdict = await self._run_in_thread(
             validate_part, writer.staged_path, self._policy.validation
         )
@@ -220,9 +220,9 @@ class Ingest:
 
     def _abort_current(self) -> None:
         writer, self._writer = self._writer, None
+        self._skip_reason = None
         if writer is not None:
             writer.abort()
-        self._in_part = False
 
     def abort(self) -> None:
         """The client went away: drop the part in flight, nothing else."""

@@ -53,7 +53,6 @@ class StreamingRequest(Request):
 
     upload: Upload | None = None
     _refused = False
-    _discarding = False
     _linger_call: IDelayedCall | None = None
     _paused_for_storage = False
     _saved_timeout: float | None = None
@@ -82,7 +81,7 @@ class StreamingRequest(Request):
                 transport.bufferSize = self.upload.read_size_bytes
 
     def handleContentChunk(self, data: bytes) -> None:
-        if self._refused or self._discarding:
+        if self._refused:
             return
         upload = self.upload
         if upload is None:
@@ -102,7 +101,8 @@ class StreamingRequest(Request):
         if self._paused_for_storage:
             # HTTPChannel resumes the transport for its own write-side
             # reasons; keep it paused while storage is behind.
-            self.channel.pauseProducing()
+            channel: Any = self.channel
+            channel.transport.pauseProducing()
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self._refused:
@@ -134,8 +134,11 @@ class StreamingRequest(Request):
         if self._paused_for_storage or self._refused:
             return
         self._paused_for_storage = True
-        channel = self.channel
-        channel.pauseProducing()
+        channel: Any = self.channel
+        # The transport itself, not HTTPChannel.pauseProducing: that one is
+        # the write side's hook and would mark the channel as waiting for its
+        # send buffer, which changes when it resumes reading after a response.
+        channel.transport.pauseProducing()
         # HTTPChannel's idle timer only restarts on received bytes; while we
         # hold the socket paused none arrive, and a slow disk would get the
         # client disconnected as idle (TWISTED.md Q3, measured).
@@ -150,12 +153,13 @@ class StreamingRequest(Request):
         if channel is None:
             return
         if channel._handlingRequest:
-            # The body is complete and HTTPChannel has saved (our None) as the
-            # timeout to restore after the response: hand it the real one.
+            # The body is complete: HTTPChannel owns the read side now (it
+            # resumes it after the response) and has saved our None as the
+            # timeout to restore then; hand it the real one.
             channel._savedTimeOut = self._saved_timeout
         else:
             channel.setTimeout(self._saved_timeout)
-        channel.resumeProducing()
+            channel.transport.resumeProducing()
 
     # Refusing from the headers alone.
 
@@ -188,9 +192,12 @@ class StreamingRequest(Request):
             status=status,
             detail=error.detail,
         )
+        if self.upload is not None:
+            # A refused upload must not keep its slot through the linger.
+            self.upload.release()
         if self._paused_for_storage:
             self._paused_for_storage = False
-            channel.resumeProducing()
+            transport.resumeProducing()
         if hasattr(transport, "loseWriteConnection"):
             transport.loseWriteConnection()
             self._linger_call = stow.reactor.callLater(LINGER_SECONDS, transport.abortConnection)

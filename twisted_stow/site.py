@@ -11,6 +11,7 @@ from .app import StowService
 from .config import StowConfig
 from .interfaces import IStorage
 from .request import StreamingRequest
+from .response import PROBLEM_JSON, problem_document
 
 
 class StowSite(Site):
@@ -21,6 +22,17 @@ class StowSite(Site):
         self.stow = stow
         # Tracebacks are for the log, never for clients.
         self.displayTracebacks = False
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = super().buildProtocol(addr)
+        channel = getattr(protocol, "_channel", protocol)
+        # HTTPChannel answers framing errors it detects itself (Content-Length
+        # and chunked together, a malformed chunk, an oversized header block)
+        # with a bare "400 Bad Request" and no body; give them the same
+        # problem document as every other whole-request error.  A private
+        # hook, guarded by tests/memory/test_request.py.
+        channel._respondToBadRequestAndDisconnect = lambda: _bad_request(channel)
+        return protocol
 
     def acceptableProtocols(self) -> list[bytes]:
         # HTTP/2 would need a different early-refusal path (TWISTED.md Q2):
@@ -38,3 +50,16 @@ def make_site(config: StowConfig, storage: IStorage, reactor: Any) -> StowSite:
 
     service = StowService(config, storage, reactor, run_in_thread)
     return StowSite(service, timeout=config.idle_timeout_seconds)
+
+
+def _bad_request(channel: Any) -> None:
+    body = problem_document(
+        400, "Bad Request", "the request is not valid HTTP/1.1 (framing or headers)"
+    )
+    channel.transport.write(
+        b"HTTP/1.1 400 Bad Request\r\nContent-Type: "
+        + PROBLEM_JSON.encode()
+        + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        + body
+    )
+    channel.loseConnection()

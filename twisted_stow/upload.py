@@ -45,6 +45,7 @@ class Upload:
         *,
         release: Callable[[], None],
         target: Target,
+        base_url: str,
         response_type: str,
         reader: BodyReader,
         storage: IStorage,
@@ -54,6 +55,7 @@ class Upload:
         max_body_bytes: int | None,
     ) -> None:
         self.target = target
+        self.base_url = base_url  # RetrieveURL base, fixed from the headers
         self.release = release  # frees the upload slot; idempotent
         self.response_type = response_type
         self._reader = reader

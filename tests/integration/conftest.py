@@ -60,9 +60,11 @@ async def _serve(tmp_path: Path, config: StowConfig) -> AsyncIterator[Server]:
 
 
 @pytest.fixture
-def stow_config() -> StowConfig:
-    """The configuration of the in-process server (override per test module)."""
-    return StowConfig()
+def stow_config(request: pytest.FixtureRequest) -> StowConfig:
+    """The in-process server's configuration: ``StowConfig()``, or the
+    parameter of ``@pytest.mark.parametrize("stow_config", [...], indirect=True)``."""
+    config: StowConfig = getattr(request, "param", StowConfig())
+    return config
 
 
 @pytest_twisted.async_yield_fixture

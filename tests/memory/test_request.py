@@ -38,6 +38,7 @@ class HeldWriter:
         self.held = 0
         self.data = bytearray()
         self.aborted = False
+        self.finish_waiters: list[Deferred[int]] = []
         self.staged_path = Path("/nonexistent")
 
     def write(self, data: bytes | memoryview) -> None:
@@ -48,10 +49,17 @@ class HeldWriter:
     def release(self) -> None:
         held, self.held = self.held, 0
         self.flow.done(held)
+        waiters, self.finish_waiters = self.finish_waiters, []
+        for waiter in waiters:
+            waiter.callback(len(self.data))
 
     def finish(self) -> Deferred[int]:
-        self.release()
-        return succeed(len(self.data))
+        """Fires once the test has released every byte (storage caught up)."""
+        if not self.held:
+            return succeed(len(self.data))
+        waiter: Deferred[int] = Deferred()
+        self.finish_waiters.append(waiter)
+        return waiter
 
     def commit(self, instance: InstanceRef, *, overwrite: bool) -> Deferred[CommitResult]:
         return succeed(CommitResult.STORED)
@@ -218,3 +226,46 @@ def test_a_bug_while_storing_a_chunk_is_a_500_and_aborts() -> None:
     channel.dataReceived(chunk(b"y" * 100))
     assert transport.value().startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
     assert storage.writers[0].aborted
+
+
+def test_twisteds_own_400_is_a_problem_document() -> None:
+    """Content-Length and chunked together: Twisted's 400 carries problem+json."""
+    channel, transport = make_channel(HeldStorage(), Clock())
+    channel.dataReceived(
+        b"POST /studies HTTP/1.1\r\nHost: x\r\nContent-Type: application/dicom\r\n"
+        b"Content-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    written = transport.value()
+    assert written.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert b"Content-Type: application/problem+json\r\n" in written
+    assert written.endswith(b"}")
+    assert transport.disconnecting
+
+
+def test_channel_state_read_after_the_body_still_exists() -> None:
+    """Fails loudly if Twisted renames _handlingRequest/_savedTimeOut (used on resume)."""
+    channel = HTTPChannel()
+    channel.makeConnection(StringTransport())
+    assert channel._handlingRequest is False
+    channel.timeOut = 5
+    channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert channel._handlingRequest is True
+    assert hasattr(channel, "_savedTimeOut")
+
+
+def test_body_completed_while_paused_restores_the_idle_timeout() -> None:
+    """Paused at the last byte: after the response the channel has its timeout again."""
+    storage = HeldStorage()
+    clock = Clock()
+    channel, transport = make_channel(storage, clock)
+    body = big_body(HIGH_WATER_BYTES + 1024 * 1024)
+    channel.dataReceived(chunked_head())
+    channel.dataReceived(chunk(body[: HIGH_WATER_BYTES + 4096]))
+    assert transport.producerState == "paused"
+    # The rest arrives in the same read (one read may deliver while paused)
+    # and completes the body while storage is still behind.
+    channel.dataReceived(chunk(body[HIGH_WATER_BYTES + 4096 :]) + b"0\r\n\r\n")
+    assert transport.value() == b""
+    storage.writers[0].release()
+    assert b"HTTP/1.1 409 " in transport.value()  # not DICOM: every part failed
+    assert channel._channel.timeOut == IDLE_TIMEOUT_SECONDS

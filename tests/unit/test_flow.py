@@ -1,0 +1,73 @@
+"""BytesInFlight: pause above either high-water mark, resume below both low ones."""
+
+from __future__ import annotations
+
+import pytest
+
+from twisted_stow.flow import BytesInFlight
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pauseProducing(self) -> None:
+        self.calls.append("pause")
+
+    def resumeProducing(self) -> None:
+        self.calls.append("resume")
+
+
+def make(**marks: int) -> tuple[BytesInFlight, Recorder]:
+    producer = Recorder()
+    return BytesInFlight(producer, **marks), producer
+
+
+def test_bytes_pause_and_resume_once() -> None:
+    """Crossing the byte high mark pauses once; falling under the low mark resumes once."""
+    flow, producer = make(high_water_bytes=100, low_water_bytes=10)
+    flow.add(60)
+    flow.add(60)
+    flow.add(60)
+    assert producer.calls == ["pause"]
+    flow.done(150)
+    assert producer.calls == ["pause"]  # 30 left: between the marks
+    flow.done(25)
+    assert producer.calls == ["pause", "resume"]
+    assert flow.pause_count == 1
+
+
+def test_pending_parts_pause_even_without_bytes() -> None:
+    """Many small parts awaiting validation pause reading although few bytes are queued."""
+    flow, producer = make(high_water_parts=3, low_water_parts=1)
+    for _ in range(4):
+        flow.part_started()
+    assert producer.calls == ["pause"]
+    for _ in range(3):
+        flow.part_finished()
+    assert producer.calls == ["pause"]  # one left: not under the low mark of 1
+    flow.part_finished()
+    assert producer.calls == ["pause", "resume"]
+
+
+def test_resume_needs_both_measures_low() -> None:
+    """Parts drained but bytes still high: stay paused."""
+    flow, producer = make(
+        high_water_bytes=100, low_water_bytes=10, high_water_parts=2, low_water_parts=1
+    )
+    flow.add(200)
+    for _ in range(3):
+        flow.part_started()
+    for _ in range(3):
+        flow.part_finished()
+    assert producer.calls == ["pause"]
+    flow.done(200)
+    assert producer.calls == ["pause", "resume"]
+
+
+def test_marks_must_be_ordered() -> None:
+    """A low mark at or above the high mark is a configuration error."""
+    with pytest.raises(ValueError):
+        make(high_water_bytes=10, low_water_bytes=10)
+    with pytest.raises(ValueError):
+        make(high_water_parts=1, low_water_parts=2)

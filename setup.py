@@ -20,6 +20,8 @@ setup(
     install_requires=[
         "twisted>=24.7",
         "klein>=24.8",
+        # app.py imports werkzeug's exceptions and routing itself, not only through Klein.
+        "werkzeug>=2.2",
         "pydicom>=3.0",
         "zope.interface>=6",
     ],

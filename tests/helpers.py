@@ -32,7 +32,7 @@ def multipart_content_type(
     quote_type: bool = True,
     quote_boundary: bool = False,
 ) -> str:
-    """The Content-Type of a body built here, e.g. ``multipart/related; type="application/dicom"; boundary=b``."""
+    """The Content-Type of a body built here (``multipart/related; type=...; boundary=...``)."""
     root_type = f'"{DICOM}"' if quote_type else DICOM
     value = f'"{boundary}"' if quote_boundary else boundary
     return f"multipart/related; type={root_type}; boundary={value}"
@@ -40,10 +40,7 @@ def multipart_content_type(
 
 def _header_block(headers: Headers) -> bytes:
     """Header lines plus the empty line that ends them."""
-    return (
-        b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers)
-        + b"\r\n"
-    )
+    return b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers) + b"\r\n"
 
 
 def _default_headers(content_type: str | None) -> Headers:
@@ -77,9 +74,7 @@ def build_multipart(
     out = [preamble, b"\r\n" if leading_crlf else b""]
     for index, payload in enumerate(parts):
         headers = (
-            part_headers[index]
-            if part_headers is not None
-            else _default_headers(content_type)
+            part_headers[index] if part_headers is not None else _default_headers(content_type)
         )
         out += [dash_boundary, b"\r\n", _header_block(headers), payload, b"\r\n"]
     out += [dash_boundary, b"--", b"\r\n" if trailing_crlf else b"", epilogue]
@@ -108,7 +103,7 @@ def iter_multipart(
     content_type: str | None = DICOM,
     chunk_size: int = DEFAULT_CHUNK_BYTES,
 ) -> Iterator[bytes]:
-    """Yield a multipart/related body in chunks of exactly ``chunk_size`` bytes (the last may be shorter).
+    """Yield a multipart/related body in chunks of ``chunk_size`` bytes (the last may be shorter).
 
     Each part is given as an ``int`` (that many bytes of ``synthetic_payload``),
     ``bytes``, or an iterable of payload chunks (e.g. a generator reading a

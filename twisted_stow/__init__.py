@@ -1,7 +1,8 @@
 """twisted-stow: a streaming DICOMweb STOW-RS server on Twisted and Klein.
 
 The package root imports nothing: the pure core (errors, outcomes, multipart,
-singlepart, mediatype, response, validation) must load without Twisted.
+singlepart, mediatype, response, uids, dicomheader, validation, flow, limits,
+config) must load without Twisted.
 """
 
 __version__ = "0.1.0"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -39,8 +42,8 @@ class Options(usage.Options):
             None,
             None,
             (
-                "Externally visible base URL for RetrieveURL (e.g. https://pacs.example); "
-                "default: built from the request."
+                "Externally visible base URL for RetrieveURL: absolute http(s), no query or "
+                "fragment (e.g. https://pacs.example/dicomweb). Default: built from the request."
             ),
         ],
         [
@@ -65,7 +68,10 @@ class Options(usage.Options):
             "max-body-size",
             None,
             None,
-            "Largest request body accepted, e.g. 10G (413 above it). Default: no limit.",
+            (
+                "Largest request body accepted, at least 1 byte, e.g. 10G (413 above it). "
+                "Default: no limit."
+            ),
         ],
         [
             "max-uploads",
@@ -90,8 +96,8 @@ class Options(usage.Options):
             None,
             str(DEFAULT_IDLE_TIMEOUT_SECONDS),
             (
-                "Seconds a client may stay silent before it is disconnected (time paused for "
-                "slow storage does not count)."
+                "Seconds (more than 0) a client may stay silent before it is disconnected "
+                "(time paused for slow storage does not count)."
             ),
         ],
     ]
@@ -126,30 +132,33 @@ class Options(usage.Options):
         self["sop-class"].append(uid)
 
     def opt_transfer_syntax(self, uid: str) -> None:
-        """Only accept this Transfer Syntax (repeatable; others: 0xC122). Default: all storable."""
+        """Only accept this Transfer Syntax (repeatable; others: 0xC122). Default: all known."""
         self["transfer-syntax"].append(uid)
 
     def postOptions(self) -> None:
+        """Check each value and build ``self.config``; a bad value is a ``UsageError``."""
         for option in ("sop-class", "transfer-syntax"):
             for uid in self[option]:
                 if not is_valid_uid(uid):
                     raise usage.UsageError(f"--{option}: {uid!r} is not a valid UID")
         try:
-            max_body = parse_size(self["max-body-size"]) if self["max-body-size"] else None
-            idle = float(self["idle-timeout"])
+            public_url = _public_url_or_none(self["public-url"])
+            max_body = _body_size_or_none(self["max-body-size"])
+            idle = _idle_timeout(self["idle-timeout"])
             max_uploads = _positive_or_none(self["max-uploads"], "--max-uploads")
             max_per_peer = _positive_or_none(self["max-uploads-per-peer"], "--max-uploads-per-peer")
-        except ValueError as e:
-            raise usage.UsageError(str(e)) from e
-        try:
-            mismatch = StudyMismatch(self["study-mismatch"]) if self["study-mismatch"] else None
-            duplicates = Duplicates(self["duplicates"])
+            mismatch = (
+                _choice(StudyMismatch, self["study-mismatch"], "--study-mismatch")
+                if self["study-mismatch"]
+                else None
+            )
+            duplicates = _choice(Duplicates, self["duplicates"], "--duplicates")
         except ValueError as e:
             raise usage.UsageError(str(e)) from e
         self.config = StowConfig(
             listen=tuple(self["listen"]) or (DEFAULT_LISTEN,),
             storage=Path(self["storage"]),
-            public_url=self["public-url"],
+            public_url=public_url,
             trust_forwarded_headers=bool(self["trust-forwarded-headers"]),
             study_mismatch=mismatch,
             duplicates=duplicates,
@@ -163,13 +172,78 @@ class Options(usage.Options):
         )
 
 
-def _positive_or_none(text: str | None, option: str) -> int | None:
+def _public_url_or_none(text: str | None) -> str | None:
+    """``--public-url``: an absolute http(s) URL without query or fragment.
+
+    It is the prefix of every RetrieveURL, so a query or a fragment would end
+    up in the middle of them.
+    """
     if text is None:
         return None
-    value = int(text)
+    problem = f"--public-url: {text!r} is not an absolute http(s) URL without query or fragment"
+    try:
+        parts = urlsplit(text)
+        _ = parts.port  # a port that is not a number raises ValueError
+    except ValueError as e:
+        raise ValueError(f"{problem} ({e})") from e
+    if (
+        parts.scheme.lower() not in ("http", "https")
+        or not parts.hostname
+        or "?" in text
+        or "#" in text
+        or any(c.isspace() for c in text)
+    ):
+        raise ValueError(problem)
+    return text
+
+
+def _body_size_or_none(text: str | None) -> int | None:
+    """``--max-body-size`` in bytes: at least 1 (0 would refuse every request)."""
+    if text is None:
+        return None
+    try:
+        value = parse_size(text)
+    except ValueError as e:
+        raise ValueError(f"--max-body-size: {e}") from None
     if value < 1:
-        raise ValueError(f"{option} must be at least 1")
+        raise ValueError(f"--max-body-size: {text!r} must be at least 1 byte")
     return value
+
+
+def _idle_timeout(text: str) -> float:
+    """``--idle-timeout`` in seconds: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"--idle-timeout: {text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"--idle-timeout: {text!r} must be a finite number of seconds above 0")
+    return value
+
+
+def _positive_or_none(text: str | None, option: str) -> int | None:
+    """An upload cap: a whole number, at least 1."""
+    if text is None:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{option}: {text!r} is not a whole number") from None
+    if value < 1:
+        raise ValueError(f"{option}: {text!r} must be at least 1")
+    return value
+
+
+_Choice = TypeVar("_Choice", bound=Enum)
+
+
+def _choice(choices: type[_Choice], text: str, option: str) -> _Choice:
+    """The member of the ``choices`` enum whose value is ``text``."""
+    try:
+        return choices(text)
+    except ValueError:
+        allowed = ", ".join(str(choice.value) for choice in choices)
+        raise ValueError(f"{option}: {text!r} is not one of {allowed}") from None
 
 
 class _StorageService(Service):

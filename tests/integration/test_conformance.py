@@ -1089,7 +1089,7 @@ async def test_status_202_some_stored(stow_server: Server, client: Any) -> None:
 @pytest_twisted.ensureDeferred
 async def test_status_400_invalid_study_uid(stow_server: Server, client: Any) -> None:
     """400: a {study} segment that is not a UID, problem+json."""
-    reply = await post_multipart(client, stow_server.url + "/studies/1.2.03", [read(MR)])
+    reply = await post_multipart(client, stow_server.url + "/studies/1.2..3", [read(MR)])
     assert_problem(reply, 400)
     assert stored_files(stow_server.storage) == []
 

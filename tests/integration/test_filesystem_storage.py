@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.python.threadpool import ThreadPool
 from zope.interface.verify import verifyObject
 
 from tests.dicom_files import CT, read, uids
@@ -87,11 +89,24 @@ async def test_commit_stores_bytes_exactly(storage: FilesystemStorage, flow: Byt
     assert flow.in_flight_bytes == 0
 
 
+def record_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Patch ``os.fsync`` in the storage module; the list gets each synced path."""
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(filesystem.os, "fsync", fsync)
+    return synced
+
+
 @pytest_twisted.ensureDeferred
 async def test_file_and_every_changed_directory_are_synced_before_commit_returns(
     storage: FilesystemStorage, flow: BytesInFlight, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """fsync the file before it gets its final name, then every directory that changed."""
+    """fsync the file, the parents of new directories, then the index before the series."""
     events: list[tuple[str, str]] = []
     real_fsync, real_link = os.fsync, os.link
 
@@ -111,32 +126,97 @@ async def test_file_and_every_changed_directory_are_synced_before_commit_returns
 
     final = storage.instance_path(INSTANCE)
     series_dir, study_dir = final.parent, final.parent.parent
-    assert events[0] == ("fsync", staged_name)
-    assert events[1] == ("link", str(final))
-    synced_dirs = {path for kind, path in events[2:] if kind == "fsync"}
-    # The root gained the study directory, the study directory the series
-    # directory, the series directory the file, the index its entry.
-    assert synced_dirs == {str(storage.root), str(study_dir), str(series_dir), str(storage.index)}
+    # The root gained the study directory and the study directory the series
+    # directory (both synced as soon as they exist); the index gained its
+    # entry and the series directory the file, in that order, so a crash
+    # between the two leaves at worst a dangling index entry.
+    assert events == [
+        ("fsync", staged_name),
+        ("fsync", str(storage.root)),
+        ("fsync", str(study_dir)),
+        ("link", str(final)),
+        ("fsync", str(storage.index)),
+        ("fsync", str(series_dir)),
+    ]
 
 
 @pytest_twisted.ensureDeferred
-async def test_second_instance_syncs_only_its_series_directory(
+async def test_second_instance_syncs_only_the_index_and_its_series_directory(
     storage: FilesystemStorage, flow: BytesInFlight, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Directories that did not change are not synced again."""
+    """A series already known durable: only the index and the series directory are synced."""
     first = await write_part(storage, flow, b"one", 10)
     await first.commit(INSTANCE, overwrite=False)
-    synced: list[str] = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(
-        filesystem.os,
-        "fsync",
-        lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd))[1],
-    )
     other = InstanceRef(INSTANCE.sop_class_uid, "1.2.3.4.5.7", "1.2.3", "1.2.3.4")
     second = await write_part(storage, flow, b"two", 10)
+    synced = record_fsyncs(monkeypatch)
     await second.commit(other, overwrite=False)
-    assert synced[1:] == [str(storage.instance_path(other).parent), str(storage.index)]
+    assert synced == [str(storage.index), str(storage.instance_path(other).parent)]
+
+
+@pytest.mark.parametrize("failing", ["link", "fsync of the root"])
+@pytest_twisted.ensureDeferred
+async def test_directories_of_a_failed_commit_are_durable_before_the_next_is_stored(
+    storage: FilesystemStorage, flow: BytesInFlight, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    """A commit that created the study directory and then failed: the next one syncs it."""
+    final = storage.instance_path(INSTANCE)
+    study_dir = final.parent.parent
+    durable: list[str] = []
+    failed: list[str] = []
+    real_fsync, real_link = os.fsync, os.link
+
+    def fsync(fd: int) -> None:
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if failing == "fsync of the root" and path == str(storage.root) and not failed:
+            failed.append(path)
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+        durable.append(path)
+
+    def link(src: Any, dst: Any) -> None:
+        if failing == "link" and str(dst) == str(final):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_link(src, dst)
+
+    monkeypatch.setattr(filesystem.os, "fsync", fsync)
+    monkeypatch.setattr(filesystem.os, "link", link)
+    writer = await write_part(storage, flow, b"first", 10)
+    with pytest.raises(OSError):
+        await writer.commit(INSTANCE, overwrite=False)
+    assert study_dir.is_dir()  # created, then the commit failed
+    other = InstanceRef(INSTANCE.sop_class_uid, "1.2.3.4.5.7", "1.2.3", "1.2.3.4")
+    second = await write_part(storage, flow, b"second", 10)
+    assert await second.commit(other, overwrite=False) is CommitResult.STORED
+    assert str(storage.root) in durable
+    assert str(study_dir) in durable
+
+
+@pytest_twisted.ensureDeferred
+async def test_existing_directories_not_known_durable_get_their_parents_synced(
+    storage: FilesystemStorage, flow: BytesInFlight, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Study and series made by someone else (a racing commit, a crashed run) are synced once."""
+    final = storage.instance_path(INSTANCE)
+    series_dir, study_dir = final.parent, final.parent.parent
+    series_dir.mkdir(parents=True)
+    writer = await write_part(storage, flow, b"one", 10)
+    synced = record_fsyncs(monkeypatch)
+    assert await writer.commit(INSTANCE, overwrite=False) is CommitResult.STORED
+    assert synced == [str(storage.root), str(study_dir), str(storage.index), str(series_dir)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_identical_duplicate_syncs_the_index_and_series_directory(
+    storage: FilesystemStorage, flow: BytesInFlight, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry racing the original commit is not acknowledged before the entries are durable."""
+    first = await write_part(storage, flow, b"same bytes", 4)
+    await first.commit(INSTANCE, overwrite=False)
+    again = await write_part(storage, flow, b"same bytes", 4)
+    synced = record_fsyncs(monkeypatch)
+    assert await again.commit(INSTANCE, overwrite=False) is CommitResult.IDENTICAL_DUPLICATE
+    assert synced == [str(storage.index), str(storage.instance_path(INSTANCE).parent)]
 
 
 @pytest_twisted.ensureDeferred
@@ -298,13 +378,198 @@ def test_start_sweeps_staging_files_of_dead_processes(tmp_path: Path) -> None:
 
     store = FilesystemStorage(tmp_path / "store", reactor)
     store.staging.mkdir(parents=True)
-    dead = store.staging / "999999999-deadbeef.part"
-    alive = store.staging / f"{os.getpid()}-cafe.part"
-    dead.write_bytes(b"x")
-    alive.write_bytes(b"y")
+    dead = store.staging / "999999999-0123abcd-deadbeef.part"
+    old_format = store.staging / "999999999-deadbeef.part"
+    # The pytest parent process (a shell, an IDE) outlives this test.
+    alive = store.staging / f"{os.getppid()}-0123abcd-cafe.part"
+    for path in (dead, old_format, alive):
+        path.write_bytes(b"x")
     store.start()
     try:
         assert not dead.exists()
+        assert not old_format.exists()
         assert alive.exists()
     finally:
         store.stop()
+
+
+def test_start_sweeps_our_pid_with_another_run_token(tmp_path: Path) -> None:
+    """In a container the pid repeats after a restart: the run token tells the runs apart."""
+    from twisted.internet import reactor
+
+    store = FilesystemStorage(tmp_path / "store", reactor)
+    store.staging.mkdir(parents=True)
+    earlier_run = store.staging / f"{os.getpid()}-0123abcd-deadbeef.part"
+    pid_only = store.staging / f"{os.getpid()}-deadbeef.part"
+    ours = store.open_writer(BytesInFlight(NoPause())).staged_path
+    for path in (earlier_run, pid_only, ours):
+        path.write_bytes(b"x")
+    assert ours.name.startswith(f"{os.getpid()}-")
+    store.start()
+    try:
+        assert not earlier_run.exists()
+        assert not pid_only.exists()
+        assert ours.exists()
+    finally:
+        store.stop()
+
+
+@pytest.mark.parametrize("size", [40_000, BATCH_BYTES + 40_000])
+@pytest_twisted.ensureDeferred
+async def test_many_tiny_chunks_are_stored_exactly(
+    storage: FilesystemStorage, flow: BytesInFlight, size: int
+) -> None:
+    """20-byte chunks (thousands per batch, far above IOV_MAX) land byte-identical."""
+    data = os.urandom(size)
+    writer = await write_part(storage, flow, data, 20)
+    assert await writer.commit(INSTANCE, overwrite=False) is CommitResult.STORED
+    assert storage.instance_path(INSTANCE).read_bytes() == data
+    assert flow.in_flight_bytes == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_writev_gets_at_most_iov_max_buffers_and_survives_short_writes(
+    storage: FilesystemStorage, flow: BytesInFlight, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fewer buffers than the join threshold are still cut to IOV_MAX per writev call."""
+    counts: list[int] = []
+    real_writev = os.writev
+
+    def short_writev(fd: int, buffers: Any) -> int:
+        counts.append(len(buffers))
+        # Write at most 3 buffers, the last one only in part: a short write.
+        head = list(buffers[:3])
+        if len(head) == 3:
+            head[2] = memoryview(head[2])[: len(head[2]) // 2]
+        return real_writev(fd, head)
+
+    monkeypatch.setattr(filesystem, "_IOV_MAX", 4)
+    monkeypatch.setattr(filesystem.os, "writev", short_writev)
+    data = os.urandom(10 * 1000)
+    writer = await write_part(storage, flow, data, 1000)
+    assert await writer.commit(INSTANCE, overwrite=False) is CommitResult.STORED
+    assert storage.instance_path(INSTANCE).read_bytes() == data
+    assert counts and max(counts) <= 4
+
+
+class DirectReactor:
+    """callFromThread that runs the call at once, in the calling thread."""
+
+    def callFromThread(self, f: Callable[..., object], *args: object, **kwargs: object) -> None:
+        f(*args, **kwargs)
+
+
+def test_parts_share_a_one_thread_pool_fairly() -> None:
+    """With one thread, two parts' queued operations alternate instead of one draining first."""
+    pool = ThreadPool(minthreads=0, maxthreads=1, name="fairness")
+    jobs = filesystem._Jobs(pool)
+    reactor: Any = DirectReactor()
+    part_a = filesystem._SerialQueue(jobs, reactor)
+    part_b = filesystem._SerialQueue(jobs, reactor)
+    order: list[str] = []
+    all_done = threading.Event()
+
+    def op(name: str) -> Callable[[], None]:
+        def run() -> None:
+            order.append(name)
+            if len(order) == 6:
+                all_done.set()
+
+        return run
+
+    # Queued before the pool starts, so every operation is waiting at once.
+    results: list[Deferred[None]] = []
+    for index in range(3):
+        results.append(part_a.submit(op(f"a{index}")))
+    for index in range(3):
+        results.append(part_b.submit(op(f"b{index}")))
+    pool.start()
+    try:
+        assert all_done.wait(10)
+    finally:
+        jobs.close()
+        pool.stop()
+    # Within a part strictly in order; across parts, B is not starved by A.
+    assert [name for name in order if name[0] == "a"] == ["a0", "a1", "a2"]
+    assert [name for name in order if name[0] == "b"] == ["b0", "b1", "b2"]
+    assert order.index("b0") < order.index("a2")
+    assert all(d.called for d in results)
+
+
+def test_stop_runs_every_queued_operation(tmp_path: Path) -> None:
+    """stop() waits for a part's queued operations, even those queued behind a running one."""
+    reactor: Any = DirectReactor()
+    store = FilesystemStorage(tmp_path / "store", reactor, writer_threads=1)
+    store.start()
+    queue = filesystem._SerialQueue(store.jobs, store.reactor)
+    order: list[str] = []
+    release = threading.Event()
+
+    def blocked() -> None:
+        release.wait(10)
+        order.append("first")
+
+    results = [
+        queue.submit(blocked),
+        queue.submit(lambda: order.append("second")),
+        queue.submit(lambda: order.append("third")),
+    ]
+    timer = threading.Timer(0.05, release.set)
+    timer.start()
+    store.stop()
+    timer.join()
+    assert order == ["first", "second", "third"]
+    assert all(d.called for d in results)
+
+
+@pytest_twisted.ensureDeferred
+async def test_contents_are_compared_outside_the_index_lock(
+    storage: FilesystemStorage, flow: BytesInFlight, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading two whole files for a duplicate check never blocks every other commit."""
+    held: list[bool] = []
+    real_same_contents = filesystem._same_contents
+
+    def same_contents(a: Path, b: Path) -> bool:
+        held.append(storage._index_lock.locked())
+        return real_same_contents(a, b)
+
+    monkeypatch.setattr(filesystem, "_same_contents", same_contents)
+    first = await write_part(storage, flow, b"same bytes", 4)
+    await first.commit(INSTANCE, overwrite=False)
+    again = await write_part(storage, flow, b"same bytes", 4)
+    assert await again.commit(INSTANCE, overwrite=False) is CommitResult.IDENTICAL_DUPLICATE
+    assert held == [False]
+
+
+@pytest_twisted.ensureDeferred
+async def test_overwrite_after_a_concurrent_move_follows_the_index(
+    storage: FilesystemStorage, flow: BytesInFlight, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The instance moved to another study while we compared: overwrite moves it back, no copy."""
+    moved = InstanceRef(INSTANCE.sop_class_uid, INSTANCE.sop_instance_uid, "1.2.9", "1.2.9.1")
+    real_same_contents = filesystem._same_contents
+    raced: list[CommitResult] = []
+
+    def same_contents(a: Path, b: Path) -> bool:
+        if not raced:
+            # Another upload overwrites the instance into another study now,
+            # between our failed link and our replace (no lock is held here,
+            # else this blocking call would deadlock).
+            assert not storage._index_lock.locked()
+            other = storage.staging / "racing.part"
+            other.write_bytes(b"moved elsewhere")
+            raced.append(storage.link_into_place(other, moved, overwrite=True))
+        return real_same_contents(a, b)
+
+    first = await write_part(storage, flow, b"original", 4)
+    await first.commit(INSTANCE, overwrite=False)
+    monkeypatch.setattr(filesystem, "_same_contents", same_contents)
+    again = await write_part(storage, flow, b"replacement", 4)
+    assert await again.commit(INSTANCE, overwrite=True) is CommitResult.OVERWRITTEN
+    assert raced == [CommitResult.OVERWRITTEN]
+    assert storage.instance_path(INSTANCE).read_bytes() == b"replacement"
+    assert not storage.instance_path(moved).exists()
+    entry = storage.index / INSTANCE.sop_instance_uid
+    assert (storage.index / os.readlink(entry)).resolve() == storage.instance_path(INSTANCE)
+    assert staged(storage) == []

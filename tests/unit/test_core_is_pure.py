@@ -19,7 +19,12 @@ REQUIRED = [
     "twisted_stow.mediatype",
 ]
 # Pure too, checked whenever they exist.
-OPTIONAL = ["twisted_stow.response", "twisted_stow.validation", "twisted_stow.uids"]
+OPTIONAL = [
+    "twisted_stow.response",
+    "twisted_stow.validation",
+    "twisted_stow.dicomheader",
+    "twisted_stow.uids",
+]
 
 # Runs in a fresh interpreter, so nothing the test process loaded can hide an import.
 _PROBE = """

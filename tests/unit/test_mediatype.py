@@ -40,15 +40,14 @@ def test_parse_quoted_unquoted_case_order(value: str) -> None:
 def test_quoted_string_escapes_and_value_case() -> None:
     """Backslash escapes are removed from quoted values; values keep their case."""
     media_type = parse_media_type(r'application/dicom; x="a\"b\\c;d"; Y=MiXeD')
-    assert media_type == MediaType(
-        "application", "dicom", {"x": 'a"b\\c;d', "y": "MiXeD"}
-    )
+    assert media_type == MediaType("application", "dicom", {"x": 'a"b\\c;d', "y": "MiXeD"})
 
 
 def test_transfer_syntax_parameter_is_exposed() -> None:
     """The transfer-syntax parameter is available as a hint (PS3.18 8.7.9)."""
     media_type = parse_media_type(
-        'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1; boundary=x'
+        'multipart/related; type="application/dicom"; '
+        "transfer-syntax=1.2.840.10008.1.2.1; boundary=x"
     )
     assert media_type.params.get("transfer-syntax") == "1.2.840.10008.1.2.1"
 
@@ -85,9 +84,7 @@ def test_reader_for_multipart(content_type: str) -> None:
     """multipart/related with type absent or application/dicom gets a parser for its boundary."""
     reader = reader_for(content_type)
     assert isinstance(reader, MultipartParser)
-    events = coalesce(
-        reader.feed(build_multipart([b"p"], ORTHANC_BOUNDARY)) + reader.close()
-    )
+    events = coalesce(reader.feed(build_multipart([b"p"], ORTHANC_BOUNDARY)) + reader.close())
     assert events[1:] == [PartData(b"p"), PartEnded(), BodyEnded()]
 
 
@@ -101,9 +98,7 @@ def test_reader_for_passes_header_cap() -> None:
 def test_reader_for_single_part() -> None:
     """application/dicom (with or without parameters) gets the single-part reader."""
     assert isinstance(reader_for("application/dicom"), SinglePartReader)
-    assert isinstance(
-        reader_for("Application/DICOM; transfer-syntax=*"), SinglePartReader
-    )
+    assert isinstance(reader_for("Application/DICOM; transfer-syntax=*"), SinglePartReader)
 
 
 @pytest.mark.parametrize(
@@ -122,7 +117,7 @@ def test_reader_for_single_part() -> None:
     ],
 )
 def test_unsupported_content_type_is_415(content_type: str | None) -> None:
-    """Missing, foreign or metadata (dicom+json/xml) Content-Types are 415 listing what is supported."""
+    """Missing, foreign or metadata (dicom+json/xml) Content-Types: 415 naming what is supported."""
     with pytest.raises(UnsupportedMediaType) as caught:
         reader_for(content_type)
     assert caught.value.status == 415
@@ -148,9 +143,7 @@ def test_bad_boundary_is_400(content_type: str) -> None:
 
 def test_200_character_boundary_is_accepted() -> None:
     """Boundaries up to 200 characters are accepted (RFC 2046 says 70; Orthanc sends 73)."""
-    assert isinstance(
-        reader_for(f"multipart/related; boundary={'x' * 200}"), MultipartParser
-    )
+    assert isinstance(reader_for(f"multipart/related; boundary={'x' * 200}"), MultipartParser)
 
 
 @pytest.mark.parametrize(

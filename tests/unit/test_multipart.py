@@ -201,7 +201,7 @@ def test_empty_part() -> None:
     ],
 )
 def test_part_without_body(body: bytes, headers: tuple[tuple[str, str], ...]) -> None:
-    """RFC 2046 §5.1.1: the body is optional, so the empty line's CRLF may open the next delimiter."""
+    """RFC 2046 §5.1.1: the body is optional; the empty line's CRLF may open the next delimiter."""
     assert parse(body, "b")[:2] == [PartStarted(headers), PartEnded()]
     assert parse_chunks(bytewise(body), "b")[:2] == [PartStarted(headers), PartEnded()]
 
@@ -324,11 +324,11 @@ def _feed_all(body: bytes, cap: int, chunks: Iterable[bytes]) -> list[Event]:
 
 @pytest.mark.parametrize("cut", [-1, -2, -3, -7, -12])
 def test_truncated_body(cut: int) -> None:
-    """close() before the close delimiter raises TruncatedBody; completed parts were already emitted."""
+    """close() before the close delimiter raises TruncatedBody; completed parts came out first."""
     body = build_multipart([b"complete", b"cut short"], BOUNDARY, trailing_crlf=False)
     parser = MultipartParser(BOUNDARY.encode())
     events = coalesce(parser.feed(body[:cut]))
-    assert events[:4] == expected([b"complete"])[:3] + [PartStarted(CT)]
+    assert events[:4] == [*expected([b"complete"])[:3], PartStarted(CT)]
     with pytest.raises(TruncatedBody):
         parser.close()
 
@@ -464,7 +464,10 @@ def test_damage_after_a_complete_part_in_the_same_chunk_keeps_that_part() -> Non
     """Events decoded before the damage travel with the error, so a part that
     ended in the same chunk is still delivered whole."""
     boundary = b"dmg"
-    body = b"--dmg\r\nContent-Type: application/dicom\r\n\r\nfirst part\r\n--dmg\r\nno colon here\r\n\r\n"
+    body = (
+        b"--dmg\r\nContent-Type: application/dicom\r\n\r\nfirst part\r\n"
+        b"--dmg\r\nno colon here\r\n\r\n"
+    )
     parser = MultipartParser(boundary)
     with pytest.raises(MalformedMultipart) as caught:
         parser.feed(body)

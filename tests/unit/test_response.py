@@ -364,9 +364,7 @@ def test_failed_without_instance_uid_goes_to_other_failures() -> None:
     """A failure without an instance UID goes to OtherFailuresSequence, reason only."""
     outcomes = [
         Failed(FailureReason.CANNOT_UNDERSTAND, "x", sop_class_uid=CT),
-        Failed(
-            FailureReason.PROCESSING_FAILURE, "y", sop_class_uid=CT, sop_instance_uid=""
-        ),
+        Failed(FailureReason.PROCESSING_FAILURE, "y", sop_class_uid=CT, sop_instance_uid=""),
     ]
     model = build_store_response(outcomes, base_url=BASE_URL).model
     assert model == {
@@ -471,9 +469,7 @@ def test_xml_renders_person_names_numbers_and_empty_values() -> None:
     body = render_xml(model)
     check_ps319(body)
     root = ET.fromstring(body)
-    person = root.find(
-        f"{NS}DicomAttribute[@tag='00100010']/{NS}PersonName[@number='1']"
-    )
+    person = root.find(f"{NS}DicomAttribute[@tag='00100010']/{NS}PersonName[@number='1']")
     assert person is not None
     alphabetic = person.find(f"{NS}Alphabetic")
     assert alphabetic is not None
@@ -588,9 +584,7 @@ def test_warning_header_value_escapes_quotes_and_backslashes() -> None:
     assert value == '299 twisted-stow "say \\"hi\\" \\\\ now??Zo?\tok"'
     quoted = value.removeprefix("299 twisted-stow ")
     # RFC 9110 §5.6.4: the whole rest is one quoted-string.
-    assert re.fullmatch(
-        r'"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e]|\\[\t\x20-\x7e])*"', quoted
-    )
+    assert re.fullmatch(r'"(?:[\t\x20\x21\x23-\x5b\x5d-\x7e]|\\[\t\x20-\x7e])*"', quoted)
 
 
 # --- problem+json -----------------------------------------------------------
@@ -598,9 +592,7 @@ def test_warning_header_value_escapes_quotes_and_backslashes() -> None:
 
 def test_problem_json_shape() -> None:
     """A StowError renders as an RFC 7807 document with its status, title and detail."""
-    body = problem_json(
-        InvalidStudyUID("'1.02' has a leading zero"), instance="/studies/1.02"
-    )
+    body = problem_json(InvalidStudyUID("'1.02' has a leading zero"), instance="/studies/1.02")
     assert PROBLEM_JSON == "application/problem+json"
     assert json.loads(body) == {
         "type": "about:blank",
@@ -686,9 +678,7 @@ def test_any_outcomes_give_consistent_status_module_and_renderings(
     with_uid = [o for o in outcomes if isinstance(o, Failed) and o.sop_instance_uid]
     assert len(_items(response.model, "00081199")) == len(stored)
     assert len(_items(response.model, "00081198")) == len(with_uid)
-    assert len(_items(response.model, "0008119A")) == (
-        len(outcomes) - len(stored) - len(with_uid)
-    )
+    assert len(_items(response.model, "0008119A")) == (len(outcomes) - len(stored) - len(with_uid))
     studies = {o.instance.study_instance_uid for o in stored}
     assert ("00081190" in response.model) == (len(studies) == 1)
     xml_body = render_xml(response.model)
@@ -714,18 +704,13 @@ def _native(inner: str) -> str:
             f'<NativeDicomModel>{_GOOD_ATTRIBUTE}<Value number="1">1</Value>'
             "</DicomAttribute></NativeDicomModel>"
         ),
-        (
-            f'<NativeDicomModel xmlns="urn:x">{_GOOD_ATTRIBUTE}</DicomAttribute>'
-            "</NativeDicomModel>"
-        ),
+        (f'<NativeDicomModel xmlns="urn:x">{_GOOD_ATTRIBUTE}</DicomAttribute></NativeDicomModel>'),
         (
             '<NativeDicomModel xmlns="http://dicom.nema.org/PS3.19/models/NativeDICOM"'
             ' xml:space="preserve" />'
         ),
         _native('<Attribute tag="00081197" vr="US" keyword="FailureReason" />'),
-        _native(
-            '<DicomAttribute tag="0008119a" vr="SQ" keyword="OtherFailuresSequence" />'
-        ),
+        _native('<DicomAttribute tag="0008119a" vr="SQ" keyword="OtherFailuresSequence" />'),
         _native('<DicomAttribute tag="00081197" vr="XX" keyword="FailureReason" />'),
         _native('<DicomAttribute tag="00081197" vr="US" keyword="WarningReason" />'),
         _native('<DicomAttribute tag="00081197" vr="US" />'),
@@ -735,8 +720,7 @@ def _native(inner: str) -> str:
             "</DicomAttribute>"
         ),
         _native(
-            f'{_GOOD_ATTRIBUTE}<Value number="1"><Value number="1" /></Value>'
-            "</DicomAttribute>"
+            f'{_GOOD_ATTRIBUTE}<Value number="1"><Value number="1" /></Value></DicomAttribute>'
         ),
         _native(f'{_GOOD_ATTRIBUTE}<Item number="1" /></DicomAttribute>'),
         _native(

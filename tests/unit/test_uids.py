@@ -1,4 +1,4 @@
-"""Tests for uids.py: the PS3.5 §9.1 UID syntax."""
+"""Tests for uids.py: digits and dots, 1-64 characters, no empty component."""
 
 from __future__ import annotations
 
@@ -16,6 +16,12 @@ VALID = [
     "2.25.329800735698586629295641978511506172918",
     "1." + "2" * (MAX_UID_CHARS - 2),
     "1.2." + ".".join(["3"] * 30),
+    # Leading zeros: PS3.5 §9.1 forbids them, but modalities send them.
+    "1.02.3",
+    "01.2",
+    "1.00",
+    "00",
+    "0" * MAX_UID_CHARS,
 ]
 
 INVALID = [
@@ -23,10 +29,11 @@ INVALID = [
     ".",
     "1.",
     ".1",
+    "..",
     "1..2",
-    "1.02.3",
-    "01.2",
-    "1.00",
+    "1.2.",
+    "../1.2",
+    "1/2",
     "1.2a",
     "1.2-3",
     "+1.2",
@@ -55,7 +62,7 @@ def test_valid_uids(value: str) -> None:
 
 @pytest.mark.parametrize("value", INVALID)
 def test_invalid_uids(value: str) -> None:
-    """Empty components, leading zeros, other characters and 65+ characters fail."""
+    """Empty components, other characters and 65+ characters fail."""
     assert not is_valid_uid(value)
 
 
@@ -65,8 +72,22 @@ def test_length_boundary() -> None:
     assert not is_valid_uid("1" * 65)
 
 
+def _without_leading_zeros(value: str) -> str:
+    """``value`` with the leading zeros of each dot-separated component removed."""
+    return ".".join(c.lstrip("0") or "0" if c else c for c in value.split("."))
+
+
 @pytest.mark.parametrize("value", VALID + INVALID)
-def test_agrees_with_pydicom_pattern(value: str) -> None:
-    """The syntax matches pydicom's own valid-UID pattern plus the length limit."""
-    expected = bool(RE_VALID_UID.fullmatch(value)) and len(value) <= MAX_UID_CHARS
+def test_pydicom_pattern_plus_leading_zeros(value: str) -> None:
+    """Accepted: pydicom's PS3.5 §9.1 pattern within 64 characters, once leading zeros go."""
+    expected = (
+        bool(RE_VALID_UID.fullmatch(_without_leading_zeros(value))) and len(value) <= MAX_UID_CHARS
+    )
     assert is_valid_uid(value) == expected
+
+
+@pytest.mark.parametrize("value", ["1.02.3", "01.2", "1.00", "00"])
+def test_leading_zeros_are_a_documented_superset(value: str) -> None:
+    """Leading-zero components, which PS3.5 §9.1 forbids, are accepted all the same."""
+    assert not RE_VALID_UID.fullmatch(value)
+    assert is_valid_uid(value)

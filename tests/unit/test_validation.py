@@ -1,4 +1,8 @@
-"""Tests for validation.py: real pydicom test files and files written here."""
+"""Tests for validation.py and the header reading of dicomheader.py.
+
+Most go through ``validate_part`` on real pydicom test files and files written here;
+the file-like wrappers of dicomheader.py are tested directly at the end.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import pydicom
 import pydicom.data
 import pytest
 from pydicom import config
+from pydicom._uid_dict import UID_dictionary
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
@@ -29,7 +34,7 @@ from pydicom.uid import (
     MRImageStorage,
 )
 
-from twisted_stow import validation
+from twisted_stow import dicomheader
 from twisted_stow.outcomes import Failed, FailureReason, InstanceRef
 from twisted_stow.validation import (
     DEFAULT_POLICY,
@@ -80,9 +85,7 @@ def _set_raw(ds: Dataset, tag: int, value: str) -> None:
     ds.add(DataElement(tag, "UI", value, validation_mode=config.IGNORE))
 
 
-def _write(
-    path: Path, ds: Dataset, *, transfer_syntax: str = ExplicitVRLittleEndian
-) -> Path:
+def _write(path: Path, ds: Dataset, *, transfer_syntax: str = ExplicitVRLittleEndian) -> Path:
     """Write ``ds`` as a PS3.10 file; pydicom copies its SOP UIDs into the File Meta."""
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = UID(transfer_syntax)
@@ -185,9 +188,7 @@ def test_accepts_str_path() -> None:
 def test_written_file_is_valid(tmp_path: Path) -> None:
     """The minimal data set these tests start from is itself valid."""
     path = _write(tmp_path / "ok.dcm", _dataset())
-    assert validate_part(path) == InstanceRef(
-        CT_IMAGE_STORAGE, SOP_INSTANCE, STUDY, SERIES
-    )
+    assert validate_part(path) == InstanceRef(CT_IMAGE_STORAGE, SOP_INSTANCE, STUDY, SERIES)
 
 
 def test_truncated_file_still_validates(tmp_path: Path) -> None:
@@ -264,9 +265,7 @@ def test_malformed_data_set_cannot_be_understood(tmp_path: Path) -> None:
 
 def test_corrupt_deflate_stream_cannot_be_understood(tmp_path: Path) -> None:
     """A deflated data set that is not a valid deflate stream is 0xC000."""
-    path = _meta_only(
-        tmp_path / "dfl.dcm", DeflatedExplicitVRLittleEndian, b"\xff" * 64
-    )
+    path = _meta_only(tmp_path / "dfl.dcm", DeflatedExplicitVRLittleEndian, b"\xff" * 64)
     failed = _failed(validate_part(path))
     assert failed.reason == FailureReason.CANNOT_UNDERSTAND
     assert "deflate" in failed.detail
@@ -310,13 +309,24 @@ def test_empty_uid_in_implicit_vr_is_missing(tmp_path: Path) -> None:
     assert (failed.sop_class_uid, failed.sop_instance_uid) == (CT_IMAGE_STORAGE, None)
 
 
-def test_leading_zero_sop_instance_uid_does_not_match(tmp_path: Path) -> None:
-    """A SOP Instance UID with a leading-zero component is 0xA900 without that UID."""
+def test_leading_zero_uids_are_accepted(tmp_path: Path) -> None:
+    """UIDs with leading-zero components (PS3.5 §9.1 forbids them) are stored all the same."""
     ds = _dataset()
     _set_raw(ds, 0x00080018, "1.02.3")
-    failed = _failed(validate_part(_write(tmp_path / "zero.dcm", ds)))
+    _set_raw(ds, 0x0020000D, "01.2")
+    _set_raw(ds, 0x0020000E, "1.2.00")
+    outcome = validate_part(_write(tmp_path / "zero.dcm", ds))
+    assert outcome == InstanceRef(CT_IMAGE_STORAGE, "1.02.3", "01.2", "1.2.00")
+
+
+@pytest.mark.parametrize("value", ["1..3", "1.3.", ".1.3", ".."])
+def test_empty_uid_component_does_not_match(tmp_path: Path, value: str) -> None:
+    """A SOP Instance UID with an empty component is 0xA900 without that UID."""
+    ds = _dataset()
+    _set_raw(ds, 0x00080018, value)
+    failed = _failed(validate_part(_write(tmp_path / "dots.dcm", ds)))
     assert failed.reason == FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
-    assert "'1.02.3'" in failed.detail
+    assert repr(value) in failed.detail
     assert (failed.sop_class_uid, failed.sop_instance_uid) == (CT_IMAGE_STORAGE, None)
 
 
@@ -365,13 +375,9 @@ def test_uid_encoded_as_sequence_does_not_match(tmp_path: Path) -> None:
         + _ui(0x0020000D, STUDY)
         + _ui(0x0020000E, SERIES)
     )
-    failed = _failed(
-        validate_part(_meta_only(tmp_path / "sq.dcm", ExplicitVRLittleEndian, body))
-    )
+    failed = _failed(validate_part(_meta_only(tmp_path / "sq.dcm", ExplicitVRLittleEndian, body)))
     assert failed.reason == FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
-    assert (
-        failed.detail == "SOP Instance UID (0008,0018) is not a valid UID: '<Sequence>'"
-    )
+    assert failed.detail == "SOP Instance UID (0008,0018) is not a valid UID: '<Sequence>'"
     assert (failed.sop_class_uid, failed.sop_instance_uid) == (CT_IMAGE_STORAGE, None)
 
 
@@ -462,9 +468,7 @@ def test_excluded_sop_class_is_not_supported() -> None:
 
 def test_default_policy_is_built_from_the_defaults() -> None:
     """DEFAULT_POLICY holds exactly default_sop_classes() and default_transfer_syntaxes()."""
-    assert DEFAULT_POLICY == ValidationPolicy(
-        default_sop_classes(), default_transfer_syntaxes()
-    )
+    assert DEFAULT_POLICY == ValidationPolicy(default_sop_classes(), default_transfer_syntaxes())
 
 
 @pytest.mark.parametrize(
@@ -522,13 +526,22 @@ def test_default_transfer_syntaxes_include(uid: str) -> None:
     [
         "1.2.840.10008.1.2.4.94",  # JPIP Referenced
         "1.2.840.10008.1.2.4.95",  # JPIP Referenced Deflate
+        "1.2.840.10008.1.2.4.204",  # JPIP HTJ2K Referenced
+        "1.2.840.10008.1.2.4.205",  # JPIP HTJ2K Referenced Deflate
         "1.2.840.10008.1.2.6.1",  # RFC 2557 MIME Encapsulation (Retired)
-        CT_IMAGE_STORAGE,  # a SOP Class, not a transfer syntax
+        "1.2.840.10008.1.2.6.2",  # XML Encoding (Retired)
     ],
 )
-def test_default_transfer_syntaxes_exclude(uid: str) -> None:
-    """JPIP Referenced (PS3.5 §10.8) and non-file syntaxes are not allowed."""
-    assert uid not in default_transfer_syntaxes()
+def test_default_transfer_syntaxes_include_jpip_and_mime(uid: str) -> None:
+    """The issue's default is every transfer syntax pydicom knows, PS3.5 §10.8 JPIP too."""
+    assert uid in default_transfer_syntaxes()
+
+
+def test_default_transfer_syntaxes_are_all_pydicom_knows() -> None:
+    """Exactly the UIDs of type "Transfer Syntax" in pydicom's dictionary, no SOP Class."""
+    known = {str(UID(key)) for key in UID_dictionary if UID(key).type == "Transfer Syntax"}
+    assert default_transfer_syntaxes() == known
+    assert CT_IMAGE_STORAGE not in default_transfer_syntaxes()
 
 
 # --- memory: Pixel Data and large elements are never read ------------------------
@@ -549,9 +562,7 @@ def test_deflated_large_pixel_data_is_not_inflated(tmp_path: Path) -> None:
     """50 MB of deflated zero Pixel Data (a zip bomb) is not inflated into memory."""
     ds = _dataset()
     _pixels(ds, PIXEL_BYTES)
-    path = _write(
-        tmp_path / "bomb.dcm", ds, transfer_syntax=DeflatedExplicitVRLittleEndian
-    )
+    path = _write(tmp_path / "bomb.dcm", ds, transfer_syntax=DeflatedExplicitVRLittleEndian)
     del ds
     assert path.stat().st_size < PIXEL_BYTES // 100
     outcome, peak = _peak_bytes(path)
@@ -563,7 +574,7 @@ def test_large_element_before_uids_is_skipped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A private element bigger than the read cap, before the UIDs, is sought past."""
-    monkeypatch.setattr(validation, "MAX_HEADER_READ_BYTES", 64 * 1024)
+    monkeypatch.setattr(dicomheader, "MAX_HEADER_READ_BYTES", 64 * 1024)
     ds = _dataset()
     ds.add_new(0x00090010, "LO", "ACME")
     ds.add_new(0x00091010, "OB", bytes(1024 * 1024))
@@ -579,7 +590,7 @@ def test_header_over_read_cap_cannot_be_understood(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transfer_syntax: str
 ) -> None:
     """An undefined-length sequence before the UIDs bigger than the cap is 0xC000."""
-    monkeypatch.setattr(validation, "MAX_HEADER_READ_BYTES", 64 * 1024)
+    monkeypatch.setattr(dicomheader, "MAX_HEADER_READ_BYTES", 64 * 1024)
     item = Dataset()
     item.add_new(0x00090010, "LO", "ACME")
     item.add_new(0x00091010, "OB", random.Random(0).randbytes(256 * 1024))
@@ -617,7 +628,7 @@ def test_disk_error_while_parsing_raises(monkeypatch: pytest.MonkeyPatch) -> Non
     def fake_open(path: Any, mode: str) -> _FailingFile:
         return _FailingFile(data)
 
-    monkeypatch.setattr(validation, "open", fake_open, raising=False)
+    monkeypatch.setattr(dicomheader, "open", fake_open, raising=False)
     with pytest.raises(OSError) as info:
         validate_part(CT)
     assert info.value.errno == errno.EIO
@@ -641,13 +652,49 @@ def test_truncated_deflated_file_still_validates(tmp_path: Path) -> None:
     assert validate_part(path) == _uids(source)
 
 
+@pytest.mark.parametrize(
+    "transfer_syntax",
+    [
+        "1.2.840.10008.1.2.4.95",  # JPIP Referenced Deflate
+        "1.2.840.10008.1.2.4.205",  # JPIP HTJ2K Referenced Deflate
+    ],
+)
+def test_jpip_deflate_data_set_is_inflated(tmp_path: Path, transfer_syntax: str) -> None:
+    """PS3.5 §A.7/§A.12: a JPIP Deflate data set is a raw deflate stream, read inflated."""
+    body = (
+        _ui(0x00080016, CTImageStorage)
+        + _ui(0x00080018, SOP_INSTANCE)
+        + _ui(0x0020000D, STUDY)
+        + _ui(0x0020000E, SERIES)
+    )
+    deflater = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    path = _meta_only(
+        tmp_path / "jpip.dcm", transfer_syntax, deflater.compress(body) + deflater.flush()
+    )
+    assert validate_part(path) == InstanceRef(CT_IMAGE_STORAGE, SOP_INSTANCE, STUDY, SERIES)
+
+
+def test_read_header_gives_raw_uids() -> None:
+    """read_header returns the File Meta and data set UIDs as text, padding stripped."""
+    ds = pydicom.dcmread(CT, stop_before_pixels=True)
+    assert dicomheader.read_header(CT) == dicomheader.DicomHeader(
+        transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
+        media_storage_sop_class=str(ds.file_meta.MediaStorageSOPClassUID),
+        media_storage_sop_instance=str(ds.file_meta.MediaStorageSOPInstanceUID),
+        sop_class=str(ds.SOPClassUID),
+        sop_instance=str(ds.SOPInstanceUID),
+        study=str(ds.StudyInstanceUID),
+        series=str(ds.SeriesInstanceUID),
+    )
+
+
 def test_invalid_transfer_syntax_uid_is_quoted(tmp_path: Path) -> None:
     """A Transfer Syntax UID that is not a UID is 0xC122 with the value quoted."""
     path = _write(tmp_path / "ts.dcm", _dataset())
-    _replace_first(path, ExplicitVRLittleEndian, "1.2.840.10008.1.2.01")
+    _replace_first(path, ExplicitVRLittleEndian, "1.2.840.10008.1.2..1")
     failed = _failed(validate_part(path))
     assert failed.reason == FailureReason.TRANSFER_SYNTAX_NOT_SUPPORTED
-    assert failed.detail == "transfer syntax '1.2.840.10008.1.2.01' is not supported"
+    assert failed.detail == "transfer syntax '1.2.840.10008.1.2..1' is not supported"
 
 
 def test_long_invalid_value_is_cut_in_detail(tmp_path: Path) -> None:
@@ -677,7 +724,7 @@ class _BrokenDisk(io.BytesIO):
 
 def test_budgeted_reader_seeks_like_a_file() -> None:
     """The read-budget wrapper supports SEEK_SET and SEEK_CUR and refuses the rest."""
-    reader = validation._BudgetedReader(io.BytesIO(b"0123456789"), 100)
+    reader = dicomheader._BudgetedReader(io.BytesIO(b"0123456789"), 100)
     assert reader.seek(2) == 2
     assert reader.seek(3, io.SEEK_CUR) == 5
     assert reader.read(2) == b"56"
@@ -690,20 +737,20 @@ def test_budgeted_reader_seeks_like_a_file() -> None:
 
 def test_budgeted_reader_counts_reads_not_seeks() -> None:
     """Seeking past bytes is free; reading more than the budget raises."""
-    reader = validation._BudgetedReader(io.BytesIO(bytes(100)), 10)
+    reader = dicomheader._BudgetedReader(io.BytesIO(bytes(100)), 10)
     reader.seek(90)
     assert reader.read(10) == bytes(10)
     reader.seek(0)
-    with pytest.raises(validation._HeaderTooLarge):
+    with pytest.raises(dicomheader._HeaderTooLarge):
         reader.read()
 
 
 def test_budgeted_reader_marks_disk_errors() -> None:
     """An OSError from the disk is told apart from pydicom's own OSErrors."""
-    reader = validation._BudgetedReader(_BrokenDisk(), 100)
-    with pytest.raises(validation._StagedFileUnreadable):
+    reader = dicomheader._BudgetedReader(_BrokenDisk(), 100)
+    with pytest.raises(dicomheader._StagedFileUnreadable):
         reader.read(1)
-    with pytest.raises(validation._StagedFileUnreadable):
+    with pytest.raises(dicomheader._StagedFileUnreadable):
         reader.seek(1)
 
 
@@ -711,7 +758,7 @@ def test_inflating_reader_seeks_like_a_file() -> None:
     """The inflating wrapper supports SEEK_SET and SEEK_CUR and refuses the rest."""
     deflater = zlib.compressobj(wbits=-zlib.MAX_WBITS)
     compressed = deflater.compress(b"0123456789") + deflater.flush()
-    reader = validation._InflatingReader(io.BytesIO(compressed), 100)
+    reader = dicomheader._InflatingReader(io.BytesIO(compressed), 100)
     assert reader.seek(3) == 3
     assert reader.seek(2, io.SEEK_CUR) == 5
     assert reader.read(2) == b"56"
@@ -725,8 +772,8 @@ def test_inflating_reader_seeks_like_a_file() -> None:
 
 def test_inflating_reader_marks_disk_errors() -> None:
     """An OSError while reading the compressed stream is a disk error."""
-    reader = validation._InflatingReader(_BrokenDisk(), 100)
-    with pytest.raises(validation._StagedFileUnreadable):
+    reader = dicomheader._InflatingReader(_BrokenDisk(), 100)
+    with pytest.raises(dicomheader._StagedFileUnreadable):
         reader.read(1)
 
 
@@ -735,7 +782,7 @@ def test_inflating_reader_reads_a_cut_stream_as_far_as_it_goes() -> None:
     data = random.Random(1).randbytes(4096)
     deflater = zlib.compressobj(wbits=-zlib.MAX_WBITS)
     compressed = deflater.compress(data) + deflater.flush()
-    reader = validation._InflatingReader(io.BytesIO(compressed[:-100]), 100_000)
+    reader = dicomheader._InflatingReader(io.BytesIO(compressed[:-100]), 100_000)
     inflated = reader.read()
     assert 0 < len(inflated) < len(data)
     assert data.startswith(inflated)

@@ -6,17 +6,29 @@ place is atomic).
 
 Every blocking call (open, writev, fsync, link, mkdir) runs in a worker
 thread.  The reactor side gathers a part's chunks into batches of at least
-``BATCH_BYTES`` and hands each batch over with one queue operation; a part's
-operations run in order on the shared pool (one part is never written by two
-threads at once).  ../shared/TWISTED.md Q4 measured this shape as the fastest
-that keeps all syscalls off the reactor (a thread hop per 64 KiB chunk was
-2-3x slower).
+``BATCH_BYTES`` and hands each batch over with one queue operation.  A part's
+operations run strictly in order (one part is never written by two threads at
+once), one pool job per operation: a part with more work queued goes to the
+back of the pool's queue, so a few fast uploads cannot hold every thread
+while the others wait.  ../shared/TWISTED.md Q4 measured batches handed to
+worker threads as the fastest shape that keeps all syscalls off the reactor
+(a thread hop per 64 KiB chunk was 2-3x slower).
+
+A commit is reported only once everything leading to the file is durable:
+the staged file is fsynced before it is linked; the parent of a study or
+series directory is fsynced the first time this process meets the directory,
+whoever created it; then the index directory, then the series directory.
+
+Staging names are ``<pid>-<run token>-<random>.part``.  Start-up removes the
+files of processes that are gone, and those with our pid but another run's
+token: in a container the server is often pid 1 after every restart.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import secrets
 import threading
 import uuid
 from collections import deque
@@ -47,6 +59,28 @@ DEFAULT_WRITER_THREADS = 4
 STAGING_DIR_NAME = ".staging"
 INDEX_DIR_NAME = ".sop-index"
 _COMPARE_BLOCK_BYTES = 1024 * 1024
+# Above this many buffers in one batch (tiny HTTP chunks), the writer thread
+# joins them into one: copying about a MiB costs less than walking thousands
+# of iovecs.  A batch of ordinary 64 KiB chunks holds 16 and is not copied.
+_JOIN_ABOVE_BUFFERS = 64
+# How many directories (study and series) are remembered as durable.  Past
+# that the set is cleared: forgetting costs only a repeated fsync, and the
+# set must not grow with every series a long-running server ever received.
+_DURABLE_DIRS_MAX = 100_000
+
+
+def _iov_max() -> int:
+    """The kernel's limit on buffers per writev (more fails with EINVAL)."""
+    try:
+        value = os.sysconf("SC_IOV_MAX")
+    except (ValueError, OSError):
+        value = -1
+    # -1 means "indeterminate"; 16 is POSIX's guaranteed minimum
+    # (_XOPEN_IOV_MAX).  Linux reports 1024.
+    return value if value > 0 else 16
+
+
+_IOV_MAX = _iov_max()
 # Errors that mean "the disk is full" rather than "storage is broken"; the
 # first maps to FailureReason 0xA700, everything else to 0x0110.
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -81,15 +115,46 @@ def _same_contents(a: Path, b: Path) -> bool:
                 return True
 
 
+class _Jobs:
+    """The shared thread pool as the part queues see it.
+
+    ``ThreadPool.callInThread`` silently drops a job once ``stop`` has begun,
+    and a queue re-submits itself after every operation: without this gate a
+    part's remaining operations would be dropped at shutdown instead of run.
+    ``close`` (called just before the pool stops) makes ``submit`` refuse, so
+    a worker runs the rest of its part's queue itself.
+    """
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(self, job: Callable[[], None]) -> bool:
+        """Queue ``job`` on the pool; False once the pool is stopping."""
+        with self._lock:
+            if self._closed:
+                return False
+            self.pool.callInThread(job)
+            return True
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+
+
 class _SerialQueue:
     """Runs one part's operations in order on a shared thread pool.
 
     ``submit`` is called from the reactor thread; each result comes back with
-    one ``callFromThread``.
+    one ``callFromThread``.  At most one pool job per queue exists at a time
+    (``_running``), which keeps a part's operations serial; each job runs a
+    single operation and, if more are queued, submits a new job behind every
+    other part's, so parts take turns on the threads.
     """
 
-    def __init__(self, pool: ThreadPool, reactor: IReactorFromThreads) -> None:
-        self._pool = pool
+    def __init__(self, jobs: _Jobs, reactor: IReactorFromThreads) -> None:
+        self._jobs = jobs
         self._reactor = reactor
         self._ops: deque[tuple[Callable[[], Any], Deferred[Any]]] = deque()
         self._lock = threading.Lock()
@@ -102,15 +167,14 @@ class _SerialQueue:
             start = not self._running
             self._running = True
         if start:
-            self._pool.callInThread(self._drain)
+            # Refused only after stop(): as with ThreadPool itself, nothing
+            # submitted after that runs (start-up sweeps what it leaves).
+            self._jobs.submit(self._run_one)
         return d
 
-    def _drain(self) -> None:
+    def _run_one(self) -> None:
         while True:
             with self._lock:
-                if not self._ops:
-                    self._running = False
-                    return
                 op, d = self._ops.popleft()
             try:
                 result = op()
@@ -118,6 +182,15 @@ class _SerialQueue:
                 self._reactor.callFromThread(d.errback, Failure())
             else:
                 self._reactor.callFromThread(d.callback, result)
+            with self._lock:
+                if not self._ops:
+                    self._running = False
+                    return
+            if self._jobs.submit(self._run_one):
+                return
+            # The pool is stopping and takes no new jobs; stop() waits for
+            # this thread, so finishing the queue here keeps its promise to
+            # wait for every queued operation.
 
 
 class _StagingFile:
@@ -140,8 +213,14 @@ class _StagingFile:
                 self.fd = os.open(
                     self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
                 )
+            if len(buffers) > _JOIN_ABOVE_BUFFERS:
+                # Many tiny chunks (a client sending 20-byte HTTP chunks puts
+                # ~50,000 in a batch): writev refuses more than IOV_MAX
+                # buffers with EINVAL, and one copy is cheaper anyway.
+                buffers = [b"".join(buffers)]
             while buffers:
-                written = os.writev(self.fd, buffers)
+                # Still capped: IOV_MAX may be below the join threshold.
+                written = os.writev(self.fd, buffers[:_IOV_MAX])
                 self.size += written
                 buffers = _drop_written(buffers, written)
         except OSError as e:
@@ -177,12 +256,14 @@ class _StagingFile:
 
 def _drop_written(buffers: list[bytes | memoryview], written: int) -> list[bytes | memoryview]:
     """What is left of ``buffers`` after a (possibly short) writev."""
-    while buffers and written >= len(buffers[0]):
-        written -= len(buffers[0])
-        buffers = buffers[1:]
-    if written and buffers:
-        buffers = [memoryview(buffers[0])[written:], *buffers[1:]]
-    return buffers
+    done = 0
+    while done < len(buffers) and written >= len(buffers[done]):
+        written -= len(buffers[done])
+        done += 1
+    rest = buffers[done:]
+    if written and rest:
+        rest[0] = memoryview(rest[0])[written:]
+    return rest
 
 
 @implementer(IPartWriter)
@@ -192,7 +273,7 @@ class FilesystemPartWriter:
     def __init__(self, storage: FilesystemStorage, staged_path: Path, flow: BytesInFlight) -> None:
         self._storage = storage
         self._flow = flow
-        self._queue = _SerialQueue(storage.pool, storage.reactor)
+        self._queue = _SerialQueue(storage.jobs, storage.reactor)
         self._file = _StagingFile(staged_path)
         self.staged_path = staged_path
         self._batch: list[bytes | memoryview] = []
@@ -298,8 +379,18 @@ class FilesystemStorage:
         # Check-and-link of one SOP Instance UID must not interleave with
         # another commit of the same UID (two uploads to two studies).
         self._index_lock = threading.Lock()
+        # Study and series directories whose entry in their parent this
+        # process has fsynced.  Added to only after the fsync, so a thread
+        # that finds a directory here may rely on it; two threads that both
+        # miss it both fsync, which is harmless.  (Single set operations are
+        # atomic, no lock needed.)
+        self._durable_dirs: set[Path] = set()
+        # Tells this run's staging files from an earlier run's with the same
+        # pid (a restarted container); see _staging_is_stale.
+        self._run_token = secrets.token_hex(8)
         self.reactor = reactor
         self.pool = ThreadPool(minthreads=0, maxthreads=writer_threads, name="stow-storage")
+        self.jobs = _Jobs(self.pool)
 
     def start(self) -> None:
         """Create the directories, sweep stale staging files, start threads."""
@@ -311,23 +402,36 @@ class FilesystemStorage:
 
     def stop(self) -> None:
         """Wait for queued operations and stop the threads."""
+        self.jobs.close()
         self.pool.stop()
 
     def _sweep_stale_staging(self) -> None:
-        # Staging names carry the pid of the server that made them; files of a
-        # process that no longer runs are leftovers of a crash (their removal
-        # is never fsynced, so a crash can resurrect a few of them).
+        # Files of a run that no longer exists are leftovers of a crash (their
+        # removal is never fsynced, so a crash can resurrect a few of them).
         for entry in self.staging.iterdir():
-            pid_text = entry.name.split("-", 1)[0]
-            if pid_text.isdigit() and _pid_alive(int(pid_text)):
+            if not self._staging_is_stale(entry.name):
                 continue
             try:
                 entry.unlink()
             except OSError:
                 log.warn("could not remove stale staging file {path}", path=entry)
 
+    def _staging_is_stale(self, name: str) -> bool:
+        """Whether a staging file's run is gone: ``<pid>-<run token>-<random>.part``."""
+        fields = name.split("-")
+        if not fields[0].isdigit():
+            return True
+        pid = int(fields[0])
+        if pid == os.getpid():
+            # Our pid, but maybe not our run: a container restarts its server
+            # with the same pid (often 1), so the pid alone would keep a
+            # crashed run's files forever.  Names without a token (older
+            # versions) cannot be ours either.
+            return len(fields) != 3 or fields[1] != self._run_token
+        return not _pid_alive(pid)
+
     def open_writer(self, flow: BytesInFlight) -> FilesystemPartWriter:
-        name = f"{os.getpid()}-{uuid.uuid4().hex}.part"
+        name = f"{os.getpid()}-{self._run_token}-{uuid.uuid4().hex}.part"
         return FilesystemPartWriter(self, self.staging / name, flow)
 
     def instance_path(self, instance: InstanceRef) -> Path:
@@ -350,15 +454,22 @@ class FilesystemStorage:
         """
         final = self.instance_path(instance)
         try:
-            changed_dirs = self._make_dirs(final.parent)
-            with self._index_lock:
-                result, elsewhere = self._place(staged, final, instance, overwrite=overwrite)
-            if result in (CommitResult.STORED, CommitResult.OVERWRITTEN):
-                changed_dirs += [final.parent, self.index]
-            if elsewhere is not None:
-                changed_dirs.append(elsewhere.parent)
-            for directory in dict.fromkeys(changed_dirs):
-                fsync_directory(directory)
+            self._make_dirs(final.parent)
+            result, elsewhere = self._place(staged, final, instance, overwrite=overwrite)
+            if result is not CommitResult.CONFLICTING_DUPLICATE:
+                # Also for an identical duplicate: a retry racing the original
+                # commit (between its link and its fsyncs) must not be told
+                # "stored" before the entries are durable.  The index goes
+                # first, so a crash between the two fsyncs leaves at worst a
+                # dangling entry (reads as absent), not a stored file that
+                # escapes the index.  (The kernel may still write the link
+                # earlier on its own; excluding that would need an fsync
+                # between index and link, under the process-wide lock.)
+                changed_dirs = [self.index, final.parent]
+                if elsewhere is not None:
+                    changed_dirs.append(elsewhere.parent)
+                for directory in changed_dirs:
+                    fsync_directory(directory)
         except OSError as e:
             raise _translate(e) from e
         finally:
@@ -373,34 +484,56 @@ class FilesystemStorage:
     def _place(
         self, staged: Path, final: Path, instance: InstanceRef, *, overwrite: bool
     ) -> tuple[CommitResult, Path | None]:
-        """Under the index lock: link the file and index entry; returns what
-        happened and the older copy's path when it lived elsewhere."""
+        """Link the file and its index entry; returns what happened and the
+        older copy's path when it lived elsewhere.
+
+        The index lock covers only what must not interleave with another
+        commit of the same UID: the index check, the index entry and the
+        link or replace, a few metadata syscalls.  Comparing two whole files
+        (hundreds of MiB for a large instance) runs outside it.
+        """
         entry = self.index / instance.sop_instance_uid
-        previous = self._indexed(entry)
-        if previous is not None and previous != final:
-            # The same SOP Instance UID stored under another study/series.
+        while True:
+            with self._index_lock:
+                previous = self._indexed(entry)
+                if previous is not None and previous != final:
+                    # The same SOP Instance UID stored under another
+                    # study/series: other bytes, since the UIDs are in the data
+                    # set, so no comparison is needed.
+                    if not overwrite:
+                        return CommitResult.CONFLICTING_DUPLICATE, None
+                    os.replace(staged, final)
+                    self._point(entry, final)
+                    os.unlink(previous)
+                    return CommitResult.OVERWRITTEN, previous
+                # Index first: a crash between the two steps leaves a dangling
+                # entry, which reads as absent, never an instance that escapes
+                # the index.
+                self._point(entry, final)
+                try:
+                    # link() is a rename that refuses to replace: atomic like
+                    # rename(), but an instance already stored is never
+                    # silently lost.
+                    os.link(staged, final)
+                    return CommitResult.STORED, None
+                except FileExistsError:
+                    pass
+            try:
+                same = _same_contents(staged, final)
+            except FileNotFoundError:
+                continue  # moved to another study meanwhile: decide again
+            if same:
+                return CommitResult.IDENTICAL_DUPLICATE, None
             if not overwrite:
                 return CommitResult.CONFLICTING_DUPLICATE, None
-            os.replace(staged, final)
-            self._point(entry, final)
-            os.unlink(previous)
-            return CommitResult.OVERWRITTEN, previous
-        # Index first: a crash between the two steps leaves a dangling entry,
-        # which reads as absent, never an instance that escapes the index.
-        self._point(entry, final)
-        try:
-            # link() is a rename that refuses to replace: atomic like
-            # rename(), but an instance already stored is never silently lost.
-            os.link(staged, final)
-            return CommitResult.STORED, None
-        except FileExistsError:
-            pass
-        if _same_contents(staged, final):
-            return CommitResult.IDENTICAL_DUPLICATE, None
-        if overwrite:
-            os.replace(staged, final)
-            return CommitResult.OVERWRITTEN, None
-        return CommitResult.CONFLICTING_DUPLICATE, None
+            with self._index_lock:
+                # Replacing the same path is atomic by itself, but a
+                # concurrent overwrite may have moved the instance to another
+                # study while we compared: replacing then would leave a second
+                # copy outside the index.
+                if self._indexed(entry) == final:
+                    os.replace(staged, final)
+                    return CommitResult.OVERWRITTEN, None
 
     def _indexed(self, entry: Path) -> Path | None:
         """The stored file an index entry names, or None (no entry, dangling)."""
@@ -424,36 +557,38 @@ class FilesystemStorage:
             os.symlink(target, temporary)
         except FileNotFoundError:
             # The index directory was removed under a running server (an
-            # operator's clean-up): recreate it rather than fail every store.
+            # operator's clean-up): recreate it rather than fail every store,
+            # and make its entry in the root durable before any entry in it.
             self.index.mkdir(exist_ok=True)
+            fsync_directory(self.root)
             os.symlink(target, temporary)
         os.replace(temporary, entry)
 
-    def _make_dirs(self, directory: Path) -> list[Path]:
-        """mkdir -p below root; returns the parents whose entries changed."""
-        missing: list[Path] = []
-        probe = directory
-        while probe != self.root and not probe.is_dir():
-            missing.append(probe)
-            probe = probe.parent
-        changed: list[Path] = []
-        for path in reversed(missing):
-            try:
-                path.mkdir()
-            except FileExistsError:
+    def _make_dirs(self, series_dir: Path) -> None:
+        """Create the study and series directories; make their entries durable.
+
+        Not only when this commit created them: a commit that created them
+        and then failed, or a concurrent commit that has created them but
+        not synced their parents yet, would otherwise leave a later instance
+        reported stored under a directory whose entry a crash can lose.  So
+        each directory not yet known durable in this process gets its parent
+        fsynced, whoever made it.  The directory itself is synced later,
+        with the file it receives.
+        """
+        for directory in (series_dir.parent, series_dir):
+            if directory in self._durable_dirs:
                 continue
-            # The new directory's own entry lives in its parent; the new
-            # directory itself is synced later with the file it receives.
-            changed.append(path.parent)
-        return changed
+            directory.mkdir(exist_ok=True)
+            fsync_directory(directory.parent)
+            if len(self._durable_dirs) >= _DURABLE_DIRS_MAX:
+                self._durable_dirs.clear()
+            self._durable_dirs.add(directory)
 
 
 def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # no such process / pid
         return False
     except PermissionError:
         return True

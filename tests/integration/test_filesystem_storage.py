@@ -21,7 +21,7 @@ from twisted_stow.ingest import Ingest, IngestPolicy
 from twisted_stow.interfaces import IPartWriter, IStorage
 from twisted_stow.multipart import PartData, PartEnded, PartStarted
 from twisted_stow.outcomes import Failed, FailureReason, InstanceRef, Stored
-from twisted_stow.storage import CommitResult, StorageFull, filesystem
+from twisted_stow.storage import CommitResult, StorageFull, filesystem, serial, staging
 from twisted_stow.storage.filesystem import BATCH_BYTES, FilesystemStorage
 from twisted_stow.validation import DEFAULT_POLICY
 
@@ -443,7 +443,7 @@ async def test_writev_gets_at_most_iov_max_buffers_and_survives_short_writes(
             head[2] = memoryview(head[2])[: len(head[2]) // 2]
         return real_writev(fd, head)
 
-    monkeypatch.setattr(filesystem, "_IOV_MAX", 4)
+    monkeypatch.setattr(staging, "_IOV_MAX", 4)
     monkeypatch.setattr(filesystem.os, "writev", short_writev)
     data = os.urandom(10 * 1000)
     writer = await write_part(storage, flow, data, 1000)
@@ -462,10 +462,10 @@ class DirectReactor:
 def test_parts_share_a_one_thread_pool_fairly() -> None:
     """With one thread, two parts' queued operations alternate instead of one draining first."""
     pool = ThreadPool(minthreads=0, maxthreads=1, name="fairness")
-    jobs = filesystem._Jobs(pool)
+    jobs = serial.Jobs(pool)
     reactor: Any = DirectReactor()
-    part_a = filesystem._SerialQueue(jobs, reactor)
-    part_b = filesystem._SerialQueue(jobs, reactor)
+    part_a = serial.SerialQueue(jobs, reactor)
+    part_b = serial.SerialQueue(jobs, reactor)
     order: list[str] = []
     all_done = threading.Event()
 
@@ -501,7 +501,7 @@ def test_stop_runs_every_queued_operation(tmp_path: Path) -> None:
     reactor: Any = DirectReactor()
     store = FilesystemStorage(tmp_path / "store", reactor, writer_threads=1)
     store.start()
-    queue = filesystem._SerialQueue(store.jobs, store.reactor)
+    queue = serial.SerialQueue(store.jobs, store.reactor)
     order: list[str] = []
     release = threading.Event()
 

@@ -26,15 +26,11 @@ token: in a container the server is often pid 1 after every restart.
 
 from __future__ import annotations
 
-import errno
 import os
 import secrets
 import threading
 import uuid
-from collections import deque
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads
@@ -46,9 +42,11 @@ from zope.interface import implementer
 from ..flow import BytesInFlight
 from ..interfaces import IPartWriter, IStorage
 from ..outcomes import InstanceRef
-from . import CommitResult, StorageFull
+from . import CommitResult
+from .serial import Jobs, SerialQueue
+from .staging import StagingFile, translate_os_error
 
-T = TypeVar("T")
+log = Logger()
 
 # One handover to the writer thread per MiB: below that the per-operation
 # cost (queue, wake-up, GIL hand-off) dominates; TWISTED.md Q4/Q6.
@@ -59,39 +57,10 @@ DEFAULT_WRITER_THREADS = 4
 STAGING_DIR_NAME = ".staging"
 INDEX_DIR_NAME = ".sop-index"
 _COMPARE_BLOCK_BYTES = 1024 * 1024
-# Above this many buffers in one batch (tiny HTTP chunks), the writer thread
-# joins them into one: copying about a MiB costs less than walking thousands
-# of iovecs.  A batch of ordinary 64 KiB chunks holds 16 and is not copied.
-_JOIN_ABOVE_BUFFERS = 64
 # How many directories (study and series) are remembered as durable.  Past
 # that the set is cleared: forgetting costs only a repeated fsync, and the
 # set must not grow with every series a long-running server ever received.
 _DURABLE_DIRS_MAX = 100_000
-
-
-def _iov_max() -> int:
-    """The kernel's limit on buffers per writev (more fails with EINVAL)."""
-    try:
-        value = os.sysconf("SC_IOV_MAX")
-    except (ValueError, OSError):
-        value = -1
-    # -1 means "indeterminate"; 16 is POSIX's guaranteed minimum
-    # (_XOPEN_IOV_MAX).  Linux reports 1024.
-    return value if value > 0 else 16
-
-
-_IOV_MAX = _iov_max()
-# Errors that mean "the disk is full" rather than "storage is broken"; the
-# first maps to FailureReason 0xA700, everything else to 0x0110.
-_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-log = Logger()
-
-
-def _translate(exc: OSError) -> Exception:
-    if exc.errno in _FULL_ERRNOS:
-        return StorageFull(os.strerror(exc.errno or 0))
-    return exc
 
 
 def fsync_directory(path: Path) -> None:
@@ -115,157 +84,6 @@ def _same_contents(a: Path, b: Path) -> bool:
                 return True
 
 
-class _Jobs:
-    """The shared thread pool as the part queues see it.
-
-    ``ThreadPool.callInThread`` silently drops a job once ``stop`` has begun,
-    and a queue re-submits itself after every operation: without this gate a
-    part's remaining operations would be dropped at shutdown instead of run.
-    ``close`` (called just before the pool stops) makes ``submit`` refuse, so
-    a worker runs the rest of its part's queue itself.
-    """
-
-    def __init__(self, pool: ThreadPool) -> None:
-        self.pool = pool
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def submit(self, job: Callable[[], None]) -> bool:
-        """Queue ``job`` on the pool; False once the pool is stopping."""
-        with self._lock:
-            if self._closed:
-                return False
-            self.pool.callInThread(job)
-            return True
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-
-
-class _SerialQueue:
-    """Runs one part's operations in order on a shared thread pool.
-
-    ``submit`` is called from the reactor thread; each result comes back with
-    one ``callFromThread``.  At most one pool job per queue exists at a time
-    (``_running``), which keeps a part's operations serial; each job runs a
-    single operation and, if more are queued, submits a new job behind every
-    other part's, so parts take turns on the threads.
-    """
-
-    def __init__(self, jobs: _Jobs, reactor: IReactorFromThreads) -> None:
-        self._jobs = jobs
-        self._reactor = reactor
-        self._ops: deque[tuple[Callable[[], Any], Deferred[Any]]] = deque()
-        self._lock = threading.Lock()
-        self._running = False
-
-    def submit(self, op: Callable[[], T]) -> Deferred[T]:
-        d: Deferred[T] = Deferred()
-        with self._lock:
-            self._ops.append((op, d))
-            start = not self._running
-            self._running = True
-        if start:
-            # Refused only after stop(): as with ThreadPool itself, nothing
-            # submitted after that runs (start-up sweeps what it leaves).
-            self._jobs.submit(self._run_one)
-        return d
-
-    def _run_one(self) -> None:
-        while True:
-            with self._lock:
-                op, d = self._ops.popleft()
-            try:
-                result = op()
-            except BaseException:
-                self._reactor.callFromThread(d.errback, Failure())
-            else:
-                self._reactor.callFromThread(d.callback, result)
-            with self._lock:
-                if not self._ops:
-                    self._running = False
-                    return
-            if self._jobs.submit(self._run_one):
-                return
-            # The pool is stopping and takes no new jobs; stop() waits for
-            # this thread, so finishing the queue here keeps its promise to
-            # wait for every queued operation.
-
-
-class _StagingFile:
-    """Thread-side state of one staged part.  Only touched by its queue."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fd: int | None = None
-        self.size = 0
-        # The first write error; later writes and the final sync re-raise it,
-        # so a part with a hole in it can never be reported as staged.
-        self.error: Exception | None = None
-
-    def write(self, buffers: list[bytes | memoryview]) -> None:
-        if self.error is not None:
-            raise self.error
-        try:
-            if self.fd is None:
-                # O_EXCL: a name collision must never clobber another part.
-                self.fd = os.open(
-                    self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644
-                )
-            if len(buffers) > _JOIN_ABOVE_BUFFERS:
-                # Many tiny chunks (a client sending 20-byte HTTP chunks puts
-                # ~50,000 in a batch): writev refuses more than IOV_MAX
-                # buffers with EINVAL, and one copy is cheaper anyway.
-                buffers = [b"".join(buffers)]
-            while buffers:
-                # Still capped: IOV_MAX may be below the join threshold.
-                written = os.writev(self.fd, buffers[:_IOV_MAX])
-                self.size += written
-                buffers = _drop_written(buffers, written)
-        except OSError as e:
-            self.error = _translate(e)
-            raise self.error from e
-
-    def sync_and_close(self) -> int:
-        try:
-            if self.error is not None:
-                raise self.error
-            if self.fd is None:  # an empty part still gets a (empty) file
-                self.write([])
-            assert self.fd is not None
-            os.fsync(self.fd)
-        except OSError as e:
-            raise _translate(e) from e
-        finally:
-            self._close()
-        return self.size
-
-    def discard(self) -> None:
-        self._close()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-
-    def _close(self) -> None:
-        if self.fd is not None:
-            fd, self.fd = self.fd, None
-            os.close(fd)
-
-
-def _drop_written(buffers: list[bytes | memoryview], written: int) -> list[bytes | memoryview]:
-    """What is left of ``buffers`` after a (possibly short) writev."""
-    done = 0
-    while done < len(buffers) and written >= len(buffers[done]):
-        written -= len(buffers[done])
-        done += 1
-    rest = buffers[done:]
-    if written and rest:
-        rest[0] = memoryview(rest[0])[written:]
-    return rest
-
-
 @implementer(IPartWriter)
 class FilesystemPartWriter:
     """Stages one part on disk; see ``IPartWriter`` for the lifecycle."""
@@ -273,8 +91,8 @@ class FilesystemPartWriter:
     def __init__(self, storage: FilesystemStorage, staged_path: Path, flow: BytesInFlight) -> None:
         self._storage = storage
         self._flow = flow
-        self._queue = _SerialQueue(storage.jobs, storage.reactor)
-        self._file = _StagingFile(staged_path)
+        self._queue = SerialQueue(storage.jobs, storage.reactor)
+        self._file = StagingFile(staged_path)
         self.staged_path = staged_path
         self._batch: list[bytes | memoryview] = []
         self._batch_bytes = 0
@@ -390,7 +208,7 @@ class FilesystemStorage:
         self._run_token = secrets.token_hex(8)
         self.reactor = reactor
         self.pool = ThreadPool(minthreads=0, maxthreads=writer_threads, name="stow-storage")
-        self.jobs = _Jobs(self.pool)
+        self.jobs = Jobs(self.pool)
 
     def start(self) -> None:
         """Create the directories, sweep stale staging files, start threads."""
@@ -471,7 +289,7 @@ class FilesystemStorage:
                 for directory in changed_dirs:
                     fsync_directory(directory)
         except OSError as e:
-            raise _translate(e) from e
+            raise translate_os_error(e) from e
         finally:
             # The staging name is only a temporary alias: the final name (or
             # the older copy) holds the bytes now, or nothing should.

@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 from urllib.parse import quote, unquote_to_bytes
 
 from klein import Klein
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from werkzeug.exceptions import HTTPException
@@ -22,6 +21,7 @@ from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.routing import RequestRedirect
 
 from .config import StowConfig
+from .deferreds import detached
 from .errors import (
     BodyTooLarge,
     InvalidRequestTarget,
@@ -53,7 +53,6 @@ from .validation import ValidationPolicy, default_sop_classes, default_transfer_
 log = Logger()
 
 F = TypeVar("F", bound=Callable[..., Any])
-T = TypeVar("T")
 
 # Route families: the standard PS3.18 paths, the MONAI Informatics Gateway
 # paths (which trigger a workflow per POST) and dcm4chee-arc's per-AE paths.
@@ -223,7 +222,7 @@ class StowService:
         # A copy: Klein cancels this handler when the client goes away, and
         # that must not cancel the storing of parts already received whole
         # (DESIGN.md: they are committed whatever happens to the connection).
-        result = await _detached(upload.result)
+        result = await detached(upload.result)
         if result.request_error is not None and not result.stored_any:
             # Nothing stored and the body itself was broken: a syntax error
             # of the request (PS3.18 Table 10.5.3-1, 400).
@@ -391,20 +390,6 @@ def _sized(request: Any, body: bytes) -> bytes:
     clients, and every body here is small and complete before it is sent."""
     request.setHeader("Content-Length", str(len(body)))
     return body
-
-
-def _detached(d: Deferred[T]) -> Deferred[T]:
-    """A Deferred with ``d``'s result whose cancellation does not reach ``d``."""
-    copy: Deferred[T] = Deferred()
-
-    def forward(result: T) -> T:
-        # After a cancel() the copy has fired already; Twisted drops this
-        # second callback for a Deferred cancelled without a canceller.
-        copy.callback(result)
-        return result
-
-    d.addCallback(forward)
-    return copy
 
 
 def _peer_host(request: Any) -> str:

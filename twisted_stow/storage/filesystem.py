@@ -39,6 +39,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from ..deferreds import detached
 from ..flow import BytesInFlight
 from ..interfaces import IPartWriter, IStorage
 from ..outcomes import InstanceRef
@@ -154,7 +155,7 @@ class FilesystemPartWriter:
 
     def abort(self) -> Deferred[None]:
         if self._discarded is not None:
-            return _chain(self._discarded)
+            return detached(self._discarded)
         if self._done:  # committed: the staged name is gone already
             return succeed(None)
         self._done = True
@@ -163,21 +164,9 @@ class FilesystemPartWriter:
             self._flow.done(batch_bytes)
         self._discarded = self._queue.submit(self._file.discard)
         self._discarded.addErrback(lambda f: log.failure("could not remove staging file", f))
-        return _chain(self._discarded)
+        return detached(self._discarded)
 
     _discarded: Deferred[None] | None = None
-
-
-def _chain(d: Deferred[None]) -> Deferred[None]:
-    """A new Deferred firing with ``d`` without taking over its result."""
-    mirror: Deferred[None] = Deferred()
-
-    def fire(result: object) -> object:
-        mirror.callback(None)
-        return result
-
-    d.addBoth(fire)
-    return mirror
 
 
 @implementer(IStorage)

@@ -34,6 +34,7 @@ from twisted.internet.threads import deferToThread
 from tests.dicom_files import MR, NO_META, SR, TEST_FILES, read, stored_path, uids
 from tests.helpers import build_multipart, multipart_content_type
 from tests.integration.conftest import Server
+from tests.integration.observe import stored_files
 from tests.integration.streaming import (
     ChunkedProducer,
     fixed_length,
@@ -309,10 +310,6 @@ def _xml_dataset(element: ET.Element) -> dict[str, Any]:
 
 
 # --- files and storage ---------------------------------------------------------
-
-
-def stored_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*.dcm") if ".staging" not in p.parts)
 
 
 def write_copy(source: Path, target: Path, change: Callable[[pydicom.Dataset], None]) -> bytes:

@@ -11,11 +11,13 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.python.threadpool import ThreadPool
 from zope.interface.verify import verifyObject
 
 from tests.dicom_files import CT, read, uids
+from tests.fakes import RecordingProducer
+from tests.integration.observe import staging_files
 from twisted_stow.flow import BytesInFlight
 from twisted_stow.ingest import Ingest, IngestPolicy
 from twisted_stow.interfaces import IPartWriter, IStorage
@@ -26,19 +28,6 @@ from twisted_stow.storage.filesystem import BATCH_BYTES, FilesystemStorage
 from twisted_stow.validation import DEFAULT_POLICY
 
 INSTANCE = InstanceRef("1.2.840.10008.5.1.4.1.1.7", "1.2.3.4.5.6", "1.2.3", "1.2.3.4")
-
-
-class NoPause:
-    """A producer for BytesInFlight that records pause/resume calls."""
-
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def pauseProducing(self) -> None:
-        self.calls.append("pause")
-
-    def resumeProducing(self) -> None:
-        self.calls.append("resume")
 
 
 @pytest.fixture
@@ -53,11 +42,19 @@ def storage(tmp_path: Path) -> Iterator[FilesystemStorage]:
 
 @pytest.fixture
 def flow() -> BytesInFlight:
-    return BytesInFlight(NoPause())
+    return BytesInFlight(RecordingProducer())
+
+
+def ingest_on(store: FilesystemStorage) -> Ingest:
+    """An Ingest with the default policy, validating in the reactor's threads."""
+    from twisted.internet.threads import deferToThread
+
+    flow = BytesInFlight(RecordingProducer())
+    return Ingest(store, IngestPolicy(DEFAULT_POLICY), flow, deferToThread)
 
 
 def staged(store: FilesystemStorage) -> list[Path]:
-    return list(store.staging.iterdir())
+    return staging_files(store.root)
 
 
 async def write_part(store: FilesystemStorage, flow: BytesInFlight, data: bytes, piece: int) -> Any:
@@ -227,17 +224,10 @@ async def test_abort_mid_part_leaves_nothing(
     writer = storage.open_writer(flow)
     writer.write(os.urandom(2 * BATCH_BYTES))
     writer.write(b"tail not yet flushed")
-    writer.abort()
-    writer.abort()
-    # A barrier: an operation queued behind the discard on the same pool.
-    await maybeDeferred(lambda: None)
-    for _ in range(100):
-        if not staged(storage) and flow.in_flight_bytes == 0:
-            break
-        from twisted.internet import reactor
-        from twisted.internet.task import deferLater
-
-        await deferLater(reactor, 0.01, lambda: None)
+    first, second = writer.abort(), writer.abort()
+    # abort() fires once the staging file is gone; a second call waits too.
+    await first
+    await second
     assert staged(storage) == []
     assert flow.in_flight_bytes == 0
     assert not storage.instance_path(INSTANCE).exists()
@@ -276,9 +266,8 @@ async def test_ingest_maps_storage_errors_to_failure_reasons(
 
     monkeypatch.setattr(filesystem.os, "writev", broken)
     from twisted.internet import reactor
-    from twisted.internet.threads import deferToThread
 
-    ingest = Ingest(storage, IngestPolicy(DEFAULT_POLICY), BytesInFlight(NoPause()), deferToThread)
+    ingest = ingest_on(storage)
     ingest.handle(
         [PartStarted((("content-type", "application/dicom"),)), PartData(read(CT)), PartEnded()]
     )
@@ -287,21 +276,14 @@ async def test_ingest_maps_storage_errors_to_failure_reasons(
     outcome = result.outcomes[0]
     assert isinstance(outcome, Failed) and outcome.reason is reason
     assert reactor.running
-    for _ in range(100):
-        if not staged(storage):
-            break
-        from twisted.internet.task import deferLater
-
-        await deferLater(reactor, 0.01, lambda: None)
+    # Ingest waits for the abort before it reports the failure: nothing left.
     assert staged(storage) == []
 
 
 @pytest_twisted.ensureDeferred
 async def test_ingest_stores_a_real_instance(storage: FilesystemStorage) -> None:
     """Events of one real part end as Stored with the file in place."""
-    from twisted.internet.threads import deferToThread
-
-    ingest = Ingest(storage, IngestPolicy(DEFAULT_POLICY), BytesInFlight(NoPause()), deferToThread)
+    ingest = ingest_on(storage)
     data = read(CT)
     ingest.handle([PartStarted(()), PartData(data[:1000]), PartData(data[1000:]), PartEnded()])
     result = await ingest.close()
@@ -401,7 +383,7 @@ def test_start_sweeps_our_pid_with_another_run_token(tmp_path: Path) -> None:
     store.staging.mkdir(parents=True)
     earlier_run = store.staging / f"{os.getpid()}-0123abcd-deadbeef.part"
     pid_only = store.staging / f"{os.getpid()}-deadbeef.part"
-    ours = store.open_writer(BytesInFlight(NoPause())).staged_path
+    ours = store.open_writer(BytesInFlight(RecordingProducer())).staged_path
     for path in (earlier_run, pid_only, ours):
         path.write_bytes(b"x")
     assert ours.name.startswith(f"{os.getpid()}-")

@@ -12,12 +12,12 @@ import pydicom
 import pytest
 import pytest_twisted
 from pydicom.uid import generate_uid
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from tests.dicom_files import CT, read, stored_path, uids
 from tests.helpers import build_multipart, multipart_content_type
 from tests.integration.conftest import Server
+from tests.integration.observe import poll, staging_files, stored_files
 from tests.integration.streaming import (
     ChunkedProducer,
     failure_reasons,
@@ -58,25 +58,6 @@ def request_bytes(body: bytes, path: str = "/studies", extra: bytes = b"") -> by
     )
 
 
-async def poll(condition: Any, seconds: float = 10.0) -> bool:
-    from twisted.internet import reactor
-
-    for _ in range(int(seconds / 0.02)):
-        if condition():
-            return True
-        await deferLater(reactor, 0.02, lambda: None)
-    return bool(condition())
-
-
-def dcm_files(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*.dcm") if ".staging" not in p.parts]
-
-
-def staging(root: Path) -> list[Path]:
-    directory = root / ".staging"
-    return list(directory.iterdir()) if directory.exists() else []
-
-
 @pytest_twisted.ensureDeferred
 async def test_tiny_http_chunks(stow_server: Server, client: Any) -> None:
     """A part sent in 20-byte chunks (thousands of pieces per write batch) is stored intact."""
@@ -102,9 +83,9 @@ async def test_disconnect_after_the_whole_body_keeps_every_part(stow_server: Ser
             sock.sendall(request_bytes(body))
 
     await deferToThread(send_and_vanish)
-    assert await poll(lambda: len(dcm_files(stow_server.storage)) == len(parts))
-    assert await poll(lambda: not staging(stow_server.storage))
-    stored = {p.read_bytes() for p in dcm_files(stow_server.storage)}
+    assert await poll(lambda: len(stored_files(stow_server.storage)) == len(parts))
+    assert await poll(lambda: not staging_files(stow_server.storage))
+    stored = {p.read_bytes() for p in stored_files(stow_server.storage)}
     assert stored == set(parts)
 
 

@@ -12,6 +12,7 @@ from twisted.internet.threads import deferToThread
 from tests.dicom_files import CT, MR, read
 from tests.helpers import build_multipart, multipart_content_type
 from tests.integration.conftest import Server
+from tests.integration.observe import poll
 from tests.integration.streaming import json_body, raw_exchange, status_of
 from twisted_stow.config import StowConfig
 
@@ -45,14 +46,9 @@ def open_slow_upload(port: int, source: str = "127.0.0.1") -> socket.socket:
 
 
 async def wait_for_active(server: Server, count: int) -> None:
-    from twisted.internet import reactor
-    from twisted.internet.task import deferLater
-
-    for _ in range(200):
-        if server.handle.stow.slots.active == count:
-            return
-        await deferLater(reactor, 0.01, lambda: None)
-    raise AssertionError(f"never saw {count} active uploads")
+    assert await poll(lambda: server.handle.stow.slots.active == count), (
+        f"never saw {count} active uploads"
+    )
 
 
 @pytest_twisted.ensureDeferred
@@ -77,7 +73,7 @@ async def test_over_total_limit_gets_503_with_retry_after(stow_server: Server) -
 
 @pytest_twisted.ensureDeferred
 async def test_slot_is_released_after_a_finished_upload(stow_server: Server) -> None:
-    """Two uploads one after the other on one keep-alive connection both succeed."""
+    """Two pipelined uploads on one connection: both succeed, no slot left held."""
     first = upload_request(build_multipart([read(CT)], BOUNDARY), close=False)
     second = upload_request(build_multipart([read(MR)], BOUNDARY))
     raw = await deferToThread(raw_exchange, stow_server.port, first + second)

@@ -13,6 +13,7 @@ import pytest_twisted
 from tests.dicom_files import CT, MR, read, uids
 from tests.helpers import build_multipart, multipart_content_type
 from tests.integration.conftest import Server
+from tests.integration.observe import staging_files
 from tests.integration.streaming import failure_reasons, fixed_length, sop_instance_uids
 from twisted_stow.storage import filesystem
 
@@ -35,11 +36,6 @@ async def upload(client: Any, server: Server, parts: list[bytes]) -> tuple[int, 
     return response.code, response.headers, json.loads(await response.content())
 
 
-def leftovers(server: Server) -> list[str]:
-    staging = server.storage / ".staging"
-    return [p.name for p in staging.iterdir()] if staging.exists() else []
-
-
 @pytest.mark.parametrize(
     ("code", "reason"), [(errno.ENOSPC, 0xA700), (errno.EDQUOT, 0xA700), (errno.EIO, 0x0110)]
 )
@@ -53,7 +49,7 @@ async def test_staging_failure(
     assert status == 409
     assert failure_reasons(model, "0008119A") == [reason]
     assert headers.getRawHeaders("warning")
-    assert leftovers(stow_server) == []
+    assert staging_files(stow_server.storage) == []
 
 
 @pytest.mark.parametrize(("code", "reason"), [(errno.ENOSPC, 0xA700), (errno.EIO, 0x0110)])
@@ -77,4 +73,4 @@ async def test_commit_failure_names_the_instance(
     assert [item["00081155"]["Value"][0] for item in failed] == [ct_sop]
     assert failure_reasons(model) == [reason]
     assert sop_instance_uids(model) == [uids(MR)[1]]
-    assert leftovers(stow_server) == []
+    assert staging_files(stow_server.storage) == []

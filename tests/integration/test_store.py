@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+import socket
 from typing import Any
 
 import pytest
@@ -15,6 +15,7 @@ from tests import dicom_files
 from tests.dicom_files import CT, MR, NO_META, SR, read, stored_path, uids
 from tests.helpers import build_multipart, multipart_content_type
 from tests.integration.conftest import Server
+from tests.integration.observe import staging_files, stored_files
 from tests.integration.streaming import (
     ChunkedProducer,
     failure_reasons,
@@ -41,15 +42,6 @@ async def post(
     response = await client.post(url, data=body, headers=headers)
     content = await response.content()
     return response.code, response.headers, content
-
-
-def stored_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*.dcm") if ".staging" not in p.parts)
-
-
-def staging_files(root: Path) -> list[Path]:
-    staging = root / ".staging"
-    return sorted(staging.iterdir()) if staging.exists() else []
 
 
 @pytest_twisted.ensureDeferred
@@ -202,8 +194,8 @@ async def test_unsupported_media_type_is_415_without_100_continue(stow_server: S
 
 
 @pytest_twisted.ensureDeferred
-async def test_415_body_is_not_read(stow_server: Server) -> None:
-    """The 415 arrives although the client never sends the body it announced."""
+async def test_415_does_not_wait_for_the_body(stow_server: Server) -> None:
+    """The 415 arrives though the client never sends the announced body; nothing is stored."""
     request = (
         b"POST /studies HTTP/1.1\r\nHost: x\r\n"
         b'Content-Type: multipart/related; type="application/dicom+xml"; boundary=b\r\n'
@@ -270,23 +262,53 @@ async def test_mixed_result_is_202(stow_server: Server, client: Any) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_keep_alive_serves_several_uploads(stow_server: Server) -> None:
-    """Two uploads on one keep-alive connection, the second after the first's response."""
-    body, headers = multipart([read(CT)])
-    head = (
-        b"POST /studies HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        + f"Content-Type: {headers['Content-Type'][0]}\r\n".encode()
-        + f"Content-Length: {len(body)}\r\n".encode()
-    )
-    second_body, second_headers = multipart([read(MR)])
-    second = (
-        b"POST /studies HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-        + f"Content-Type: {second_headers['Content-Type'][0]}\r\n".encode()
-        + f"Content-Length: {len(second_body)}\r\n\r\n".encode()
-        + second_body
-    )
-    raw = await deferToThread(raw_exchange, stow_server.port, head + b"\r\n" + body + second)
-    assert raw.count(b"HTTP/1.1 200 OK") == 2
+    """Two uploads on one keep-alive connection, the second sent after the first's response."""
+
+    def request(data: bytes, *, close: bool) -> bytes:
+        body, headers = multipart([data])
+        return (
+            b"POST /studies HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + (b"Connection: close\r\n" if close else b"")
+            + f"Content-Type: {headers['Content-Type'][0]}\r\n".encode()
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+
+    def exchange() -> tuple[bytes, bytes]:
+        with socket.create_connection(("127.0.0.1", stow_server.port), timeout=10) as sock:
+            sock.sendall(request(read(CT), close=False))
+            first = b""
+            # The first response is complete once its Content-Length body is in.
+            while b"\r\n\r\n" not in first or len(json_body_bytes(first)) < content_length(first):
+                chunk = sock.recv(65536)
+                assert chunk, "the server closed the keep-alive connection"
+                first += chunk
+            sock.sendall(request(read(MR), close=True))
+            second = b""
+            while chunk := sock.recv(65536):
+                second += chunk
+        return first, second
+
+    first, second = await deferToThread(exchange)
+    assert status_of(first) == 200
+    assert status_of(second) == 200
+    assert stored_path(stow_server.storage, CT).read_bytes() == read(CT)
     assert stored_path(stow_server.storage, MR).read_bytes() == read(MR)
+
+
+def content_length(raw: bytes) -> int:
+    """Content-Length of the response whose head is in ``raw``."""
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    raise AssertionError(f"no Content-Length in {head!r}")
+
+
+def json_body_bytes(raw: bytes) -> bytes:
+    """The bytes after the response head."""
+    return raw.split(b"\r\n\r\n", 1)[1]
 
 
 def test_test_data_is_present() -> None:

@@ -6,7 +6,6 @@ import json
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -18,12 +17,12 @@ import pytest_twisted
 import requests
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 
 from tests.dicom_files import CT, MR, SR, TEST_FILES, read, stored_path, uids
 from tests.helpers import build_multipart, multipart_content_type
 from tests.integration.conftest import LOOPBACK_ANY_PORT, Server, Twistd, twistd_command
+from tests.integration.observe import poll, staging_files, stored_files
 from tests.integration.streaming import (
     ChunkedProducer,
     fixed_length,
@@ -43,15 +42,6 @@ DICOMWEB_CLIENT_CHUNK_BYTES = 10**6
 DICOMWEB_CLIENT_BOUNDARY = b"0f3cf5c0-70e0-41ef-baef-c6f9f65ec3e1"
 POLL_SECONDS = 10.0
 ROUTE_PREFIXES = ["", "/dicomweb", "/aets/AE1/rs"]
-
-
-def stored_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*.dcm") if ".staging" not in p.parts)
-
-
-def staging_files(root: Path) -> list[Path]:
-    staging = root / ".staging"
-    return sorted(staging.iterdir()) if staging.exists() else []
 
 
 def path_of(root: Path, ds: Dataset) -> Path:
@@ -81,18 +71,6 @@ async def post(client: Any, url: str, body: Any, boundary: str = BOUNDARY) -> tu
         url, data=body, headers={"Content-Type": [multipart_content_type(boundary)]}
     )
     return response.code, await response.content()
-
-
-async def poll(condition: Any, seconds: float = POLL_SECONDS) -> bool:
-    """Check ``condition()`` every 50 ms (without blocking the reactor) until true or timeout."""
-    from twisted.internet import reactor
-
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        await deferLater(reactor, 0.05, lambda: None)
-    return True
 
 
 # 1. treq, streamed bodies

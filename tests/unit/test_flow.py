@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from tests.fakes import RecordingProducer
 from twisted_stow.flow import BytesInFlight
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.calls: list[str] = []
-
-    def pauseProducing(self) -> None:
-        self.calls.append("pause")
-
-    def resumeProducing(self) -> None:
-        self.calls.append("resume")
-
-
-def make(**marks: int) -> tuple[BytesInFlight, Recorder]:
-    producer = Recorder()
+def make(**marks: int) -> tuple[BytesInFlight, RecordingProducer]:
+    producer = RecordingProducer()
     return BytesInFlight(producer, **marks), producer
 
 

@@ -124,7 +124,7 @@ class StowService:
         self.storage = storage
         self.reactor = reactor
         self._run_in_thread = run_in_thread
-        self.slots = UploadSlots(config.max_uploads, config.max_uploads_per_peer)
+        self.slots = UploadSlots(config.max_requests, config.max_requests_per_peer)
         self._validation = ValidationPolicy(
             allowed_sop_classes=config.sop_classes or default_sop_classes(),
             allowed_transfer_syntaxes=config.transfer_syntaxes or default_transfer_syntaxes(),

@@ -42,8 +42,8 @@ class StowConfig:
     cors_origins: tuple[str, ...] = ()
     max_body_bytes: int | None = None
     # None: no cap.  Over a cap the client gets 503 with Retry-After.
-    max_uploads: int | None = None
-    max_uploads_per_peer: int | None = None
+    max_requests: int | None = None
+    max_requests_per_peer: int | None = None
     idle_timeout_seconds: float = DEFAULT_IDLE_TIMEOUT_SECONDS
     # None: every storage SOP class / transfer syntax pydicom knows.
     sop_classes: frozenset[str] | None = None

@@ -67,28 +67,25 @@ class Options(usage.Options):
         [
             "max-body-size",
             None,
+            "0",
+            ("Largest request body accepted, e.g. 512M or 10G (413 above it); 0 means no limit."),
+        ],
+        [
+            "max-requests",
             None,
+            "0",
             (
-                "Largest request body accepted, at least 1 byte, e.g. 10G (413 above it). "
-                "Default: no limit."
+                "STOW requests received at once, in total; above it clients get 503 with "
+                "Retry-After. 0 means no limit."
             ),
         ],
         [
-            "max-uploads",
+            "max-requests-per-peer",
             None,
-            None,
+            "0",
             (
-                "Uploads received at once, in total; above it clients get 503 with Retry-After. "
-                "Default: no limit."
-            ),
-        ],
-        [
-            "max-uploads-per-peer",
-            None,
-            None,
-            (
-                "Uploads received at once from one client address (503 with Retry-After above "
-                "it). Default: no limit."
+                "STOW requests received at once from one client address (503 with Retry-After "
+                "above it). 0 means no limit."
             ),
         ],
         [
@@ -145,8 +142,8 @@ class Options(usage.Options):
             public_url = _public_url_or_none(self["public-url"])
             max_body = _body_size_or_none(self["max-body-size"])
             idle = _idle_timeout(self["idle-timeout"])
-            max_uploads = _positive_or_none(self["max-uploads"], "--max-uploads")
-            max_per_peer = _positive_or_none(self["max-uploads-per-peer"], "--max-uploads-per-peer")
+            max_requests = _count_or_none(self["max-requests"], "--max-requests")
+            max_per_peer = _count_or_none(self["max-requests-per-peer"], "--max-requests-per-peer")
             mismatch = (
                 _choice(StudyMismatch, self["study-mismatch"], "--study-mismatch")
                 if self["study-mismatch"]
@@ -164,8 +161,8 @@ class Options(usage.Options):
             duplicates=duplicates,
             cors_origins=tuple(self["cors-origin"]),
             max_body_bytes=max_body,
-            max_uploads=max_uploads,
-            max_uploads_per_peer=max_per_peer,
+            max_requests=max_requests,
+            max_requests_per_peer=max_per_peer,
             idle_timeout_seconds=idle,
             sop_classes=frozenset(self["sop-class"]) or None,
             transfer_syntaxes=frozenset(self["transfer-syntax"]) or None,
@@ -197,17 +194,13 @@ def _public_url_or_none(text: str | None) -> str | None:
     return text
 
 
-def _body_size_or_none(text: str | None) -> int | None:
-    """``--max-body-size`` in bytes: at least 1 (0 would refuse every request)."""
-    if text is None:
-        return None
+def _body_size_or_none(text: str) -> int | None:
+    """``--max-body-size`` in bytes; 0 (any unit) is no limit, as in nginx and dcm4chee."""
     try:
         value = parse_size(text)
     except ValueError as e:
         raise ValueError(f"--max-body-size: {e}") from None
-    if value < 1:
-        raise ValueError(f"--max-body-size: {text!r} must be at least 1 byte")
-    return value
+    return value or None
 
 
 def _idle_timeout(text: str) -> float:
@@ -221,17 +214,15 @@ def _idle_timeout(text: str) -> float:
     return value
 
 
-def _positive_or_none(text: str | None, option: str) -> int | None:
-    """An upload cap: a whole number, at least 1."""
-    if text is None:
-        return None
+def _count_or_none(text: str, option: str) -> int | None:
+    """A request cap: a whole number; 0 is no cap (dcm4chee's documented default)."""
     try:
         value = int(text)
     except ValueError:
         raise ValueError(f"{option}: {text!r} is not a whole number") from None
-    if value < 1:
-        raise ValueError(f"{option}: {text!r} must be at least 1")
-    return value
+    if value < 0:
+        raise ValueError(f"{option}: {text!r} must be 0 (no limit) or more")
+    return value or None
 
 
 _Choice = TypeVar("_Choice", bound=Enum)

@@ -166,7 +166,7 @@ async def test_escaped_ae_title_stays_escaped_in_retrieve_url(stow_server: Serve
 
 
 @pytest.mark.parametrize(
-    "stow_config", [StowConfig(max_uploads=1, max_body_bytes=20_000)], indirect=True
+    "stow_config", [StowConfig(max_requests=1, max_body_bytes=20_000)], indirect=True
 )
 @pytest_twisted.ensureDeferred
 async def test_mid_body_413_frees_the_upload_slot(stow_server: Server, client: Any) -> None:

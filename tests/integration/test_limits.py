@@ -22,7 +22,7 @@ BOUNDARY = "limits-boundary"
 @pytest.fixture
 def stow_config() -> StowConfig:
     """One upload at a time in total (one test overrides it with a per-peer cap)."""
-    return StowConfig(max_uploads=1)
+    return StowConfig(max_requests=1)
 
 
 def upload_request(body: bytes, *, close: bool = True) -> bytes:
@@ -81,7 +81,7 @@ async def test_slot_is_released_after_a_finished_upload(stow_server: Server) -> 
     assert stow_server.handle.stow.slots.active == 0
 
 
-@pytest.mark.parametrize("stow_config", [StowConfig(max_uploads_per_peer=1)])
+@pytest.mark.parametrize("stow_config", [StowConfig(max_requests_per_peer=1)])
 @pytest_twisted.ensureDeferred
 async def test_per_peer_limit_spares_other_clients(stow_server: Server, stow_config: Any) -> None:
     """A busy 127.0.0.1 is refused with 503 while 127.0.0.2 is served."""

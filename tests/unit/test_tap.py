@@ -45,8 +45,8 @@ def test_every_option_sets_its_field() -> None:
         "--duplicates=overwrite",
         "--cors-origin=https://viewer.example",
         "--max-body-size=10G",
-        "--max-uploads=8",
-        "--max-uploads-per-peer=2",
+        "--max-requests=8",
+        "--max-requests-per-peer=2",
         "--idle-timeout=2.5",
         f"--sop-class={CT_IMAGE_STORAGE}",
         f"--transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN}",
@@ -60,8 +60,8 @@ def test_every_option_sets_its_field() -> None:
         duplicates=Duplicates.OVERWRITE,
         cors_origins=("https://viewer.example",),
         max_body_bytes=10 * 1024**3,
-        max_uploads=8,
-        max_uploads_per_peer=2,
+        max_requests=8,
+        max_requests_per_peer=2,
         idle_timeout_seconds=2.5,
         sop_classes=frozenset({CT_IMAGE_STORAGE}),
         transfer_syntaxes=frozenset({EXPLICIT_VR_LITTLE_ENDIAN}),
@@ -108,7 +108,7 @@ def test_public_url_accepts_absolute_http_urls(url: str) -> None:
         ("--max-body-size", "512MiB", 512 * 1024**2),
         ("--idle-timeout", "0.001", 0.001),
         ("--idle-timeout", "1e3", 1000.0),
-        ("--max-uploads", "1", 1),
+        ("--max-requests", "1", 1),
     ],
 )
 def test_smallest_and_unusual_valid_numbers(option: str, value: str, parsed: float) -> None:
@@ -117,9 +117,28 @@ def test_smallest_and_unusual_valid_numbers(option: str, value: str, parsed: flo
     field = {
         "--max-body-size": config.max_body_bytes,
         "--idle-timeout": config.idle_timeout_seconds,
-        "--max-uploads": config.max_uploads,
+        "--max-requests": config.max_requests,
     }[option]
     assert field == parsed
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--max-body-size=0"],
+        ["--max-body-size=0G"],
+        ["--max-requests=0"],
+        ["--max-requests-per-peer=0"],
+    ],
+)
+def test_zero_means_no_limit(argv: list[str]) -> None:
+    """0 turns a limit off, as dcm4chee documents for its connection limits."""
+    config = parse(*argv)
+    assert (config.max_body_bytes, config.max_requests, config.max_requests_per_peer) == (
+        None,
+        None,
+        None,
+    )
 
 
 def test_leading_zero_uids_are_accepted() -> None:
@@ -137,18 +156,15 @@ def test_leading_zero_uids_are_accepted() -> None:
         ["--idle-timeout=inf"],
         ["--idle-timeout=1e400"],
         ["--idle-timeout=soon"],
-        # --max-body-size: a size of at least 1 byte
-        ["--max-body-size=0"],
-        ["--max-body-size=0G"],
+        # --max-body-size: a size (0 is no limit)
         ["--max-body-size=-1"],
         ["--max-body-size=lots"],
-        # --max-uploads and --max-uploads-per-peer: whole numbers, at least 1
-        ["--max-uploads=0"],
-        ["--max-uploads=-3"],
-        ["--max-uploads=1.5"],
-        ["--max-uploads=many"],
-        ["--max-uploads-per-peer=0"],
-        ["--max-uploads-per-peer=two"],
+        # --max-requests and --max-requests-per-peer: whole numbers (0 is no limit)
+        ["--max-requests=-3"],
+        ["--max-requests=1.5"],
+        ["--max-requests=many"],
+        ["--max-requests-per-peer=-1"],
+        ["--max-requests-per-peer=two"],
         # --public-url: absolute http(s), no query or fragment
         ["--public-url=pacs.example"],
         ["--public-url=/dicomweb"],

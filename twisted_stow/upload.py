@@ -53,8 +53,11 @@ class Upload:
         producer: Pausable,
         run_in_thread: RunInThread,
         max_body_bytes: int | None,
+        principal: str | None = None,
     ) -> None:
         self.target = target
+        # Who sent it (authentication), None when authentication is off.
+        self.principal = principal
         self.base_url = base_url  # RetrieveURL base, fixed from the headers
         self.release = release  # frees the upload slot; idempotent
         self.response_type = response_type

@@ -46,6 +46,7 @@ from .response import (
     render,
     warning_header_value,
 )
+from .singlepart import SinglePartReader
 from .uids import is_valid_uid
 from .upload import Target, Upload
 from .validation import ValidationPolicy, default_sop_classes, default_transfer_syntaxes
@@ -178,6 +179,18 @@ class StowService:
             raise BodyTooLarge(
                 f"Content-Length {length} exceeds this server's limit of {limit} bytes"
             )
+        part_limit = self.config.max_part_bytes
+        if (
+            part_limit is not None
+            and length is not None
+            and length > part_limit
+            and isinstance(reader, SinglePartReader)
+        ):
+            # A bare application/dicom body is one instance: its size is known.
+            raise BodyTooLarge(
+                f"Content-Length {length} exceeds this server's limit of {part_limit} "
+                "bytes per instance"
+            )
         mismatch = self.config.study_mismatch or _STUDY_MISMATCH_DEFAULT[stow_target.route_family]
         policy = IngestPolicy(
             validation=self._validation,
@@ -199,6 +212,7 @@ class StowService:
             producer=request,
             run_in_thread=self._run_in_thread,
             max_body_bytes=limit,
+            max_part_bytes=part_limit,
         )
 
     def refusal(

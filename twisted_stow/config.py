@@ -6,6 +6,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .deadlines import (
+    DEFAULT_BODY_RATE_WINDOW_SECONDS,
+    DEFAULT_HEADER_TIMEOUT_SECONDS,
+    DEFAULT_MIN_BODY_RATE_BYTES,
+)
 from .ingest import Duplicates, StudyMismatch
 
 DEFAULT_LISTEN = "tcp:8080"
@@ -48,3 +53,9 @@ class StowConfig:
     # None: every storage SOP class / transfer syntax pydicom knows.
     sop_classes: frozenset[str] | None = None
     transfer_syntaxes: frozenset[str] | None = None
+    # None: no cap.  A part over it stops the request with 413.
+    max_part_bytes: int | None = None
+    # Slow clients (slowloris): None / 0 disable each guard.
+    header_timeout_seconds: float | None = DEFAULT_HEADER_TIMEOUT_SECONDS
+    min_body_rate_bytes: int = DEFAULT_MIN_BODY_RATE_BYTES
+    body_rate_window_seconds: float = DEFAULT_BODY_RATE_WINDOW_SECONDS

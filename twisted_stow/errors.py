@@ -125,3 +125,11 @@ class MethodNotAllowed(StowError):
     def __init__(self, detail: str, allowed: tuple[str, ...]) -> None:
         super().__init__(detail)
         self.allowed = allowed
+
+
+class RequestTimeout(StowError):
+    """The client was too slow: headers past their deadline, or a body below
+    the minimum rate (RFC 9110 §15.5.9)."""
+
+    status = 408
+    title = "Request Timeout"

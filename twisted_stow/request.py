@@ -20,7 +20,8 @@ from twisted.web.iweb import INonQueuedRequestFactory
 from twisted.web.server import Request
 from zope.interface import provider
 
-from .errors import BodyTooLarge, InternalError, StowError
+from .deadlines import MinimumRate
+from .errors import BodyTooLarge, InternalError, RequestTimeout, StowError
 
 if TYPE_CHECKING:
     from .upload import Upload
@@ -56,6 +57,8 @@ class StreamingRequest(Request):
     _linger_call: IDelayedCall | None = None
     _paused_for_storage = False
     _saved_timeout: float | None = None
+    _rate: MinimumRate | None = None
+    _rate_call: IDelayedCall | None = None
 
     def gotLength(self, length: int | None) -> None:
         # requestReceived() needs a seekable content object; the body itself
@@ -79,6 +82,7 @@ class StreamingRequest(Request):
             transport = channel.transport
             if transport is not None and hasattr(transport, "bufferSize"):
                 transport.bufferSize = self.upload.read_size_bytes
+            self._watch_body_rate()
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused:
@@ -87,6 +91,8 @@ class StreamingRequest(Request):
         if upload is None:
             # Not a STOW route: the body is of no use to anyone.
             return
+        if self._rate is not None:
+            self._rate.received(len(data))
         try:
             upload.feed(data)
         except BodyTooLarge as error:
@@ -108,6 +114,7 @@ class StreamingRequest(Request):
         if self._refused:
             # The answer was written in gotLength/handleContentChunk.
             return
+        self._stop_rate_watch()
         if self.upload is not None:
             self.upload.body_complete()
         super().requestReceived(command, path, version)
@@ -120,6 +127,7 @@ class StreamingRequest(Request):
         super().finish()
 
     def connectionLost(self, reason: Any) -> None:
+        self._stop_rate_watch()
         if self.upload is not None:
             self.upload.abort()
             self.upload.release()
@@ -134,6 +142,8 @@ class StreamingRequest(Request):
         if self._paused_for_storage or self._refused:
             return
         self._paused_for_storage = True
+        if self._rate is not None:
+            self._rate.pause(self._now())
         channel: Any = self.channel
         # The transport itself, not HTTPChannel.pauseProducing: that one is
         # the write side's hook and would mark the channel as waiting for its
@@ -149,6 +159,8 @@ class StreamingRequest(Request):
         if not self._paused_for_storage:
             return
         self._paused_for_storage = False
+        if self._rate is not None:
+            self._rate.resume(self._now())
         channel = getattr(self, "channel", None)
         if channel is None:
             return
@@ -160,6 +172,53 @@ class StreamingRequest(Request):
         else:
             channel.setTimeout(self._saved_timeout)
             channel.transport.resumeProducing()
+
+    # The minimum body rate (slowloris): deadlines.MinimumRate on our clock.
+
+    def _now(self) -> float:
+        channel: Any = self.channel
+        seconds: float = channel.site.stow.reactor.seconds()
+        return seconds
+
+    def _watch_body_rate(self) -> None:
+        channel: Any = self.channel
+        config = channel.site.stow.config
+        if not config.min_body_rate_bytes:
+            return
+        self._rate = MinimumRate(
+            config.min_body_rate_bytes, config.body_rate_window_seconds, self._now()
+        )
+        self._schedule_rate_check(config.body_rate_window_seconds)
+
+    def _schedule_rate_check(self, delay: float) -> None:
+        channel: Any = self.channel
+        self._rate_call = channel.site.stow.reactor.callLater(delay, self._check_rate)
+
+    def _check_rate(self) -> None:
+        self._rate_call = None
+        rate = self._rate
+        if rate is None:
+            return
+        delay = rate.check(self._now())
+        if delay is not None:
+            self._schedule_rate_check(delay)
+            return
+        self._stop_rate_watch()
+        if self.upload is not None:
+            # Removes the staged part in flight; parts received whole stay.
+            self.upload.abort()
+        self.refuse(
+            RequestTimeout(
+                f"the body arrived slower than {rate.required_bytes / rate.window_seconds:g} "
+                f"bytes per second over {rate.window_seconds:g} seconds"
+            )
+        )
+
+    def _stop_rate_watch(self) -> None:
+        self._rate = None
+        call, self._rate_call = self._rate_call, None
+        if call is not None and call.active():
+            call.cancel()
 
     # Refusing from the headers alone.
 
@@ -174,6 +233,7 @@ class StreamingRequest(Request):
         if self._refused:
             return
         self._refused = True
+        self._stop_rate_watch()
         self.requestHeaders.removeHeader(b"expect")
         channel: Any = self.channel
         channel.persistent = False

@@ -8,6 +8,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.web.server import Site
 
 from .app import StowService
+from .channel import StowChannel
 from .config import StowConfig
 from .interfaces import IStorage
 from .request import StreamingRequest
@@ -16,6 +17,10 @@ from .response import PROBLEM_JSON, problem_document
 
 class StowSite(Site):
     """A Site whose requests stream their bodies into ``stow``."""
+
+    # HTTP/1.1 only (see acceptableProtocols), so the channel itself rather
+    # than Twisted's HTTP/2-negotiating wrapper around it.
+    protocol = StowChannel  # type: ignore[assignment]
 
     def __init__(self, stow: StowService, *, timeout: float) -> None:
         super().__init__(stow.app.resource(), requestFactory=StreamingRequest, timeout=timeout)
@@ -26,6 +31,7 @@ class StowSite(Site):
     def buildProtocol(self, addr: Any) -> Any:
         protocol = super().buildProtocol(addr)
         channel = getattr(protocol, "_channel", protocol)
+        channel.header_timeout = self.stow.config.header_timeout_seconds
         # HTTPChannel answers framing errors it detects itself (Content-Length
         # and chunked together, a malformed chunk, an oversized header block)
         # with a bare "400 Bad Request" and no body; give them the same

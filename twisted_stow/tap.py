@@ -20,6 +20,11 @@ from .config import (
     StowConfig,
     parse_size,
 )
+from .deadlines import (
+    DEFAULT_BODY_RATE_WINDOW_SECONDS,
+    DEFAULT_HEADER_TIMEOUT_SECONDS,
+    DEFAULT_MIN_BODY_RATE_BYTES,
+)
 from .ingest import Duplicates, StudyMismatch
 from .site import make_site
 from .storage.filesystem import FilesystemStorage
@@ -97,6 +102,40 @@ class Options(usage.Options):
                 "(time paused for slow storage does not count)."
             ),
         ],
+        [
+            "max-part-size",
+            None,
+            "0",
+            (
+                "Largest instance (multipart part) accepted, e.g. 2G; a larger one stops the "
+                "request with 413 (instances already received stay stored). 0 means no limit."
+            ),
+        ],
+        [
+            "header-timeout",
+            None,
+            f"{DEFAULT_HEADER_TIMEOUT_SECONDS:g}",
+            (
+                "Seconds from the first byte of a request to the end of its headers; a client "
+                "that trickles them slower gets 408 and is disconnected. 0 disables it."
+            ),
+        ],
+        [
+            "min-body-rate",
+            None,
+            str(DEFAULT_MIN_BODY_RATE_BYTES),
+            (
+                "Least bytes per second a body must average over each --body-rate-window "
+                "(time paused for slow storage does not count), e.g. 1K; a slower client gets "
+                "408 and is disconnected. 0 disables it."
+            ),
+        ],
+        [
+            "body-rate-window",
+            None,
+            f"{DEFAULT_BODY_RATE_WINDOW_SECONDS:g}",
+            "Seconds of reading over which --min-body-rate is averaged (more than 0).",
+        ],
     ]
     optFlags = [
         [
@@ -150,6 +189,12 @@ class Options(usage.Options):
                 else None
             )
             duplicates = _choice(Duplicates, self["duplicates"], "--duplicates")
+            max_part = _size_or_none(self["max-part-size"], "--max-part-size")
+            header_timeout = _seconds_or_none(self["header-timeout"], "--header-timeout")
+            min_rate = _size_or_none(self["min-body-rate"], "--min-body-rate") or 0
+            rate_window = _seconds_or_none(self["body-rate-window"], "--body-rate-window")
+            if rate_window is None:
+                raise ValueError("--body-rate-window: must be a number of seconds above 0")
         except ValueError as e:
             raise usage.UsageError(str(e)) from e
         self.config = StowConfig(
@@ -166,6 +211,10 @@ class Options(usage.Options):
             idle_timeout_seconds=idle,
             sop_classes=frozenset(self["sop-class"]) or None,
             transfer_syntaxes=frozenset(self["transfer-syntax"]) or None,
+            max_part_bytes=max_part,
+            header_timeout_seconds=header_timeout,
+            min_body_rate_bytes=min_rate,
+            body_rate_window_seconds=rate_window,
         )
 
 
@@ -212,6 +261,26 @@ def _idle_timeout(text: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"--idle-timeout: {text!r} must be a finite number of seconds above 0")
     return value
+
+
+def _size_or_none(text: str, option: str) -> int | None:
+    """A size in bytes (``512M``, ``4G``); 0 (any unit) is no limit."""
+    try:
+        value = parse_size(text)
+    except ValueError as e:
+        raise ValueError(f"{option}: {e}") from None
+    return value or None
+
+
+def _seconds_or_none(text: str, option: str) -> float | None:
+    """A finite number of seconds; 0 is None (the guard is off)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{option}: {text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{option}: {text!r} must be a finite number of seconds, 0 or more")
+    return value or None
 
 
 def _count_or_none(text: str, option: str) -> int | None:

@@ -8,7 +8,7 @@ body is complete.  It holds what the route decided from the URL and headers
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred
@@ -17,6 +17,7 @@ from .errors import BodyTooLarge, StowError
 from .flow import BytesInFlight, Pausable
 from .ingest import Ingest, IngestPolicy, IngestResult, RunInThread
 from .interfaces import IStorage
+from .multipart import Event, PartData, PartStarted
 from .singlepart import BodyReader
 
 # A socket read of 256 KiB-1 MiB halves the receive-path CPU compared with
@@ -54,6 +55,7 @@ class Upload:
         run_in_thread: RunInThread,
         max_body_bytes: int | None,
         principal: str | None = None,
+        max_part_bytes: int | None = None,
     ) -> None:
         self.target = target
         # Who sent it (authentication), None when authentication is off.
@@ -67,6 +69,9 @@ class Upload:
         self.flow = BytesInFlight(producer)
         self.ingest = Ingest(storage, policy, self.flow, run_in_thread)
         self.received_bytes = 0
+        self._max_part_bytes = max_part_bytes
+        self._part_bytes = 0  # of the part being received
+        self._parts_started = 0
         self.result: Deferred[IngestResult] | None = None
         self._closed = False
 
@@ -84,10 +89,36 @@ class Upload:
         except StowError as error:
             self._reader_failed = True
             # Parts completed in this very chunk, before the damage, count.
-            self.ingest.handle(getattr(error, "events_before_damage", ()))
+            self.ingest.handle(self._within_part_limit(getattr(error, "events_before_damage", ())))
             self.ingest.fail_request(error)
             return
-        self.ingest.handle(events)
+        self.ingest.handle(self._within_part_limit(events))
+
+    def _within_part_limit(self, events: Iterable[Event]) -> Iterable[Event]:
+        """``events``, checked against ``max_part_bytes``.
+
+        Over the limit, the events before the overflow go to storage (a part
+        completed earlier in the same chunk is kept) and ``BodyTooLarge``
+        stops the request; the request's abort then removes the part's
+        staged bytes.
+        """
+        if self._max_part_bytes is None:
+            return events
+        passed: list[Event] = []
+        for event in events:
+            if isinstance(event, PartStarted):
+                self._part_bytes = 0
+                self._parts_started += 1
+            elif isinstance(event, PartData):
+                self._part_bytes += len(event.data)
+                if self._part_bytes > self._max_part_bytes:
+                    self.ingest.handle(passed)
+                    raise BodyTooLarge(
+                        f"part {self._parts_started} is larger than this server's limit of "
+                        f"{self._max_part_bytes} bytes per instance"
+                    )
+            passed.append(event)
+        return passed
 
     def body_complete(self) -> Deferred[IngestResult]:
         """The last byte arrived: close the reader, collect the outcomes."""

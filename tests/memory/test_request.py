@@ -268,4 +268,4 @@ def test_body_completed_while_paused_restores_the_idle_timeout() -> None:
     assert transport.value() == b""
     storage.writers[0].release()
     assert b"HTTP/1.1 409 " in transport.value()  # not DICOM: every part failed
-    assert channel._channel.timeOut == IDLE_TIMEOUT_SECONDS
+    assert channel.timeOut == IDLE_TIMEOUT_SECONDS

@@ -24,6 +24,7 @@ OPTIONAL = [
     "twisted_stow.validation",
     "twisted_stow.dicomheader",
     "twisted_stow.uids",
+    "twisted_stow.deadlines",
 ]
 
 # Runs in a fresh interpreter, so nothing the test process loaded can hide an import.

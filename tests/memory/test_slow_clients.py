@@ -1,0 +1,229 @@
+"""Slow clients over a real HTTPChannel and a Clock: header deadline, minimum body rate.
+
+The idle timeout restarts on every byte, so these guards are what stops a
+client that trickles (slowloris).  Time paused for storage must not count,
+and an honest slow upload that keeps a real rate must pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from tests.helpers import build_multipart, multipart_content_type
+from tests.memory.test_request import HeldStorage, HeldWriter
+from twisted_stow.app import StowService
+from twisted_stow.config import StowConfig
+from twisted_stow.flow import HIGH_WATER_BYTES
+from twisted_stow.site import StowSite
+
+BOUNDARY = "slow-boundary"
+HEADER_TIMEOUT = 10.0
+RATE = 100  # bytes per second
+WINDOW = 5.0
+CONFIG = StowConfig(
+    header_timeout_seconds=HEADER_TIMEOUT,
+    min_body_rate_bytes=RATE,
+    body_rate_window_seconds=WINDOW,
+    # Far away: these tests are about trickles, which the idle timer misses.
+    idle_timeout_seconds=1000.0,
+)
+
+
+class StagedStorage(HeldStorage):
+    """HeldStorage whose parts have a real (non-DICOM) staged file to validate;
+    ``prompt``: every write lands at once (storage keeps up)."""
+
+    def __init__(self, staged: Path, *, prompt: bool = False) -> None:
+        super().__init__()
+        self.staged = staged
+        self.prompt = prompt
+
+    def open_writer(self, flow: Any) -> HeldWriter:
+        writer = super().open_writer(flow)
+        writer.staged_path = self.staged
+        if self.prompt:
+            hold = writer.write
+
+            def write(data: bytes | memoryview) -> None:
+                hold(data)
+                writer.release()
+
+            writer.write = write  # type: ignore[method-assign]
+        return writer
+
+
+@pytest.fixture
+def staged(tmp_path: Path) -> Path:
+    path = tmp_path / "part"
+    path.write_bytes(b"not a DICOM file")
+    return path
+
+
+def make_channel(storage: Any, clock: Clock, config: StowConfig = CONFIG) -> tuple[Any, Any]:
+    service = StowService(config, storage, clock, lambda f, *a: maybeDeferred(f, *a))
+    site = StowSite(service, timeout=config.idle_timeout_seconds)
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    channel.callLater = clock.callLater
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+def head(length: int | None = None, *, close: bool = False) -> bytes:
+    framing = b"Transfer-Encoding: chunked" if length is None else b"Content-Length: %d" % length
+    return (
+        b"POST /studies HTTP/1.1\r\nHost: x\r\n"
+        + f"Content-Type: {multipart_content_type(BOUNDARY)}\r\n".encode()
+        + framing
+        + (b"\r\nConnection: close" if close else b"")
+        + b"\r\n\r\n"
+    )
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n" % len(data) + data + b"\r\n"
+
+
+def test_headers_trickled_a_byte_at_a_time_get_408() -> None:
+    """A byte every 2 s keeps the idle timer happy but misses the header deadline."""
+    clock = Clock()
+    channel, transport = make_channel(HeldStorage(), clock)
+    for byte in head(1000)[:-4]:
+        channel.dataReceived(bytes([byte]))
+        clock.advance(2.0)
+        if transport.value():
+            break
+    answer = transport.value()
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b"Content-Type: application/problem+json\r\n" in answer
+    assert b"Connection: close\r\n" in answer
+    assert transport.disconnecting
+    # Answered within the deadline plus one trickle step, not at the idle timeout.
+    assert clock.seconds() <= HEADER_TIMEOUT + 2.0
+
+
+def test_headers_in_time_are_not_cut_whatever_follows(staged: Path) -> None:
+    """Headers complete in time: the deadline is gone even if the body takes long."""
+    storage = StagedStorage(staged, prompt=True)
+    clock = Clock()
+    channel, transport = make_channel(storage, clock)
+    text = head()
+    channel.dataReceived(text[:20])
+    clock.advance(HEADER_TIMEOUT - 1)
+    channel.dataReceived(text[20:])
+    body = build_multipart([b"x" * 10_000], BOUNDARY)
+    # A real rate: 1,000 bytes per second, ten times the minimum.
+    for offset in range(0, len(body), 1000):
+        channel.dataReceived(chunk(body[offset : offset + 1000]))
+        clock.advance(1.0)
+    channel.dataReceived(b"0\r\n\r\n")
+    assert b"408" not in transport.value()
+    assert transport.value().startswith(b"HTTP/1.1 409 ")  # not DICOM, answered normally
+
+
+def test_the_deadline_starts_again_for_the_next_request_on_the_connection(
+    staged: Path,
+) -> None:
+    """Keep-alive: a second request whose headers trickle is cut off too."""
+    storage = StagedStorage(staged, prompt=True)
+    clock = Clock()
+    channel, transport = make_channel(storage, clock)
+    body = build_multipart([b"not dicom"], BOUNDARY)
+    channel.dataReceived(head(len(body)) + body)
+    assert transport.value().startswith(b"HTTP/1.1 409 ")
+    transport.clear()
+    # Idle between requests is the idle timeout's business, not the deadline's.
+    clock.advance(HEADER_TIMEOUT * 3)
+    assert not transport.disconnecting
+    for byte in head(10)[:-4]:
+        channel.dataReceived(bytes([byte]))
+        clock.advance(1.0)
+        if transport.value():
+            break
+    assert transport.value().startswith(b"HTTP/1.1 408 ")
+
+
+def test_a_body_trickle_gets_408_and_its_part_is_aborted() -> None:
+    """A byte every 2 s of body: 408 after one window, and the staged part removed."""
+    storage = HeldStorage()
+    clock = Clock()
+    channel, transport = make_channel(storage, clock)
+    channel.dataReceived(head())
+    body = build_multipart([b"y" * 5000], BOUNDARY)
+    channel.dataReceived(chunk(body[:200]))  # the part has begun
+    for offset in range(200, 260):
+        if transport.value():
+            break
+        channel.dataReceived(chunk(body[offset : offset + 1]))
+        clock.advance(2.0)
+    answer = transport.value()
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b"Connection: close" in answer
+    assert storage.writers[0].aborted
+    assert channel.site.stow.slots.active == 0
+    assert clock.seconds() <= WINDOW + 2.0
+
+
+def test_an_honest_slow_upload_passes(staged: Path) -> None:
+    """Twice the minimum rate for ten windows: answered, never cut off."""
+    storage = StagedStorage(staged, prompt=True)
+    clock = Clock()
+    channel, transport = make_channel(storage, clock)
+    channel.dataReceived(head())
+    body = build_multipart([b"z" * int(RATE * 2 * WINDOW * 10)], BOUNDARY)
+    step = RATE * 2  # bytes per second
+    for offset in range(0, len(body), step):
+        channel.dataReceived(chunk(body[offset : offset + step]))
+        clock.advance(1.0)
+        assert transport.value() == b""
+    channel.dataReceived(b"0\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 409 ")  # answered (not DICOM), not 408
+    assert bytes(storage.writers[0].data) == b"z" * int(RATE * 2 * WINDOW * 10)
+
+
+def test_time_paused_for_storage_does_not_count_against_the_rate() -> None:
+    """Storage holds the socket for many windows: no 408; the rate applies again after."""
+    storage = HeldStorage()
+    clock = Clock()
+    channel, transport = make_channel(storage, clock)
+    channel.dataReceived(head())
+    body = build_multipart([b"w" * (HIGH_WATER_BYTES + 1024 * 1024)], BOUNDARY)
+    channel.dataReceived(chunk(body[: HIGH_WATER_BYTES + 4096]))
+    assert transport.producerState == "paused"
+    clock.advance(WINDOW * 20)
+    assert transport.value() == b""
+    storage.writers[0].release()
+    assert transport.producerState == "producing"
+    # Reading again: the window that began before the pause passes on the
+    # bytes it had; then the client sends nothing and the next one fails.
+    clock.advance(WINDOW + 0.1)
+    assert transport.value() == b""
+    clock.advance(WINDOW)
+    assert transport.value().startswith(b"HTTP/1.1 408 ")
+
+
+def test_guards_can_be_turned_off() -> None:
+    """header_timeout None and rate 0: a trickle is left to the idle timeout."""
+    config = replace(CONFIG, header_timeout_seconds=None, min_body_rate_bytes=0)
+    storage = HeldStorage()
+    clock = Clock()
+    channel, transport = make_channel(storage, clock, config)
+    text = head()
+    for byte in text:
+        channel.dataReceived(bytes([byte]))
+        clock.advance(2.0)
+    body = build_multipart([b"v" * 100], BOUNDARY)
+    for offset in range(0, 50):
+        channel.dataReceived(chunk(body[offset : offset + 1]))
+        clock.advance(2.0)
+    assert transport.value() == b"" or transport.value().startswith(b"HTTP/1.1 100")
+    assert not transport.disconnecting

@@ -133,3 +133,9 @@ class RequestTimeout(StowError):
 
     status = 408
     title = "Request Timeout"
+
+
+class InvalidChunkSize(StowError):
+    """A chunk-size no body could have (RFC 9112 §7.1: guard against overflow)."""
+
+    title = "Bad Request"

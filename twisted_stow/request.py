@@ -15,13 +15,19 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
-from twisted.web.http import RESPONSES
+from twisted.web.http import RESPONSES, _ChunkedTransferDecoder
 from twisted.web.iweb import INonQueuedRequestFactory
 from twisted.web.server import Request
 from zope.interface import provider
 
 from .deadlines import MinimumRate
-from .errors import BodyTooLarge, InternalError, RequestTimeout, StowError
+from .errors import (
+    BodyTooLarge,
+    InternalError,
+    InvalidChunkSize,
+    RequestTimeout,
+    StowError,
+)
 
 if TYPE_CHECKING:
     from .upload import Upload
@@ -46,6 +52,21 @@ def channel_request_line(channel: Any) -> tuple[bytes, bytes]:
         return channel._command, channel._path
     except AttributeError:
         return channel.command, channel.path
+
+
+def announced_chunk_bytes(channel: Any) -> int:
+    """Bytes the chunk being delivered still announces after this piece.
+
+    Twisted trusts any chunk-size and counts down from it; reading what is
+    left lets an absurd size be refused before its data is processed.  The
+    decoder's ``state``/``length`` are private (tests/memory/test_slow_clients.py
+    fails loudly if they change); 0 when the body is not chunked.
+    """
+    decoder = getattr(channel, "_transferDecoder", None)
+    if isinstance(decoder, _ChunkedTransferDecoder) and decoder.state == "BODY":
+        length: int = decoder.length
+        return length
+    return 0
 
 
 @provider(INonQueuedRequestFactory)
@@ -94,8 +115,9 @@ class StreamingRequest(Request):
         if self._rate is not None:
             self._rate.received(len(data))
         try:
+            upload.check_announced(announced_chunk_bytes(self.channel))
             upload.feed(data)
-        except BodyTooLarge as error:
+        except (BodyTooLarge, InvalidChunkSize) as error:
             upload.abort()
             self.refuse(error)
             return

@@ -13,12 +13,15 @@ from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred
 
-from .errors import BodyTooLarge, StowError
+from .errors import BodyTooLarge, InvalidChunkSize, StowError
 from .flow import BytesInFlight, Pausable
 from .ingest import Ingest, IngestPolicy, IngestResult, RunInThread
 from .interfaces import IStorage
 from .multipart import Event, PartData, PartStarted
 from .singlepart import BodyReader
+
+# No body is larger (RFC 9112 §7.1 asks to guard chunk sizes against overflow).
+MAX_CHUNK_BYTES = 2**63 - 1
 
 # A socket read of 256 KiB-1 MiB halves the receive-path CPU compared with
 # Twisted's 64 KiB default (TWISTED.md Q6).
@@ -93,6 +96,16 @@ class Upload:
             self.ingest.fail_request(error)
             return
         self.ingest.handle(self._within_part_limit(events))
+
+    def check_announced(self, nbytes: int) -> None:
+        """A chunk announces ``nbytes`` more: refuse now what could never pass."""
+        limit = self._max_body_bytes
+        if limit is not None and self.received_bytes + nbytes > limit:
+            raise BodyTooLarge(
+                f"a chunk announces {nbytes} more bytes, past this server's limit of {limit} bytes"
+            )
+        if nbytes > MAX_CHUNK_BYTES:
+            raise InvalidChunkSize(f"a chunk-size of {nbytes} bytes")
 
     def _within_part_limit(self, events: Iterable[Event]) -> Iterable[Event]:
         """``events``, checked against ``max_part_bytes``.

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
@@ -227,3 +226,42 @@ def test_guards_can_be_turned_off() -> None:
         clock.advance(2.0)
     assert transport.value() == b"" or transport.value().startswith(b"HTTP/1.1 100")
     assert not transport.disconnecting
+
+
+def test_an_absurd_chunk_size_is_400_before_its_data_is_read(staged: Path) -> None:
+    """No body limit: a chunk-size past 2**63 is a framing error (400), and the
+    part data that came with it never reaches storage."""
+    storage = StagedStorage(staged, prompt=True)
+    channel, transport = make_channel(storage, Clock(), replace(CONFIG, max_body_bytes=None))
+    channel.dataReceived(head())
+    body = build_multipart([b"u" * 1000], BOUNDARY)
+    channel.dataReceived(b"1" + b"0" * 20 + b"\r\n" + body)
+    answer = transport.value()
+    assert answer.startswith(b"HTTP/1.1 400 "), answer
+    assert b"chunk-size" in answer
+    assert storage.writers == []
+
+
+def test_a_chunk_announcing_more_than_the_body_limit_is_413_at_once(staged: Path) -> None:
+    """With --max-body-size, a chunk announcing more than is left gets 413 at its first byte."""
+    storage = StagedStorage(staged, prompt=True)
+    channel, transport = make_channel(storage, Clock(), replace(CONFIG, max_body_bytes=10_000))
+    channel.dataReceived(head())
+    channel.dataReceived(b"%x\r\n" % 20_000 + b"\r\n--" + BOUNDARY.encode() + b"\r\n\r\nabc")
+    assert transport.value().startswith(b"HTTP/1.1 413 ")
+    assert storage.writers == []
+
+
+def test_chunk_decoder_state_read_by_the_request_still_exists() -> None:
+    """Fails loudly if Twisted renames _ChunkedTransferDecoder.state/length."""
+    from twisted.web.http import HTTPChannel, _ChunkedTransferDecoder
+
+    seen: list[tuple[str, int]] = []
+    channel = HTTPChannel()
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(head())
+    decoder = channel._transferDecoder
+    assert isinstance(decoder, _ChunkedTransferDecoder)
+    decoder.dataCallback = lambda data: seen.append((decoder.state, decoder.length))
+    channel.dataReceived(b"64\r\n" + b"x" * 30)
+    assert seen == [("BODY", 70)]

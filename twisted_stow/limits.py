@@ -40,14 +40,16 @@ class UploadSlots:
 
         Raises ``ServiceUnavailable`` when a cap is reached.
         """
-        if self._max_total is not None and self.active >= self._max_total:
-            raise ServiceUnavailable(
-                f"the server is receiving {self.active} uploads, its limit",
-                self._retry_after,
-            )
+        # The client's own share first: a client over it is told so, busy
+        # server or not (it is the one to slow down).
         if self._max_per_peer is not None and self.per_peer[peer] >= self._max_per_peer:
             raise ServiceUnavailable(
                 f"{self.per_peer[peer]} uploads from {peer} are running, the limit per client",
+                self._retry_after,
+            )
+        if self._max_total is not None and self.active >= self._max_total:
+            raise ServiceUnavailable(
+                f"the server is receiving {self.active} uploads, its limit",
                 self._retry_after,
             )
         self.active += 1

@@ -47,3 +47,14 @@ def test_release_is_idempotent_and_frees_the_slot() -> None:
     assert slots.per_peer == {}
     slots.acquire("a")
     assert slots.active == 1
+
+
+def test_a_client_over_its_share_is_told_so_on_a_full_server() -> None:
+    """Both caps reached: the refusal names the per-client limit."""
+    slots = UploadSlots(max_total=2, max_per_peer=1)
+    slots.acquire("10.0.0.1")
+    slots.acquire("10.0.0.2")
+    with pytest.raises(ServiceUnavailable, match="limit per client"):
+        slots.acquire("10.0.0.1")
+    with pytest.raises(ServiceUnavailable, match="its limit"):
+        slots.acquire("10.0.0.3")

@@ -218,6 +218,10 @@ def test_help_lists_every_option() -> None:
         "--cors-origin",
         "--sop-class",
         "--transfer-syntax",
+        "--max-part-size",
+        "--header-timeout",
+        "--min-body-rate",
+        "--body-rate-window",
     ):
         assert option in text, option
     assert "tcp:8080" in text

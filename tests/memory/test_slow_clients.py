@@ -265,3 +265,20 @@ def test_chunk_decoder_state_read_by_the_request_still_exists() -> None:
     decoder.dataCallback = lambda data: seen.append((decoder.state, decoder.length))
     channel.dataReceived(b"64\r\n" + b"x" * 30)
     assert seen == [("BODY", 70)]
+
+
+def test_the_pause_holds_when_twisted_resumes_the_transport() -> None:
+    """HTTPChannel resumes the transport for its own (write-side) reasons; the
+    next chunk that arrives pauses it again while storage is still behind."""
+    storage = HeldStorage()
+    channel, transport = make_channel(storage, Clock())
+    channel.dataReceived(head())
+    body = build_multipart([b"t" * (HIGH_WATER_BYTES + 2 * 1024 * 1024)], BOUNDARY)
+    channel.dataReceived(chunk(body[: HIGH_WATER_BYTES + 4096]))
+    assert transport.producerState == "paused"
+    channel.resumeProducing()  # what the transport calls when its send buffer drains
+    assert transport.producerState == "producing"
+    channel.dataReceived(chunk(body[HIGH_WATER_BYTES + 4096 : HIGH_WATER_BYTES + 8192]))
+    assert transport.producerState == "paused"
+    storage.writers[0].release()
+    assert transport.producerState == "producing"

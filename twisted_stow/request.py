@@ -115,7 +115,7 @@ class StreamingRequest(Request):
         if self._rate is not None:
             self._rate.received(len(data))
         try:
-            upload.check_announced(announced_chunk_bytes(self.channel))
+            upload.check_announced(len(data) + announced_chunk_bytes(self.channel))
             upload.feed(data)
         except (BodyTooLarge, InvalidChunkSize) as error:
             upload.abort()

@@ -98,7 +98,8 @@ class Upload:
         self.ingest.handle(self._within_part_limit(events))
 
     def check_announced(self, nbytes: int) -> None:
-        """A chunk announces ``nbytes`` more: refuse now what could never pass."""
+        """The body announces ``nbytes`` more (the piece being delivered and the
+        rest of its chunk): refuse now what could never pass."""
         limit = self._max_body_bytes
         if limit is not None and self.received_bytes + nbytes > limit:
             raise BodyTooLarge(

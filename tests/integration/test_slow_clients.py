@@ -19,10 +19,12 @@ from tests.integration.streaming import json_body, raw_exchange, status_of
 from twisted_stow.config import StowConfig
 
 BOUNDARY = "slow-clients"
+# The honest upload below sends ten times the minimum rate: a loaded test
+# machine that stalls the client for a moment must not fail it.
 SLOW = StowConfig(
     header_timeout_seconds=1.0,
-    min_body_rate_bytes=20_000,
-    body_rate_window_seconds=1.0,
+    min_body_rate_bytes=10_000,
+    body_rate_window_seconds=2.0,
     idle_timeout_seconds=30.0,
 )
 
@@ -119,7 +121,7 @@ async def test_trickled_body_gets_408_and_the_staged_part_goes(stow_server: Serv
 @pytest.mark.parametrize("stow_config", [SLOW], indirect=True)
 @pytest_twisted.ensureDeferred
 async def test_an_honest_slow_upload_passes(stow_server: Server) -> None:
-    """About 100 KB/s (five times the minimum) for 2 s: stored, 200."""
+    """About 100 KB/s (ten times the minimum) for 2 s: stored, 200."""
     data = instance(CT, padding=160_000)
     body = build_multipart([data], BOUNDARY)
 

@@ -48,3 +48,11 @@ class StowConfig:
     # None: every storage SOP class / transfer syntax pydicom knows.
     sop_classes: frozenset[str] | None = None
     transfer_syntaxes: frozenset[str] | None = None
+    # Authentication (twisted_stow/auth/): off unless one of these is set.
+    users_file: Path | None = None  # --users: HTTP Basic against salted hashes
+    tokens_file: Path | None = None  # --tokens: hashed static bearer tokens
+    jwt_key_file: Path | None = None  # --jwt-key: PEM public key for JWTs
+    jwks_file: Path | None = None  # --jwks: JWKS file for JWTs
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_algorithms: tuple[str, ...] = ("RS256", "ES256")  # auth.jwt_verify.DEFAULT_ALGORITHMS

@@ -128,6 +128,10 @@ class JWTVerifier:
             )
         except jwt.PyJWTError as e:
             raise InvalidJWT(_reason(e)) from None
+        except (TypeError, ValueError):
+            # PyJWT raises these when the key's type does not fit the
+            # token's (allowed) algorithm, e.g. ES256 with an RSA key's kid.
+            raise InvalidJWT("the key does not fit the token's algorithm") from None
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
             raise InvalidJWT("sub is not a non-empty string")

@@ -30,6 +30,7 @@ from .files import TokenEntry, UserEntry
 from .grants import Identity
 from .jwt_verify import InvalidJWT, JWTVerifier
 from .passwords import dummy_hash, token_digest, verify_password
+from .throttle import RateBudget
 
 # RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _TOKEN68 = re.compile(rb"^[A-Za-z0-9\-._~+/]+=*$")
@@ -88,15 +89,29 @@ class BearerCredentialFactory:
         return StaticToken(token)
 
 
+class CheckerBusy(Exception):
+    """Too many password checks this second: try again shortly (503, not 401)."""
+
+
 @implementer(ICredentialsChecker)
 class UsersFileChecker:
-    """Users file entries: salted scrypt/PBKDF2 hashes, successes cached."""
+    """Users file entries: salted scrypt/PBKDF2 hashes, successes cached.
+
+    Checks that miss the cache run the KDF on the reactor thread, so they
+    share one ``RateBudget``; past it the checker fails with ``CheckerBusy``.
+    """
 
     credentialInterfaces = (IUsernamePassword,)
 
-    def __init__(self, users: Mapping[str, UserEntry], cache: VerifiedCache[Identity]) -> None:
+    def __init__(
+        self,
+        users: Mapping[str, UserEntry],
+        cache: VerifiedCache[Identity],
+        budget: RateBudget,
+    ) -> None:
         self._users = users
         self._cache = cache
+        self._budget = budget
 
     def requestAvatarId(self, credentials: Any) -> Deferred[Any]:
         user: bytes = credentials.username
@@ -105,6 +120,8 @@ class UsersFileChecker:
         cached = self._cache.get(key)
         if cached is not None:
             return succeed(cached)
+        if not self._budget.take():
+            return fail(CheckerBusy("too many password checks at once"))
         try:
             name = user.decode("utf-8")
         except UnicodeDecodeError:
@@ -174,7 +191,7 @@ def build_portal(
     """A portal with a checker for each configured credential kind."""
     portal = Portal(StowRealm())
     if users is not None:
-        portal.registerChecker(UsersFileChecker(users, VerifiedCache(clock)))
+        portal.registerChecker(UsersFileChecker(users, VerifiedCache(clock), RateBudget(clock)))
     if tokens is not None:
         portal.registerChecker(StaticTokenChecker(tokens))
     if jwt is not None:
@@ -213,5 +230,5 @@ def login_now(portal: Portal, credentials: ICredentials) -> Identity:
         raise error
     if isinstance(error, LoginFailed):  # UnhandledCredentials: no checker for this kind
         raise UnauthorizedLogin("this kind of credentials is not accepted here")
-    outcome.raiseException()  # a bug: the caller answers 500
+    outcome.raiseException()  # CheckerBusy, or a bug (the caller answers 500)
     raise AssertionError("unreachable")

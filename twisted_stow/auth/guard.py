@@ -18,9 +18,9 @@ from twisted.logger import Logger
 from twisted.web.iweb import ICredentialFactory
 
 from ..config import StowConfig
-from ..errors import Forbidden, TooManyRequests, Unauthorized
+from ..errors import Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
 from ..upload import Target
-from .cred import build_portal, credential_factories, login_now
+from .cred import CheckerBusy, build_portal, credential_factories, login_now
 from .files import load_tokens, load_users
 from .grants import Identity
 from .jwt_verify import JWTVerifier
@@ -109,6 +109,11 @@ class Guard:
                 )
             credentials = factory.decode(response.strip(), None)
             identity = login_now(self._portal, credentials)
+        except CheckerBusy:
+            log.warn("password checks over budget; answered 503 to {peer}", peer=peer)
+            raise ServiceUnavailable(
+                "too many authentication attempts at once", retry_after_seconds=1
+            ) from None
         except (LoginFailed, UnauthorizedLogin) as e:
             self._failed(peer, str(e))
             raise Unauthorized(

@@ -90,3 +90,29 @@ class FailureThrottle:
 
     def __len__(self) -> int:
         return len(self._peers)
+
+
+# Uncached password checks per second, all peers together: at ~60 ms of
+# scrypt each, 8 a second keep the reactor free at least half the time even
+# when many addresses guess at once (the per-peer block cannot stop that).
+DEFAULT_KDF_PER_SECOND = 8.0
+
+
+class RateBudget:
+    """A token bucket: ``take()`` is True while fewer than ``rate`` per second were taken."""
+
+    def __init__(self, clock: Callable[[], float], rate: float = DEFAULT_KDF_PER_SECOND) -> None:
+        self._clock = clock
+        self.rate = rate
+        self._tokens = rate
+        self._updated = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        elapsed = max(0.0, now - self._updated)
+        self._updated = now
+        self._tokens = min(self.rate, self._tokens + elapsed * self.rate)
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True

@@ -292,6 +292,30 @@ async def test_static_token_grant(
 # --- Basic and Bearer accepted ---------------------------------------------------
 
 
+@pytest.mark.parametrize("stow_config", [{}, "off"], indirect=True, ids=["on", "off"])
+@pytest_twisted.ensureDeferred
+async def test_upload_carries_the_principal(
+    stow_server: Server, client: Any, monkeypatch: pytest.MonkeyPatch, stow_config: StowConfig
+) -> None:
+    """Upload.principal is the authenticated name (for workflow requests); None when auth is off."""
+    from twisted_stow.app import StowService
+
+    uploads: list[Any] = []
+    begin = StowService.begin_upload
+
+    def recording_begin(self: StowService, *args: Any) -> Any:
+        upload = begin(self, *args)
+        uploads.append(upload)
+        return upload
+
+    monkeypatch.setattr(StowService, "begin_upload", recording_begin)
+    token = sign(claims(sub="jwt-scanner"), JWT_KEY)
+    reply = await post(client, stow_server, "/dicomweb/wf1/studies", bearer(token), [read(CT)])
+    assert reply.code == 200, reply.body
+    expected = None if stow_config.users_file is None else "jwt-scanner"
+    assert [upload.principal for upload in uploads] == [expected]
+
+
 @pytest_twisted.ensureDeferred
 async def test_basic_and_bearer_both_accepted(
     stow_server: Server, client: Any, log_lines: list[str]

@@ -60,8 +60,19 @@ def test_scp_list_is_read_too(verifier: JWTVerifier) -> None:
         (claims(aud=None), KEY, "missing claim"),
         (claims(sub=None), KEY, "missing claim"),
         (claims(nbf=2**40), KEY, "not yet valid"),
+        (claims(sub="evil\nstored 9 of 9 parts"), KEY, "printable"),
     ],
-    ids=["expired", "audience", "issuer", "signature", "no-exp", "no-aud", "no-sub", "nbf"],
+    ids=[
+        "expired",
+        "audience",
+        "issuer",
+        "signature",
+        "no-exp",
+        "no-aud",
+        "no-sub",
+        "nbf",
+        "sub-nl",
+    ],
 )
 def test_refused(verifier: JWTVerifier, payload: dict[str, Any], key: Any, reason: str) -> None:
     """Each broken token is refused with a reason that names the problem."""

@@ -121,8 +121,8 @@ class Guard:
             ) from None
         if not identity.grant.allows(target.route_family, target.ae_title, target.workflow_id):
             log.warn(
-                "forbidden: {principal} ({grant}) may not store to {family} route "
-                "(AE title {aet}, workflow {workflow})",
+                "forbidden: {principal!r} ({grant}) may not store to {family} route "
+                "(AE title {aet!r}, workflow {workflow!r})",
                 principal=identity.name,
                 grant=identity.grant.describe(),
                 family=target.route_family,

@@ -133,8 +133,10 @@ class JWTVerifier:
             # token's (allowed) algorithm, e.g. ES256 with an RSA key's kid.
             raise InvalidJWT("the key does not fit the token's algorithm") from None
         subject = claims.get("sub")
-        if not isinstance(subject, str) or not subject:
-            raise InvalidJWT("sub is not a non-empty string")
+        if not isinstance(subject, str) or not subject or not subject.isprintable():
+            # It becomes the principal's name in log lines and workflow
+            # requests: no control characters (log injection).
+            raise InvalidJWT("sub is not a non-empty printable string")
         return Identity(subject, grant_from_scopes(_scopes(claims)), "jwt")
 
 

@@ -18,7 +18,8 @@ import hmac
 import secrets
 
 # scrypt cost: n=2**14, r=8, p=1 is the RFC 7914 §2 interactive-login
-# setting; ~60 ms and 16 MiB per check on the development machine.
+# setting; 50-60 ms and 16 MiB per check on the development machine
+# (benchmarks/auth_cost.py).
 SCRYPT_N = 2**14
 SCRYPT_R = 8
 SCRYPT_P = 1

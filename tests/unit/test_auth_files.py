@@ -56,6 +56,7 @@ def test_user_command_writes_a_salted_hash_and_grant(
     path = tmp_path / "users.json"
     assert add_user(monkeypatch, path, "alice", "correct horse") == 0
     assert add_user(monkeypatch, path, "bob", "pw2", "--aet", "CT1", "--workflow", "wf1") == 0
+    assert add_user(monkeypatch, path, "carol", "pw3", "--scrypt-log2-n", "10") == 0
     text = path.read_text()
     assert "correct horse" not in text and "pw2" not in text
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -63,11 +64,13 @@ def test_user_command_writes_a_salted_hash_and_grant(
     assert verify_password(b"correct horse", users["alice"].password_hash)
     assert users["alice"].grant == EVERYTHING
     assert users["bob"].grant == Grant(aets=frozenset({"CT1"}), workflows=frozenset({"wf1"}))
+    assert users["carol"].password_hash.startswith("scrypt$n=1024,r=8,p=1$")
+    assert verify_password(b"pw3", users["carol"].password_hash)
     # Replacing a user keeps the others.
     assert add_user(monkeypatch, path, "alice", "new password") == 0
     users = load_users(path)
     assert verify_password(b"new password", users["alice"].password_hash)
-    assert set(users) == {"alice", "bob"}
+    assert set(users) == {"alice", "bob", "carol"}
 
 
 def test_token_command_prints_the_token_once_and_stores_its_digest(
@@ -90,6 +93,7 @@ def test_token_command_prints_the_token_once_and_stores_its_digest(
         (["user", "users.json", "a:b"], "pw\n"),
         (["user", "users.json", "alice"], "\n"),
         (["remove", "users.json", "nobody"], ""),
+        (["user", "users.json", "alice", "--scrypt-log2-n", "20"], "pw\n"),
     ],
 )
 def test_command_refuses(

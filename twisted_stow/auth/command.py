@@ -32,7 +32,11 @@ from .files import (
     write_atomically,
 )
 from .grants import EVERYTHING, Grant, grant_from_names
-from .passwords import hash_password, new_token, token_digest
+from .passwords import SCRYPT_N, hash_password, new_token, token_digest
+
+# Below 2**10 a guess costs nothing; above 2**17 (128 MiB, ~0.5 s) one login
+# would stall the server (the check runs on the reactor thread).
+MIN_LOG2_N, MAX_LOG2_N = 10, 17
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,6 +52,15 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--workflow", action="append", default=[], help="workflow id allowed (or *)"
         )
+        if name == "user":
+            sub.add_argument(
+                "--scrypt-log2-n",
+                type=int,
+                choices=range(MIN_LOG2_N, MAX_LOG2_N + 1),
+                default=SCRYPT_N.bit_length() - 1,
+                metavar="K",
+                help=f"scrypt cost n = 2**K (default %(default)s, {MIN_LOG2_N}-{MAX_LOG2_N})",
+            )
     remove = commands.add_parser("remove", help="remove an entry from a users or tokens file")
     remove.add_argument("file", type=Path)
     remove.add_argument("name")
@@ -82,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "user":
             if not valid_user_name(args.name):
                 raise SystemExit(f"stow-passwd: {args.name!r} is not a valid user name")
-            password_hash = hash_password(_read_password())
+            password_hash = hash_password(_read_password(), n=2**args.scrypt_log2_n)
             data[args.name] = entry_with_grant(
                 {"password": password_hash}, _grant(args.aet, args.workflow)
             )

@@ -15,16 +15,21 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["twisted_stow", "twisted_stow.storage", "twisted.plugins"],
+    packages=["twisted_stow", "twisted_stow.storage", "twisted_stow.auth", "twisted.plugins"],
     package_dir={"twisted.plugins": "plugins"},
     install_requires=[
-        "twisted>=24.7",
+        # [tls]: pyOpenSSL, service_identity and idna for --listen ssl:... endpoints.
+        "twisted[tls]>=24.7",
         "klein>=24.8",
         # app.py imports werkzeug's exceptions and routing itself, not only through Klein.
         "werkzeug>=2.2",
         "pydicom>=3.0",
         "zope.interface>=6",
+        # JWT bearer tokens (--jwt-key/--jwks): signature, exp, aud, iss checks;
+        # [crypto] pulls in cryptography for RS256/ES256.
+        "pyjwt[crypto]>=2.8",
     ],
+    entry_points={"console_scripts": ["stow-passwd = twisted_stow.auth.command:main"]},
     extras_require={
         "test": [
             "pytest>=8",

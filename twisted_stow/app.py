@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.routing import RequestRedirect
 
+from .auth.guard import Guard, authorization_headers
 from .config import StowConfig
 from .deferreds import detached
 from .errors import (
@@ -32,6 +33,8 @@ from .errors import (
     RouteNotFound,
     ServiceUnavailable,
     StowError,
+    TooManyRequests,
+    Unauthorized,
 )
 from .ingest import IngestPolicy, RunInThread, StudyMismatch
 from .interfaces import IStorage
@@ -67,7 +70,7 @@ _STUDY_MISMATCH_DEFAULT = {
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _CORS_MAX_AGE_SECONDS = 600
 _CORS_DEFAULT_ALLOW_HEADERS = "Accept, Authorization, Content-Type"
-_CORS_EXPOSE_HEADERS = "Warning, Retry-After"
+_CORS_EXPOSE_HEADERS = "Warning, Retry-After, WWW-Authenticate"
 
 
 # The routes of StowService; module-level so decorators in its body can use it.
@@ -130,6 +133,8 @@ class StowService:
             allowed_sop_classes=config.sop_classes or default_sop_classes(),
             allowed_transfer_syntaxes=config.transfer_syntaxes or default_transfer_syntaxes(),
         )
+        # None while authentication is off (no --users, --tokens, --jwt-key, --jwks).
+        self.guard = Guard.from_config(config, reactor.seconds)
 
     # Header time.
 
@@ -165,6 +170,14 @@ class StowService:
             return None
 
         stow_target = _target_for(path, kwargs)
+        # Who is asking comes right after the route: a client without a
+        # grant learns nothing more about the request (429/401/403 here,
+        # docs/CONFORMANCE.md §3.1).
+        principal = None
+        if self.guard is not None:
+            principal = self.guard.authorize(
+                authorization_headers(request), _peer_host(request), stow_target
+            ).name
         if stow_target.study_uid is not None and not is_valid_uid(stow_target.study_uid):
             raise InvalidStudyUID(f"{stow_target.study_uid!r} is not a valid UID")
         headers = request.requestHeaders
@@ -213,6 +226,7 @@ class StowService:
             run_in_thread=self._run_in_thread,
             max_body_bytes=limit,
             max_part_bytes=part_limit,
+            principal=principal,
         )
 
     def refusal(
@@ -250,10 +264,11 @@ class StowService:
             request.setHeader("Warning", warning_header_value(response.warning))
         self._set_cors(request)
         log.info(
-            "stored {stored} of {parts} parts, status {status}",
+            "stored {stored} of {parts} parts, status {status}, principal {principal}",
             stored=sum(1 for o in result.outcomes if isinstance(o, Stored)),
             parts=len(result.outcomes),
             status=response.status,
+            principal=upload.principal,
         )
         return _sized(request, render(response.model, upload.response_type))
 
@@ -416,6 +431,10 @@ def _error_headers(error: StowError) -> list[tuple[Any, Any]]:
         return [(b"Retry-After", str(error.retry_after_seconds).encode())]
     if isinstance(error, MethodNotAllowed):
         return [(b"Allow", ", ".join(error.allowed).encode())]
+    if isinstance(error, Unauthorized):
+        return [(b"WWW-Authenticate", challenge.encode()) for challenge in error.challenges]
+    if isinstance(error, TooManyRequests):
+        return [(b"Retry-After", str(error.retry_after_seconds).encode())]
     return []
 
 

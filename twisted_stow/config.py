@@ -59,3 +59,11 @@ class StowConfig:
     header_timeout_seconds: float | None = DEFAULT_HEADER_TIMEOUT_SECONDS
     min_body_rate_bytes: int = DEFAULT_MIN_BODY_RATE_BYTES
     body_rate_window_seconds: float = DEFAULT_BODY_RATE_WINDOW_SECONDS
+    # Authentication (twisted_stow/auth/): off unless one of these is set.
+    users_file: Path | None = None  # --users: HTTP Basic against salted hashes
+    tokens_file: Path | None = None  # --tokens: hashed static bearer tokens
+    jwt_key_file: Path | None = None  # --jwt-key: PEM public key for JWTs
+    jwks_file: Path | None = None  # --jwks: JWKS file for JWTs
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    jwt_algorithms: tuple[str, ...] = ("RS256", "ES256")  # auth.jwt_verify.DEFAULT_ALGORITHMS

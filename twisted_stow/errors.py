@@ -139,3 +139,32 @@ class InvalidChunkSize(StowError):
     """A chunk-size no body could have (RFC 9112 §7.1: guard against overflow)."""
 
     title = "Bad Request"
+
+
+class Unauthorized(StowError):
+    """No usable credentials (RFC 9110 §15.5.2); ``challenges`` feed WWW-Authenticate."""
+
+    status = 401
+    title = "Unauthorized"
+
+    def __init__(self, detail: str, challenges: tuple[str, ...]) -> None:
+        super().__init__(detail)
+        self.challenges = challenges
+
+
+class Forbidden(StowError):
+    """An authenticated principal outside its grant (RFC 9110 §15.5.4)."""
+
+    status = 403
+    title = "Forbidden"
+
+
+class TooManyRequests(StowError):
+    """A peer blocked after repeated authentication failures (RFC 6585 §4)."""
+
+    status = 429
+    title = "Too Many Requests"
+
+    def __init__(self, detail: str, retry_after_seconds: int) -> None:
+        super().__init__(detail)
+        self.retry_after_seconds = retry_after_seconds

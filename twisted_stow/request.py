@@ -262,7 +262,7 @@ class StreamingRequest(Request):
         stow = channel.site.stow
         method, target = channel_request_line(channel)
         status, headers, body = stow.refusal(self, error, target)
-        lines = [b"HTTP/1.1 %d %s" % (status, _reason_phrase(status))]
+        lines = [b"HTTP/1.1 %d %s" % (status, _reason_phrase(status, error.title))]
         lines += [name + b": " + value for name, value in headers]
         lines += [b"Content-Length: %d" % len(body), b"Connection: close", b"", b""]
         transport: Any = channel.transport
@@ -287,5 +287,7 @@ class StreamingRequest(Request):
             transport.loseConnection()
 
 
-def _reason_phrase(status: int) -> bytes:
-    return RESPONSES.get(status, b"Error")
+def _reason_phrase(status: int, title: str) -> bytes:
+    # Twisted's table lacks some codes (429); the error's own title is the
+    # standard phrase for those.
+    return RESPONSES.get(status) or title.encode("ascii", "replace")

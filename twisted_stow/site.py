@@ -8,6 +8,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.web.server import Site
 
 from .app import StowService
+from .auth.accesslog import access_log_line
 from .channel import StowChannel
 from .config import StowConfig
 from .interfaces import IStorage
@@ -23,7 +24,13 @@ class StowSite(Site):
     protocol = StowChannel  # type: ignore[assignment]
 
     def __init__(self, stow: StowService, *, timeout: float) -> None:
-        super().__init__(stow.app.resource(), requestFactory=StreamingRequest, timeout=timeout)
+        super().__init__(
+            stow.app.resource(),
+            requestFactory=StreamingRequest,
+            timeout=timeout,
+            # The authenticated principal in each request's access line.
+            logFormatter=access_log_line,
+        )
         self.stow = stow
         # Tracebacks are for the log, never for clients.
         self.displayTracebacks = False

@@ -13,6 +13,8 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from .auth.guard import Guard
+from .auth.jwt_verify import DEFAULT_ALGORITHMS
 from .config import (
     DEFAULT_IDLE_TIMEOUT_SECONDS,
     DEFAULT_LISTEN,
@@ -137,6 +139,20 @@ class Options(usage.Options):
             "Seconds of reading over which --min-body-rate is averaged (more than 0).",
         ],
     ]
+    # Authentication (README "Authentication", docs/CONFORMANCE.md §10).
+    optParameters += [
+        [
+            "users",
+            None,
+            None,
+            "Users file for HTTP Basic (salted hashes and grants; edit with stow-passwd).",
+        ],
+        ["tokens", None, None, "Static bearer tokens file (SHA-256 digests and grants)."],
+        ["jwt-key", None, None, "PEM public key that signs accepted JWT bearer tokens."],
+        ["jwks", None, None, "JWKS file (RFC 7517) of keys that sign accepted JWTs."],
+        ["jwt-audience", None, None, "Required JWT 'aud' (needed with --jwt-key/--jwks)."],
+        ["jwt-issuer", None, None, "Required JWT 'iss' (needed with --jwt-key/--jwks)."],
+    ]
     optFlags = [
         [
             "trust-forwarded-headers",
@@ -154,6 +170,7 @@ class Options(usage.Options):
         self["cors-origin"] = []
         self["sop-class"] = []
         self["transfer-syntax"] = []
+        self["jwt-algorithm"] = []
 
     def opt_listen(self, description: str) -> None:
         """Endpoint to listen on (Twisted endpoint string, repeatable). Default: tcp:8080."""
@@ -170,6 +187,10 @@ class Options(usage.Options):
     def opt_transfer_syntax(self, uid: str) -> None:
         """Only accept this Transfer Syntax (repeatable; others: 0xC122). Default: all known."""
         self["transfer-syntax"].append(uid)
+
+    def opt_jwt_algorithm(self, name: str) -> None:
+        """Accepted JWT signature algorithm (repeatable, asymmetric). Default: RS256, ES256."""
+        self["jwt-algorithm"].append(name)
 
     def postOptions(self) -> None:
         """Check each value and build ``self.config``; a bad value is a ``UsageError``."""
@@ -215,7 +236,33 @@ class Options(usage.Options):
             header_timeout_seconds=header_timeout,
             min_body_rate_bytes=min_rate,
             body_rate_window_seconds=rate_window,
+            users_file=_path_or_none(self["users"]),
+            tokens_file=_path_or_none(self["tokens"]),
+            jwt_key_file=_path_or_none(self["jwt-key"]),
+            jwks_file=_path_or_none(self["jwks"]),
+            jwt_audience=self["jwt-audience"],
+            jwt_issuer=self["jwt-issuer"],
+            jwt_algorithms=tuple(self["jwt-algorithm"]) or DEFAULT_ALGORITHMS,
         )
+        _check_auth(self.config)
+
+
+def _path_or_none(text: str | None) -> Path | None:
+    return Path(text) if text else None
+
+
+def _check_auth(config: StowConfig) -> None:
+    """Read the authentication files now, so a bad one is a usage error, not a crash."""
+    jwt = config.jwt_key_file is not None or config.jwks_file is not None
+    if jwt and not (config.jwt_audience and config.jwt_issuer):
+        # Without both, a token issued for another service would be accepted here.
+        raise usage.UsageError("--jwt-key/--jwks need --jwt-audience and --jwt-issuer")
+    if not jwt and (config.jwt_audience or config.jwt_issuer):
+        raise usage.UsageError("--jwt-audience/--jwt-issuer need --jwt-key or --jwks")
+    try:
+        Guard.from_config(config, lambda: 0.0)
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from e
 
 
 def _public_url_or_none(text: str | None) -> str | None:

@@ -1,0 +1,234 @@
+"""twisted.cred for STOW: credentials, their factories, checkers, realm and portal.
+
+HTTP Basic credentials are decoded by twisted.web's ``BasicCredentialFactory``
+into ``UsernamePassword``; ``BearerCredentialFactory`` decodes RFC 6750
+Bearer tokens into a ``JSONWebToken`` (three dot-separated segments, when
+JWTs are configured) or a ``StaticToken``.  Each checker answers at once
+(its Deferred has fired before it is returned): the decision is taken in
+``gotLength``, before any body byte is read, and nothing may run in between.
+The password KDF is the one slow step; ``VerifiedCache`` keeps it to once
+per login and ``FailureThrottle`` (in the guard) bounds the failures.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import ICredentials, IUsernamePassword
+from twisted.cred.error import LoginFailed, UnauthorizedLogin
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.web.guard import BasicCredentialFactory
+from twisted.web.iweb import ICredentialFactory
+from zope.interface import Attribute, Interface, implementer
+
+from .cache import VerifiedCache
+from .files import TokenEntry, UserEntry
+from .grants import Identity
+from .jwt_verify import InvalidJWT, JWTVerifier
+from .passwords import dummy_hash, token_digest, verify_password
+from .throttle import RateBudget
+
+# RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+_TOKEN68 = re.compile(rb"^[A-Za-z0-9\-._~+/]+=*$")
+
+
+class IPrincipal(Interface):
+    """The avatar of a STOW login: an ``Identity`` (name, grant, method)."""
+
+    name = Attribute("the principal's name (str)")
+    grant = Attribute("the principal's Grant")
+
+
+class IStaticToken(ICredentials):
+    """An opaque bearer token to be found among the hashed static tokens."""
+
+    token = Attribute("the token as sent (bytes)")
+
+
+class IJSONWebToken(ICredentials):
+    """A bearer token shaped like a JWT (header.payload.signature)."""
+
+    token = Attribute("the token as sent (bytes)")
+
+
+@implementer(IStaticToken)
+class StaticToken:
+    def __init__(self, token: bytes) -> None:
+        self.token = token
+
+
+@implementer(IJSONWebToken)
+class JSONWebToken:
+    def __init__(self, token: bytes) -> None:
+        self.token = token
+
+
+@implementer(ICredentialFactory)
+class BearerCredentialFactory:
+    """``Authorization: Bearer <token>`` (RFC 6750 §2.1) → token credentials."""
+
+    scheme = b"bearer"
+
+    def __init__(self, realm: bytes, *, jwt: bool) -> None:
+        self.realm = realm
+        self._jwt = jwt
+
+    def getChallenge(self, request: Any) -> dict[str, bytes]:
+        return {"realm": self.realm}
+
+    def decode(self, response: bytes, request: Any) -> ICredentials:
+        token = response.strip()
+        if not _TOKEN68.match(token):
+            raise LoginFailed("the bearer token is not an RFC 6750 b64token")
+        if self._jwt and token.count(b".") == 2:
+            return JSONWebToken(token)
+        return StaticToken(token)
+
+
+class CheckerBusy(Exception):
+    """Too many password checks this second: try again shortly (503, not 401)."""
+
+
+@implementer(ICredentialsChecker)
+class UsersFileChecker:
+    """Users file entries: salted scrypt/PBKDF2 hashes, successes cached.
+
+    Checks that miss the cache run the KDF on the reactor thread, so they
+    share one ``RateBudget``; past it the checker fails with ``CheckerBusy``.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(
+        self,
+        users: Mapping[str, UserEntry],
+        cache: VerifiedCache[Identity],
+        budget: RateBudget,
+    ) -> None:
+        self._users = users
+        self._cache = cache
+        self._budget = budget
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[Any]:
+        user: bytes = credentials.username
+        password: bytes = credentials.password
+        key = self._cache.key(user, password)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return succeed(cached)
+        if not self._budget.take():
+            return fail(CheckerBusy("too many password checks at once"))
+        try:
+            name = user.decode("utf-8")
+        except UnicodeDecodeError:
+            name = None
+        entry = self._users.get(name) if name is not None else None
+        # An unknown user costs a KDF run too: timing must not reveal names.
+        matched = verify_password(password, entry.password_hash if entry else dummy_hash())
+        if entry is None or not matched or name is None:
+            return fail(UnauthorizedLogin(f"unknown user or wrong password for user {name!r}"))
+        identity = Identity(name, entry.grant, "basic")
+        self._cache.put(key, identity)
+        return succeed(identity)
+
+
+@implementer(ICredentialsChecker)
+class StaticTokenChecker:
+    """Static tokens, found by their SHA-256 in the tokens file."""
+
+    credentialInterfaces = (IStaticToken,)
+
+    def __init__(self, tokens: Mapping[str, TokenEntry]) -> None:
+        self._tokens = tokens
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[Any]:
+        entry = self._tokens.get(token_digest(credentials.token))
+        if entry is None:
+            return fail(UnauthorizedLogin("bearer token not recognised"))
+        return succeed(Identity(entry.name, entry.grant, "token"))
+
+
+@implementer(ICredentialsChecker)
+class JWTChecker:
+    """JWTs verified by ``JWTVerifier`` (signature, exp, aud, iss)."""
+
+    credentialInterfaces = (IJSONWebToken,)
+
+    def __init__(self, verifier: JWTVerifier) -> None:
+        self._verifier = verifier
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[Any]:
+        try:
+            identity = self._verifier.verify(credentials.token.decode("ascii"))
+        except InvalidJWT as e:
+            return fail(UnauthorizedLogin(f"JWT refused: {e}"))
+        return succeed(identity)
+
+
+@implementer(IRealm)
+class StowRealm:
+    """The checkers already built the ``Identity``; the realm hands it out."""
+
+    def requestAvatar(
+        self, avatarId: Any, mind: object, *interfaces: Any
+    ) -> tuple[Any, Identity, Callable[[], None]]:
+        if IPrincipal not in interfaces or not isinstance(avatarId, Identity):
+            raise NotImplementedError("StowRealm only provides IPrincipal")
+        return IPrincipal, avatarId, lambda: None
+
+
+def build_portal(
+    *,
+    users: Mapping[str, UserEntry] | None,
+    tokens: Mapping[str, TokenEntry] | None,
+    jwt: JWTVerifier | None,
+    clock: Callable[[], float],
+) -> Portal:
+    """A portal with a checker for each configured credential kind."""
+    portal = Portal(StowRealm())
+    if users is not None:
+        portal.registerChecker(UsersFileChecker(users, VerifiedCache(clock), RateBudget(clock)))
+    if tokens is not None:
+        portal.registerChecker(StaticTokenChecker(tokens))
+    if jwt is not None:
+        portal.registerChecker(JWTChecker(jwt))
+    return portal
+
+
+def credential_factories(
+    realm: bytes, *, basic: bool, bearer: bool, jwt: bool
+) -> list[ICredentialFactory]:
+    """The schemes offered (and challenged in WWW-Authenticate), Basic first."""
+    factories: list[ICredentialFactory] = []
+    if basic:
+        factories.append(BasicCredentialFactory(realm))
+    if bearer or jwt:
+        factories.append(BearerCredentialFactory(realm, jwt=jwt))
+    return factories
+
+
+def login_now(portal: Portal, credentials: ICredentials) -> Identity:
+    """Log in with checkers that answer at once; raises ``UnauthorizedLogin``.
+
+    Also raises it for credentials no checker handles (a Bearer token that
+    looks static when only JWTs are configured, say).
+    """
+    results: list[Any] = []
+    portal.login(credentials, None, IPrincipal).addBoth(results.append)
+    if not results:  # pragma: no cover - every checker here answers at once
+        raise RuntimeError("a credentials checker did not answer synchronously")
+    outcome = results[0]
+    if isinstance(outcome, tuple):
+        identity: Identity = outcome[1]
+        return identity
+    error = outcome.value
+    if isinstance(error, UnauthorizedLogin):
+        raise error
+    if isinstance(error, LoginFailed):  # UnhandledCredentials: no checker for this kind
+        raise UnauthorizedLogin("this kind of credentials is not accepted here")
+    outcome.raiseException()  # CheckerBusy, or a bug (the caller answers 500)
+    raise AssertionError("unreachable")

@@ -1,0 +1,150 @@
+"""The header-time decision: who is this, and may they store here?
+
+``Guard.authorize`` runs in ``StowService.begin_upload`` once the route is
+known, before the media type, size and slot checks: an unauthenticated
+client learns nothing but 401 (or 429 while throttled), an authenticated one
+outside its grant 403.  It raises ``StowError`` subclasses, which
+``StreamingRequest`` answers before any ``100 Continue`` and any body byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.cred.error import LoginFailed, UnauthorizedLogin
+from twisted.cred.portal import Portal
+from twisted.logger import Logger
+from twisted.web.iweb import ICredentialFactory
+
+from ..config import StowConfig
+from ..errors import Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
+from ..upload import Target
+from .cred import CheckerBusy, build_portal, credential_factories, login_now
+from .files import load_tokens, load_users
+from .grants import Identity
+from .jwt_verify import JWTVerifier
+from .throttle import FailureThrottle
+
+log = Logger()
+
+REALM = "twisted-stow"
+
+
+class Guard:
+    """Authentication (twisted.cred portal), grants and failure throttling."""
+
+    def __init__(
+        self,
+        portal: Portal,
+        factories: Sequence[ICredentialFactory],
+        throttle: FailureThrottle,
+        realm: str = REALM,
+    ) -> None:
+        self._portal = portal
+        self._factories = {f.scheme.lower(): f for f in factories}
+        self._schemes = [f.scheme.lower() for f in factories]
+        self.throttle = throttle
+        self.realm = realm
+
+    @classmethod
+    def from_config(cls, config: StowConfig, clock: Callable[[], float]) -> Guard | None:
+        """The guard ``config`` asks for, or None when authentication is off.
+
+        Reads the users, tokens and key files; raises ``ValueError``
+        subclasses (``BadCredentialsFile``, ``BadJWTConfig``) when one is unusable.
+        """
+        users = load_users(config.users_file) if config.users_file else None
+        tokens = load_tokens(config.tokens_file) if config.tokens_file else None
+        verifier = None
+        if config.jwt_key_file or config.jwks_file:
+            verifier = JWTVerifier.from_files(
+                key_file=config.jwt_key_file,
+                jwks_file=config.jwks_file,
+                audience=config.jwt_audience or "",
+                issuer=config.jwt_issuer or "",
+                algorithms=config.jwt_algorithms,
+            )
+        if users is None and tokens is None and verifier is None:
+            return None
+        portal = build_portal(users=users, tokens=tokens, jwt=verifier, clock=clock)
+        factories = credential_factories(
+            REALM.encode(),
+            basic=users is not None,
+            bearer=tokens is not None,
+            jwt=verifier is not None,
+        )
+        return cls(portal, factories, FailureThrottle(clock))
+
+    def challenges(self, bearer_error: bool = False) -> tuple[str, ...]:
+        """WWW-Authenticate values, one per offered scheme (RFC 9110 §11.6.1)."""
+        out = []
+        for scheme in self._schemes:
+            if scheme == b"basic":
+                out.append(f'Basic realm="{self.realm}", charset="UTF-8"')
+            else:
+                error = ', error="invalid_token"' if bearer_error else ""
+                out.append(f'Bearer realm="{self.realm}"{error}')
+        return tuple(out)
+
+    def authorize(self, authorization: list[bytes] | None, peer: str, target: Target) -> Identity:
+        """The principal allowed to store to ``target``; raises 429, 401 or 403."""
+        retry_after = self.throttle.retry_after(peer)
+        if retry_after is not None:
+            raise TooManyRequests(
+                "too many failed authentication attempts from this address", retry_after
+            )
+        if not authorization:
+            raise Unauthorized("this server requires authentication", self.challenges())
+        scheme = b""
+        try:
+            if len(authorization) > 1:
+                raise LoginFailed("more than one Authorization header")
+            scheme, _, response = authorization[0].strip().partition(b" ")
+            scheme = scheme.lower()
+            factory = self._factories.get(scheme)
+            if factory is None:
+                raise LoginFailed(
+                    f"authentication scheme {scheme.decode('latin-1')[:20]!r} not offered"
+                )
+            credentials = factory.decode(response.strip(), None)
+            identity = login_now(self._portal, credentials)
+        except CheckerBusy:
+            log.warn("password checks over budget; answered 503 to {peer}", peer=peer)
+            raise ServiceUnavailable(
+                "too many authentication attempts at once", retry_after_seconds=1
+            ) from None
+        except (LoginFailed, UnauthorizedLogin) as e:
+            self._failed(peer, str(e))
+            raise Unauthorized(
+                "the credentials were not accepted", self.challenges(scheme == b"bearer")
+            ) from None
+        if not identity.grant.allows(target.route_family, target.ae_title, target.workflow_id):
+            log.warn(
+                "forbidden: {principal!r} ({grant}) may not store to {family} route "
+                "(AE title {aet!r}, workflow {workflow!r})",
+                principal=identity.name,
+                grant=identity.grant.describe(),
+                family=target.route_family,
+                aet=target.ae_title,
+                workflow=target.workflow_id,
+            )
+            raise Forbidden(f"{identity.name!r} may not store through this route")
+        return identity
+
+    def _failed(self, peer: str, reason: str) -> None:
+        # The reason names the user or the JWT problem, never the secret.
+        block = self.throttle.failed(peer)
+        log.warn("authentication failed from {peer}: {reason}", peer=peer, reason=reason)
+        if block is not None:
+            log.warn(
+                "{peer} blocked for {seconds} s after repeated authentication failures",
+                peer=peer,
+                seconds=block,
+            )
+
+
+def authorization_headers(request: Any) -> list[bytes] | None:
+    """The raw ``Authorization`` header values of ``request``."""
+    values: list[bytes] | None = request.requestHeaders.getRawHeaders(b"authorization")
+    return values

@@ -1,0 +1,118 @@
+"""Slowing down a peer that keeps failing to authenticate.
+
+After ``max_failures`` failures within ``window_seconds`` a peer is blocked:
+its requests get 429 with Retry-After, and no credential is checked (so it
+cannot keep the password KDF busy).  Each new block of the same peer lasts
+twice as long as the previous one, up to ``max_block_seconds``; a peer
+forgotten after a quiet spell starts again at ``base_block_seconds``.  A
+success does not clear the count: one valid account must not let a peer
+keep guessing another's password.  Pure: the clock is passed in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+# Five tries a minute lets a person mistype; it makes guessing hopeless.
+DEFAULT_MAX_FAILURES = 5
+DEFAULT_WINDOW_SECONDS = 60.0
+DEFAULT_BASE_BLOCK_SECONDS = 10.0
+DEFAULT_MAX_BLOCK_SECONDS = 3600.0
+# Bounded memory whatever the number of peers: the least recently failed go first.
+DEFAULT_MAX_PEERS = 10_000
+
+
+@dataclass
+class _Peer:
+    failures: deque[float] = field(default_factory=deque)
+    blocked_until: float = 0.0
+    blocks: int = 0
+    last_failure: float = 0.0
+
+
+class FailureThrottle:
+    """Per-peer failure counts and blocks; ``clock()`` gives seconds."""
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        *,
+        max_failures: int = DEFAULT_MAX_FAILURES,
+        window_seconds: float = DEFAULT_WINDOW_SECONDS,
+        base_block_seconds: float = DEFAULT_BASE_BLOCK_SECONDS,
+        max_block_seconds: float = DEFAULT_MAX_BLOCK_SECONDS,
+        max_peers: int = DEFAULT_MAX_PEERS,
+    ) -> None:
+        self._clock = clock
+        self.max_failures = max_failures
+        self.window_seconds = window_seconds
+        self.base_block_seconds = base_block_seconds
+        self.max_block_seconds = max_block_seconds
+        self.max_peers = max_peers
+        self._peers: OrderedDict[str, _Peer] = OrderedDict()
+
+    def retry_after(self, peer: str) -> int | None:
+        """Whole seconds until ``peer`` may try again, or None when it is not blocked."""
+        record = self._peers.get(peer)
+        if record is None:
+            return None
+        remaining = record.blocked_until - self._clock()
+        return math.ceil(remaining) if remaining > 0 else None
+
+    def failed(self, peer: str) -> int | None:
+        """Record a failure; the block in seconds when this one starts a block."""
+        now = self._clock()
+        record = self._peers.get(peer)
+        if record is None or now - record.last_failure > self._forget_after():
+            record = _Peer()
+        self._peers[peer] = record
+        self._peers.move_to_end(peer)
+        while len(self._peers) > self.max_peers:
+            self._peers.popitem(last=False)
+        record.last_failure = now
+        while record.failures and now - record.failures[0] > self.window_seconds:
+            record.failures.popleft()
+        record.failures.append(now)
+        if len(record.failures) < self.max_failures:
+            return None
+        block = min(self.max_block_seconds, self.base_block_seconds * 2.0**record.blocks)
+        record.blocks += 1
+        record.blocked_until = now + block
+        record.failures.clear()
+        return math.ceil(block)
+
+    def _forget_after(self) -> float:
+        # Long enough that the longest block is still remembered when it ends.
+        return self.max_block_seconds + self.window_seconds
+
+    def __len__(self) -> int:
+        return len(self._peers)
+
+
+# Uncached password checks per second, all peers together: at ~60 ms of
+# scrypt each, 8 a second keep the reactor free at least half the time even
+# when many addresses guess at once (the per-peer block cannot stop that).
+DEFAULT_KDF_PER_SECOND = 8.0
+
+
+class RateBudget:
+    """A token bucket: ``take()`` is True while fewer than ``rate`` per second were taken."""
+
+    def __init__(self, clock: Callable[[], float], rate: float = DEFAULT_KDF_PER_SECOND) -> None:
+        self._clock = clock
+        self.rate = rate
+        self._tokens = rate
+        self._updated = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        elapsed = max(0.0, now - self._updated)
+        self._updated = now
+        self._tokens = min(self.rate, self._tokens + elapsed * self.rate)
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True

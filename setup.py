@@ -15,7 +15,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["twisted_stow", "twisted_stow.storage", "twisted.plugins"],
+    packages=["twisted_stow", "twisted_stow.storage", "twisted_stow.workflow", "twisted.plugins"],
     package_dir={"twisted.plugins": "plugins"},
     install_requires=[
         "twisted>=24.7",
@@ -24,6 +24,9 @@ setup(
         "werkzeug>=2.2",
         "pydicom>=3.0",
         "zope.interface>=6",
+        # Publishes workflow requests to RabbitMQ (--amqp-url) through its
+        # Twisted adapter, with publisher confirms (docs/WORKFLOW.md).
+        "pika>=1.3",
     ],
     extras_require={
         "test": [

@@ -125,3 +125,18 @@ class MethodNotAllowed(StowError):
     def __init__(self, detail: str, allowed: tuple[str, ...]) -> None:
         super().__init__(detail)
         self.allowed = allowed
+
+
+class UnknownWorkflow(RouteNotFound):
+    """A ``/dicomweb/{workflow-id}/`` route naming a workflow not in the
+    ``--workflow`` allow-list (answered from the headers: nothing is stored)."""
+
+    title = "Unknown workflow"
+
+
+class WorkflowNotRecorded(StowError):
+    """The instances are stored, but their workflow request could not be
+    written to the spool (docs/WORKFLOW.md): the client should send again."""
+
+    status = 500
+    title = "Workflow request not recorded"

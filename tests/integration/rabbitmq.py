@@ -113,6 +113,11 @@ class RabbitMQ:
     def answers(self) -> bool:
         """Whether an AMQP handshake with the broker succeeds now."""
         try:
+            # A plain connect first: pika logs every refused attempt as an error.
+            socket.create_connection(("127.0.0.1", self.port), timeout=5).close()
+        except OSError:
+            return False
+        try:
             connection = pika.BlockingConnection(self.parameters(connection_attempts=1))
         except pika.exceptions.AMQPError:
             return False

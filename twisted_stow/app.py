@@ -273,7 +273,7 @@ class StowService:
             stored=sum(1 for o in result.outcomes if isinstance(o, Stored)),
             parts=len(result.outcomes),
             status=response.status,
-            correlation_id=correlation_id,
+            correlation_id=correlation_id or "-",
         )
         return _sized(request, render(response.model, upload.response_type))
 

@@ -46,7 +46,11 @@ BATCH_MESSAGES = 64
 # Rescan the spool this often even without news: entries written by another
 # server sharing the spool, or left after a failed removal.
 RESCAN_SECONDS = 5.0
+# TCP connect, and then the AMQP handshake, each get this long: a broker that
+# accepts connections while it is still booting may never answer.
 CONNECT_TIMEOUT_SECONDS = 10.0
+# After a polite AMQP close, the TCP connection is aborted if still open.
+CLOSE_GRACE_SECONDS = 2.0
 MESSAGE_TYPE = "WorkflowRequestEvent"
 APP_ID = "twisted-stow"
 
@@ -108,8 +112,7 @@ class AmqpPublisher(Service):
         if self._connecting is not None:
             self._connecting.cancel()
         if self._connection is not None:
-            with contextlib.suppress(Exception):
-                self._connection.close()
+            self._drop(self._connection)
         self.wake()
         sleeping, self._sleeping = self._sleeping, None
         if sleeping is not None and not sleeping.called:
@@ -164,7 +167,10 @@ class AmqpPublisher(Service):
             self._connecting = None
         self._connection = protocol
         try:
-            await protocol.ready
+            ready = protocol.ready
+            if ready is not None:  # None: the handshake is over already
+                ready.addTimeout(CONNECT_TIMEOUT_SECONDS, self._reactor)
+                await ready
             channel = await protocol.channel()
             await channel.exchange_declare(
                 exchange=self.exchange, exchange_type="topic", durable=True
@@ -190,9 +196,21 @@ class AmqpPublisher(Service):
                 await self._publish_batch(channel, entries[:BATCH_MESSAGES])
         finally:
             self._connection = None
-            if not protocol.is_closed:
-                with contextlib.suppress(Exception):
-                    protocol.close()
+            self._drop(protocol)
+
+    def _drop(self, protocol: Any) -> None:
+        """Close politely; abort the TCP connection if that does not end it."""
+        if not protocol.is_closed:
+            with contextlib.suppress(Exception):
+                protocol.close()
+        transport = protocol.transport
+
+        def abort() -> None:
+            if getattr(transport, "connected", False):
+                transport.abortConnection()
+
+        if transport is not None:
+            self._reactor.callLater(CLOSE_GRACE_SECONDS, abort)
 
     async def _publish_batch(self, channel: Any, entries: Sequence[Path]) -> None:
         """Publish ``entries``, await their confirms, remove the confirmed ones."""

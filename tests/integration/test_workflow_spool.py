@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import struct
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -248,3 +249,29 @@ async def test_spool_write_failure_is_500_and_instances_stay(
     correlation_id = headers.getRawHeaders("X-Correlation-ID")[0]
     assert correlation_id in problem["detail"]
     assert stored_files(stow_server.storage) == [stored_path(stow_server.storage, CT)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_leaving_after_its_whole_body_still_triggers(stow_server: Server) -> None:
+    """The body arrived whole and the client hung up before the answer: the
+    instances are stored anyway, so their workflow request is made too."""
+    body = build_multipart([read(CT), read(MR)], BOUNDARY)
+    request = (
+        b"POST /dicomweb/wf/studies HTTP/1.1\r\nHost: x\r\n"
+        + f"Content-Type: {multipart_content_type(BOUNDARY)}\r\n".encode()
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+
+    def send_and_hang_up() -> None:
+        with socket.create_connection(("127.0.0.1", stow_server.port), timeout=10) as sock:
+            sock.sendall(request)
+            # RST at once (SO_LINGER 0): the server sees the disconnect while
+            # it is still storing.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    await deferToThread(send_and_hang_up)
+    assert await poll(lambda: len(spooled(stow_server)) == 1)
+    (request_doc,) = spooled(stow_server)
+    assert request_doc["file_count"] == 2
+    assert len(stored_files(stow_server.storage)) == 2

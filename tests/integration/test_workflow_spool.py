@@ -275,3 +275,22 @@ async def test_client_leaving_after_its_whole_body_still_triggers(stow_server: S
     (request_doc,) = spooled(stow_server)
     assert request_doc["file_count"] == 2
     assert len(stored_files(stow_server.storage)) == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_principal_of_the_upload_is_in_the_request(stow_server: Server, client: Any) -> None:
+    """Whoever authentication put in ``Upload.principal`` is the request's principal."""
+    stow = stow_server.handle.stow
+    begin_upload = stow.begin_upload
+
+    def authenticated(*args: Any) -> Any:
+        upload = begin_upload(*args)
+        if upload is not None:
+            upload.principal = "alice@example.org"
+        return upload
+
+    stow.begin_upload = authenticated
+    status, _, _ = await post(client, stow_server.url + "/dicomweb/wf/studies", [CT])
+    assert status == 200
+    (request,) = spooled(stow_server)
+    assert request["principal"] == "alice@example.org"

@@ -15,7 +15,13 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["twisted_stow", "twisted_stow.storage", "twisted_stow.auth", "twisted.plugins"],
+    packages=[
+        "twisted_stow",
+        "twisted_stow.storage",
+        "twisted_stow.auth",
+        "twisted_stow.workflow",
+        "twisted.plugins",
+    ],
     package_dir={"twisted.plugins": "plugins"},
     install_requires=[
         # [tls]: pyOpenSSL, service_identity and idna for --listen ssl:... endpoints.
@@ -28,6 +34,9 @@ setup(
         # JWT bearer tokens (--jwt-key/--jwks): signature, exp, aud, iss checks;
         # [crypto] pulls in cryptography for RS256/ES256.
         "pyjwt[crypto]>=2.8",
+        # Publishes workflow requests to RabbitMQ (--amqp-url) through its
+        # Twisted adapter, with publisher confirms (docs/WORKFLOW.md).
+        "pika>=1.3",
     ],
     entry_points={"console_scripts": ["stow-passwd = twisted_stow.auth.command:main"]},
     extras_require={

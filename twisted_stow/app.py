@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote, unquote_to_bytes
 
 from klein import Klein
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from werkzeug.exceptions import HTTPException
@@ -35,8 +36,10 @@ from .errors import (
     StowError,
     TooManyRequests,
     Unauthorized,
+    UnknownWorkflow,
+    WorkflowNotRecorded,
 )
-from .ingest import IngestPolicy, RunInThread, StudyMismatch
+from .ingest import IngestPolicy, IngestResult, RunInThread, StudyMismatch
 from .interfaces import IStorage
 from .limits import UploadSlots
 from .mediatype import negotiate, reader_for
@@ -53,6 +56,7 @@ from .singlepart import SinglePartReader
 from .uids import is_valid_uid
 from .upload import Target, Upload
 from .validation import ValidationPolicy, default_sop_classes, default_transfer_syntaxes
+from .workflow.trigger import Submission, WorkflowTrigger, new_correlation_id
 
 log = Logger()
 
@@ -70,7 +74,9 @@ _STUDY_MISMATCH_DEFAULT = {
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _CORS_MAX_AGE_SECONDS = 600
 _CORS_DEFAULT_ALLOW_HEADERS = "Accept, Authorization, Content-Type"
-_CORS_EXPOSE_HEADERS = "Warning, Retry-After, WWW-Authenticate"
+_CORS_EXPOSE_HEADERS = "Warning, Retry-After, WWW-Authenticate, X-Correlation-ID"
+# Names the workflow request of a /dicomweb/ POST (docs/WORKFLOW.md).
+CORRELATION_ID_HEADER = "X-Correlation-ID"
 
 
 # The routes of StowService; module-level so decorators in its body can use it.
@@ -123,8 +129,11 @@ class StowService:
         storage: IStorage,
         reactor: Any,
         run_in_thread: RunInThread,
+        workflows: WorkflowTrigger | None = None,
     ) -> None:
         self.config = config
+        # The MONAI routes' workflow requests; None: they trigger nothing.
+        self.workflows = workflows
         self.storage = storage
         self.reactor = reactor
         self._run_in_thread = run_in_thread
@@ -180,6 +189,13 @@ class StowService:
             ).name
         if stow_target.study_uid is not None and not is_valid_uid(stow_target.study_uid):
             raise InvalidStudyUID(f"{stow_target.study_uid!r} is not a valid UID")
+        allowed_workflows = self.config.workflows
+        if (
+            allowed_workflows
+            and stow_target.workflow_id is not None
+            and stow_target.workflow_id not in allowed_workflows
+        ):
+            raise UnknownWorkflow(f"no workflow {stow_target.workflow_id!r} on this server")
         headers = request.requestHeaders
         reader = reader_for(_first(headers, b"content-type"))
         response_type = negotiate(_first(headers, b"accept"))
@@ -247,6 +263,14 @@ class StowService:
         upload: Upload | None = request.upload
         if upload is None or upload.result is None:  # pragma: no cover - guarded in gotLength
             raise NoParts("the request body is empty")
+        correlation_id: str | None = None
+        submission: Deferred[Submission] | None = None
+        if upload.target.route_family == MONAI:
+            correlation_id = new_correlation_id()
+            request.setHeader(CORRELATION_ID_HEADER, correlation_id)
+            # Chained to the result, not to this handler: a client that
+            # leaves after its whole body still gets its workflow triggered.
+            submission = self._submit_workflow(request, upload, correlation_id)
         # A copy: Klein cancels this handler when the client goes away, and
         # that must not cancel the storing of parts already received whole
         # (DESIGN.md: they are committed whatever happens to the connection).
@@ -258,19 +282,58 @@ class StowService:
         if not result.outcomes:
             raise NoParts("the request body holds no part")
         response = build_store_response(result.outcomes, base_url=upload.base_url)
+        if submission is not None:
+            # Answer only once the workflow request is durable (or known lost).
+            spooled = await detached(submission)
+            if spooled.error is not None:
+                raise WorkflowNotRecorded(
+                    "the instances were stored, but their workflow request could not be "
+                    "recorded; send the request again (correlation id "
+                    f"{correlation_id})"
+                )
         request.setResponseCode(response.status)
         request.setHeader("Content-Type", upload.response_type)
         if response.warning is not None:
             request.setHeader("Warning", warning_header_value(response.warning))
         self._set_cors(request)
         log.info(
-            "stored {stored} of {parts} parts, status {status}, principal {principal}",
+            "stored {stored} of {parts} parts, status {status}, principal {principal}, "
+            "correlation {correlation_id}",
             stored=sum(1 for o in result.outcomes if isinstance(o, Stored)),
             parts=len(result.outcomes),
             status=response.status,
             principal=upload.principal,
+            correlation_id=correlation_id or "-",
         )
         return _sized(request, render(response.model, upload.response_type))
+
+    def _submit_workflow(
+        self, request: Any, upload: Upload, correlation_id: str
+    ) -> Deferred[Submission]:
+        """The workflow request of this POST, spooled once its outcomes are in.
+
+        Fires with an empty ``Submission`` when nothing is to be triggered:
+        nothing stored, or a body that was cut off or broken (a partial
+        dataset must not start an AI workflow).  Never fails.
+        """
+        assert upload.result is not None
+        workflows = self.workflows
+        endpoint = bytes(request.path).decode("latin-1")
+        peer = _peer_host(request)
+
+        def submit(result: IngestResult) -> Deferred[Submission]:
+            if workflows is None or result.request_error is not None:
+                return succeed(Submission())
+            return workflows.submit(
+                result.outcomes,
+                correlation_id=correlation_id,
+                workflow_id=upload.target.workflow_id,
+                endpoint=endpoint,
+                peer=peer,
+                principal=upload.principal,
+            )
+
+        return detached(upload.result).addCallback(submit)
 
     @_on_stow_paths("OPTIONS", "preflight")
     def preflight(self, request: Any, **_route: str) -> bytes:

@@ -18,6 +18,11 @@ DEFAULT_STORAGE = "stow-data"
 # twisted.web's own default is 12 hours; a client that sends nothing for a
 # minute is gone or hostile (time paused for storage does not count).
 DEFAULT_IDLE_TIMEOUT_SECONDS = 60.0
+# MONAI's exchange and workflow-request routing key (SPEC.md §4a).
+DEFAULT_AMQP_EXCHANGE = "monaideploy"
+DEFAULT_AMQP_ROUTING_KEY = "md.workflow.request"
+# A dot-directory is never a Study Instance UID, so never in the instance tree.
+DEFAULT_WORKFLOW_SPOOL_DIR_NAME = ".workflow-spool"
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNIT_BYTES = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -67,3 +72,19 @@ class StowConfig:
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     jwt_algorithms: tuple[str, ...] = ("RS256", "ES256")  # auth.jwt_verify.DEFAULT_ALGORITHMS
+    # MONAI profile (docs/WORKFLOW.md).  Allowed workflow ids of
+    # /dicomweb/{workflow-id}/ (empty: any); workflows of /dicomweb/studies.
+    workflows: tuple[str, ...] = ()
+    default_workflows: tuple[str, ...] = ()
+    # None: <storage>/.workflow-spool.
+    workflow_spool: Path | None = None
+    amqp_url: str | None = None
+    amqp_exchange: str = DEFAULT_AMQP_EXCHANGE
+    amqp_routing_key: str = DEFAULT_AMQP_ROUTING_KEY
+
+    @property
+    def workflow_spool_dir(self) -> Path:
+        """Where workflow requests are spooled (outside the instance tree)."""
+        if self.workflow_spool is not None:
+            return self.workflow_spool
+        return self.storage / DEFAULT_WORKFLOW_SPOOL_DIR_NAME

@@ -168,3 +168,18 @@ class TooManyRequests(StowError):
     def __init__(self, detail: str, retry_after_seconds: int) -> None:
         super().__init__(detail)
         self.retry_after_seconds = retry_after_seconds
+
+
+class UnknownWorkflow(RouteNotFound):
+    """A ``/dicomweb/{workflow-id}/`` route naming a workflow not in the
+    ``--workflow`` allow-list (answered from the headers: nothing is stored)."""
+
+    title = "Unknown workflow"
+
+
+class WorkflowNotRecorded(StowError):
+    """The instances are stored, but their workflow request could not be
+    written to the spool (docs/WORKFLOW.md): the client should send again."""
+
+    status = 500
+    title = "Workflow request not recorded"

@@ -163,7 +163,7 @@ class Ingest:
             await writer.abort()
             log.error("storage error while staging a part: {error}", error=e)
             return Failed(FailureReason.PROCESSING_FAILURE, f"storage error: {e.strerror}")
-        del size  # never 0: the writer is opened on a part's first byte
+        # Never 0: the writer is opened on a part's first byte.
         verdict = await self._run_in_thread(
             validate_part, writer.staged_path, self._policy.validation
         )
@@ -201,7 +201,7 @@ class Ingest:
                 "SOP Instance UID already stored with different content",
                 instance,
             )
-        return Stored(instance, warning, detail)
+        return Stored(instance, warning, detail, size_bytes=size)
 
     def fail_request(self, error: StowError) -> None:
         """The body cannot be read further (broken framing, too large).

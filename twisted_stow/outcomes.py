@@ -51,6 +51,8 @@ class Stored:
     instance: InstanceRef
     warning: WarningReason | None = None
     detail: str = ""
+    # Bytes of the stored file, when the storage reports it (workflow requests list it).
+    size_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

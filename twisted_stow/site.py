@@ -14,6 +14,8 @@ from .config import StowConfig
 from .interfaces import IStorage
 from .request import StreamingRequest
 from .response import PROBLEM_JSON, problem_document
+from .workflow.spool import Spool
+from .workflow.trigger import RunInThread, WorkflowTrigger
 
 
 class StowSite(Site):
@@ -53,16 +55,38 @@ class StowSite(Site):
         return [b"http/1.1"]
 
 
-def make_site(config: StowConfig, storage: IStorage, reactor: Any) -> StowSite:
-    """Build the Site serving ``config`` with ``storage`` on ``reactor``."""
+def make_site(
+    config: StowConfig,
+    storage: IStorage,
+    reactor: Any,
+    workflows: WorkflowTrigger | None = None,
+) -> StowSite:
+    """Build the Site serving ``config`` with ``storage`` on ``reactor``.
+
+    ``workflows``: where the MONAI routes' workflow requests go; by default a
+    spool at ``config.workflow_spool_dir``, created here.
+    """
 
     def run_in_thread(f: Any, *args: Any) -> Any:
         # Validation (pydicom) runs on the reactor's pool, apart from the
         # storage writer threads, so parsing never queues behind an fsync.
         return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
 
-    service = StowService(config, storage, reactor, run_in_thread)
+    if workflows is None:
+        workflows = make_workflow_trigger(config, run_in_thread)
+        workflows.spool.open()
+    service = StowService(config, storage, reactor, run_in_thread, workflows)
     return StowSite(service, timeout=config.idle_timeout_seconds)
+
+
+def make_workflow_trigger(config: StowConfig, run_in_thread: RunInThread) -> WorkflowTrigger:
+    """The spool-backed trigger of ``config`` (its directory is not created yet)."""
+    return WorkflowTrigger(
+        Spool(config.workflow_spool_dir),
+        run_in_thread,
+        storage_root=config.storage,
+        default_workflows=config.default_workflows,
+    )
 
 
 def _bad_request(channel: Any) -> None:

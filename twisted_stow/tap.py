@@ -11,11 +11,14 @@ from urllib.parse import urlsplit
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.threads import deferToThreadPool
 from twisted.python import usage
 
 from .auth.guard import Guard
 from .auth.jwt_verify import DEFAULT_ALGORITHMS
 from .config import (
+    DEFAULT_AMQP_EXCHANGE,
+    DEFAULT_AMQP_ROUTING_KEY,
     DEFAULT_IDLE_TIMEOUT_SECONDS,
     DEFAULT_LISTEN,
     DEFAULT_STORAGE,
@@ -28,9 +31,11 @@ from .deadlines import (
     DEFAULT_MIN_BODY_RATE_BYTES,
 )
 from .ingest import Duplicates, StudyMismatch
-from .site import make_site
+from .site import make_site, make_workflow_trigger
 from .storage.filesystem import FilesystemStorage
 from .uids import is_valid_uid
+from .workflow.amqp import AmqpPublisher, check_amqp_url
+from .workflow.spool import Spool
 
 
 class Options(usage.Options):
@@ -95,6 +100,28 @@ class Options(usage.Options):
                 "above it). 0 means no limit."
             ),
         ],
+        [
+            "workflow-spool",
+            None,
+            None,
+            (
+                "Directory of the MONAI routes' workflow requests, one JSON file each "
+                "(docs/WORKFLOW.md); with --amqp-url the outbox. "
+                "Default: <storage>/.workflow-spool."
+            ),
+        ],
+        [
+            "amqp-url",
+            None,
+            None,
+            (
+                "Publish workflow requests to this RabbitMQ broker "
+                "(amqp://user:pass@host:port/vhost) with publisher confirms; while it is down "
+                "they wait in the spool."
+            ),
+        ],
+        ["amqp-exchange", None, DEFAULT_AMQP_EXCHANGE, "Exchange (topic, durable) to publish to."],
+        ["amqp-routing-key", None, DEFAULT_AMQP_ROUTING_KEY, "Routing key of workflow requests."],
         [
             "idle-timeout",
             None,
@@ -171,6 +198,8 @@ class Options(usage.Options):
         self["sop-class"] = []
         self["transfer-syntax"] = []
         self["jwt-algorithm"] = []
+        self["workflow"] = []
+        self["default-workflow"] = []
 
     def opt_listen(self, description: str) -> None:
         """Endpoint to listen on (Twisted endpoint string, repeatable). Default: tcp:8080."""
@@ -191,6 +220,16 @@ class Options(usage.Options):
     def opt_jwt_algorithm(self, name: str) -> None:
         """Accepted JWT signature algorithm (repeatable, asymmetric). Default: RS256, ES256."""
         self["jwt-algorithm"].append(name)
+
+    def opt_workflow(self, name: str) -> None:
+        """Allow this workflow id in /dicomweb/{workflow-id}/ (repeatable; others: 404).
+        Default: any."""
+        self["workflow"].append(name)
+
+    def opt_default_workflow(self, name: str) -> None:
+        """Workflow requested by POSTs to /dicomweb/studies without an id (repeatable).
+        Default: none."""
+        self["default-workflow"].append(name)
 
     def postOptions(self) -> None:
         """Check each value and build ``self.config``; a bad value is a ``UsageError``."""
@@ -216,6 +255,9 @@ class Options(usage.Options):
             rate_window = _seconds_or_none(self["body-rate-window"], "--body-rate-window")
             if rate_window is None:
                 raise ValueError("--body-rate-window: must be a number of seconds above 0")
+            _check_workflows(self["workflow"], self["default-workflow"])
+            if self["amqp-url"] is not None:
+                check_amqp_url(self["amqp-url"])
         except ValueError as e:
             raise usage.UsageError(str(e)) from e
         self.config = StowConfig(
@@ -243,6 +285,12 @@ class Options(usage.Options):
             jwt_audience=self["jwt-audience"],
             jwt_issuer=self["jwt-issuer"],
             jwt_algorithms=tuple(self["jwt-algorithm"]) or DEFAULT_ALGORITHMS,
+            workflows=tuple(self["workflow"]),
+            default_workflows=tuple(self["default-workflow"]),
+            workflow_spool=Path(self["workflow-spool"]) if self["workflow-spool"] else None,
+            amqp_url=self["amqp-url"],
+            amqp_exchange=self["amqp-exchange"],
+            amqp_routing_key=self["amqp-routing-key"],
         )
         _check_auth(self.config)
 
@@ -263,6 +311,17 @@ def _check_auth(config: StowConfig) -> None:
         Guard.from_config(config, lambda: 0.0)
     except ValueError as e:
         raise usage.UsageError(str(e)) from e
+
+
+def _check_workflows(allowed: list[str], defaults: list[str]) -> None:
+    """Workflow ids are one non-empty path segment; defaults must be allowed."""
+    for name in (*allowed, *defaults):
+        if not name or "/" in name or name.strip() != name:
+            raise ValueError(f"--workflow: {name!r} is not a workflow id (one URL path segment)")
+    if allowed:
+        for name in defaults:
+            if name not in allowed:
+                raise ValueError(f"--default-workflow: {name!r} is not in the --workflow list")
 
 
 def _public_url_or_none(text: str | None) -> str | None:
@@ -368,17 +427,46 @@ class _StorageService(Service):
         return super().stopService()
 
 
+class _SpoolService(Service):
+    """Creates the workflow spool before the server listens."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+
+    def startService(self) -> None:
+        self.spool.open()
+        super().startService()
+
+
 def makeService(options: Options, reactor: Any = None) -> MultiService:
-    """The server: storage plus one listening service per ``--listen``."""
+    """The server: storage, the workflow spool (and its AMQP publisher), plus
+    one listening service per ``--listen``."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
     config: StowConfig = options.config
     storage = FilesystemStorage(config.storage, reactor)
-    site = make_site(config, storage, reactor)
+
+    def run_in_thread(f: Any, *args: Any) -> Any:
+        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
+
+    workflows = make_workflow_trigger(config, run_in_thread)
+    site = make_site(config, storage, reactor, workflows)
     top = MultiService()
     _StorageService(storage).setServiceParent(top)
+    _SpoolService(workflows.spool).setServiceParent(top)
+    if config.amqp_url is not None:
+        publisher = AmqpPublisher(
+            workflows.spool,
+            config.amqp_url,
+            exchange=config.amqp_exchange,
+            routing_key=config.amqp_routing_key,
+            reactor=reactor,
+            run_in_thread=run_in_thread,
+        )
+        workflows.on_spooled(publisher.wake)
+        publisher.setServiceParent(top)
     for description in config.listen:
         endpoint = serverFromString(reactor, description)
         StreamServerEndpointService(endpoint, site).setServiceParent(top)

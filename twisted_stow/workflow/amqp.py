@@ -1,0 +1,310 @@
+"""``AmqpPublisher``: publishes spooled workflow requests to RabbitMQ.
+
+The spool is the outbox.  The publisher connects with pika's Twisted adapter,
+declares the exchange (topic, durable: a fresh broker works), turns on
+publisher confirms and publishes every entry as a persistent message whose
+``message_id`` is the request's stable ``payload_id``.  An entry is removed
+only after the broker confirmed it, so a broker that is down, restarts or
+drops the connection mid-batch costs a delay, never a request: entries not
+confirmed stay in the spool and are published again after reconnecting
+(at least once; consumers drop repeats by ``message_id``).
+
+While the broker is unreachable the publisher retries with exponential
+backoff, from ``RETRY_MIN_SECONDS`` up to ``RETRY_MAX_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pika
+from pika.adapters.twisted_connection import TwistedProtocolConnection
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .request import decode
+from .spool import Spool
+from .trigger import RunInThread
+
+log = Logger()
+
+# First retry after half a second; doubling up to 5 s keeps a restarted
+# broker's backlog waiting at most that long once it answers again.
+RETRY_MIN_SECONDS = 0.5
+RETRY_MAX_SECONDS = 5.0
+# Messages published before waiting for their confirms: enough to hide the
+# round trip (and the broker's fsync batching), small enough to re-send
+# cheaply after a dropped connection.
+BATCH_MESSAGES = 64
+# Rescan the spool this often even without news: entries written by another
+# server sharing the spool, or left after a failed removal.
+RESCAN_SECONDS = 5.0
+# TCP connect, and then the AMQP handshake, each get this long: a broker that
+# accepts connections while it is still booting may never answer.
+CONNECT_TIMEOUT_SECONDS = 10.0
+# After a polite AMQP close, the TCP connection is aborted if still open.
+CLOSE_GRACE_SECONDS = 2.0
+MESSAGE_TYPE = "WorkflowRequestEvent"
+APP_ID = "twisted-stow"
+
+
+def check_amqp_url(url: str) -> None:
+    """Raise ``ValueError`` unless ``url`` is an ``amqp://`` URL pika accepts."""
+    if not url.lower().startswith("amqp://"):
+        raise ValueError(f"{url!r} is not an amqp:// URL (amqps:// is not supported)")
+    try:
+        pika.URLParameters(url)
+    except Exception as e:
+        raise ValueError(f"{url!r} is not a valid AMQP URL: {e}") from e
+
+
+class AmqpPublisher(Service):
+    """Drains the spool to an AMQP exchange; start and stop with the application."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        url: str,
+        *,
+        exchange: str,
+        routing_key: str,
+        reactor: Any,
+        run_in_thread: RunInThread,
+        retry_min_seconds: float = RETRY_MIN_SECONDS,
+        retry_max_seconds: float = RETRY_MAX_SECONDS,
+    ) -> None:
+        self.spool = spool
+        self._parameters = pika.URLParameters(url)
+        self.exchange = exchange
+        self.routing_key = routing_key
+        self._reactor = reactor
+        self._run_in_thread = run_in_thread
+        self._retry_min = retry_min_seconds
+        self._retry_max = retry_max_seconds
+        self._running = False
+        self._loop: Deferred[None] | None = None
+        self._waiting: Deferred[None] | None = None
+        self._sleeping: Deferred[None] | None = None
+        self._connection: Any = None
+        self._connecting: Deferred[Any] | None = None
+        self._news = False
+        # Whether the last attempt reached the broker (logs once per outage).
+        self.connected = False
+        self.published = 0
+
+    # Lifecycle.
+
+    def startService(self) -> None:
+        super().startService()
+        self._running = True
+        self._loop = ensureDeferred(self._run())
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        self._running = False
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self._connection is not None:
+            self._drop(self._connection)
+        self.wake()
+        sleeping, self._sleeping = self._sleeping, None
+        if sleeping is not None and not sleeping.called:
+            sleeping.callback(None)
+        return self._loop
+
+    def wake(self) -> None:
+        """A new entry is in the spool (called by ``WorkflowTrigger``)."""
+        self._news = True
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None and not waiting.called:
+            waiting.callback(None)
+
+    # The loop.
+
+    async def _run(self) -> None:
+        delay = self._retry_min
+        while self._running:
+            try:
+                await self._session()
+            except Exception as error:
+                if not self._running:
+                    break
+                if self.connected:
+                    # It worked until now: retry soon, then back off again.
+                    delay = self._retry_min
+                    self.connected = False
+                log.warn(
+                    "AMQP broker unavailable ({error}); workflow requests wait in {spool}, "
+                    "retry in {delay} s",
+                    error=_describe(error),
+                    spool=str(self.spool.directory),
+                    delay=delay,
+                )
+                await self._sleep(delay)
+                delay = min(delay * 2, self._retry_max)
+        self._connection = None
+
+    async def _session(self) -> None:
+        """Connect, then publish until stopped; raises when the connection fails."""
+        endpoint = HostnameEndpoint(
+            self._reactor,
+            self._parameters.host,
+            self._parameters.port,
+            timeout=CONNECT_TIMEOUT_SECONDS,
+        )
+        protocol = TwistedProtocolConnection(self._parameters, custom_reactor=self._reactor)
+        self._connecting = connectProtocol(endpoint, protocol)
+        try:
+            await self._connecting
+        finally:
+            self._connecting = None
+        self._connection = protocol
+        try:
+            ready = protocol.ready
+            if ready is not None:  # None: the handshake is over already
+                ready.addTimeout(CONNECT_TIMEOUT_SECONDS, self._reactor)
+                await ready
+            channel = await protocol.channel()
+            await channel.exchange_declare(
+                exchange=self.exchange, exchange_type="topic", durable=True
+            )
+            await channel.confirm_delivery()
+            # A closed channel (broker gone, connection lost) ends the idle wait.
+            channel.on_closed.addBoth(lambda _: self.wake())
+            self.connected = True
+            log.info(
+                "AMQP publisher connected to {host}:{port}, exchange {exchange}",
+                host=self._parameters.host,
+                port=self._parameters.port,
+                exchange=self.exchange,
+            )
+            while self._running:
+                if channel.is_closed or protocol.is_closed:
+                    raise ConnectionError("the AMQP channel closed")
+                self._news = False
+                entries = await self._run_in_thread(self.spool.pending)
+                if not entries:
+                    await self._idle(channel)
+                    continue
+                await self._publish_batch(channel, entries[:BATCH_MESSAGES])
+        finally:
+            self._connection = None
+            self._drop(protocol)
+
+    def _drop(self, protocol: Any) -> None:
+        """Close politely; abort the TCP connection if that does not end it."""
+        if not protocol.is_closed:
+            with contextlib.suppress(Exception):
+                protocol.close()
+        transport = protocol.transport
+
+        def abort() -> None:
+            if getattr(transport, "connected", False):
+                transport.abortConnection()
+
+        if transport is not None:
+            self._reactor.callLater(CLOSE_GRACE_SECONDS, abort)
+
+    async def _publish_batch(self, channel: Any, entries: Sequence[Path]) -> None:
+        """Publish ``entries``, await their confirms, remove the confirmed ones."""
+        loaded = await self._run_in_thread(_load_entries, self.spool, list(entries))
+        publishes: list[Deferred[Any]] = []
+        sent: list[Path] = []
+        for entry, body, message in loaded:
+            properties = pika.BasicProperties(
+                content_type="application/json",
+                delivery_mode=2,  # persistent: survives a broker restart in a durable queue
+                message_id=message["payload_id"],
+                correlation_id=message.get("correlation_id"),
+                timestamp=int(time.time()),
+                type=MESSAGE_TYPE,
+                app_id=APP_ID,
+            )
+            publishes.append(
+                channel.basic_publish(
+                    exchange=self.exchange,
+                    routing_key=self.routing_key,
+                    body=body,
+                    properties=properties,
+                )
+            )
+            sent.append(entry)
+        results = await DeferredList(publishes, consumeErrors=True)
+        confirmed = [entry for (ok, _), entry in zip(results, sent, strict=True) if ok]
+        if confirmed:
+            await self._run_in_thread(self.spool.remove, confirmed)
+            self.published += len(confirmed)
+            log.debug("published {count} workflow requests", count=len(confirmed))
+        for ok, value in results:
+            if not ok:
+                assert isinstance(value, Failure)
+                # Nacked, or the channel closed: reconnect and send the rest again.
+                value.raiseException()
+
+    async def _idle(self, channel: Any) -> None:
+        """Wait for a new entry, the rescan interval, or the channel closing."""
+        if self._news or not self._running:
+            return
+        waiting: Deferred[None] = Deferred()
+        self._waiting = waiting
+        timer = self._reactor.callLater(RESCAN_SECONDS, self.wake)
+        try:
+            await waiting
+        finally:
+            if timer.active():
+                timer.cancel()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Back off; only ``stopService`` ends the wait early (new entries do
+        not: while the broker is down they just wait in the spool)."""
+        sleeping: Deferred[None] = Deferred()
+        self._sleeping = sleeping
+
+        def wake_up() -> None:
+            if not sleeping.called:
+                sleeping.callback(None)
+
+        timer = self._reactor.callLater(seconds, wake_up)
+        try:
+            await sleeping
+        finally:
+            self._sleeping = None
+            if timer.active():
+                timer.cancel()
+
+
+def _load_entries(spool: Spool, entries: list[Path]) -> list[tuple[Path, bytes, dict[str, Any]]]:
+    """Blocking: read and check each entry; set aside one that is not a request.
+
+    An entry that cannot be parsed was not written by us (ours are written
+    atomically): it is renamed to a dot-file, which the spool skips, and
+    logged, rather than blocking the outbox forever.
+    """
+    loaded: list[tuple[Path, bytes, dict[str, Any]]] = []
+    for entry in entries:
+        try:
+            body = spool.read(entry)
+        except FileNotFoundError:
+            continue  # delivered by another server sharing the spool
+        try:
+            message = decode(body)
+        except ValueError:
+            aside = entry.with_name(f".unreadable-{entry.name}")
+            with contextlib.suppress(OSError):
+                entry.rename(aside)
+            log.error("workflow spool entry {entry} is not a workflow request", entry=str(entry))
+            continue
+        loaded.append((entry, body, message))
+    return loaded
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

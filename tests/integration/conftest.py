@@ -174,3 +174,20 @@ def twistd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield Server(f"http://127.0.0.1:{port}", port, storage, twistd.process)
     finally:
         twistd.stop()
+
+
+@pytest.fixture
+def uploads(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every Upload the in-process server begins, in order (to look at its flow or principal)."""
+    from twisted_stow.app import StowService
+
+    recorded: list[Any] = []
+    begin = StowService.begin_upload
+
+    def recording_begin(self: StowService, *args: Any) -> Any:
+        upload = begin(self, *args)
+        recorded.append(upload)
+        return upload
+
+    monkeypatch.setattr(StowService, "begin_upload", recording_begin)
+    return recorded

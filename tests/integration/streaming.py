@@ -14,6 +14,8 @@ from twisted.web.client import FileBodyProducer
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
+from tests.helpers import build_multipart, multipart_content_type
+
 
 @implementer(IBodyProducer)
 class ChunkedProducer:
@@ -85,6 +87,17 @@ def raw_exchange(
                 break
             received += data
     return received
+
+
+def upload_request(parts: list[bytes], boundary: str) -> bytes:
+    """A raw, complete ``POST /studies`` of ``parts`` that asks the server to close after it."""
+    body = build_multipart(parts, boundary)
+    return (
+        b"POST /studies HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        + f"Content-Type: {multipart_content_type(boundary)}\r\n".encode()
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
 
 
 def status_of(raw: bytes) -> int:

@@ -295,20 +295,9 @@ async def test_static_token_grant(
 @pytest.mark.parametrize("stow_config", [{}, "off"], indirect=True, ids=["on", "off"])
 @pytest_twisted.ensureDeferred
 async def test_upload_carries_the_principal(
-    stow_server: Server, client: Any, monkeypatch: pytest.MonkeyPatch, stow_config: StowConfig
+    stow_server: Server, client: Any, uploads: list[Any], stow_config: StowConfig
 ) -> None:
     """Upload.principal is the authenticated name (for workflow requests); None when auth is off."""
-    from twisted_stow.app import StowService
-
-    uploads: list[Any] = []
-    begin = StowService.begin_upload
-
-    def recording_begin(self: StowService, *args: Any) -> Any:
-        upload = begin(self, *args)
-        uploads.append(upload)
-        return upload
-
-    monkeypatch.setattr(StowService, "begin_upload", recording_begin)
     token = sign(claims(sub="jwt-scanner"), JWT_KEY)
     reply = await post(client, stow_server, "/dicomweb/wf1/studies", bearer(token), [read(CT)])
     assert reply.code == 200, reply.body

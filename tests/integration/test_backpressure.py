@@ -13,7 +13,6 @@ import pytest_twisted
 from tests.helpers import iter_multipart, multipart_content_type
 from tests.integration.conftest import Server
 from tests.integration.streaming import ChunkedProducer
-from twisted_stow.app import StowService
 from twisted_stow.flow import HIGH_WATER_BYTES
 from twisted_stow.storage import filesystem
 
@@ -25,7 +24,7 @@ SLOW_WRITE_SECONDS = 0.02
 
 @pytest_twisted.ensureDeferred
 async def test_slow_storage_pauses_reading_and_loses_nothing(
-    stow_server: Server, client: Any, monkeypatch: pytest.MonkeyPatch
+    stow_server: Server, client: Any, monkeypatch: pytest.MonkeyPatch, uploads: list[Any]
 ) -> None:
     """The upload pauses (bytes in flight stay bounded) and still completes.
 
@@ -39,15 +38,6 @@ async def test_slow_storage_pauses_reading_and_loses_nothing(
         return real_writev(fd, buffers)
 
     monkeypatch.setattr(filesystem.os, "writev", slow_writev)
-    uploads: list[Any] = []
-    begin = StowService.begin_upload
-
-    def recording_begin(self: StowService, *args: Any) -> Any:
-        upload = begin(self, *args)
-        uploads.append(upload)
-        return upload
-
-    monkeypatch.setattr(StowService, "begin_upload", recording_begin)
     peak_in_flight = 0
 
     def chunks() -> Any:

@@ -20,11 +20,10 @@ from pathlib import Path
 import pydicom
 
 from tests.dicom_files import CT, MR
-from tests.helpers import build_multipart, multipart_content_type
 from tests.integration.conftest import LOOPBACK_ANY_PORT, Twistd
 from tests.integration.crafted import instance, stored_location
 from tests.integration.observe import staging_files, stored_files
-from tests.integration.streaming import raw_exchange, sop_instance_uids, status_of
+from tests.integration.streaming import raw_exchange, sop_instance_uids, status_of, upload_request
 
 BOUNDARY = "crash-boundary"
 CLIENTS = 6
@@ -32,15 +31,6 @@ PARTS_PER_REQUEST = 3
 # Large enough that a part spans several 1 MiB write batches, so staging
 # files are on disk when the process dies.
 PADDING_BYTES = 3 * 1024 * 1024
-
-
-def upload_request(body: bytes) -> bytes:
-    return (
-        b"POST /studies HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-        + f"Content-Type: {multipart_content_type(BOUNDARY)}\r\n".encode()
-        + f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
 
 
 class Client(threading.Thread):
@@ -65,7 +55,7 @@ class Client(threading.Thread):
             self.sent.extend(parts)
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=20) as sock:
-                    sock.sendall(upload_request(build_multipart(parts, BOUNDARY)))
+                    sock.sendall(upload_request(parts, BOUNDARY))
                     answer = b""
                     while chunk := sock.recv(65536):
                         answer += chunk
@@ -98,7 +88,7 @@ def test_sigkill_during_concurrent_uploads_loses_nothing_acknowledged(tmp_path: 
         # One more client sends half of a large part and holds: a staged
         # partial file is certainly on disk when the process dies.
         big = instance(MR, padding=4 * PADDING_BYTES)
-        request = upload_request(build_multipart([big], BOUNDARY))
+        request = upload_request([big], BOUNDARY)
         holder = socket.create_connection(("127.0.0.1", port), timeout=20)
         holder.sendall(request[: len(request) // 2])
         # Kill while answers have gone out and parts are half-staged.
@@ -157,7 +147,7 @@ def test_sigkill_during_concurrent_uploads_loses_nothing_acknowledged(tmp_path: 
 
         # The restarted server works, and a retry of everything is idempotent.
         retry = [sent[uid] for uid in acknowledged[:3]] + [instance(CT)]
-        answer = raw_exchange(port, upload_request(build_multipart(retry, BOUNDARY)))
+        answer = raw_exchange(port, upload_request(retry, BOUNDARY))
         assert status_of(answer) == 200, answer[:500]
     finally:
         restarted.stop()

@@ -20,11 +20,10 @@ from pathlib import Path
 import psutil
 
 from tests.dicom_files import CT
-from tests.helpers import build_multipart, multipart_content_type
 from tests.integration.conftest import Twistd
 from tests.integration.crafted import instance, stored_location
 from tests.integration.observe import staging_files
-from tests.integration.streaming import raw_exchange, sop_instance_uids, status_of
+from tests.integration.streaming import raw_exchange, sop_instance_uids, status_of, upload_request
 
 BOUNDARY = "load-boundary"
 MAX_REQUESTS = 40
@@ -39,15 +38,6 @@ IDLE_SECONDS = 2.0
 # silence the idle timeout's (close).
 HEADER_SECONDS = 1.0
 assert MAX_REQUESTS + OVER_TOTAL + OVER_PEER + SILENT + TRICKLING == 200
-
-
-def upload_request(body: bytes) -> bytes:
-    return (
-        b"POST /studies HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-        + f"Content-Type: {multipart_content_type(BOUNDARY)}\r\n".encode()
-        + f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
 
 
 def read_all(sock: socket.socket) -> bytes:
@@ -84,7 +74,7 @@ class Round:
 
     def holder(self, source: str) -> None:
         data = instance(CT)
-        request = upload_request(build_multipart([data], BOUNDARY))
+        request = upload_request([data], BOUNDARY)
         head, _, body = request.partition(b"\r\n\r\n")
         with self.connect(source) as sock:
             # 100 Continue comes only once the server has admitted the upload
@@ -104,7 +94,7 @@ class Round:
             self.record("holder", read_all(sock), time.monotonic() - start)
 
     def over(self, source: str, kind: str) -> None:
-        request = upload_request(build_multipart([instance(CT)], BOUNDARY))
+        request = upload_request([instance(CT)], BOUNDARY)
         with self.connect(source) as sock:
             start = time.monotonic()
             try:
@@ -191,7 +181,7 @@ def test_two_hundred_connections(tmp_path: Path) -> None:
         process = psutil.Process(server.process.pid)
         # Warm up (imports, thread pools, first allocations) before the baseline.
         warm = instance(CT)
-        answer = raw_exchange(port, upload_request(build_multipart([warm], BOUNDARY)))
+        answer = raw_exchange(port, upload_request([warm], BOUNDARY))
         assert status_of(answer) == 200
         fds_at_start = settled_fds(process)
         rss_after: list[int] = []

@@ -25,6 +25,7 @@ OPTIONAL = [
     "twisted_stow.dicomheader",
     "twisted_stow.uids",
     "twisted_stow.deadlines",
+    "twisted_stow.durable",
 ]
 
 # Runs in a fresh interpreter, so nothing the test process loaded can hide an import.

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..durable import fsync_directory
 from .grants import BadGrant, Grant, names_from_json, names_to_json
 from .passwords import BadHashEntry, check_hash_entry
 
@@ -136,8 +137,4 @@ def write_atomically(path: Path, data: dict[str, Any]) -> None:
     except BaseException:
         os.unlink(temporary)
         raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_directory(directory)

@@ -40,6 +40,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from ..deferreds import detached
+from ..durable import fsync_directory, pid_alive
 from ..flow import BytesInFlight
 from ..interfaces import IPartWriter, IStorage
 from ..outcomes import InstanceRef
@@ -62,15 +63,6 @@ _COMPARE_BLOCK_BYTES = 1024 * 1024
 # that the set is cleared: forgetting costs only a repeated fsync, and the
 # set must not grow with every series a long-running server ever received.
 _DURABLE_DIRS_MAX = 100_000
-
-
-def fsync_directory(path: Path) -> None:
-    """Make a directory's entries (new names, renames) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _same_contents(a: Path, b: Path) -> bool:
@@ -235,7 +227,7 @@ class FilesystemStorage:
             # crashed run's files forever.  Names without a token (older
             # versions) cannot be ours either.
             return len(fields) != 3 or fields[1] != self._run_token
-        return not _pid_alive(pid)
+        return not pid_alive(pid)
 
     def open_writer(self, flow: BytesInFlight) -> FilesystemPartWriter:
         name = f"{os.getpid()}-{self._run_token}-{uuid.uuid4().hex}.part"
@@ -390,13 +382,3 @@ class FilesystemStorage:
             if len(self._durable_dirs) >= _DURABLE_DIRS_MAX:
                 self._durable_dirs.clear()
             self._durable_dirs.add(directory)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):  # no such process / pid
-        return False
-    except PermissionError:
-        return True
-    return True

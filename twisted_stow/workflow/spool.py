@@ -17,26 +17,10 @@ import contextlib
 import os
 from pathlib import Path
 
+from ..durable import fsync_directory, pid_alive
+
 ENTRY_SUFFIX = ".json"
 _TEMP_PREFIX = ".tmp-"
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Spool:
@@ -54,12 +38,12 @@ class Spool:
         created = not self.directory.exists()
         self.directory.mkdir(parents=True, exist_ok=True)
         if created:
-            _fsync_directory(self.directory.parent)
+            fsync_directory(self.directory.parent)
         for entry in self.directory.iterdir():
             if not entry.name.startswith(_TEMP_PREFIX):
                 continue
             pid = entry.name[len(_TEMP_PREFIX) :].split("-", 1)[0]
-            if pid.isdigit() and int(pid) != os.getpid() and _pid_alive(int(pid)):
+            if pid.isdigit() and int(pid) != os.getpid() and pid_alive(int(pid)):
                 continue  # another live server sharing the spool is writing it
             with contextlib.suppress(OSError):
                 entry.unlink()
@@ -90,7 +74,7 @@ class Spool:
             with contextlib.suppress(OSError):
                 temp.unlink()
             raise
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
         return final
 
     def pending(self) -> list[Path]:
@@ -116,7 +100,7 @@ class Spool:
             with contextlib.suppress(FileNotFoundError):
                 entry.unlink()
         if entries:
-            _fsync_directory(self.directory)
+            fsync_directory(self.directory)
 
 
 def entry_name(timestamp_ns: int, payload_id: str) -> str:

@@ -108,8 +108,9 @@ def _send_body(sock: socket.socket, instances: Sequence[Instance], chunked: bool
     for instance in instances:
         fd = os.open(instance.path, os.O_RDONLY)
         try:
-            offset = 0
-            prefix = PART_HEAD
+            # The header from memory (a variant's UIDs), the rest from the file.
+            offset = len(instance.header)
+            prefix = PART_HEAD + instance.header
             while offset < instance.size or prefix:
                 if _answered(sock):
                     raise _Answered

@@ -23,9 +23,13 @@ MIB = 1024 * KIB
 
 @dataclass(frozen=True, slots=True)
 class Instance:
+    """One DICOM file: ``header`` (pydicom's part, with the UIDs) is kept in
+    memory so a variant can change the UIDs; the rest is sent from ``path``."""
+
     path: Path
     size: int
     sop_instance_uid: str
+    header: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +42,34 @@ class Study:
     def bytes(self) -> int:
         return sum(instance.size for instance in self.instances)
 
+    def variant(self, tag: int) -> Study:
+        """The same files with new UIDs: the last digits of every UID made
+        here become ``tag``, in the in-memory headers only (same lengths).
+
+        Every run sends new instances, so nothing has to be deleted between
+        runs: deleting thousands of files makes this (journal-less) ext4
+        skip recently freed inodes on every later create, which cost the
+        servers a fifth of their CPU in a profile.
+        """
+        if not 0 <= tag < 10**_TAG_DIGITS:
+            raise ValueError(f"tag must have at most {_TAG_DIGITS} digits")
+        cache: dict[str, str] = {}
+
+        def retag(uid: str) -> str:
+            if uid not in cache:
+                cache[uid] = uid[:-_TAG_DIGITS] + f"{tag:0{_TAG_DIGITS}d}"
+            return cache[uid]
+
+        instances = []
+        for instance in self.instances:
+            header = instance.header
+            for uid in _uids_in(header, self.study_instance_uid, instance.sop_instance_uid):
+                header = header.replace(uid.encode(), retag(uid).encode())
+            instances.append(
+                Instance(instance.path, instance.size, retag(instance.sop_instance_uid), header)
+            )
+        return Study(self.name, retag(self.study_instance_uid), tuple(instances))
+
     def split(self, requests: int) -> list[tuple[Instance, ...]]:
         """The instances dealt into ``requests`` contiguous groups (one POST each)."""
         requests = max(1, min(requests, len(self.instances)))
@@ -48,6 +80,18 @@ class Study:
             groups.append(self.instances[start:stop])
             start = stop
         return groups
+
+
+_TAG_DIGITS = 3
+_SERIES_PREFIX = b"\x20\x00\x0e\x00UI"  # (0020,000E) Series Instance UID, Explicit VR LE
+
+
+def _uids_in(header: bytes, study: str, sop: str) -> list[str]:
+    """The UIDs made here that ``header`` holds: study, series and SOP instance."""
+    at = header.index(_SERIES_PREFIX) + len(_SERIES_PREFIX)
+    length = int.from_bytes(header[at : at + 2], "little")
+    series = header[at + 2 : at + 2 + length].rstrip(b"\x00").decode()
+    return [study, series, sop]
 
 
 # name -> [(instances, bytes each), ...] (one series per entry)
@@ -82,7 +126,7 @@ def generate(root: Path, name: str, series: list[tuple[int, int]]) -> Study:
         for _ in range(count):
             path = directory / f"{len(instances):05d}.dcm"
             part = write_part(str(path), size, study_uid, series_uid)
-            instances.append(Instance(path, size, part.sop_instance_uid))
+            instances.append(Instance(path, size, part.sop_instance_uid, part.header))
     return Study(name, study_uid, tuple(instances))
 
 

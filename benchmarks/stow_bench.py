@@ -29,6 +29,7 @@ stored and none failed; a run that is not is reported as an error.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -57,9 +58,8 @@ CONCURRENCY_REQUESTS = 64
 DEFAULT_CLIENTS = (1, 4, 16, 64)
 DEFAULT_MAX_REQUESTS = 4
 SETTLE_SECONDS = 0.3
-# Extra space the disk must have beyond the studies: what the servers store
-# in one run before it is deleted, and the disk-limit copies.
-DISK_HEADROOM_BYTES = 8 * 1024**3
+# Free space left for everyone else while a full run holds its data.
+DISK_HEADROOM_BYTES = 5 * 1024**3
 
 
 @dataclass
@@ -103,9 +103,6 @@ class Target:
     def run(self, requests: Sequence[Sequence[Instance]], clients: int) -> _client.Batch:
         raise NotImplementedError
 
-    def clear(self) -> None:
-        pass
-
 
 class HttpTarget(Target):
     def __init__(self, name: str, label: str, server: _servers.Started, chunked: bool) -> None:
@@ -123,10 +120,6 @@ class HttpTarget(Target):
             check=check,
         )
 
-    def clear(self) -> None:
-        assert self.process is not None
-        self.process.clear()
-
 
 class DiskTarget(Target):
     """The same bytes written as files (1 MiB writes, fsync per file), one
@@ -136,10 +129,14 @@ class DiskTarget(Target):
     label = "disk write + fsync"
 
     def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        directory.mkdir(parents=True, exist_ok=True)
+        self.root = directory
+        self.runs = 0
 
     def run(self, requests: Sequence[Sequence[Instance]], clients: int) -> _client.Batch:
+        # A new directory per run and no deletion, like the servers' storage.
+        self.runs += 1
+        self.directory = self.root / str(self.runs)
+        self.directory.mkdir(parents=True)
         queue = list(requests)
         lock = threading.Lock()
         batch = _client.Batch(clients)
@@ -172,10 +169,6 @@ class DiskTarget(Target):
         batch.seconds = time.monotonic() - started
         return batch
 
-    def clear(self) -> None:
-        for path in self.directory.iterdir():
-            path.unlink()
-
 
 def _copy_durably(instance: Instance, destination: Path, buffer: bytearray) -> None:
     view = memoryview(buffer)
@@ -202,14 +195,32 @@ def _fsync_directory(path: Path) -> None:
 # One measurement.
 
 
+_tags = itertools.count(1)
+
+
+def fresh(study: Study, requests: int) -> list[tuple[Instance, ...]]:
+    """``study`` with UIDs no run has sent yet, as ``requests`` POST bodies.
+
+    Nothing is deleted between runs (see ``Study.variant``): every server
+    keeps what it stored until the end, so the disk needs room for all runs.
+    """
+    return fresh_study(study).split(requests)
+
+
+def fresh_study(study: Study) -> Study:
+    return study.variant(next(_tags))
+
+
 def measure(
     scenario: str,
     study: Study,
     target: Target,
-    requests: Sequence[Sequence[Instance]],
+    requests: int,
     clients: int,
     run: int,
 ) -> Measurement:
+    """POST ``study`` (new UIDs) as ``requests`` bodies with ``clients`` clients."""
+    bodies = fresh(study, requests)
     time.sleep(SETTLE_SECONDS)  # let the previous run's teardown settle
     pid = target.process.pid if isinstance(target, HttpTarget) else None
     measured_process = pid is not None and not isinstance(target.process, _servers.Sink)
@@ -217,11 +228,11 @@ def measure(
     cpu_before = cpu_seconds(pid) if measured_process and pid else 0.0
     if measured_process and pid:
         with RssSampler(pid) as sampler:
-            batch = target.run(requests, clients)
+            batch = target.run(bodies, clients)
         peak: int | None = sampler.peak
         cpu: float | None = cpu_seconds(pid) - cpu_before
     else:
-        batch = target.run(requests, clients)
+        batch = target.run(bodies, clients)
         peak = cpu = None
     hwm = kernel_peak(pid) if has_hwm and pid else None
     ok = [r for r in batch.replies if r.status == 200 and r.problem is None]
@@ -229,8 +240,8 @@ def measure(
     for reply in batch.replies:
         answers[str(reply.status)] = answers.get(str(reply.status), 0) + 1
     problems = sorted({r.problem for r in batch.replies if r.problem})
-    if len(ok) != len(requests):
-        problems.append(f"{len(ok)} of {len(requests)} requests stored")
+    if len(ok) != len(bodies):
+        problems.append(f"{len(ok)} of {len(bodies)} requests stored")
     result = Measurement(
         scenario=scenario,
         study=study.name,
@@ -249,10 +260,6 @@ def measure(
         problems=problems,
         load_average=os.getloadavg(),
     )
-    clear_started = time.monotonic()
-    target.clear()
-    if time.monotonic() - clear_started > 30:
-        print(f"    (clearing {target.name} took {time.monotonic() - clear_started:.0f} s)")
     print("   ", _report.one_line(result), flush=True)
     return result
 
@@ -266,11 +273,10 @@ def warm_up(study: Study, targets: list[Target]) -> None:
     large POST ran at half the speed of the next ones)."""
     print(f"warm-up: one POST of {study.name} per target", flush=True)
     for target in targets:
-        batch = target.run([study.instances], 1)
+        batch = target.run(fresh(study, 1), 1)
         problems = [r.problem or f"status {r.status}" for r in batch.replies if r.status != 200]
         if problems:
             raise RuntimeError(f"warm-up against {target.label} failed: {problems}")
-        target.clear()
 
 
 def throughput(
@@ -281,7 +287,7 @@ def throughput(
         print(f"throughput, {name}: {len(study.instances)} instances, {study.bytes / MIB:.0f} MiB")
         for run in range(1, runs + 1):
             for target in targets:
-                results.append(measure("throughput", study, target, [study.instances], 1, run))
+                results.append(measure("throughput", study, target, 1, 1, run))
 
 
 def concurrency(
@@ -291,9 +297,9 @@ def concurrency(
     runs: int,
     results: list[Measurement],
 ) -> None:
-    requests = study.split(CONCURRENCY_REQUESTS)
-    each = study.bytes / len(requests) / MIB
-    print(f"concurrency: {study.name} as {len(requests)} POSTs of ~{each:.1f} MiB")
+    requests = min(CONCURRENCY_REQUESTS, len(study.instances))
+    each = study.bytes / requests / MIB
+    print(f"concurrency: {study.name} as {requests} POSTs of ~{each:.1f} MiB")
     for count in clients:
         print(f"  {count} clients")
         for run in range(1, runs + 1):
@@ -308,7 +314,7 @@ def limit(
     runs: int,
     results: list[Measurement],
 ) -> None:
-    requests = study.split(CONCURRENCY_REQUESTS)
+    requests = min(CONCURRENCY_REQUESTS, len(study.instances))
     for count in clients:
         print(f"  {count} clients against {target.label}")
         for run in range(1, runs + 1):
@@ -386,6 +392,27 @@ def environment(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+def disk_needed(args: argparse.Namespace, spec: dict[str, list[tuple[int, int]]]) -> int:
+    """Bytes this run writes and keeps until it ends: the studies, and every
+    copy stored by the servers and the disk target (nothing is deleted
+    between runs), plus headroom at full size."""
+    size = {name: sum(count * each for count, each in series) for name, series in spec.items()}
+    total = sum(size.values())
+    warm_up = 4 * size["mixed"]  # ours, Orthanc, disk and the limited server
+    if "throughput" in args.only:
+        # ours (two framings), Orthanc and the disk
+        total += args.runs * 4 * (size["large"] + size["ct"] + size["mixed"])
+    if "concurrency" in args.only:
+        total += args.runs * len(args.clients) * 3 * size["ct"]
+    if "limit" in args.only:
+        over = [c for c in args.clients if c > args.max_requests]
+        total += args.runs * len(over) * size["ct"]
+    if "memory" in args.only:
+        total += 2 * size["huge"]
+    headroom = DISK_HEADROOM_BYTES if args.size == "full" else 0
+    return total + warm_up + headroom
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     info = environment(args)
@@ -393,12 +420,16 @@ def main(argv: list[str] | None = None) -> int:
     spec = _studies.FULL if args.size == "full" else _studies.TINY
     if "memory" not in args.only:
         spec = {k: v for k, v in spec.items() if k != "huge"}
-    total = sum(count * size for series in spec.values() for count, size in series)
+    needed = disk_needed(args, spec)
     workdir = Path(tempfile.mkdtemp(prefix="stow-bench-", dir=args.workdir))
     free = shutil.disk_usage(workdir).free
-    if free < total + (DISK_HEADROOM_BYTES if args.size == "full" else 0):
+    if free < needed:
         shutil.rmtree(workdir)
-        raise SystemExit(f"only {free / 1024**3:.1f} GiB free under {workdir.parent}")
+        raise SystemExit(
+            f"only {free / 1024**3:.1f} GiB free under {workdir.parent}; this run keeps"
+            f" {needed / 1024**3:.1f} GiB until it ends (see --only, --runs)"
+        )
+    print(f"this run needs {needed / 1024**3:.1f} GiB of disk until it ends", flush=True)
     started = time.monotonic()
     results: list[Measurement] = []
     processes: list[_servers.Started] = []
@@ -451,8 +482,13 @@ def main(argv: list[str] | None = None) -> int:
             huge = studies["huge"]
             size = f"{huge.bytes / MIB:.0f} MiB ({len(huge.instances)} instances)"
             print(f"memory: one POST of {size}")
-            for target in (targets[0], ours_length):
-                results.append(measure("memory", huge, target, [huge.instances], 1, 1))
+            # A server of its own: the concurrency runs leave a bigger heap
+            # behind (RSS is not given back), which is not this upload's.
+            fresh_server = start(lambda: _servers.Ours(workdir / "ours-memory"))
+            for chunked in (True, False):
+                name = "ours" if chunked else "ours-length"
+                target = HttpTarget(name, name, fresh_server, chunked)
+                results.append(measure("memory", huge, target, 1, 1, 1))
     except BaseException:
         for process in processes:
             print(f"--- {process.name} log tail ---\n{process.log_tail()}", file=sys.stderr)

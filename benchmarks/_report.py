@@ -69,6 +69,7 @@ def summarise(results: Sequence[Measurement], max_requests: int) -> dict[str, An
     for (scenario, study, target, clients), runs in groups.items():
         latencies = [s for m in runs for s in m.latencies]
         refusals = [s for m in runs for s in m.refusal_latencies]
+        probes = [s for m in runs for s in m.probe_refusal_latencies]
         answers = sum(sum(m.answers.values()) for m in runs)
         refused = sum(m.answers.get("503", 0) for m in runs)
         rows.append(
@@ -108,6 +109,11 @@ def summarise(results: Sequence[Measurement], max_requests: int) -> dict[str, An
                 "refusal_p50_ms": _percentile(refusals, 50) * 1000 if refusals else None,
                 "refusal_p95_ms": _percentile(refusals, 95) * 1000 if refusals else None,
                 "refusal_max_ms": max(refusals) * 1000 if refusals else None,
+                "probe_refusals": len(probes),
+                "probe_admitted": sum(m.probe_admitted for m in runs),
+                "probe_p50_ms": _percentile(probes, 50) * 1000 if probes else None,
+                "probe_p95_ms": _percentile(probes, 95) * 1000 if probes else None,
+                "probe_max_ms": max(probes) * 1000 if probes else None,
                 "errors": sorted({p for m in runs for p in m.problems}),
                 "load_average": [
                     min(m.load_average[0] for m in runs),
@@ -226,15 +232,25 @@ def _targets(
         )
     limited = [r for r in rows if r["scenario"] == "limit" and r["refusal_p95_ms"] is not None]
     if limited:
-        v = max(r["refusal_p95_ms"] for r in limited)
         admitted = min(r["mb_per_s"] or 0 for r in limited)
-        add(
-            "503 latency, p95 (ms), uploads admitted meanwhile",
-            f"< {REFUSAL_SECONDS * 1000:.0f}",
-            v,
-            v < REFUSAL_SECONDS * 1000 and admitted > 0 and not any(r["errors"] for r in limited),
-            f"--max-requests {max_requests}; admitted >= {admitted:.0f} MB/s",
-        )
+        ok = admitted > 0 and not any(r["errors"] for r in limited)
+        for key, who in (
+            ("probe_p95_ms", "a probe in its own process"),
+            ("refusal_p95_ms", "the retrying clients"),
+        ):
+            values = [r[key] for r in limited if r[key] is not None]
+            if not values:
+                continue
+            v = max(values)
+            worst = max(limited, key=lambda r: r[key] or 0)["clients"]
+            add(
+                f"503 latency p95 (ms) seen by {who}, uploads admitted meanwhile",
+                f"< {REFUSAL_SECONDS * 1000:.0f}",
+                v,
+                v < REFUSAL_SECONDS * 1000 and ok,
+                f"--max-requests {max_requests}, worst at {worst} clients;"
+                f" admitted >= {admitted:.0f} MB/s",
+            )
     return out
 
 
@@ -309,14 +325,19 @@ def markdown(info: dict[str, Any], summary: dict[str, Any]) -> str:
         "",
         f"## Concurrency limit: `--max-requests {summary['max_requests']}`",
         "",
-        "A refused client waits 100 ms and sends the same POST again.",
+        (
+            "A refused client waits 100 ms and sends the same POST again; its 503 latency is"
+            " from connect to the status line, with 64 client threads in one interpreter."
+            " The probe, a process of its own, sends a request head with"
+            " `Expect: 100-continue` every 50 ms and times the 503 status line."
+        ),
         "",
         (
             "| clients | answers | 503 share | 503 latency p50 / p95 / max ms"
-            " | admitted MB/s | admitted instances/s | vs no limit, same clients"
-            " | peak RSS MiB | check |"
+            " | probe 503 p50 / p95 / max ms | admitted MB/s | admitted instances/s"
+            " | vs no limit, same clients | peak RSS MiB | check |"
         ),
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         if row["scenario"] != "limit":
@@ -326,6 +347,8 @@ def markdown(info: dict[str, Any], summary: dict[str, Any]) -> str:
             f"| {row['clients']} | {row['answers']} | {_f(row['refused_share'], '{:.0%}')}"
             f" | {_f(row['refusal_p50_ms'], '{:.1f}')} / {_f(row['refusal_p95_ms'], '{:.1f}')}"
             f" / {_f(row['refusal_max_ms'], '{:.1f}')}"
+            f" | {_f(row['probe_p50_ms'], '{:.1f}')} / {_f(row['probe_p95_ms'], '{:.1f}')}"
+            f" / {_f(row['probe_max_ms'], '{:.1f}')} ({row['probe_refusals']} probes)"
             f" | {_f(row['mb_per_s'])} | {_f(row['instances_per_s'])}"
             f" | {_f(_ratio(row, free, 'mb_per_s'), '{:.2f}')}"
             f" | {_f(row['peak_rss_max_mib'])} | {_check(row)} |"

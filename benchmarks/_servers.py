@@ -24,6 +24,7 @@ import threading
 import time
 import urllib.request
 from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
 
 import psutil
@@ -84,6 +85,24 @@ class Started:
     def clear(self) -> None:
         pass
 
+    def release_space(self) -> None:
+        """Give back the page cache and disk blocks of what was stored so far."""
+
+
+def truncate_files(paths: Iterable[Path]) -> None:
+    """Truncate regular files to 0 bytes, keeping their inodes.
+
+    Between runs the stored bytes must go, but deleting thousands of files
+    makes this (journal-less) ext4 skip every recently freed inode on later
+    creates: a fifth of the servers' CPU in a profile.  Keeping the files
+    on disk instead makes every run write into page cache pages the VM
+    never touched, which cost up to three times more per byte than recycled
+    ones.  Truncating frees the pages and blocks and keeps the inodes.
+    """
+    for path in paths:
+        if path.is_file() and not path.is_symlink():
+            os.truncate(path, 0)
+
 
 def _python_script(name: str) -> str:
     beside = Path(sys.executable).with_name(name)
@@ -113,6 +132,9 @@ class Ours(Started):
         if match and not self.port:
             self.port = int(match.group(1))
             self._ready.set()
+
+    def release_space(self) -> None:
+        truncate_files(self.storage.glob("*/*/*.dcm"))
 
     def clear(self) -> None:
         """Delete every stored instance and the duplicate index's entries.
@@ -151,13 +173,16 @@ class Orthanc(Started):
     path = "/dicom-web/studies"
 
     def __init__(self, workdir: Path, shim: Path) -> None:
-        storage = workdir / "orthanc-db"
+        storage = workdir / "orthanc-storage"
+        self.storage = storage
+        index = workdir / "orthanc-index"
         storage.mkdir(parents=True)
+        index.mkdir()
         port = free_port()
         config = {
             "Name": "stow-bench",
             "StorageDirectory": str(storage),
-            "IndexDirectory": str(storage),
+            "IndexDirectory": str(index),
             "Plugins": [ORTHANC_DICOMWEB],
             "HttpPort": port,
             "RemoteAccessAllowed": False,
@@ -196,6 +221,10 @@ class Orthanc(Started):
         request = urllib.request.Request(self.url(path), method=method)
         with urllib.request.urlopen(request, timeout=300) as answer:
             return bytes(answer.read())
+
+    def release_space(self) -> None:
+        # Only the DICOM files: the SQLite index lives in its own directory.
+        truncate_files(self.storage.glob("*/*/*"))
 
     def clear(self) -> None:
         """Delete every study through Orthanc's REST API."""

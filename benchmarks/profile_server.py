@@ -104,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=250, help="py-spy samples per second")
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--raw", type=Path, default=None, help="keep the collapsed stacks here")
+    parser.add_argument(
+        "--gil",
+        action="store_true",
+        help="only samples of the thread holding the GIL: where the Python CPU goes",
+    )
     args = parser.parse_args(argv)
     spec = _studies.FULL if args.size == "full" else _studies.TINY
     workdir = Path(tempfile.mkdtemp(prefix="stow-profile-"))
@@ -116,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 *(_py_spy(), "record", "--pid", str(server.pid), "--rate", str(args.rate)),
                 *("--format", "raw", "--threads", "--nonblocking", "--output", str(raw)),
+                *(("--gil",) if args.gil else ()),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -123,10 +129,15 @@ def main(argv: list[str] | None = None) -> int:
         import time
 
         time.sleep(1.0)  # py-spy attaches
+        tags = iter(range(1, 1000))
         for study in studies:
             for _ in range(args.posts):
+                server.release_space()  # as stow_bench.py does between runs
                 reply = _client.post(
-                    server.port, server.path, study.instances, chunked=not args.content_length
+                    server.port,
+                    server.path,
+                    study.variant(next(tags)).instances,
+                    chunked=not args.content_length,
                 )
                 rate = reply.body_bytes / reply.seconds / 1e6
                 print(
@@ -134,7 +145,6 @@ def main(argv: list[str] | None = None) -> int:
                     f" {reply.instances / reply.seconds:.0f} instances/s {reply.problem or ''}",
                     flush=True,
                 )
-                server.clear()
         spy.send_signal(2)  # SIGINT: py-spy writes its output and exits
         _, err = spy.communicate(timeout=60)
         if not raw.exists():

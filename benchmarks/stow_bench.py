@@ -77,6 +77,9 @@ class Measurement:
     answers: dict[str, int] = field(default_factory=dict)  # status -> count
     latencies: list[float] = field(default_factory=list)  # of 200 answers, s
     refusal_latencies: list[float] = field(default_factory=list)  # connect -> 503 status line
+    # limit runs: a probe in its own process (_probe.py), head sent -> 503 status line
+    probe_refusal_latencies: list[float] = field(default_factory=list)
+    probe_admitted: int = 0
     peak_rss: int | None = None
     kernel_peak_rss: int | None = None
     cpu_seconds: float | None = None
@@ -103,6 +106,9 @@ class Target:
     def run(self, requests: Sequence[Sequence[Instance]], clients: int) -> _client.Batch:
         raise NotImplementedError
 
+    def release_space(self) -> None:
+        pass
+
 
 class HttpTarget(Target):
     def __init__(self, name: str, label: str, server: _servers.Started, chunked: bool) -> None:
@@ -120,6 +126,10 @@ class HttpTarget(Target):
             check=check,
         )
 
+    def release_space(self) -> None:
+        assert self.process is not None
+        self.process.release_space()
+
 
 class DiskTarget(Target):
     """The same bytes written as files (1 MiB writes, fsync per file), one
@@ -132,8 +142,11 @@ class DiskTarget(Target):
         self.root = directory
         self.runs = 0
 
+    def release_space(self) -> None:
+        _servers.truncate_files(self.root.glob("*/*"))
+
     def run(self, requests: Sequence[Sequence[Instance]], clients: int) -> _client.Batch:
-        # A new directory per run and no deletion, like the servers' storage.
+        # A new directory per run, files truncated afterwards, like the servers'.
         self.runs += 1
         self.directory = self.root / str(self.runs)
         self.directory.mkdir(parents=True)
@@ -196,13 +209,14 @@ def _fsync_directory(path: Path) -> None:
 
 
 _tags = itertools.count(1)
+TARGETS: list[Target] = []  # all of them, for release_space()
 
 
 def fresh(study: Study, requests: int) -> list[tuple[Instance, ...]]:
     """``study`` with UIDs no run has sent yet, as ``requests`` POST bodies.
 
-    Nothing is deleted between runs (see ``Study.variant``): every server
-    keeps what it stored until the end, so the disk needs room for all runs.
+    Stored files are truncated, not deleted, between runs (see
+    ``_servers.truncate_files``), so the same UIDs cannot be sent twice.
     """
     return fresh_study(study).split(requests)
 
@@ -221,9 +235,12 @@ def measure(
 ) -> Measurement:
     """POST ``study`` (new UIDs) as ``requests`` bodies with ``clients`` clients."""
     bodies = fresh(study, requests)
+    for every in TARGETS:  # the last run's bytes: out of the page cache and disk
+        every.release_space()
     time.sleep(SETTLE_SECONDS)  # let the previous run's teardown settle
     pid = target.process.pid if isinstance(target, HttpTarget) else None
     measured_process = pid is not None and not isinstance(target.process, _servers.Sink)
+    probe = start_probe(target) if scenario == "limit" else None
     has_hwm = reset_kernel_peak(pid) if measured_process and pid else False
     cpu_before = cpu_seconds(pid) if measured_process and pid else 0.0
     if measured_process and pid:
@@ -235,6 +252,7 @@ def measure(
         batch = target.run(bodies, clients)
         peak = cpu = None
     hwm = kernel_peak(pid) if has_hwm and pid else None
+    probed = stop_probe(probe) if probe is not None else []
     ok = [r for r in batch.replies if r.status == 200 and r.problem is None]
     answers: dict[str, int] = {}
     for reply in batch.replies:
@@ -254,6 +272,8 @@ def measure(
         answers=answers,
         latencies=[r.seconds for r in ok],
         refusal_latencies=[r.status_seconds for r in batch.replies if r.status == 503],
+        probe_refusal_latencies=[p["ms"] / 1000 for p in probed if p["status"] == 503],
+        probe_admitted=sum(1 for p in probed if p["status"] == 100),
         peak_rss=peak,
         kernel_peak_rss=hwm,
         cpu_seconds=cpu,
@@ -264,13 +284,41 @@ def measure(
     return result
 
 
+PROBE_INTERVAL_SECONDS = 0.05
+
+
+def start_probe(target: Target) -> subprocess.Popen[str]:
+    """``_probe.py`` against ``target``'s server, in its own process."""
+    assert target.process is not None
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks._probe",
+            str(target.process.port),
+            target.process.path,
+            str(PROBE_INTERVAL_SECONDS),
+        ],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stop_probe(probe: subprocess.Popen[str]) -> list[dict[str, float]]:
+    out, _ = probe.communicate(input="", timeout=30)  # stdin closes: it stops
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
 # The scenarios.
 
 
 def warm_up(study: Study, targets: list[Target]) -> None:
     """One unrecorded POST per target: a server's first request pays for
     imports, thread start-up and first allocations (measured: the first
-    large POST ran at half the speed of the next ones)."""
+    large POST ran at half the speed of the next ones).  The large study
+    also makes the page cache pages that later runs recycle."""
     print(f"warm-up: one POST of {study.name} per target", flush=True)
     for target in targets:
         batch = target.run(fresh(study, 1), 1)
@@ -392,25 +440,11 @@ def environment(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def disk_needed(args: argparse.Namespace, spec: dict[str, list[tuple[int, int]]]) -> int:
-    """Bytes this run writes and keeps until it ends: the studies, and every
-    copy stored by the servers and the disk target (nothing is deleted
-    between runs), plus headroom at full size."""
-    size = {name: sum(count * each for count, each in series) for name, series in spec.items()}
-    total = sum(size.values())
-    warm_up = 4 * size["mixed"]  # ours, Orthanc, disk and the limited server
-    if "throughput" in args.only:
-        # ours (two framings), Orthanc and the disk
-        total += args.runs * 4 * (size["large"] + size["ct"] + size["mixed"])
-    if "concurrency" in args.only:
-        total += args.runs * len(args.clients) * 3 * size["ct"]
-    if "limit" in args.only:
-        over = [c for c in args.clients if c > args.max_requests]
-        total += args.runs * len(over) * size["ct"]
-    if "memory" in args.only:
-        total += 2 * size["huge"]
-    headroom = DISK_HEADROOM_BYTES if args.size == "full" else 0
-    return total + warm_up + headroom
+def disk_needed(spec: dict[str, list[tuple[int, int]]], full: bool) -> int:
+    """Bytes this run needs at most: the studies, one run's stored copy of
+    the largest (runs are truncated before the next starts), headroom."""
+    size = [sum(count * each for count, each in series) for series in spec.values()]
+    return sum(size) + max(size) + (DISK_HEADROOM_BYTES if full else 0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -420,16 +454,15 @@ def main(argv: list[str] | None = None) -> int:
     spec = _studies.FULL if args.size == "full" else _studies.TINY
     if "memory" not in args.only:
         spec = {k: v for k, v in spec.items() if k != "huge"}
-    needed = disk_needed(args, spec)
+    needed = disk_needed(spec, args.size == "full")
     workdir = Path(tempfile.mkdtemp(prefix="stow-bench-", dir=args.workdir))
     free = shutil.disk_usage(workdir).free
     if free < needed:
         shutil.rmtree(workdir)
         raise SystemExit(
-            f"only {free / 1024**3:.1f} GiB free under {workdir.parent}; this run keeps"
-            f" {needed / 1024**3:.1f} GiB until it ends (see --only, --runs)"
+            f"only {free / 1024**3:.1f} GiB free under {workdir.parent}; this run needs"
+            f" {needed / 1024**3:.1f} GiB"
         )
-    print(f"this run needs {needed / 1024**3:.1f} GiB of disk until it ends", flush=True)
     started = time.monotonic()
     results: list[Measurement] = []
     processes: list[_servers.Started] = []
@@ -456,7 +489,8 @@ def main(argv: list[str] | None = None) -> int:
         targets.append(HttpTarget("sink", "loopback discard sink (chunked)", sink, True))
         targets.append(DiskTarget(workdir / "disk"))
         ours_length = HttpTarget("ours-length", "twisted-stow (Content-Length)", ours, False)
-        warm_up(studies["mixed"], targets)
+        TARGETS.extend(targets)
+        warm_up(studies["large"], targets)
 
         if "throughput" in args.only:
             throughput(studies, [*targets[:1], ours_length, *targets[1:]], args.runs, results)
@@ -474,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
                 limited,
                 True,
             )
+            TARGETS.append(target)
             warm_up(studies["mixed"], [target])
             over = [c for c in args.clients if c > args.max_requests]
             print(f"limit: --max-requests {args.max_requests}")
@@ -488,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
             for chunked in (True, False):
                 name = "ours" if chunked else "ours-length"
                 target = HttpTarget(name, name, fresh_server, chunked)
+                TARGETS.append(target)
                 results.append(measure("memory", huge, target, 1, 1, 1))
     except BaseException:
         for process in processes:

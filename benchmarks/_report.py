@@ -272,7 +272,7 @@ def markdown(info: dict[str, Any], summary: dict[str, Any]) -> str:
             f" Server code {info['commit']}; Python {info['python']}, Twisted {info['twisted']};"
             f" Orthanc {info['orthanc']} + DICOMweb {info['orthanc_dicomweb']}"
             f" (listening on {', '.join(info.get('orthanc_listening', ['-']))});"
-            f" {info['cpus']} CPUs, {info['memory_gib']} GiB RAM."
+            f" {info['cpus']} CPUs, {info['memory_gib']} GiB RAM; data under `{info['workdir']}`."
         ),
         (
             f"Load average (1 min) at start {info['load_average_start'][0]:.2f},"

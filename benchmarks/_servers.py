@@ -24,7 +24,7 @@ import threading
 import time
 import urllib.request
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import psutil
@@ -114,13 +114,18 @@ class Ours(Started):
 
     name = "twisted-stow"
 
-    def __init__(self, workdir: Path, extra_args: list[str] = (), profile: Path | None = None):
+    def __init__(self, workdir: Path, extra_args: Sequence[str] = ()) -> None:
         self.storage = workdir / "store"
         self.storage.mkdir(parents=True, exist_ok=True)
-        command = [_python_script("twistd"), "-n", "--pidfile="]
-        if profile is not None:
-            command += ["--profile", str(profile), "--profiler", "cprofile", "--savestats"]
-        command += ["stow", "--listen", "tcp:0:interface=127.0.0.1", "--storage"]
+        command = [
+            _python_script("twistd"),
+            "-n",
+            "--pidfile=",
+            "stow",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--storage",
+        ]
         command += [str(self.storage), *extra_args]
         super().__init__(command, workdir)
         if not self._ready.wait(START_TIMEOUT_SECONDS) or not self.port:

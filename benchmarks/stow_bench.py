@@ -2,8 +2,8 @@
 """Throughput, memory and concurrency limits of twisted-stow, side by side
 with Orthanc and with the machine's limits, in one run.
 
-Run from the repository root (full size: about 10-15 minutes, ~6 GiB of
-temporary files):
+Run from the repository root (full size: about 8 minutes and 12 GiB of
+temporary files, deleted at the end):
 
     python3 benchmarks/stow_bench.py                 # full size, 3 runs each
     python3 benchmarks/stow_bench.py --size tiny     # seconds (what CI runs)
@@ -12,13 +12,16 @@ What it does (benchmarks/README.md has the details):
 
 1. writes the studies ("large" 20 x 50 MiB, "ct" 1000 x 512 KiB, "mixed",
    "huge" 82 x 50 MiB) as real DICOM files into a temp dir (``_studies.py``);
+   every run sends them with new UIDs, and what a run stored is truncated
+   before the next (``_servers.truncate_files`` says why);
 2. starts our ``twistd -n stow``, Orthanc (+ DICOMweb, on 127.0.0.1 through
    the preloaded ``bind_loopback.c``) and a loopback discard sink;
 3. throughput: one POST per study from the streaming client
    (``_client.py``), to each of them in turn, and the same bytes written to
    disk with an fsync per file; ``--runs`` times, interleaved;
 4. concurrency: the ct study as 64 POSTs taken by 1, 4, 16 and 64 clients;
-   then our server with ``--max-requests`` below the client count;
+   then our server with ``--max-requests`` below the client count, with a
+   probe (``_probe.py``) timing 503s from a process of its own;
 5. memory: our server's peak RSS during the "huge" (> 4 GiB) POST;
 6. writes results.json, results.md and PNG plots to ``--out``.
 
@@ -456,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = {k: v for k, v in spec.items() if k != "huge"}
     needed = disk_needed(spec, args.size == "full")
     workdir = Path(tempfile.mkdtemp(prefix="stow-bench-", dir=args.workdir))
+    info["workdir"] = str(workdir.parent)
     free = shutil.disk_usage(workdir).free
     if free < needed:
         shutil.rmtree(workdir)

@@ -40,6 +40,8 @@ TIMEOUT_SECONDS = 600.0
 # A refused client waits this long before it tries again (not Retry-After's
 # seconds), so the limit is pressed all the time.
 RETRY_PAUSE_SECONDS = 0.1
+# A server that never admits a request must fail the run, not hang it.
+MAX_REFUSALS = 3000
 
 _REFERENCED_SOP_SEQUENCE = "00081199"
 _FAILED_SOP_SEQUENCE = "00081198"
@@ -214,6 +216,7 @@ def run_clients(
     lock = threading.Lock()
     batch = Batch(clients)
     failures: list[BaseException] = []
+    refused: dict[int, int] = {}
 
     def client() -> None:
         try:
@@ -226,6 +229,9 @@ def run_clients(
                 with lock:
                     batch.replies.append(reply)
                     if reply.status == 503:
+                        refused[id(request)] = refused.get(id(request), 0) + 1
+                        if refused[id(request)] > MAX_REFUSALS:
+                            raise RuntimeError(f"more than {MAX_REFUSALS} refusals of one request")
                         queue.append(request)
                 if reply.status == 503:
                     time.sleep(RETRY_PAUSE_SECONDS)

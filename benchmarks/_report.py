@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,25 @@ LARGE_VS_DISK = 0.6
 CT_VS_ORTHANC = 3.0
 PEAK_RSS_MIB = 120
 REFUSAL_SECONDS = 0.050
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """``data`` as JSON: environment and summary indented, one line per run,
+    times rounded to 0.1 ms, so the file of a full run stays small."""
+
+    def rounded(value: Any) -> Any:
+        if isinstance(value, float):
+            return round(value, 4)
+        if isinstance(value, list):
+            return [rounded(v) for v in value]
+        if isinstance(value, dict):
+            return {k: rounded(v) for k, v in value.items()}
+        return value
+
+    runs = ",\n  ".join(json.dumps(rounded(run)) for run in data["runs"])
+    head = {k: v for k, v in data.items() if k != "runs"}
+    text = json.dumps(rounded(head), indent=1)
+    path.write_text(f'{text[:-2]},\n "runs": [\n  {runs}\n ]\n}}\n')
 
 
 def one_line(m: Measurement) -> str:

@@ -2,8 +2,8 @@
 """Throughput, memory and concurrency limits of twisted-stow, side by side
 with Orthanc and with the machine's limits, in one run.
 
-Run from the repository root (full size: about 8 minutes and 12 GiB of
-temporary files, deleted at the end):
+Run from the repository root (full size: about 7 minutes, 15 GiB of free
+disk for temporary files, deleted at the end):
 
     python3 benchmarks/stow_bench.py                 # full size, 3 runs each
     python3 benchmarks/stow_bench.py --size tiny     # seconds (what CI runs)
@@ -542,12 +542,9 @@ def main(argv: list[str] | None = None) -> int:
     info["max_requests"] = args.max_requests
     args.out.mkdir(parents=True, exist_ok=True)
     summary = _report.summarise(results, args.max_requests)
-    (args.out / "results.json").write_text(
-        json.dumps(
-            {"environment": info, "summary": summary, "runs": [asdict(r) for r in results]},
-            indent=1,
-        )
-        + "\n"
+    _report.write_json(
+        args.out / "results.json",
+        {"environment": info, "summary": summary, "runs": [asdict(r) for r in results]},
     )
     markdown = _report.markdown(info, summary)
     (args.out / "results.md").write_text(markdown)

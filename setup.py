@@ -49,5 +49,7 @@ setup(
             "psutil>=5.9",
         ],
         "lint": ["ruff>=0.6", "mypy>=1.10", "mypy-zope>=1.0"],
+        # benchmarks/: plots of the results, and the profiler of profile_server.py.
+        "bench": ["matplotlib>=3.6", "py-spy>=0.3", "psutil>=5.9"],
     },
 )

@@ -153,3 +153,12 @@ def plan_request(total_bytes: int, part_count: int) -> list[Part]:
     return [
         make_part(2 * (base + (1 if i < extra else 0)), study, series) for i in range(part_count)
     ]
+
+
+def write_part(path: str, size: int, study: str, series: str) -> Part:
+    """Write a DICOM file of exactly ``size`` bytes to ``path``; return its Part."""
+    part = make_part(size, study, series)
+    with open(path, "wb") as out:
+        for chunk in part.chunks():
+            out.write(chunk)
+    return part

@@ -37,12 +37,6 @@ def _iov_max() -> int:
 _IOV_MAX = _iov_max()
 
 
-_IOV_MAX = _iov_max()
-# Errors that mean "the disk is full" rather than "storage is broken"; the
-# first maps to FailureReason 0xA700, everything else to 0x0110.
-_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
 def translate_os_error(exc: OSError) -> Exception:
     if exc.errno in _FULL_ERRNOS:
         return StorageFull(os.strerror(exc.errno or 0))

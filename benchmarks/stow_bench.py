@@ -1,0 +1,561 @@
+#!/usr/bin/env python3
+"""Throughput, memory and concurrency limits of twisted-stow, side by side
+with Orthanc and with the machine's limits, in one run.
+
+Run from the repository root (full size: about 7 minutes, 15 GiB of free
+disk for temporary files, deleted at the end):
+
+    python3 benchmarks/stow_bench.py                 # full size, 3 runs each
+    python3 benchmarks/stow_bench.py --size tiny     # seconds (what CI runs)
+
+What it does (benchmarks/README.md has the details):
+
+1. writes the studies ("large" 20 x 50 MiB, "ct" 1000 x 512 KiB, "mixed",
+   "huge" 82 x 50 MiB) as real DICOM files into a temp dir (``_studies.py``);
+   every run sends them with new UIDs, and what a run stored is truncated
+   before the next (``_servers.truncate_files`` says why);
+2. starts our ``twistd -n stow``, Orthanc (+ DICOMweb, on 127.0.0.1 through
+   the preloaded ``bind_loopback.c``) and a loopback discard sink;
+3. throughput: one POST per study from the streaming client
+   (``_client.py``), to each of them in turn, and the same bytes written to
+   disk with an fsync per file; ``--runs`` times, interleaved;
+4. concurrency: the ct study as 64 POSTs taken by 1, 4, 16 and 64 clients;
+   then our server with ``--max-requests`` below the client count, with a
+   probe (``_probe.py``) timing 503s from a process of its own;
+5. memory: our server's peak RSS during the "huge" (> 4 GiB) POST;
+6. writes results.json, results.md and PNG plots to ``--out``.
+
+Every run is checked: status 200, every SOP Instance UID sent listed as
+stored and none failed; a run that is not is reported as an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks import _client, _report, _servers, _studies  # noqa: E402
+from benchmarks._studies import Instance, Study  # noqa: E402
+from benchmarks.peak_rss import RssSampler, cpu_seconds, kernel_peak, reset_kernel_peak  # noqa: E402
+
+MIB = 1024 * 1024
+COPY_BYTES = 1024 * 1024
+CONCURRENCY_REQUESTS = 64
+DEFAULT_CLIENTS = (1, 4, 16, 64)
+DEFAULT_MAX_REQUESTS = 4
+SETTLE_SECONDS = 0.3
+# Free space left for everyone else while a full run holds its data.
+DISK_HEADROOM_BYTES = 5 * 1024**3
+
+
+@dataclass
+class Measurement:
+    """One run of one scenario against one target."""
+
+    scenario: str  # "throughput", "concurrency", "limit", "memory"
+    study: str
+    target: str  # "ours", "ours-length", "orthanc", "sink", "disk"
+    clients: int
+    run: int
+    seconds: float
+    body_bytes: int  # of the requests answered 200 (admitted work)
+    instances: int  # stored (answered 200)
+    answers: dict[str, int] = field(default_factory=dict)  # status -> count
+    latencies: list[float] = field(default_factory=list)  # of 200 answers, s
+    refusal_latencies: list[float] = field(default_factory=list)  # connect -> 503 status line
+    # limit runs: a probe in its own process (_probe.py), head sent -> 503 status line
+    probe_refusal_latencies: list[float] = field(default_factory=list)
+    probe_admitted: int = 0
+    peak_rss: int | None = None
+    kernel_peak_rss: int | None = None
+    cpu_seconds: float | None = None
+    problems: list[str] = field(default_factory=list)
+    load_average: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    @property
+    def mb_per_second(self) -> float:
+        return self.body_bytes / self.seconds / 1e6
+
+    @property
+    def instances_per_second(self) -> float:
+        return self.instances / self.seconds
+
+
+# Targets: something that takes a list of requests and N clients.
+
+
+class Target:
+    name = "?"
+    label = "?"
+    process: _servers.Started | None = None
+
+    def run(self, requests: Sequence[Sequence[Instance]], clients: int) -> _client.Batch:
+        raise NotImplementedError
+
+    def release_space(self) -> None:
+        pass
+
+
+class HttpTarget(Target):
+    def __init__(self, name: str, label: str, server: _servers.Started, chunked: bool) -> None:
+        self.name, self.label, self.process, self.chunked = name, label, server, chunked
+
+    def run(self, requests: Sequence[Sequence[Instance]], clients: int) -> _client.Batch:
+        assert self.process is not None
+        check = not isinstance(self.process, _servers.Sink)
+        return _client.run_clients(
+            self.process.port,
+            self.process.path,
+            requests,
+            clients,
+            chunked=self.chunked,
+            check=check,
+        )
+
+    def release_space(self) -> None:
+        assert self.process is not None
+        self.process.release_space()
+
+
+class DiskTarget(Target):
+    """The same bytes written as files (1 MiB writes, fsync per file), one
+    thread per client: what the disk gives a server that stores durably."""
+
+    name = "disk"
+    label = "disk write + fsync"
+
+    def __init__(self, directory: Path) -> None:
+        self.root = directory
+        self.runs = 0
+
+    def release_space(self) -> None:
+        _servers.truncate_files(self.root.glob("*/*"))
+
+    def run(self, requests: Sequence[Sequence[Instance]], clients: int) -> _client.Batch:
+        # A new directory per run, files truncated afterwards, like the servers'.
+        self.runs += 1
+        self.directory = self.root / str(self.runs)
+        self.directory.mkdir(parents=True)
+        queue = list(requests)
+        lock = threading.Lock()
+        batch = _client.Batch(clients)
+
+        def writer(index: int) -> None:
+            buffer = bytearray(COPY_BYTES)
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    request = queue.pop()
+                started = time.monotonic()
+                for instance in request:
+                    copy = self.directory / f"{index}-{instance.path.name}"
+                    _copy_durably(instance, copy, buffer)
+                _fsync_directory(self.directory)
+                seconds = time.monotonic() - started
+                reply = _client.Reply(
+                    200, len(request), _client.body_length(request), 0, seconds, seconds
+                )
+                with lock:
+                    batch.replies.append(reply)
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=writer, args=(i,)) for i in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        batch.seconds = time.monotonic() - started
+        return batch
+
+
+def _copy_durably(instance: Instance, destination: Path, buffer: bytearray) -> None:
+    view = memoryview(buffer)
+    with open(instance.path, "rb", buffering=0) as source:
+        fd = os.open(destination, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            while count := source.readinto(buffer):
+                written = 0
+                while written < count:
+                    written += os.write(fd, view[written:count])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# One measurement.
+
+
+_tags = itertools.count(1)
+TARGETS: list[Target] = []  # all of them, for release_space()
+
+
+def fresh(study: Study, requests: int) -> list[tuple[Instance, ...]]:
+    """``study`` with UIDs no run has sent yet, as ``requests`` POST bodies.
+
+    Stored files are truncated, not deleted, between runs (see
+    ``_servers.truncate_files``), so the same UIDs cannot be sent twice.
+    """
+    return fresh_study(study).split(requests)
+
+
+def fresh_study(study: Study) -> Study:
+    return study.variant(next(_tags))
+
+
+def measure(
+    scenario: str,
+    study: Study,
+    target: Target,
+    requests: int,
+    clients: int,
+    run: int,
+) -> Measurement:
+    """POST ``study`` (new UIDs) as ``requests`` bodies with ``clients`` clients."""
+    bodies = fresh(study, requests)
+    for every in TARGETS:  # the last run's bytes: out of the page cache and disk
+        every.release_space()
+    time.sleep(SETTLE_SECONDS)  # let the previous run's teardown settle
+    pid = target.process.pid if isinstance(target, HttpTarget) else None
+    measured_process = pid is not None and not isinstance(target.process, _servers.Sink)
+    probe = start_probe(target) if scenario == "limit" else None
+    has_hwm = reset_kernel_peak(pid) if measured_process and pid else False
+    cpu_before = cpu_seconds(pid) if measured_process and pid else 0.0
+    if measured_process and pid:
+        with RssSampler(pid) as sampler:
+            batch = target.run(bodies, clients)
+        peak: int | None = sampler.peak
+        cpu: float | None = cpu_seconds(pid) - cpu_before
+    else:
+        batch = target.run(bodies, clients)
+        peak = cpu = None
+    hwm = kernel_peak(pid) if has_hwm and pid else None
+    probed = stop_probe(probe) if probe is not None else []
+    ok = [r for r in batch.replies if r.status == 200 and r.problem is None]
+    answers: dict[str, int] = {}
+    for reply in batch.replies:
+        answers[str(reply.status)] = answers.get(str(reply.status), 0) + 1
+    problems = sorted({r.problem for r in batch.replies if r.problem})
+    if len(ok) != len(bodies):
+        problems.append(f"{len(ok)} of {len(bodies)} requests stored")
+    result = Measurement(
+        scenario=scenario,
+        study=study.name,
+        target=target.name,
+        clients=clients,
+        run=run,
+        seconds=batch.seconds,
+        body_bytes=sum(r.body_bytes for r in ok),
+        instances=sum(r.instances for r in ok),
+        answers=answers,
+        latencies=[r.seconds for r in ok],
+        refusal_latencies=[r.status_seconds for r in batch.replies if r.status == 503],
+        probe_refusal_latencies=[p["ms"] / 1000 for p in probed if p["status"] == 503],
+        probe_admitted=sum(1 for p in probed if p["status"] == 100),
+        peak_rss=peak,
+        kernel_peak_rss=hwm,
+        cpu_seconds=cpu,
+        problems=problems,
+        load_average=os.getloadavg(),
+    )
+    print("   ", _report.one_line(result), flush=True)
+    return result
+
+
+PROBE_INTERVAL_SECONDS = 0.05
+
+
+def start_probe(target: Target) -> subprocess.Popen[str]:
+    """``_probe.py`` against ``target``'s server, in its own process."""
+    assert target.process is not None
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks._probe",
+            str(target.process.port),
+            target.process.path,
+            str(PROBE_INTERVAL_SECONDS),
+        ],
+        cwd=REPO,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stop_probe(probe: subprocess.Popen[str]) -> list[dict[str, float]]:
+    out, _ = probe.communicate(input="", timeout=30)  # stdin closes: it stops
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+# The scenarios.
+
+
+def warm_up(study: Study, targets: list[Target]) -> None:
+    """One unrecorded POST per target: a server's first request pays for
+    imports, thread start-up and first allocations (measured: the first
+    large POST ran at half the speed of the next ones).  The large study
+    also makes the page cache pages that later runs recycle."""
+    print(f"warm-up: one POST of {study.name} per target", flush=True)
+    for target in targets:
+        batch = target.run(fresh(study, 1), 1)
+        problems = [r.problem or f"status {r.status}" for r in batch.replies if r.status != 200]
+        if problems:
+            raise RuntimeError(f"warm-up against {target.label} failed: {problems}")
+
+
+def throughput(
+    studies: dict[str, Study], targets: list[Target], runs: int, results: list[Measurement]
+) -> None:
+    for name in ("large", "ct", "mixed"):
+        study = studies[name]
+        print(f"throughput, {name}: {len(study.instances)} instances, {study.bytes / MIB:.0f} MiB")
+        for run in range(1, runs + 1):
+            for target in targets:
+                results.append(measure("throughput", study, target, 1, 1, run))
+
+
+def concurrency(
+    study: Study,
+    targets: list[Target],
+    clients: Sequence[int],
+    runs: int,
+    results: list[Measurement],
+) -> None:
+    requests = min(CONCURRENCY_REQUESTS, len(study.instances))
+    each = study.bytes / requests / MIB
+    print(f"concurrency: {study.name} as {requests} POSTs of ~{each:.1f} MiB")
+    for count in clients:
+        print(f"  {count} clients")
+        for run in range(1, runs + 1):
+            for target in targets:
+                results.append(measure("concurrency", study, target, requests, count, run))
+
+
+def limit(
+    study: Study,
+    target: Target,
+    clients: Sequence[int],
+    runs: int,
+    results: list[Measurement],
+) -> None:
+    requests = min(CONCURRENCY_REQUESTS, len(study.instances))
+    for count in clients:
+        print(f"  {count} clients against {target.label}")
+        for run in range(1, runs + 1):
+            results.append(measure("limit", study, target, requests, count, run))
+
+
+# Command line.
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size", choices=("full", "tiny"), default="full")
+    parser.add_argument("--runs", type=int, default=None, help="runs per point (full 3, tiny 1)")
+    parser.add_argument(
+        "--clients",
+        default=",".join(map(str, DEFAULT_CLIENTS)),
+        help="concurrency levels (default 1,4,16,64)",
+    )
+    parser.add_argument(
+        "--max-requests",
+        type=int,
+        default=DEFAULT_MAX_REQUESTS,
+        help=f"our server's --max-requests for the limit runs (default {DEFAULT_MAX_REQUESTS})",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=REPO / "benchmarks" / "results", help="where results go"
+    )
+    parser.add_argument("--workdir", type=Path, default=None, help="temp dir parent")
+    parser.add_argument(
+        "--no-orthanc", action="store_true", help="skip Orthanc (when it is not installed)"
+    )
+    parser.add_argument(
+        "--only",
+        default="throughput,concurrency,limit,memory",
+        help="comma-separated scenarios to run (default: all)",
+    )
+    args = parser.parse_args(argv)
+    args.runs = args.runs or (3 if args.size == "full" else 1)
+    if args.size == "tiny":
+        global SETTLE_SECONDS
+        SETTLE_SECONDS = 0.0
+    args.clients = [int(c) for c in args.clients.split(",")]
+    args.only = set(args.only.split(","))
+    return args
+
+
+def environment(args: argparse.Namespace) -> dict[str, object]:
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
+
+    def command(*words: str) -> str:
+        try:
+            done = subprocess.run(words, capture_output=True, text=True, env=env, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return "?"
+        return done.stdout.strip() if done.returncode == 0 else "?"
+
+    dirty = command("git", "-C", str(REPO), "diff", "--name-only", "HEAD", "--", "twisted_stow")
+    import twisted
+
+    return {
+        "commit": command("git", "-C", str(REPO), "rev-parse", "--short", "HEAD")
+        + (" + uncommitted changes" if dirty else ""),
+        "python": platform.python_version(),
+        "twisted": twisted.__version__,
+        "orthanc": command("dpkg-query", "-W", "-f=${Version}", "orthanc"),
+        "orthanc_dicomweb": command("dpkg-query", "-W", "-f=${Version}", "orthanc-dicomweb"),
+        "cpus": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 1024**3),
+        "size": args.size,
+        "runs": args.runs,
+        "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+        "load_average_start": os.getloadavg(),
+    }
+
+
+def disk_needed(spec: dict[str, list[tuple[int, int]]], full: bool) -> int:
+    """Bytes this run needs at most: the studies, one run's stored copy of
+    the largest (runs are truncated before the next starts), headroom."""
+    size = [sum(count * each for count, each in series) for series in spec.values()]
+    return sum(size) + max(size) + (DISK_HEADROOM_BYTES if full else 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    info = environment(args)
+    print(json.dumps(info), flush=True)
+    spec = _studies.FULL if args.size == "full" else _studies.TINY
+    if "memory" not in args.only:
+        spec = {k: v for k, v in spec.items() if k != "huge"}
+    needed = disk_needed(spec, args.size == "full")
+    workdir = Path(tempfile.mkdtemp(prefix="stow-bench-", dir=args.workdir))
+    info["workdir"] = str(workdir.parent)
+    free = shutil.disk_usage(workdir).free
+    if free < needed:
+        shutil.rmtree(workdir)
+        raise SystemExit(
+            f"only {free / 1024**3:.1f} GiB free under {workdir.parent}; this run needs"
+            f" {needed / 1024**3:.1f} GiB"
+        )
+    started = time.monotonic()
+    results: list[Measurement] = []
+    processes: list[_servers.Started] = []
+    try:
+        generating = time.monotonic()
+        studies = {name: _studies.generate(workdir / "data", name, s) for name, s in spec.items()}
+        # The new files' writeback must not compete with the first runs.
+        os.sync()
+        print(f"studies written and synced in {time.monotonic() - generating:.1f} s", flush=True)
+
+        def start(factory: Callable[[], _servers.Started]) -> _servers.Started:
+            process = factory()
+            processes.append(process)
+            return process
+
+        ours = start(lambda: _servers.Ours(workdir / "ours"))
+        sink = start(lambda: _servers.Sink(workdir))
+        targets: list[Target] = [HttpTarget("ours", "twisted-stow (chunked)", ours, True)]
+        if not args.no_orthanc:
+            shim = _servers.compile_shim(workdir)
+            orthanc = start(lambda: _servers.Orthanc(workdir / "orthanc", shim))
+            info["orthanc_listening"] = _servers.check_loopback_only(orthanc.pid)
+            targets.append(HttpTarget("orthanc", "Orthanc (chunked)", orthanc, True))
+        targets.append(HttpTarget("sink", "loopback discard sink (chunked)", sink, True))
+        targets.append(DiskTarget(workdir / "disk"))
+        ours_length = HttpTarget("ours-length", "twisted-stow (Content-Length)", ours, False)
+        TARGETS.extend(targets)
+        warm_up(studies["large"], targets)
+
+        if "throughput" in args.only:
+            throughput(studies, [*targets[:1], ours_length, *targets[1:]], args.runs, results)
+        if "concurrency" in args.only:
+            concurrency(studies["ct"], targets, args.clients, args.runs, results)
+        if "limit" in args.only:
+            limited = start(
+                lambda: _servers.Ours(
+                    workdir / "ours-limited", ["--max-requests", str(args.max_requests)]
+                )
+            )
+            target = HttpTarget(
+                "ours-limited",
+                f"twisted-stow --max-requests {args.max_requests} (chunked)",
+                limited,
+                True,
+            )
+            TARGETS.append(target)
+            warm_up(studies["mixed"], [target])
+            over = [c for c in args.clients if c > args.max_requests]
+            print(f"limit: --max-requests {args.max_requests}")
+            limit(studies["ct"], target, over, args.runs, results)
+        if "memory" in args.only:
+            huge = studies["huge"]
+            size = f"{huge.bytes / MIB:.0f} MiB ({len(huge.instances)} instances)"
+            print(f"memory: one POST of {size}")
+            # A server of its own: the concurrency runs leave a bigger heap
+            # behind (RSS is not given back), which is not this upload's.
+            fresh_server = start(lambda: _servers.Ours(workdir / "ours-memory"))
+            for chunked in (True, False):
+                name = "ours" if chunked else "ours-length"
+                target = HttpTarget(name, name, fresh_server, chunked)
+                TARGETS.append(target)
+                results.append(measure("memory", huge, target, 1, 1, 1))
+    except BaseException:
+        for process in processes:
+            print(f"--- {process.name} log tail ---\n{process.log_tail()}", file=sys.stderr)
+        raise
+    finally:
+        for process in processes:
+            process.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    info["seconds"] = round(time.monotonic() - started, 1)
+    info["load_average_end"] = os.getloadavg()
+    info["max_requests"] = args.max_requests
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary = _report.summarise(results, args.max_requests)
+    _report.write_json(
+        args.out / "results.json",
+        {"environment": info, "summary": summary, "runs": [asdict(r) for r in results]},
+    )
+    markdown = _report.markdown(info, summary)
+    (args.out / "results.md").write_text(markdown)
+    _report.plots(summary, args.out)
+    print()
+    print(markdown)
+    failed = [r for r in results if r.problems]
+    for result in failed:
+        print(f"ERROR: {result.scenario} {result.study} {result.target}: {result.problems}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

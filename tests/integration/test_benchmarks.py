@@ -1,0 +1,107 @@
+"""The benchmark scripts run end to end at a tiny size, so they cannot rot.
+
+Timings are not judged here (benchmarks/README.md has the figures); what is
+checked is that every scenario ran against every target — our twistd,
+Orthanc started on 127.0.0.1, the loopback sink, the disk — that every
+request was answered and every instance stored, and that the JSON, the
+Markdown table and the plots were written.  Orthanc (Debian ``orthanc`` and
+``orthanc-dicomweb``, installed by ``.ci/run``) and gcc must be present.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import _servers
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT_SECONDS = 300
+
+
+def _require_orthanc() -> None:
+    missing = [
+        path for path in (_servers.ORTHANC, _servers.ORTHANC_DICOMWEB) if not Path(path).exists()
+    ]
+    if missing or shutil.which("gcc") is None:
+        pytest.fail(
+            f"the benchmarks need Orthanc and gcc (missing: {missing or 'gcc'});"
+            " apt-get install orthanc orthanc-dicomweb gcc (.ci/run does)"
+        )
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_SECONDS,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def test_stow_bench_tiny_runs_every_scenario_against_every_target(tmp_path: Path) -> None:
+    _require_orthanc()
+    out = tmp_path / "results"
+    _run(
+        "benchmarks/stow_bench.py", "--size", "tiny", "--out", str(out), "--workdir", str(tmp_path)
+    )
+
+    results = json.loads((out / "results.json").read_text())
+    rows = results["summary"]["rows"]
+    seen = {(r["scenario"], r["study"], r["target"], r["clients"]) for r in rows}
+    targets = ("ours", "ours-length", "orthanc", "sink", "disk")
+    for study in ("large", "ct", "mixed"):
+        for target in targets:
+            assert ("throughput", study, target, 1) in seen
+    for clients in (1, 4, 16, 64):
+        for target in ("ours", "orthanc", "sink", "disk"):
+            assert ("concurrency", "ct", target, clients) in seen
+    assert {("limit", "ct", "ours-limited", c) for c in (16, 64)} <= seen
+    assert {("memory", "huge", t, 1) for t in ("ours", "ours-length")} <= seen
+    assert [r for r in rows if r["errors"]] == []
+
+    # Orthanc was kept on loopback (bind_loopback.c, checked with ss).
+    listening = results["environment"]["orthanc_listening"]
+    assert listening and all(a.startswith(("127.0.0.1:", "[::1]:")) for a in listening)
+    # Over the limit, some answers were 503 and their latency was measured.
+    limited = [r for r in rows if r["scenario"] == "limit"]
+    assert all(r["refused_share"] > 0 and r["refusal_p95_ms"] is not None for r in limited)
+    # Every target took the whole ct study in every scenario (the admitted
+    # bytes are the same; 64 requests carry more framing than one).
+    runs = results["runs"]
+    for scenario in ("throughput", "concurrency", "limit"):
+        sizes = {r["body_bytes"] for r in runs if r["study"] == "ct" and r["scenario"] == scenario}
+        assert len(sizes) == 1, (scenario, sizes)
+    assert {t["target"].split(":")[0] for t in results["summary"]["targets"]} >= {
+        "large, chunked",
+        "ct, chunked",
+    }
+
+    markdown = (out / "results.md").read_text()
+    for heading in ("## Throughput", "## Ratios", "## Concurrency limit", "## Targets"):
+        assert heading in markdown
+    for plot in ("throughput.png", "concurrency.png", "memory.png"):
+        assert (out / plot).read_bytes().startswith(b"\x89PNG")
+    # Nothing is left behind in the work directory.
+    assert [p.name for p in tmp_path.iterdir()] == ["results"]
+
+
+def test_peak_rss_tiny_stores_and_checks_one_request(tmp_path: Path) -> None:
+    done = _run(
+        "benchmarks/peak_rss.py",
+        "--sizes",
+        "2M",
+        "--part-size",
+        "256K",
+        "--workdir",
+        str(tmp_path),
+    )
+    assert "check OK" in done.stdout

@@ -26,6 +26,8 @@ log = Logger()
 # As for early refusals (request.LINGER_SECONDS): the write side closes at
 # once, the read side after this grace, so the 408 is not lost to a reset.
 LINGER_SECONDS = 2.0
+# Reads while draining a refused body: large, since the bytes go nowhere.
+_DRAIN_READ_BYTES = 1024 * 1024
 
 
 class StowChannel(HTTPChannel):
@@ -36,12 +38,14 @@ class StowChannel(HTTPChannel):
     header_timeout: float | None = None
     _header_call: IDelayedCall | None = None
     _awaiting_headers = True
-    _timed_out = False
+    # Answered and closing: what the client still sends is read, so that a
+    # reset cannot destroy the answer, but never parsed.
+    _draining = False
     _linger_call: IDelayedCall | None = None
 
     def dataReceived(self, data: bytes) -> None:
-        if self._timed_out:
-            return  # answered with 408; only draining until the close
+        if self._draining:
+            return  # answered (408, or a refusal); only draining until the close
         if self._awaiting_headers and self._header_call is None and self.header_timeout:
             self._header_call = self.callLater(  # type: ignore[no-untyped-call]
                 self.header_timeout, self._headers_too_slow
@@ -64,6 +68,18 @@ class StowChannel(HTTPChannel):
             self._linger_call.cancel()
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
 
+    def drain_input(self) -> None:
+        """Stop parsing input: the request was refused and the connection is closing.
+
+        Without this the rest of a refused body goes through HTTP framing and
+        the request, 64 KiB at a time, until the linger ends: the benchmarks
+        measured about 4 ms of reactor time per refused 8 MB upload, which
+        delayed every other answer when 64 clients were being refused.
+        """
+        self._draining = True
+        if self.transport is not None and hasattr(self.transport, "bufferSize"):
+            self.transport.bufferSize = _DRAIN_READ_BYTES
+
     def _cancel_header_deadline(self) -> None:
         call, self._header_call = self._header_call, None
         if call is not None and call.active():
@@ -73,7 +89,7 @@ class StowChannel(HTTPChannel):
         self._header_call = None
         if self.transport is None or not self._awaiting_headers:
             return
-        self._timed_out = True
+        self._draining = True
         self.persistent = False
         self.setTimeout(None)  # type: ignore[no-untyped-call]
         peer = self.transport.getPeer()

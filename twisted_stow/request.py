@@ -280,6 +280,9 @@ class StreamingRequest(Request):
         if self._paused_for_storage:
             self._paused_for_storage = False
             transport.resumeProducing()
+        drain_input = getattr(channel, "drain_input", None)
+        if drain_input is not None:
+            drain_input()
         if hasattr(transport, "loseWriteConnection"):
             transport.loseWriteConnection()
             self._linger_call = stow.reactor.callLater(LINGER_SECONDS, transport.abortConnection)

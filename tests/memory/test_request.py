@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.task import Clock
@@ -21,7 +22,7 @@ from twisted_stow.config import StowConfig
 from twisted_stow.flow import HIGH_WATER_BYTES
 from twisted_stow.interfaces import IPartWriter, IStorage
 from twisted_stow.outcomes import InstanceRef
-from twisted_stow.request import channel_request_line
+from twisted_stow.request import StreamingRequest, channel_request_line
 from twisted_stow.site import StowSite
 from twisted_stow.storage import CommitResult
 
@@ -180,6 +181,28 @@ def test_415_is_written_before_any_body_and_without_100_continue() -> None:
     assert b"100 Continue" not in written
     assert b"Connection: close\r\n" in written
     assert b"Content-Type: application/problem+json\r\n" in written
+
+
+def test_a_refused_body_is_drained_unparsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a refusal, what the client still sends is read but never reaches HTTP framing
+    or the request (it used to cost ~4 ms of reactor time per refused 8 MB upload)."""
+    chunks: list[bytes] = []
+    monkeypatch.setattr(
+        StreamingRequest, "handleContentChunk", lambda self, data: chunks.append(data)
+    )
+    channel, transport = make_channel(HeldStorage(), Clock())
+    channel.dataReceived(
+        b"POST /studies HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
+        b"Content-Length: 1048576\r\n\r\n"
+    )
+    answer = transport.value()
+    assert answer.startswith(b"HTTP/1.1 415 ")
+    for _ in range(16):
+        channel.dataReceived(b"x" * 65536)
+    # Not even framing: bytes past the announced body would otherwise be a 400.
+    channel.dataReceived(b"GARBAGE NOT HTTP\r\n\r\n")
+    assert chunks == []
+    assert transport.value() == answer
 
 
 def test_single_part_body_reaches_the_writer_intact() -> None:

@@ -54,6 +54,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks import _client, _report, _servers, _studies  # noqa: E402
 from benchmarks._studies import Instance, Study  # noqa: E402
 from benchmarks.peak_rss import RssSampler, cpu_seconds, kernel_peak, reset_kernel_peak  # noqa: E402
+from twisted_stow.durable import fsync_directory  # noqa: E402
 
 MIB = 1024 * 1024
 COPY_BYTES = 1024 * 1024
@@ -168,7 +169,7 @@ class DiskTarget(Target):
                 for instance in request:
                     copy = self.directory / f"{index}-{instance.path.name}"
                     _copy_durably(instance, copy, buffer)
-                _fsync_directory(self.directory)
+                fsync_directory(self.directory)
                 seconds = time.monotonic() - started
                 reply = _client.Reply(
                     200, len(request), _client.body_length(request), 0, seconds, seconds
@@ -198,14 +199,6 @@ def _copy_durably(instance: Instance, destination: Path, buffer: bytearray) -> N
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # One measurement.

@@ -32,10 +32,7 @@ from .errors import (
     MethodNotAllowed,
     NoParts,
     RouteNotFound,
-    ServiceUnavailable,
     StowError,
-    TooManyRequests,
-    Unauthorized,
     UnknownWorkflow,
     WorkflowNotRecorded,
 )
@@ -250,7 +247,7 @@ class StowService:
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """Status, headers and body for a request refused before its body."""
         headers = [(b"Content-Type", PROBLEM_JSON.encode())]
-        headers += _error_headers(error)
+        headers += error.headers()
         headers += [(k.encode(), v.encode()) for k, v in self._cors_headers(request)]
         path = target.split(b"?", 1)[0].decode("latin-1")
         body = problem_json(error, instance=path if path.startswith("/") else None)
@@ -361,7 +358,7 @@ class StowService:
         assert isinstance(error, StowError)
         request.setResponseCode(error.status)
         request.setHeader("Content-Type", PROBLEM_JSON)
-        for name, value in _error_headers(error):
+        for name, value in error.headers():
             request.setHeader(name, value)
         self._set_cors(request)
         return _sized(request, problem_json(error, instance=_instance(request)))
@@ -487,18 +484,6 @@ def _sized(request: Any, body: bytes) -> bytes:
 def _peer_host(request: Any) -> str:
     peer = request.getClientAddress()
     return str(getattr(peer, "host", peer))
-
-
-def _error_headers(error: StowError) -> list[tuple[Any, Any]]:
-    if isinstance(error, ServiceUnavailable):
-        return [(b"Retry-After", str(error.retry_after_seconds).encode())]
-    if isinstance(error, MethodNotAllowed):
-        return [(b"Allow", ", ".join(error.allowed).encode())]
-    if isinstance(error, Unauthorized):
-        return [(b"WWW-Authenticate", challenge.encode()) for challenge in error.challenges]
-    if isinstance(error, TooManyRequests):
-        return [(b"Retry-After", str(error.retry_after_seconds).encode())]
-    return []
 
 
 def _first(headers: Any, name: bytes) -> str | None:

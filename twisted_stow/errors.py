@@ -20,6 +20,10 @@ class StowError(Exception):
         super().__init__(detail)
         self.detail = detail
 
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """Response headers this answer needs besides the problem document."""
+        return []
+
 
 class MalformedMultipart(StowError):
     """The multipart/related framing is broken (RFC 2046 §5.1.1).
@@ -91,15 +95,22 @@ class NotAcceptable(StowError):
     title = "Not Acceptable"
 
 
-class ServiceUnavailable(StowError):
-    """The server is over a limit; the client should retry later."""
-
-    status = 503
-    title = "Service Unavailable"
+class RetryLater(StowError):
+    """A refusal the client may send again after ``retry_after_seconds``."""
 
     def __init__(self, detail: str, retry_after_seconds: int = 5) -> None:
         super().__init__(detail)
         self.retry_after_seconds = retry_after_seconds
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"Retry-After", b"%d" % self.retry_after_seconds)]
+
+
+class ServiceUnavailable(RetryLater):
+    """The server is over a limit; the client should retry later."""
+
+    status = 503
+    title = "Service Unavailable"
 
 
 class InternalError(StowError):
@@ -126,6 +137,9 @@ class MethodNotAllowed(StowError):
         super().__init__(detail)
         self.allowed = allowed
 
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"Allow", ", ".join(self.allowed).encode())]
+
 
 class RequestTimeout(StowError):
     """The client was too slow: headers past their deadline, or a body below
@@ -151,6 +165,9 @@ class Unauthorized(StowError):
         super().__init__(detail)
         self.challenges = challenges
 
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"WWW-Authenticate", challenge.encode()) for challenge in self.challenges]
+
 
 class Forbidden(StowError):
     """An authenticated principal outside its grant (RFC 9110 §15.5.4)."""
@@ -159,15 +176,11 @@ class Forbidden(StowError):
     title = "Forbidden"
 
 
-class TooManyRequests(StowError):
+class TooManyRequests(RetryLater):
     """A peer blocked after repeated authentication failures (RFC 6585 §4)."""
 
     status = 429
     title = "Too Many Requests"
-
-    def __init__(self, detail: str, retry_after_seconds: int) -> None:
-        super().__init__(detail)
-        self.retry_after_seconds = retry_after_seconds
 
 
 class UnknownWorkflow(RouteNotFound):

@@ -115,8 +115,7 @@ class StreamingRequest(Request):
         if self._rate is not None:
             self._rate.received(len(data))
         try:
-            upload.check_announced(len(data) + announced_chunk_bytes(self.channel))
-            upload.feed(data)
+            upload.feed(data, announced_chunk_bytes(self.channel))
         except (BodyTooLarge, InvalidChunkSize) as error:
             upload.abort()
             self.refuse(error)

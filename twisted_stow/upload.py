@@ -78,13 +78,23 @@ class Upload:
         self.result: Deferred[IngestResult] | None = None
         self._closed = False
 
-    def feed(self, data: bytes) -> None:
-        """The next chunk of the body.  Raises ``BodyTooLarge`` over the limit."""
+    def feed(self, data: bytes, announced_after: int = 0) -> None:
+        """The next piece of the body.
+
+        ``announced_after`` is what the framing already promises after this
+        piece (the rest of its chunk): a body that could never pass the limit,
+        or an absurd chunk-size, is refused before its data is processed.
+        Raises ``BodyTooLarge`` or ``InvalidChunkSize``.
+        """
         self.received_bytes += len(data)
-        if self._max_body_bytes is not None and self.received_bytes > self._max_body_bytes:
+        limit = self._max_body_bytes
+        if limit is not None and self.received_bytes + announced_after > limit:
             raise BodyTooLarge(
-                f"the body is larger than this server's limit of {self._max_body_bytes} bytes"
+                f"the body is larger than this server's limit of {limit} bytes"
+                + (f" (a chunk announces {announced_after} more)" if announced_after else "")
             )
+        if len(data) + announced_after > MAX_CHUNK_BYTES:
+            raise InvalidChunkSize(f"a chunk-size of {len(data) + announced_after} bytes")
         if self._reader_failed:
             return
         try:
@@ -96,17 +106,6 @@ class Upload:
             self.ingest.fail_request(error)
             return
         self.ingest.handle(self._within_part_limit(events))
-
-    def check_announced(self, nbytes: int) -> None:
-        """The body announces ``nbytes`` more (the piece being delivered and the
-        rest of its chunk): refuse now what could never pass."""
-        limit = self._max_body_bytes
-        if limit is not None and self.received_bytes + nbytes > limit:
-            raise BodyTooLarge(
-                f"a chunk announces {nbytes} more bytes, past this server's limit of {limit} bytes"
-            )
-        if nbytes > MAX_CHUNK_BYTES:
-            raise InvalidChunkSize(f"a chunk-size of {nbytes} bytes")
 
     def _within_part_limit(self, events: Iterable[Event]) -> Iterable[Event]:
         """``events``, checked against ``max_part_bytes``.

@@ -89,11 +89,16 @@ def raw_exchange(
     return received
 
 
-def upload_request(parts: list[bytes], boundary: str) -> bytes:
-    """A raw, complete ``POST /studies`` of ``parts`` that asks the server to close after it."""
-    body = build_multipart(parts, boundary)
+def upload_request(parts: list[bytes], boundary: str, path: str = "/studies") -> bytes:
+    """A raw, complete multipart POST of ``parts`` that asks the server to close after it."""
+    return raw_post(build_multipart(parts, boundary), boundary, path)
+
+
+def raw_post(body: bytes, boundary: str, path: str = "/studies", *, close: bool = True) -> bytes:
+    """A raw multipart POST of ``body`` as given (it may be broken on purpose)."""
     return (
-        b"POST /studies HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode()
+        + (b"Connection: close\r\n" if close else b"")
         + f"Content-Type: {multipart_content_type(boundary)}\r\n".encode()
         + f"Content-Length: {len(body)}\r\n\r\n".encode()
         + body

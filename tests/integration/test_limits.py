@@ -10,10 +10,10 @@ import pytest_twisted
 from twisted.internet.threads import deferToThread
 
 from tests.dicom_files import CT, MR, read
-from tests.helpers import build_multipart, multipart_content_type
+from tests.helpers import build_multipart
 from tests.integration.conftest import Server
 from tests.integration.observe import poll
-from tests.integration.streaming import json_body, raw_exchange, status_of
+from tests.integration.streaming import json_body, raw_exchange, raw_post, status_of
 from twisted_stow.config import StowConfig
 
 BOUNDARY = "limits-boundary"
@@ -26,14 +26,7 @@ def stow_config() -> StowConfig:
 
 
 def upload_request(body: bytes, *, close: bool = True) -> bytes:
-    return (
-        b"POST /studies HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        + f"Content-Type: {multipart_content_type(BOUNDARY)}\r\n".encode()
-        + f"Content-Length: {len(body)}\r\n".encode()
-        + (b"Connection: close\r\n" if close else b"")
-        + b"\r\n"
-        + body
-    )
+    return raw_post(body, BOUNDARY, close=close)
 
 
 def open_slow_upload(port: int, source: str = "127.0.0.1") -> socket.socket:

@@ -23,7 +23,13 @@ from tests.dicom_files import CT, MR, NO_META, SR, read, stored_path, uids
 from tests.helpers import build_multipart, multipart_content_type
 from tests.integration.conftest import Server
 from tests.integration.observe import poll, staging_files, stored_files
-from tests.integration.streaming import raw_exchange, sop_instance_uids, status_of
+from tests.integration.streaming import (
+    raw_exchange,
+    raw_post,
+    sop_instance_uids,
+    status_of,
+    upload_request,
+)
 from twisted_stow.config import StowConfig
 
 BOUNDARY = "workflow-test-boundary-0123456789"
@@ -158,13 +164,7 @@ async def test_standard_routes_trigger_nothing(stow_server: Server, client: Any)
 @pytest_twisted.ensureDeferred
 async def test_unknown_workflow_is_404_and_stores_nothing(stow_server: Server) -> None:
     """With an allow-list, an unknown workflow id is refused from the headers."""
-    body = build_multipart([read(CT)], BOUNDARY)
-    request = (
-        b"POST /dicomweb/ai-lung/studies HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-        + f"Content-Type: {multipart_content_type(BOUNDARY)}\r\n".encode()
-        + b"Content-Length: %d\r\n\r\n" % len(body)
-        + body
-    )
+    request = upload_request([read(CT)], BOUNDARY, "/dicomweb/ai-lung/studies")
     raw = await deferToThread(raw_exchange, stow_server.port, request)
     assert status_of(raw) == 404
     head, _, rest = raw.partition(b"\r\n\r\n")
@@ -193,12 +193,7 @@ async def test_truncated_body_triggers_nothing(stow_server: Server) -> None:
     whole = build_multipart([read(CT), read(MR)], BOUNDARY)
     # Ends inside the second part: CT is complete, MR is not.
     body = whole[: whole.index(b"--" + BOUNDARY.encode(), 10) + 200]
-    request = (
-        b"POST /dicomweb/wf/studies HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
-        + f"Content-Type: {multipart_content_type(BOUNDARY)}\r\n".encode()
-        + b"Content-Length: %d\r\n\r\n" % len(body)
-        + body
-    )
+    request = raw_post(body, BOUNDARY, "/dicomweb/wf/studies")
     raw = await deferToThread(raw_exchange, stow_server.port, request)
     assert status_of(raw) == 202
     model = json.loads(raw.partition(b"\r\n\r\n")[2])

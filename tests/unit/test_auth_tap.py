@@ -8,18 +8,10 @@ import pytest
 from twisted.python import usage
 
 from tests.auth_material import ec_key, public_pem
+from tests.unit.test_tap import parse
 from twisted_stow.auth.files import entry_with_grant, write_atomically
 from twisted_stow.auth.grants import EVERYTHING
 from twisted_stow.auth.passwords import hash_password, token_digest
-from twisted_stow.config import StowConfig
-from twisted_stow.tap import Options
-
-
-def parse(*argv: str) -> StowConfig:
-    options = Options()
-    options.parseOptions(list(argv))
-    config: StowConfig = options.config
-    return config
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from twisted.python import usage
 
-from twisted_stow.config import StowConfig
+from tests.unit.test_tap import parse
 from twisted_stow.deadlines import (
     DEFAULT_BODY_RATE_WINDOW_SECONDS,
     DEFAULT_HEADER_TIMEOUT_SECONDS,
@@ -76,13 +76,6 @@ def test_paused_twice_and_resumed_twice_counts_once() -> None:
 def test_nonsense_parameters_are_refused(per_second: int, window: float) -> None:
     with pytest.raises(ValueError):
         MinimumRate(per_second, window, now=0.0)
-
-
-def parse(*argv: str) -> StowConfig:
-    options = Options()
-    options.parseOptions(list(argv))
-    config: StowConfig = options.config
-    return config
 
 
 def test_defaults_of_the_slow_client_guards() -> None:

@@ -8,16 +8,9 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 
-from twisted_stow.config import StowConfig
+from tests.unit.test_tap import parse
 from twisted_stow.tap import Options, makeService
 from twisted_stow.workflow.amqp import AmqpPublisher
-
-
-def parse(*argv: str) -> StowConfig:
-    options = Options()
-    options.parseOptions(list(argv))
-    config: StowConfig = options.config
-    return config
 
 
 def test_workflow_defaults() -> None:

@@ -17,6 +17,7 @@ setup(
     python_requires=">=3.10",
     packages=[
         "twisted_stow",
+        "twisted_stow.core",
         "twisted_stow.storage",
         "twisted_stow.auth",
         "twisted_stow.workflow",

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.helpers import iter_multipart, multipart_content_type  # noqa: E402
-from twisted_stow.config import parse_size  # noqa: E402
+from twisted_stow.core.config import parse_size  # noqa: E402
 
 BOUNDARY = "backpressure-benchmark"
 MIB = 1024 * 1024

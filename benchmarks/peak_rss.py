@@ -62,7 +62,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks._dicom import MAX_PART_BYTES, Part, framing_bytes, plan_request  # noqa: E402
 from tests.helpers import iter_multipart, multipart_content_type  # noqa: E402
-from twisted_stow.config import parse_size  # noqa: E402
+from twisted_stow.core.config import parse_size  # noqa: E402
 
 MIB = 1024 * 1024
 TARGET_PEAK_MIB = 150

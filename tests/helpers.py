@@ -14,7 +14,7 @@ import functools
 import random
 from collections.abc import Iterable, Iterator, Sequence
 
-from twisted_stow.multipart import Event, PartData
+from twisted_stow.core.multipart import Event, PartData
 
 DEFAULT_BOUNDARY = "twisted-stow-test-boundary"
 DICOM = "application/dicom"

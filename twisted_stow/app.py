@@ -22,9 +22,8 @@ from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.routing import RequestRedirect
 
 from .auth.guard import Guard, authorization_headers
-from .config import StowConfig
-from .deferreds import detached
-from .errors import (
+from .core.config import StowConfig
+from .core.errors import (
     BodyTooLarge,
     InvalidRequestTarget,
     InvalidStudyUID,
@@ -36,12 +35,10 @@ from .errors import (
     UnknownWorkflow,
     WorkflowNotRecorded,
 )
-from .ingest import IngestPolicy, IngestResult, RunInThread, StudyMismatch
-from .interfaces import IStorage
-from .limits import UploadSlots
-from .mediatype import negotiate, reader_for
-from .outcomes import Stored
-from .response import (
+from .core.mediatype import negotiate, reader_for
+from .core.outcomes import Stored
+from .core.policy import IngestPolicy, StudyMismatch
+from .core.response import (
     PROBLEM_JSON,
     build_store_response,
     problem_document,
@@ -49,10 +46,14 @@ from .response import (
     render,
     warning_header_value,
 )
-from .singlepart import SinglePartReader
-from .uids import is_valid_uid
+from .core.singlepart import SinglePartReader
+from .core.uids import is_valid_uid
+from .core.validation import ValidationPolicy, default_sop_classes, default_transfer_syntaxes
+from .deferreds import detached
+from .ingest import IngestResult, RunInThread
+from .interfaces import IStorage
+from .limits import UploadSlots
 from .upload import Target, Upload
-from .validation import ValidationPolicy, default_sop_classes, default_transfer_syntaxes
 from .workflow.trigger import Submission, WorkflowTrigger, new_correlation_id
 
 log = Logger()

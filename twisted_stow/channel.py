@@ -19,7 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 
-from .response import PROBLEM_JSON, problem_document
+from .core.response import PROBLEM_JSON, problem_document
 
 log = Logger()
 

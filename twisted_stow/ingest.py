@@ -10,7 +10,6 @@ the order the parts were sent; a problem with one part never reaches another.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,13 +17,13 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.logger import Logger
 
-from .errors import StowError
-from .flow import BytesInFlight
+from .core.errors import StowError
+from .core.multipart import Event, PartData, PartEnded, PartStarted
+from .core.outcomes import Failed, FailureReason, InstanceRef, Outcome, Stored, WarningReason
+from .core.policy import CommitResult, Duplicates, IngestPolicy, StorageFull, StudyMismatch
+from .core.validation import validate_part
+from .flow import BytesInFlight, Pausable
 from .interfaces import IPartWriter, IStorage
-from .multipart import Event, PartData, PartEnded, PartStarted
-from .outcomes import Failed, FailureReason, InstanceRef, Outcome, Stored, WarningReason
-from .storage import CommitResult, StorageFull
-from .validation import ValidationPolicy, validate_part
 
 log = Logger()
 
@@ -33,30 +32,6 @@ log = Logger()
 _DICOM_PART_TYPES = frozenset({"application/dicom"})
 
 RunInThread = Callable[..., "Deferred[Any]"]
-
-
-class StudyMismatch(enum.Enum):
-    """What to do with an instance of another study than the URL's."""
-
-    REJECT = "reject"  # FailedSOPSequence, FailureReason 0xA900
-    WARN = "warn"  # stored, WarningReason 0xB007 (the MONAI seed's behaviour)
-
-
-class Duplicates(enum.Enum):
-    """What to do with a SOP Instance UID already stored with other bytes."""
-
-    REJECT = "reject"  # FailureReason 0x0111
-    OVERWRITE = "overwrite"
-
-
-@dataclass(frozen=True, slots=True)
-class IngestPolicy:
-    """The per-request rules Ingest applies once a part is validated."""
-
-    validation: ValidationPolicy
-    expected_study_uid: str | None = None
-    study_mismatch: StudyMismatch = StudyMismatch.REJECT
-    duplicates: Duplicates = Duplicates.REJECT
 
 
 @dataclass(slots=True)
@@ -87,12 +62,15 @@ class Ingest:
         self,
         storage: IStorage,
         policy: IngestPolicy,
-        flow: BytesInFlight,
+        producer: Pausable,
         run_in_thread: RunInThread,
     ) -> None:
         self._storage = storage
         self._policy = policy
-        self._flow = flow
+        # Backpressure has one owner: this upload's ingest decides when the
+        # request stops reading the socket.
+        self.flow = BytesInFlight(producer)
+        self._flow = self.flow
         self._run_in_thread = run_in_thread
         self._writer: IPartWriter | None = None
         # Why the part being received will not be stored (None: it may be).

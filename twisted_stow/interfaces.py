@@ -9,9 +9,9 @@ from zope.interface import Attribute, Interface
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
+    from .core.outcomes import InstanceRef
+    from .core.policy import CommitResult
     from .flow import BytesInFlight
-    from .outcomes import InstanceRef
-    from .storage import CommitResult
 
 
 class IPartWriter(Interface):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
-from .errors import ServiceUnavailable
+from .core.errors import ServiceUnavailable
 
 # What we ask a refused client to wait: long enough for an upload slot to
 # free up on a busy server, short enough not to stall a modality's queue.

@@ -20,8 +20,8 @@ from twisted.web.iweb import INonQueuedRequestFactory
 from twisted.web.server import Request
 from zope.interface import provider
 
-from .deadlines import MinimumRate
-from .errors import (
+from .core.deadlines import MinimumRate
+from .core.errors import (
     BodyTooLarge,
     InternalError,
     InvalidChunkSize,

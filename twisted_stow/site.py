@@ -10,10 +10,10 @@ from twisted.web.server import Site
 from .app import StowService
 from .auth.accesslog import access_log_line
 from .channel import StowChannel
-from .config import StowConfig
+from .core.config import StowConfig
+from .core.response import PROBLEM_JSON, problem_document
 from .interfaces import IStorage
 from .request import StreamingRequest
-from .response import PROBLEM_JSON, problem_document
 from .workflow.spool import Spool
 from .workflow.trigger import RunInThread, WorkflowTrigger
 

@@ -16,7 +16,7 @@ from twisted.python import usage
 
 from .auth.guard import Guard
 from .auth.jwt_verify import DEFAULT_ALGORITHMS
-from .config import (
+from .core.config import (
     DEFAULT_AMQP_EXCHANGE,
     DEFAULT_AMQP_ROUTING_KEY,
     DEFAULT_IDLE_TIMEOUT_SECONDS,
@@ -25,15 +25,15 @@ from .config import (
     StowConfig,
     parse_size,
 )
-from .deadlines import (
+from .core.deadlines import (
     DEFAULT_BODY_RATE_WINDOW_SECONDS,
     DEFAULT_HEADER_TIMEOUT_SECONDS,
     DEFAULT_MIN_BODY_RATE_BYTES,
 )
-from .ingest import Duplicates, StudyMismatch
+from .core.policy import Duplicates, StudyMismatch
+from .core.uids import is_valid_uid
 from .site import make_site, make_workflow_trigger
 from .storage.filesystem import FilesystemStorage
-from .uids import is_valid_uid
 from .workflow.amqp import AmqpPublisher, check_amqp_url
 from .workflow.spool import Spool
 

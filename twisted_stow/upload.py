@@ -13,12 +13,13 @@ from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred
 
-from .errors import BodyTooLarge, InvalidChunkSize, StowError
+from .core.errors import BodyTooLarge, InvalidChunkSize, StowError
+from .core.multipart import Event, PartData, PartStarted
+from .core.policy import IngestPolicy
+from .core.singlepart import BodyReader
 from .flow import BytesInFlight, Pausable
-from .ingest import Ingest, IngestPolicy, IngestResult, RunInThread
+from .ingest import Ingest, IngestResult, RunInThread
 from .interfaces import IStorage
-from .multipart import Event, PartData, PartStarted
-from .singlepart import BodyReader
 
 # No body is larger (RFC 9112 §7.1 asks to guard chunk sizes against overflow).
 MAX_CHUNK_BYTES = 2**63 - 1
@@ -69,14 +70,18 @@ class Upload:
         self._reader = reader
         self._reader_failed = False
         self._max_body_bytes = max_body_bytes
-        self.flow = BytesInFlight(producer)
-        self.ingest = Ingest(storage, policy, self.flow, run_in_thread)
+        self.ingest = Ingest(storage, policy, producer, run_in_thread)
         self.received_bytes = 0
         self._max_part_bytes = max_part_bytes
         self._part_bytes = 0  # of the part being received
         self._parts_started = 0
         self.result: Deferred[IngestResult] | None = None
         self._closed = False
+
+    @property
+    def flow(self) -> BytesInFlight:
+        """The upload's backpressure, owned by its ingest."""
+        return self.ingest.flow
 
     def feed(self, data: bytes, announced_after: int = 0) -> None:
         """The next piece of the body.

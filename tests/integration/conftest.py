@@ -19,7 +19,7 @@ import pytest_twisted
 from treq.client import HTTPClient
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from twisted_stow.config import StowConfig
+from twisted_stow.core.config import StowConfig
 from twisted_stow.site import make_site
 from twisted_stow.storage.filesystem import FilesystemStorage
 

@@ -28,7 +28,7 @@ from tests.integration.test_conformance import Reply, head, parse_raw, post_mult
 from twisted_stow.auth.files import entry_with_grant, write_atomically
 from twisted_stow.auth.grants import EVERYTHING, Grant
 from twisted_stow.auth.passwords import hash_password, token_digest
-from twisted_stow.config import StowConfig
+from twisted_stow.core.config import StowConfig
 
 BOUNDARY = "auth-boundary"
 CONTENT_TYPE = multipart_content_type(BOUNDARY)

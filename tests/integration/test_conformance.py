@@ -41,8 +41,8 @@ from tests.integration.streaming import (
     raw_exchange,
     split,
 )
-from twisted_stow.config import StowConfig
-from twisted_stow.ingest import Duplicates, StudyMismatch
+from twisted_stow.core.config import StowConfig
+from twisted_stow.core.policy import Duplicates, StudyMismatch
 
 BOUNDARY = "conformance-boundary-0123456789"
 # MR_small as Implicit VR Little Endian: same UIDs as MR, another transfer syntax.

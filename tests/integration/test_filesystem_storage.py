@@ -18,14 +18,15 @@ from zope.interface.verify import verifyObject
 from tests.dicom_files import CT, read, uids
 from tests.fakes import RecordingProducer
 from tests.integration.observe import staging_files
+from twisted_stow.core.multipart import PartData, PartEnded, PartStarted
+from twisted_stow.core.outcomes import Failed, FailureReason, InstanceRef, Stored
+from twisted_stow.core.policy import CommitResult, IngestPolicy, StorageFull
+from twisted_stow.core.validation import DEFAULT_POLICY
 from twisted_stow.flow import BytesInFlight
-from twisted_stow.ingest import Ingest, IngestPolicy
+from twisted_stow.ingest import Ingest
 from twisted_stow.interfaces import IPartWriter, IStorage
-from twisted_stow.multipart import PartData, PartEnded, PartStarted
-from twisted_stow.outcomes import Failed, FailureReason, InstanceRef, Stored
-from twisted_stow.storage import CommitResult, StorageFull, filesystem, serial, staging
+from twisted_stow.storage import filesystem, serial, staging
 from twisted_stow.storage.filesystem import BATCH_BYTES, FilesystemStorage
-from twisted_stow.validation import DEFAULT_POLICY
 
 INSTANCE = InstanceRef("1.2.840.10008.5.1.4.1.1.7", "1.2.3.4.5.6", "1.2.3", "1.2.3.4")
 
@@ -49,8 +50,7 @@ def ingest_on(store: FilesystemStorage) -> Ingest:
     """An Ingest with the default policy, validating in the reactor's threads."""
     from twisted.internet.threads import deferToThread
 
-    flow = BytesInFlight(RecordingProducer())
-    return Ingest(store, IngestPolicy(DEFAULT_POLICY), flow, deferToThread)
+    return Ingest(store, IngestPolicy(DEFAULT_POLICY), RecordingProducer(), deferToThread)
 
 
 def staged(store: FilesystemStorage) -> list[Path]:

@@ -26,7 +26,7 @@ from tests.integration.streaming import (
     split,
     status_of,
 )
-from twisted_stow.config import StowConfig
+from twisted_stow.core.config import StowConfig
 from twisted_stow.site import make_site
 from twisted_stow.storage.filesystem import FilesystemStorage
 

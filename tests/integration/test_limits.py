@@ -14,7 +14,7 @@ from tests.helpers import build_multipart
 from tests.integration.conftest import Server
 from tests.integration.observe import poll
 from tests.integration.streaming import json_body, raw_exchange, raw_post, status_of
-from twisted_stow.config import StowConfig
+from twisted_stow.core.config import StowConfig
 
 BOUNDARY = "limits-boundary"
 

@@ -24,7 +24,7 @@ from tests.integration.conftest import Server, _serve
 from tests.integration.crafted import instance, stored_location
 from tests.integration.observe import poll, staging_files, stored_files
 from tests.integration.streaming import failure_reasons, json_body, status_of
-from twisted_stow.config import StowConfig
+from twisted_stow.core.config import StowConfig
 
 B = "malformed-boundary"
 CONTENT_TYPE = multipart_content_type(B)

@@ -16,7 +16,7 @@ from tests.integration.conftest import Server
 from tests.integration.crafted import instance, stored_location
 from tests.integration.observe import poll, staging_files, stored_files
 from tests.integration.streaming import json_body, raw_exchange, status_of
-from twisted_stow.config import StowConfig
+from twisted_stow.core.config import StowConfig
 
 BOUNDARY = "slow-clients"
 # The honest upload below sends ten times the minimum rate: a loaded test

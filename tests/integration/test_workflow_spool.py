@@ -30,7 +30,7 @@ from tests.integration.streaming import (
     status_of,
     upload_request,
 )
-from twisted_stow.config import StowConfig
+from twisted_stow.core.config import StowConfig
 
 BOUNDARY = "workflow-test-boundary-0123456789"
 HEADERS = {"Content-Type": [multipart_content_type(BOUNDARY)]}

@@ -18,13 +18,13 @@ from zope.interface.verify import verifyObject
 from tests.dicom_files import CT, read
 from tests.helpers import build_multipart, multipart_content_type
 from twisted_stow.app import StowService
-from twisted_stow.config import StowConfig
+from twisted_stow.core.config import StowConfig
+from twisted_stow.core.outcomes import InstanceRef
+from twisted_stow.core.policy import CommitResult
 from twisted_stow.flow import HIGH_WATER_BYTES
 from twisted_stow.interfaces import IPartWriter, IStorage
-from twisted_stow.outcomes import InstanceRef
 from twisted_stow.request import StreamingRequest, channel_request_line
 from twisted_stow.site import StowSite
-from twisted_stow.storage import CommitResult
 
 BOUNDARY = "memory-boundary"
 IDLE_TIMEOUT_SECONDS = 5.0

@@ -20,7 +20,7 @@ from twisted.internet.testing import StringTransport
 from tests.helpers import build_multipart, multipart_content_type
 from tests.memory.test_request import HeldStorage, HeldWriter
 from twisted_stow.app import StowService
-from twisted_stow.config import StowConfig
+from twisted_stow.core.config import StowConfig
 from twisted_stow.flow import HIGH_WATER_BYTES
 from twisted_stow.site import StowSite
 

@@ -20,10 +20,10 @@ from zope.interface import implementer
 
 from tests.helpers import multipart_content_type
 from tests.memory.test_slow_clients import make_channel
-from twisted_stow.config import StowConfig
+from twisted_stow.core.config import StowConfig
+from twisted_stow.core.policy import CommitResult
 from twisted_stow.flow import HIGH_WATER_BYTES
 from twisted_stow.interfaces import IPartWriter, IStorage
-from twisted_stow.storage import CommitResult
 
 BOUNDARY = "gib-boundary"
 BODY_PAYLOAD_BYTES = 1024**3

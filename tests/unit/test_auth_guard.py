@@ -26,7 +26,7 @@ from twisted_stow.auth.guard import Guard
 from twisted_stow.auth.jwt_verify import JWTVerifier
 from twisted_stow.auth.passwords import hash_password, token_digest
 from twisted_stow.auth.throttle import FailureThrottle, RateBudget
-from twisted_stow.errors import Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
+from twisted_stow.core.errors import Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
 from twisted_stow.upload import Target
 
 KEY = ec_key()

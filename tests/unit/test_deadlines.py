@@ -6,7 +6,7 @@ import pytest
 from twisted.python import usage
 
 from tests.unit.test_tap import parse
-from twisted_stow.deadlines import (
+from twisted_stow.core.deadlines import (
     DEFAULT_BODY_RATE_WINDOW_SECONDS,
     DEFAULT_HEADER_TIMEOUT_SECONDS,
     DEFAULT_MIN_BODY_RATE_BYTES,

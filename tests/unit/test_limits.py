@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from twisted_stow.errors import ServiceUnavailable
+from twisted_stow.core.errors import ServiceUnavailable
 from twisted_stow.limits import UploadSlots
 
 

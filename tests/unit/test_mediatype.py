@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from tests.helpers import build_multipart, coalesce, multipart_content_type
-from twisted_stow.errors import MalformedMultipart, NotAcceptable, UnsupportedMediaType
-from twisted_stow.mediatype import (
+from twisted_stow.core.errors import MalformedMultipart, NotAcceptable, UnsupportedMediaType
+from twisted_stow.core.mediatype import (
     DICOM_JSON,
     DICOM_XML,
     MediaType,
@@ -14,8 +14,8 @@ from twisted_stow.mediatype import (
     parse_media_type,
     reader_for,
 )
-from twisted_stow.multipart import BodyEnded, MultipartParser, PartData, PartEnded
-from twisted_stow.singlepart import SinglePartReader
+from twisted_stow.core.multipart import BodyEnded, MultipartParser, PartData, PartEnded
+from twisted_stow.core.singlepart import SinglePartReader
 
 ORTHANC_BOUNDARY = "o" * 73
 

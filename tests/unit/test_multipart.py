@@ -11,13 +11,13 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from tests.helpers import build_multipart, coalesce, iter_multipart
-from twisted_stow.errors import (
+from twisted_stow.core.errors import (
     HeaderBlockTooLarge,
     MalformedMultipart,
     StowError,
     TruncatedBody,
 )
-from twisted_stow.multipart import (
+from twisted_stow.core.multipart import (
     MAX_BOUNDARY_BYTES,
     MAX_HEADER_BLOCK_BYTES,
     MAX_TRANSPORT_PADDING_BYTES,

@@ -15,13 +15,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydicom.datadict import keyword_for_tag
 
-from twisted_stow.errors import (
+from twisted_stow.core.errors import (
     BodyTooLarge,
     InvalidStudyUID,
     NoParts,
     ServiceUnavailable,
 )
-from twisted_stow.outcomes import (
+from twisted_stow.core.outcomes import (
     Failed,
     FailureReason,
     InstanceRef,
@@ -29,7 +29,7 @@ from twisted_stow.outcomes import (
     Stored,
     WarningReason,
 )
-from twisted_stow.response import (
+from twisted_stow.core.response import (
     DICOM_JSON,
     DICOM_XML,
     PROBLEM_JSON,

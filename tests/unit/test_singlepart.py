@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from twisted_stow.multipart import BodyEnded, PartData, PartEnded, PartStarted
-from twisted_stow.singlepart import SINGLE_PART_HEADERS, BodyReader, SinglePartReader
+from twisted_stow.core.multipart import BodyEnded, PartData, PartEnded, PartStarted
+from twisted_stow.core.singlepart import SINGLE_PART_HEADERS, BodyReader, SinglePartReader
 
 STARTED = PartStarted((("content-type", "application/dicom"),))
 

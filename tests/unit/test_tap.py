@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from twisted.python import usage
 
-from twisted_stow.config import StowConfig
-from twisted_stow.ingest import Duplicates, StudyMismatch
+from twisted_stow.core.config import StowConfig
+from twisted_stow.core.policy import Duplicates, StudyMismatch
 from twisted_stow.tap import Options
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydicom.uid import RE_VALID_UID
 
-from twisted_stow.uids import MAX_UID_CHARS, is_valid_uid
+from twisted_stow.core.uids import MAX_UID_CHARS, is_valid_uid
 
 VALID = [
     "0",

@@ -34,9 +34,9 @@ from pydicom.uid import (
     MRImageStorage,
 )
 
-from twisted_stow import dicomheader
-from twisted_stow.outcomes import Failed, FailureReason, InstanceRef
-from twisted_stow.validation import (
+from twisted_stow.core import dicomheader
+from twisted_stow.core.outcomes import Failed, FailureReason, InstanceRef
+from twisted_stow.core.validation import (
     DEFAULT_POLICY,
     ValidationPolicy,
     default_sop_classes,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from twisted_stow.outcomes import Failed, FailureReason, InstanceRef, Stored, WarningReason
+from twisted_stow.core.outcomes import Failed, FailureReason, InstanceRef, Stored, WarningReason
 from twisted_stow.workflow.request import (
     SCHEMA_VERSION,
     WorkflowContext,

@@ -39,12 +39,12 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from ..core.outcomes import InstanceRef
+from ..core.policy import CommitResult
 from ..deferreds import detached
 from ..durable import fsync_directory, pid_alive
 from ..flow import BytesInFlight
 from ..interfaces import IPartWriter, IStorage
-from ..outcomes import InstanceRef
-from . import CommitResult
 from .serial import Jobs, SerialQueue
 from .staging import StagingFile, translate_os_error
 

@@ -11,7 +11,7 @@ import errno
 import os
 from pathlib import Path
 
-from . import StorageFull
+from ..core.policy import StorageFull
 
 # Above this many buffers in one batch (tiny HTTP chunks), the writer thread
 # joins them into one: copying about a MiB costs less than walking thousands

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from ..outcomes import InstanceRef, Outcome, Stored
+from ..core.outcomes import InstanceRef, Outcome, Stored
 
 # Bumped when a field changes meaning or disappears (adding one does not).
 SCHEMA_VERSION = 1

@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..outcomes import Outcome
+from ..core.outcomes import Outcome
 from .request import WorkflowContext, build_workflow_request, encode
 from .spool import Spool, entry_name
 

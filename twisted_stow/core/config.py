@@ -11,7 +11,7 @@ from .deadlines import (
     DEFAULT_HEADER_TIMEOUT_SECONDS,
     DEFAULT_MIN_BODY_RATE_BYTES,
 )
-from .ingest import Duplicates, StudyMismatch
+from .policy import Duplicates, StudyMismatch
 
 DEFAULT_LISTEN = "tcp:8080"
 DEFAULT_STORAGE = "stow-data"

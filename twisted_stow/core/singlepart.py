@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from enum import Enum, auto
 
-from twisted_stow.multipart import (
+from .multipart import (
     BodyEnded,
     BodyReader,
     Event,

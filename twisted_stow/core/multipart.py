@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Protocol, TypeAlias
 
-from twisted_stow.errors import (
+from .errors import (
     HeaderBlockTooLarge,
     MalformedMultipart,
     StowError,

@@ -13,14 +13,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from twisted_stow.errors import MalformedMultipart, NotAcceptable, UnsupportedMediaType
-from twisted_stow.multipart import (
+from .errors import MalformedMultipart, NotAcceptable, UnsupportedMediaType
+from .multipart import (
     MAX_BOUNDARY_BYTES,
     MAX_HEADER_BLOCK_BYTES,
     BodyReader,
     MultipartParser,
 )
-from twisted_stow.singlepart import SinglePartReader
+from .singlepart import SinglePartReader
 
 DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"

@@ -21,8 +21,8 @@ from urllib.parse import quote
 
 from pydicom.datadict import keyword_for_tag
 
-from twisted_stow.errors import NoParts, StowError
-from twisted_stow.outcomes import Failed, Outcome, Stored
+from .errors import NoParts, StowError
+from .outcomes import Failed, Outcome, Stored
 
 DICOM_JSON: Final = "application/dicom+json"
 DICOM_XML: Final = "application/dicom+xml"

@@ -3,7 +3,7 @@
 The twistd plugin lives in ``plugins/`` and is installed into the shared
 ``twisted.plugins`` namespace (no ``plugins/__init__.py``: shipping one would
 overwrite Twisted's own).  An editable install only exposes the plugin with
-``--config-settings editable_mode=strict`` (see ../shared/TWISTED.md, Q8).
+``--config-settings editable_mode=strict`` (docs/STREAMING.md, "The twistd plugin").
 """
 
 from setuptools import setup

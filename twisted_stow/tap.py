@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import math
-from enum import Enum
-from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
@@ -15,23 +11,19 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python import usage
 
 from .auth.guard import Guard
-from .auth.jwt_verify import DEFAULT_ALGORITHMS
 from .core.config import (
     DEFAULT_AMQP_EXCHANGE,
     DEFAULT_AMQP_ROUTING_KEY,
     DEFAULT_IDLE_TIMEOUT_SECONDS,
-    DEFAULT_LISTEN,
     DEFAULT_STORAGE,
     StowConfig,
-    parse_size,
+    config_from_options,
 )
 from .core.deadlines import (
     DEFAULT_BODY_RATE_WINDOW_SECONDS,
     DEFAULT_HEADER_TIMEOUT_SECONDS,
     DEFAULT_MIN_BODY_RATE_BYTES,
 )
-from .core.policy import Duplicates, StudyMismatch
-from .core.uids import is_valid_uid
 from .site import make_site, make_workflow_trigger
 from .storage.filesystem import FilesystemStorage
 from .workflow.amqp import AmqpPublisher, check_amqp_url
@@ -233,70 +225,13 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         """Check each value and build ``self.config``; a bad value is a ``UsageError``."""
-        for option in ("sop-class", "transfer-syntax"):
-            for uid in self[option]:
-                if not is_valid_uid(uid):
-                    raise usage.UsageError(f"--{option}: {uid!r} is not a valid UID")
         try:
-            public_url = _public_url_or_none(self["public-url"])
-            max_body = _body_size_or_none(self["max-body-size"])
-            idle = _idle_timeout(self["idle-timeout"])
-            max_requests = _count_or_none(self["max-requests"], "--max-requests")
-            max_per_peer = _count_or_none(self["max-requests-per-peer"], "--max-requests-per-peer")
-            mismatch = (
-                _choice(StudyMismatch, self["study-mismatch"], "--study-mismatch")
-                if self["study-mismatch"]
-                else None
-            )
-            duplicates = _choice(Duplicates, self["duplicates"], "--duplicates")
-            max_part = _size_or_none(self["max-part-size"], "--max-part-size")
-            header_timeout = _seconds_or_none(self["header-timeout"], "--header-timeout")
-            min_rate = _size_or_none(self["min-body-rate"], "--min-body-rate") or 0
-            rate_window = _seconds_or_none(self["body-rate-window"], "--body-rate-window")
-            if rate_window is None:
-                raise ValueError("--body-rate-window: must be a number of seconds above 0")
-            _check_workflows(self["workflow"], self["default-workflow"])
-            if self["amqp-url"] is not None:
-                check_amqp_url(self["amqp-url"])
+            self.config = config_from_options(self)
+            if self.config.amqp_url is not None:
+                check_amqp_url(self.config.amqp_url)
         except ValueError as e:
             raise usage.UsageError(str(e)) from e
-        self.config = StowConfig(
-            listen=tuple(self["listen"]) or (DEFAULT_LISTEN,),
-            storage=Path(self["storage"]),
-            public_url=public_url,
-            trust_forwarded_headers=bool(self["trust-forwarded-headers"]),
-            study_mismatch=mismatch,
-            duplicates=duplicates,
-            cors_origins=tuple(self["cors-origin"]),
-            max_body_bytes=max_body,
-            max_requests=max_requests,
-            max_requests_per_peer=max_per_peer,
-            idle_timeout_seconds=idle,
-            sop_classes=frozenset(self["sop-class"]) or None,
-            transfer_syntaxes=frozenset(self["transfer-syntax"]) or None,
-            max_part_bytes=max_part,
-            header_timeout_seconds=header_timeout,
-            min_body_rate_bytes=min_rate,
-            body_rate_window_seconds=rate_window,
-            users_file=_path_or_none(self["users"]),
-            tokens_file=_path_or_none(self["tokens"]),
-            jwt_key_file=_path_or_none(self["jwt-key"]),
-            jwks_file=_path_or_none(self["jwks"]),
-            jwt_audience=self["jwt-audience"],
-            jwt_issuer=self["jwt-issuer"],
-            jwt_algorithms=tuple(self["jwt-algorithm"]) or DEFAULT_ALGORITHMS,
-            workflows=tuple(self["workflow"]),
-            default_workflows=tuple(self["default-workflow"]),
-            workflow_spool=Path(self["workflow-spool"]) if self["workflow-spool"] else None,
-            amqp_url=self["amqp-url"],
-            amqp_exchange=self["amqp-exchange"],
-            amqp_routing_key=self["amqp-routing-key"],
-        )
         _check_auth(self.config)
-
-
-def _path_or_none(text: str | None) -> Path | None:
-    return Path(text) if text else None
 
 
 def _check_auth(config: StowConfig) -> None:
@@ -311,105 +246,6 @@ def _check_auth(config: StowConfig) -> None:
         Guard.from_config(config, lambda: 0.0)
     except ValueError as e:
         raise usage.UsageError(str(e)) from e
-
-
-def _check_workflows(allowed: list[str], defaults: list[str]) -> None:
-    """Workflow ids are one non-empty path segment; defaults must be allowed."""
-    for name in (*allowed, *defaults):
-        if not name or "/" in name or name.strip() != name:
-            raise ValueError(f"--workflow: {name!r} is not a workflow id (one URL path segment)")
-    if allowed:
-        for name in defaults:
-            if name not in allowed:
-                raise ValueError(f"--default-workflow: {name!r} is not in the --workflow list")
-
-
-def _public_url_or_none(text: str | None) -> str | None:
-    """``--public-url``: an absolute http(s) URL without query or fragment.
-
-    It is the prefix of every RetrieveURL, so a query or a fragment would end
-    up in the middle of them.
-    """
-    if text is None:
-        return None
-    problem = f"--public-url: {text!r} is not an absolute http(s) URL without query or fragment"
-    try:
-        parts = urlsplit(text)
-        _ = parts.port  # a port that is not a number raises ValueError
-    except ValueError as e:
-        raise ValueError(f"{problem} ({e})") from e
-    if (
-        parts.scheme.lower() not in ("http", "https")
-        or not parts.hostname
-        or "?" in text
-        or "#" in text
-        or any(c.isspace() for c in text)
-    ):
-        raise ValueError(problem)
-    return text
-
-
-def _body_size_or_none(text: str) -> int | None:
-    """``--max-body-size`` in bytes; 0 (any unit) is no limit, as in nginx and dcm4chee."""
-    try:
-        value = parse_size(text)
-    except ValueError as e:
-        raise ValueError(f"--max-body-size: {e}") from None
-    return value or None
-
-
-def _idle_timeout(text: str) -> float:
-    """``--idle-timeout`` in seconds: a finite number above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"--idle-timeout: {text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"--idle-timeout: {text!r} must be a finite number of seconds above 0")
-    return value
-
-
-def _size_or_none(text: str, option: str) -> int | None:
-    """A size in bytes (``512M``, ``4G``); 0 (any unit) is no limit."""
-    try:
-        value = parse_size(text)
-    except ValueError as e:
-        raise ValueError(f"{option}: {e}") from None
-    return value or None
-
-
-def _seconds_or_none(text: str, option: str) -> float | None:
-    """A finite number of seconds; 0 is None (the guard is off)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"{option}: {text!r} is not a number of seconds") from None
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{option}: {text!r} must be a finite number of seconds, 0 or more")
-    return value or None
-
-
-def _count_or_none(text: str, option: str) -> int | None:
-    """A request cap: a whole number; 0 is no cap (dcm4chee's documented default)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{option}: {text!r} is not a whole number") from None
-    if value < 0:
-        raise ValueError(f"{option}: {text!r} must be 0 (no limit) or more")
-    return value or None
-
-
-_Choice = TypeVar("_Choice", bound=Enum)
-
-
-def _choice(choices: type[_Choice], text: str, option: str) -> _Choice:
-    """The member of the ``choices`` enum whose value is ``text``."""
-    try:
-        return choices(text)
-    except ValueError:
-        allowed = ", ".join(str(choice.value) for choice in choices)
-        raise ValueError(f"{option}: {text!r} is not one of {allowed}") from None
 
 
 class _StorageService(Service):

@@ -1,7 +1,7 @@
 """A real RabbitMQ broker for tests, run as the current user on 127.0.0.1.
 
 Its own epmd on its own port, its own node name, state and logs in a temp
-dir (../shared/PEERS.md).  Started and stopped by PID, never by name: other
+dir (docs/DESIGN.md, "Tests").  Started and stopped by PID, never by name: other
 people on the machine run RabbitMQ too.  Readiness is an AMQP handshake that
 succeeds, so no Erlang CLI node (rabbitmqctl) is needed.
 
@@ -24,7 +24,7 @@ import pytest
 
 RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 EPMD = "epmd"
-# 12-15 s on a 2-core machine (PEERS.md); leave room for a loaded one.
+# 12-15 s on a 2-core machine (measured); leave room for a loaded one.
 START_TIMEOUT_SECONDS = 90.0
 STOP_TIMEOUT_SECONDS = 30.0
 

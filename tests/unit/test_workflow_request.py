@@ -167,7 +167,7 @@ def test_open_sweeps_temp_files_of_dead_processes(tmp_path: Path) -> None:
 
 
 def test_workflow_core_is_pure() -> None:
-    """The builder and the spool import without Twisted (STYLE.md)."""
+    """The builder and the spool import without Twisted (docs/DESIGN.md: pure parts)."""
     probe = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
         "import twisted_stow.workflow.request, twisted_stow.workflow.spool;"

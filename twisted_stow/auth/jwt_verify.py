@@ -20,9 +20,11 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from ..core.config import DEFAULT_JWT_ALGORITHMS
 from .grants import Identity, grant_from_scopes
 
-DEFAULT_ALGORITHMS = ("RS256", "ES256")
+# The server's default (core.config), also when the verifier is built directly.
+DEFAULT_ALGORITHMS = DEFAULT_JWT_ALGORITHMS
 # Asymmetric only: the configured key is public, so HS* would let anyone
 # holding it sign tokens (the classic algorithm-confusion attack).
 ALLOWED_ALGORITHMS = frozenset(

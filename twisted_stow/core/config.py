@@ -1,10 +1,22 @@
-"""The server's configuration: one frozen value built from the options."""
+"""The server's configuration: one frozen value built from the options.
+
+``config_from_options`` is the one home of option parsing: it turns the raw
+option values (as twistd's ``usage.Options`` collects them, names without the
+leading ``--``) into a ``StowConfig``, and raises ``ValueError`` naming the
+option for a bad value.  ``tap.Options`` only declares the options and wraps
+that error into twistd's one-line usage error.
+"""
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from .deadlines import (
     DEFAULT_BODY_RATE_WINDOW_SECONDS,
@@ -12,15 +24,19 @@ from .deadlines import (
     DEFAULT_MIN_BODY_RATE_BYTES,
 )
 from .policy import Duplicates, StudyMismatch
+from .uids import is_valid_uid
 
 DEFAULT_LISTEN = "tcp:8080"
 DEFAULT_STORAGE = "stow-data"
 # twisted.web's own default is 12 hours; a client that sends nothing for a
 # minute is gone or hostile (time paused for storage does not count).
 DEFAULT_IDLE_TIMEOUT_SECONDS = 60.0
-# MONAI's exchange and workflow-request routing key (SPEC.md §4a).
+# The MONAI Informatics Gateway's exchange and workflow-request routing key
+# (docs/WORKFLOW.md).
 DEFAULT_AMQP_EXCHANGE = "monaideploy"
 DEFAULT_AMQP_ROUTING_KEY = "md.workflow.request"
+# PyJWT names; asymmetric only (the key we hold is public: HS* would let anyone sign).
+DEFAULT_JWT_ALGORITHMS = ("RS256", "ES256")
 # A dot-directory is never a Study Instance UID, so never in the instance tree.
 DEFAULT_WORKFLOW_SPOOL_DIR_NAME = ".workflow-spool"
 
@@ -71,7 +87,7 @@ class StowConfig:
     jwks_file: Path | None = None  # --jwks: JWKS file for JWTs
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
-    jwt_algorithms: tuple[str, ...] = ("RS256", "ES256")  # auth.jwt_verify.DEFAULT_ALGORITHMS
+    jwt_algorithms: tuple[str, ...] = DEFAULT_JWT_ALGORITHMS
     # MONAI profile (docs/WORKFLOW.md).  Allowed workflow ids of
     # /dicomweb/{workflow-id}/ (empty: any); workflows of /dicomweb/studies.
     workflows: tuple[str, ...] = ()
@@ -88,3 +104,148 @@ class StowConfig:
         if self.workflow_spool is not None:
             return self.workflow_spool
         return self.storage / DEFAULT_WORKFLOW_SPOOL_DIR_NAME
+
+
+def config_from_options(values: Mapping[str, Any]) -> StowConfig:
+    """The ``StowConfig`` of the raw option values; ``ValueError`` names a bad one.
+
+    ``values`` maps each option name (``"max-body-size"``) to its text, a
+    list for the repeatable ones, or a flag's 0/1.
+    """
+    for option in ("sop-class", "transfer-syntax"):
+        for uid in values[option]:
+            if not is_valid_uid(uid):
+                raise ValueError(f"--{option}: {uid!r} is not a valid UID")
+    rate_window = _seconds_or_none(values["body-rate-window"], "--body-rate-window")
+    if rate_window is None:
+        raise ValueError("--body-rate-window: must be a number of seconds above 0")
+    _check_workflows(values["workflow"], values["default-workflow"])
+    mismatch = values["study-mismatch"]
+    return StowConfig(
+        listen=tuple(values["listen"]) or (DEFAULT_LISTEN,),
+        storage=Path(values["storage"]),
+        public_url=_public_url_or_none(values["public-url"]),
+        trust_forwarded_headers=bool(values["trust-forwarded-headers"]),
+        study_mismatch=_choice(StudyMismatch, mismatch, "--study-mismatch") if mismatch else None,
+        duplicates=_choice(Duplicates, values["duplicates"], "--duplicates"),
+        cors_origins=tuple(values["cors-origin"]),
+        max_body_bytes=_size_or_none(values["max-body-size"], "--max-body-size"),
+        max_requests=_count_or_none(values["max-requests"], "--max-requests"),
+        max_requests_per_peer=_count_or_none(
+            values["max-requests-per-peer"], "--max-requests-per-peer"
+        ),
+        idle_timeout_seconds=_idle_timeout(values["idle-timeout"]),
+        sop_classes=frozenset(values["sop-class"]) or None,
+        transfer_syntaxes=frozenset(values["transfer-syntax"]) or None,
+        max_part_bytes=_size_or_none(values["max-part-size"], "--max-part-size"),
+        header_timeout_seconds=_seconds_or_none(values["header-timeout"], "--header-timeout"),
+        min_body_rate_bytes=_size_or_none(values["min-body-rate"], "--min-body-rate") or 0,
+        body_rate_window_seconds=rate_window,
+        users_file=_path_or_none(values["users"]),
+        tokens_file=_path_or_none(values["tokens"]),
+        jwt_key_file=_path_or_none(values["jwt-key"]),
+        jwks_file=_path_or_none(values["jwks"]),
+        jwt_audience=values["jwt-audience"],
+        jwt_issuer=values["jwt-issuer"],
+        jwt_algorithms=tuple(values["jwt-algorithm"]) or DEFAULT_JWT_ALGORITHMS,
+        workflows=tuple(values["workflow"]),
+        default_workflows=tuple(values["default-workflow"]),
+        workflow_spool=_path_or_none(values["workflow-spool"]),
+        amqp_url=values["amqp-url"],
+        amqp_exchange=values["amqp-exchange"],
+        amqp_routing_key=values["amqp-routing-key"],
+    )
+
+
+def _path_or_none(text: str | None) -> Path | None:
+    return Path(text) if text else None
+
+
+def _check_workflows(allowed: list[str], defaults: list[str]) -> None:
+    """Workflow ids are one non-empty path segment; defaults must be allowed."""
+    for name in (*allowed, *defaults):
+        if not name or "/" in name or name.strip() != name:
+            raise ValueError(f"--workflow: {name!r} is not a workflow id (one URL path segment)")
+    if allowed:
+        for name in defaults:
+            if name not in allowed:
+                raise ValueError(f"--default-workflow: {name!r} is not in the --workflow list")
+
+
+def _public_url_or_none(text: str | None) -> str | None:
+    """``--public-url``: an absolute http(s) URL without query or fragment.
+
+    It is the prefix of every RetrieveURL, so a query or a fragment would end
+    up in the middle of them.
+    """
+    if text is None:
+        return None
+    problem = f"--public-url: {text!r} is not an absolute http(s) URL without query or fragment"
+    try:
+        parts = urlsplit(text)
+        _ = parts.port  # a port that is not a number raises ValueError
+    except ValueError as e:
+        raise ValueError(f"{problem} ({e})") from e
+    if (
+        parts.scheme.lower() not in ("http", "https")
+        or not parts.hostname
+        or "?" in text
+        or "#" in text
+        or any(c.isspace() for c in text)
+    ):
+        raise ValueError(problem)
+    return text
+
+
+def _idle_timeout(text: str) -> float:
+    """``--idle-timeout`` in seconds: a finite number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"--idle-timeout: {text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"--idle-timeout: {text!r} must be a finite number of seconds above 0")
+    return value
+
+
+def _size_or_none(text: str, option: str) -> int | None:
+    """A size in bytes (``512M``, ``4G``); 0 (any unit) is no limit, as in nginx and dcm4chee."""
+    try:
+        value = parse_size(text)
+    except ValueError as e:
+        raise ValueError(f"{option}: {e}") from None
+    return value or None
+
+
+def _seconds_or_none(text: str, option: str) -> float | None:
+    """A finite number of seconds; 0 is None (the guard is off)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{option}: {text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{option}: {text!r} must be a finite number of seconds, 0 or more")
+    return value or None
+
+
+def _count_or_none(text: str, option: str) -> int | None:
+    """A request cap: a whole number; 0 is no cap (dcm4chee's documented default)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{option}: {text!r} is not a whole number") from None
+    if value < 0:
+        raise ValueError(f"{option}: {text!r} must be 0 (no limit) or more")
+    return value or None
+
+
+_Choice = TypeVar("_Choice", bound=Enum)
+
+
+def _choice(choices: type[_Choice], text: str, option: str) -> _Choice:
+    """The member of the ``choices`` enum whose value is ``text``."""
+    try:
+        return choices(text)
+    except ValueError:
+        allowed = ", ".join(str(choice.value) for choice in choices)
+        raise ValueError(f"{option}: {text!r} is not one of {allowed}") from None

@@ -17,7 +17,8 @@ class FailureReason(IntEnum):
 
     PROCESSING_FAILURE = 0x0110
     # PS3.7 "Duplicate SOP Instance": not in Table I.2-2, an additional code
-    # the conformance statement documents (SPEC.md §3.2).
+    # the conformance statement documents (docs/CONFORMANCE.md), as dcm4chee
+    # and Microsoft's server report duplicates.
     DUPLICATE_SOP_INSTANCE = 0x0111
     SOP_CLASS_NOT_SUPPORTED = 0x0122
     OUT_OF_RESOURCES = 0xA700

@@ -10,7 +10,6 @@ are rendered as RFC 7807 problem documents instead.
 from __future__ import annotations
 
 import json
-import math
 import re
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -22,10 +21,9 @@ from urllib.parse import quote
 from pydicom.datadict import keyword_for_tag
 
 from .errors import NoParts, StowError
+from .mediatype import DICOM_JSON, DICOM_XML
 from .outcomes import Failed, Outcome, Stored
 
-DICOM_JSON: Final = "application/dicom+json"
-DICOM_XML: Final = "application/dicom+xml"
 PROBLEM_JSON: Final = "application/problem+json"
 
 JsonModel = dict[str, Any]
@@ -58,8 +56,9 @@ _WARN_CODE: Final = 299
 _WARN_AGENT: Final = "twisted-stow"
 
 _TAG_RE: Final = re.compile(r"[0-9A-F]{8}")
-# F.2.2: an attribute object holds "vr" and at most one of these value kinds.
-_VALUE_KINDS: Final = frozenset({"Value", "BulkDataURI", "InlineBinary"})
+# F.2.2 allows "Value", "BulkDataURI" or "InlineBinary" beside "vr"; the
+# Store Instances Response only ever holds values (UI, UR, US and SQ).
+_VALUE_KINDS: Final = frozenset({"Value"})
 # Characters XML 1.0 (§2.2 Char) cannot carry at all, not even as references.
 _XML_INVALID_RE: Final = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 # RFC 9110 §5.6.4 quoted-string: only HTAB, SP and VCHAR are representable in
@@ -69,16 +68,6 @@ _NEEDS_QUOTED_PAIR_RE: Final = re.compile(r'["\\]')
 
 _NATIVE_DICOM_NS: Final = "http://dicom.nema.org/PS3.19/models/NativeDICOM"
 _XML_DECLARATION: Final = '<?xml version="1.0" encoding="utf-8"?>'
-# PS3.19 Annex A: a PN value's component groups, and the components of each
-# group in the order of their "^"-separated positions (PS3.5 6.2).
-_PN_GROUPS: Final = ("Alphabetic", "Ideographic", "Phonetic")
-_PN_COMPONENTS: Final = (
-    "FamilyName",
-    "GivenName",
-    "MiddleName",
-    "NamePrefix",
-    "NameSuffix",
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +129,9 @@ def build_store_response(outcomes: Sequence[Outcome], *, base_url: str) -> Store
     model: JsonModel = {}
     if len(studies) == 1:
         # RetrieveURL is type 2 and names one study.  With several studies
-        # stored there is no single URL, so it is left out (SPEC.md §2, as
-        # dcm4chee does) rather than pointing at an arbitrary one.
+        # stored there is no single URL, so it is left out (PS3.18 Annex I
+        # allows an empty value; dcm4chee does the same) rather than pointing
+        # at an arbitrary one.
         (study,) = studies
         model[_RETRIEVE_URL] = _ur(_study_url(root, study))
     # The three sequences are type 1C: present only when they have items.
@@ -332,8 +322,7 @@ def _attributes(
     """Yield (tag, vr, attribute object) in ascending tag order, checking the shape.
 
     F.2.2: keys are "eight character uppercase hexadecimal" tags, so string
-    order is tag order; each attribute object has "vr" and at most one of
-    Value / BulkDataURI / InlineBinary.
+    order is tag order; each attribute object has "vr" and at most a Value.
     """
     for tag in sorted(dataset):
         if not _TAG_RE.fullmatch(tag):
@@ -343,7 +332,7 @@ def _attributes(
             raise ValueError(f"attribute {tag} has no vr")
         vr = attribute["vr"]
         kinds = attribute.keys() - {"vr"}
-        if not kinds <= _VALUE_KINDS or len(kinds) > 1:
+        if not kinds <= _VALUE_KINDS:
             raise ValueError(f"attribute {tag} has members {sorted(kinds)}")
         yield tag, vr, attribute
 
@@ -357,9 +346,6 @@ def _json_dataset(dataset: Mapping[str, Any]) -> JsonModel:
         if "Value" in attribute:
             values = attribute["Value"]
             out["Value"] = [_json_dataset(item) for item in values] if vr == "SQ" else list(values)
-        for kind in ("BulkDataURI", "InlineBinary"):
-            if kind in attribute:
-                out[kind] = attribute[kind]
         ordered[tag] = out
     return ordered
 
@@ -378,42 +364,19 @@ def _xml_dataset(parent: ET.Element, dataset: Mapping[str, Any]) -> None:
             if vr == "SQ":
                 item = ET.SubElement(element, "Item", {"number": str(number)})
                 _xml_dataset(item, value)
-            elif vr == "PN":
-                _xml_person_name(element, number, value)
             else:
                 child = ET.SubElement(element, "Value", {"number": str(number)})
                 # A JSON null is an empty value (F.2.5): an empty Value element.
                 if value is not None:
                     child.text = _xml_scalar(value)
-        if "BulkDataURI" in attribute:
-            ET.SubElement(element, "BulkData", {"uri": _xml_safe(attribute["BulkDataURI"])})
-        if "InlineBinary" in attribute:
-            ET.SubElement(element, "InlineBinary").text = _xml_safe(attribute["InlineBinary"])
-
-
-def _xml_person_name(element: ET.Element, number: int, value: Mapping[str, str] | None) -> None:
-    """PS3.19 PersonName: one element per group, one per non-empty component."""
-    if value is not None and not isinstance(value, Mapping):
-        raise ValueError(f"PN value {value!r} is not a JSON object (Table F.2.3-1)")
-    person = ET.SubElement(element, "PersonName", {"number": str(number)})
-    for group in _PN_GROUPS:
-        if value is None or group not in value:
-            continue
-        group_element = ET.SubElement(person, group)
-        for name, component in zip(_PN_COMPONENTS, value[group].split("^"), strict=False):
-            if component:
-                ET.SubElement(group_element, name).text = _xml_safe(component)
 
 
 def _xml_scalar(value: object) -> str:
-    """Text of one ``Value`` element: strings as-is, JSON numbers in decimal."""
+    """Text of one ``Value`` element: strings as-is, integers (US) in decimal."""
     if isinstance(value, str):
         return _xml_safe(value)
     if isinstance(value, int) and not isinstance(value, bool):
         return str(int(value))
-    if isinstance(value, float) and math.isfinite(value):
-        # Same digits as the JSON body: json.dumps uses float.__repr__ too.
-        return repr(value)
     raise ValueError(f"cannot render {value!r} as a PS3.19 Value")
 
 

@@ -1,7 +1,7 @@
 """Build the workflow request of one POST from its outcomes (pure).
 
 The MONAI Informatics Gateway publishes a ``WorkflowRequestEvent`` for each
-POST on its ``/dicomweb/`` routes (../shared/SPEC.md §4a); this module builds
+POST on its ``/dicomweb/`` routes (docs/WORKFLOW.md); this module builds
 our equivalent as a JSON-ready dict, using MONAI's snake_case field names
 where they mean the same thing (``payload_id``, ``workflows``,
 ``file_count``, ``correlation_id``, ``timestamp``, ``data_trigger``,

@@ -24,8 +24,8 @@ from twisted_stow.auth.files import TokenEntry, UserEntry
 from twisted_stow.auth.grants import EVERYTHING, Grant
 from twisted_stow.auth.guard import Guard
 from twisted_stow.auth.jwt_verify import JWTVerifier
-from twisted_stow.auth.passwords import hash_password, token_digest
-from twisted_stow.auth.throttle import FailureThrottle, RateBudget
+from twisted_stow.auth.passwords import dummy_hash, hash_password, kdf_parameters, token_digest
+from twisted_stow.auth.throttle import FailureThrottle, KdfBudget
 from twisted_stow.core.errors import Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
 from twisted_stow.upload import Target
 
@@ -35,6 +35,7 @@ USERS = {
     "ct": UserEntry(hash_password(b"ct", n=16), Grant(aets=frozenset({"CT1"}))),
 }
 TOKENS = {token_digest(b"tok"): TokenEntry("modality", EVERYTHING)}
+PBKDF2_ENTRY = "pbkdf2-sha256$i=1000$c2FsdHNhbHQ=$" + "A" * 43 + "="
 STANDARD = Target(base_path="")
 CT1 = Target(base_path="/aets/CT1/rs", ae_title="CT1", route_family="dcm4chee")
 
@@ -46,6 +47,11 @@ class Clock:
         return self.now
 
 
+# Each password check is charged this many KDF seconds: 8 of them spend the
+# default budget of half a second per second (the real cost is timed at start-up).
+CHECK_SECONDS = 0.0625
+
+
 def make_guard(clock: Clock, *, jwt: bool = True, users: bool = True, tokens: bool = True) -> Guard:
     verifier = JWTVerifier({None: KEY.public_key()}, audience=AUDIENCE, issuer=ISSUER)
     portal = build_portal(
@@ -53,6 +59,7 @@ def make_guard(clock: Clock, *, jwt: bool = True, users: bool = True, tokens: bo
         tokens=TOKENS if tokens else None,
         jwt=verifier if jwt else None,
         clock=clock,
+        kdf_cost=lambda parameters: CHECK_SECONDS,
     )
     factories = credential_factories(b"twisted-stow", basic=users, bearer=tokens, jwt=jwt)
     return Guard(portal, factories, FailureThrottle(clock))
@@ -70,7 +77,7 @@ def test_checkers_and_factory_provide_their_interfaces() -> None:
     verifier = JWTVerifier({None: KEY.public_key()}, audience=AUDIENCE, issuer=ISSUER)
     clock = Clock()
     for checker in (
-        UsersFileChecker(USERS, VerifiedCache(clock), RateBudget(clock)),
+        UsersFileChecker(USERS, VerifiedCache(clock), KdfBudget(clock)),
         StaticTokenChecker(TOKENS),
         JWTChecker(verifier),
     ):
@@ -146,7 +153,7 @@ def test_missing_credentials_do_not_count_as_failures() -> None:
 
 
 def test_password_checks_share_a_budget_per_second() -> None:
-    """Past 8 uncached checks in one second: 503 Retry-After 1; cached logins still pass."""
+    """Past half a second of KDF in one second (8 checks): 503 Retry-After 1; cached pass."""
     clock = Clock()
     guard = make_guard(clock)
     assert guard.authorize(basic("alice", "pw"), "p0", STANDARD).name == "alice"  # now cached
@@ -161,21 +168,58 @@ def test_password_checks_share_a_budget_per_second() -> None:
     assert guard.authorize(basic("ct", "ct"), "another", CT1).name == "ct"
 
 
-def test_rate_budget_refills_over_time() -> None:
-    """A bucket of 2 per second: two, then none, then one after half a second."""
+def test_kdf_budget_refills_over_time() -> None:
+    """A bucket of 1 KDF second per second: two 0.5 s checks, none, one after half a second."""
     clock = Clock()
-    budget = RateBudget(clock, rate=2)
-    assert budget.take() and budget.take() and not budget.take()
+    budget = KdfBudget(clock, seconds_per_second=1.0)
+    assert budget.take(0.5) and budget.take(0.5) and not budget.take(0.5)
     clock.now += 0.5
-    assert budget.take() and not budget.take()
+    assert budget.take(0.5) and not budget.take(0.5)
 
 
-def test_unicode_and_undecodable_user_names() -> None:
-    """A non-UTF-8 user-id is simply unknown (401), never a crash."""
-    guard = make_guard(Clock())
-    with pytest.raises(Unauthorized):
-        guard.authorize([b"Basic " + base64.b64encode(b"\xff\xfe:pw")], "p", STANDARD)
-    checker = UsersFileChecker(USERS, VerifiedCache(Clock()), RateBudget(Clock()))
-    failures: list[object] = []
-    checker.requestAvatarId(UsernamePassword(b"\xff", b"pw")).addErrback(failures.append)
-    assert len(failures) == 1
+def test_kdf_budget_charges_a_dear_check_whole() -> None:
+    """One check dearer than the bucket still runs, and its debt is paid before the next."""
+    clock = Clock()
+    budget = KdfBudget(clock, seconds_per_second=0.5)
+    assert budget.take(2.0)
+    clock.now += 3.0  # 1.5 s of debt refilled, balance back at 0: still refused
+    assert not budget.take(0.1)
+    clock.now += 0.5
+    assert budget.take(0.1)
+
+
+def test_unknown_user_costs_the_dearest_entry() -> None:
+    """The dummy hash of an unknown name has the parameters of the most expensive entry."""
+    users = {
+        "cheap": UserEntry(hash_password(b"a", n=16), EVERYTHING),
+        "dear": UserEntry(hash_password(b"b", n=1024), EVERYTHING),
+        "pbkdf2": UserEntry(PBKDF2_ENTRY, EVERYTHING),
+    }
+    costs = {
+        "scrypt$n=16,p=1,r=8": 0.001,
+        "scrypt$n=1024,p=1,r=8": 0.2,
+        "pbkdf2-sha256$i=1000": 0.05,
+    }
+    checker = UsersFileChecker(
+        users, VerifiedCache(Clock()), KdfBudget(Clock()), kdf_cost=costs.__getitem__
+    )
+    assert checker.dummy_parameters == "scrypt$n=1024,p=1,r=8"
+    for parameters in costs:
+        assert kdf_parameters(dummy_hash(parameters)) == parameters
+
+
+def test_unknown_user_is_charged_like_the_dearest_entry() -> None:
+    """With a budget for one dear check, an unknown name spends it as the dear user would."""
+    users = {
+        "cheap": UserEntry(hash_password(b"a", n=16), EVERYTHING),
+        "dear": UserEntry(hash_password(b"b", n=32), EVERYTHING),
+    }
+    costs = {"scrypt$n=16,p=1,r=8": 0.01, "scrypt$n=32,p=1,r=8": 0.5}
+    clock = Clock()
+    checker = UsersFileChecker(
+        users, VerifiedCache(clock), KdfBudget(clock, 0.5), kdf_cost=costs.__getitem__
+    )
+    answers: list[object] = []
+    checker.requestAvatarId(UsernamePassword(b"nobody", b"x")).addErrback(answers.append)
+    checker.requestAvatarId(UsernamePassword(b"cheap", b"a")).addBoth(answers.append)
+    assert [type(a.value).__name__ for a in answers] == ["UnauthorizedLogin", "CheckerBusy"]

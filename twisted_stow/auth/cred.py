@@ -13,6 +13,8 @@ per login and ``FailureThrottle`` (in the guard) bounds the failures.
 from __future__ import annotations
 
 import re
+import statistics
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -29,8 +31,8 @@ from .cache import VerifiedCache
 from .files import TokenEntry, UserEntry
 from .grants import Identity
 from .jwt_verify import InvalidJWT, JWTVerifier
-from .passwords import dummy_hash, token_digest, verify_password
-from .throttle import RateBudget
+from .passwords import dummy_hash, kdf_parameters, token_digest, verify_password
+from .throttle import KdfBudget
 
 # RFC 6750 §2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
 _TOKEN68 = re.compile(rb"^[A-Za-z0-9\-._~+/]+=*$")
@@ -93,12 +95,31 @@ class CheckerBusy(Exception):
     """Too many password checks this second: try again shortly (503, not 401)."""
 
 
+# KDF runs timed per distinct parameter set at start-up; the median of three
+# is the cost charged to the budget for each later check with those parameters.
+_COST_SAMPLES = 3
+
+
+def measure_kdf_seconds(parameters: str) -> float:
+    """Seconds one check with these ``kdf_parameters`` takes here (median of a few)."""
+    encoded = dummy_hash(parameters)
+    samples = []
+    for _ in range(_COST_SAMPLES):
+        start = time.perf_counter()
+        verify_password(b"timing probe", encoded)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
 @implementer(ICredentialsChecker)
 class UsersFileChecker:
     """Users file entries: salted scrypt/PBKDF2 hashes, successes cached.
 
-    Checks that miss the cache run the KDF on the reactor thread, so they
-    share one ``RateBudget``; past it the checker fails with ``CheckerBusy``.
+    Checks that miss the cache share one ``KdfBudget`` counted in KDF
+    seconds (each parameter set timed once, at start-up, by ``kdf_cost``);
+    past it the checker fails with ``CheckerBusy``.  An unknown user name is
+    checked against a dummy hash with the parameters of the most expensive
+    entry, so neither its answer nor its timing tells it from a known one.
     """
 
     credentialInterfaces = (IUsernamePassword,)
@@ -107,11 +128,20 @@ class UsersFileChecker:
         self,
         users: Mapping[str, UserEntry],
         cache: VerifiedCache[Identity],
-        budget: RateBudget,
+        budget: KdfBudget,
+        *,
+        kdf_cost: Callable[[str], float] = measure_kdf_seconds,
     ) -> None:
         self._users = users
         self._cache = cache
         self._budget = budget
+        self._costs = {
+            parameters: kdf_cost(parameters)
+            for parameters in {kdf_parameters(entry.password_hash) for entry in users.values()}
+        }
+        # The dearest entry's parameters; the default cost with no users at all.
+        self.dummy_parameters = max(self._costs, key=self._costs.__getitem__, default=None)
+        self._dummy = dummy_hash(self.dummy_parameters) if self.dummy_parameters else dummy_hash()
 
     def requestAvatarId(self, credentials: Any) -> Deferred[Any]:
         user: bytes = credentials.username
@@ -120,15 +150,20 @@ class UsersFileChecker:
         cached = self._cache.get(key)
         if cached is not None:
             return succeed(cached)
-        if not self._budget.take():
-            return fail(CheckerBusy("too many password checks at once"))
         try:
             name = user.decode("utf-8")
         except UnicodeDecodeError:
             name = None
         entry = self._users.get(name) if name is not None else None
-        # An unknown user costs a KDF run too: timing must not reveal names.
-        matched = verify_password(password, entry.password_hash if entry else dummy_hash())
+        # An unknown user costs a KDF run too (the dearest one): timing must
+        # not reveal names, nor the budget's 503 tell them apart.
+        encoded = entry.password_hash if entry is not None else self._dummy
+        cost = self._costs.get(kdf_parameters(encoded)) if entry is not None else None
+        if cost is None:
+            cost = max(self._costs.values(), default=0.0)
+        if not self._budget.take(cost):
+            return fail(CheckerBusy("too many password checks at once"))
+        matched = verify_password(password, encoded)
         if entry is None or not matched or name is None:
             return fail(UnauthorizedLogin(f"unknown user or wrong password for user {name!r}"))
         identity = Identity(name, entry.grant, "basic")
@@ -187,11 +222,17 @@ def build_portal(
     tokens: Mapping[str, TokenEntry] | None,
     jwt: JWTVerifier | None,
     clock: Callable[[], float],
+    kdf_cost: Callable[[str], float] = measure_kdf_seconds,
 ) -> Portal:
-    """A portal with a checker for each configured credential kind."""
+    """A portal with a checker for each configured credential kind.
+
+    ``kdf_cost`` times one password check per parameter set (tests pass a
+    fixed cost, as they pass a clock).
+    """
     portal = Portal(StowRealm())
     if users is not None:
-        portal.registerChecker(UsersFileChecker(users, VerifiedCache(clock), RateBudget(clock)))
+        checker = UsersFileChecker(users, VerifiedCache(clock), KdfBudget(clock), kdf_cost=kdf_cost)
+        portal.registerChecker(checker)
     if tokens is not None:
         portal.registerChecker(StaticTokenChecker(tokens))
     if jwt is not None:

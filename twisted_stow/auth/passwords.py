@@ -20,7 +20,7 @@ import secrets
 # scrypt cost: n=2**14, r=8, p=1 is the interactive-login setting of the
 # scrypt paper (Percival 2009); 50-60 ms and 16 MiB per check on the
 # development machine (benchmarks/auth_cost.py).  OWASP asks for n=2**17,
-# ~8 times that; the check runs on the reactor thread (DESIGN.md), so the
+# ~8 times that; checks share a budget of KDF time (auth/throttle.py), so the
 # default stays lower and `stow-passwd user --scrypt-log2-n 17` raises it per user.
 SCRYPT_N = 2**14
 SCRYPT_R = 8
@@ -120,11 +120,45 @@ def verify_password(password: bytes, encoded: str) -> bool:
     return hmac.compare_digest(actual, expected)
 
 
+def kdf_parameters(encoded: str) -> str:
+    """The scheme and KDF parameters of a stored hash, e.g. ``scrypt$n=16384,r=8,p=1``.
+
+    Two entries with the same parameters cost the same to check.
+    """
+    scheme, params, _salt, _digest = _parse(encoded)
+    return f"{scheme}${','.join(f'{name}={value}' for name, value in sorted(params.items()))}"
+
+
+DEFAULT_KDF_PARAMETERS = f"scrypt$n={SCRYPT_N},p={SCRYPT_P},r={SCRYPT_R}"
+
+
 @functools.cache
-def dummy_hash() -> str:
-    """Checked for an unknown user name, so that a miss costs as much as a
-    wrong password and the timing does not tell which user names exist."""
-    return hash_password(b"no such user")
+def dummy_hash(parameters: str = DEFAULT_KDF_PARAMETERS) -> str:
+    """A hash of no real password with the given ``kdf_parameters``.
+
+    Checked for an unknown user name, so that a miss costs as much as a wrong
+    password and the timing does not tell which user names exist; the caller
+    picks the parameters of its most expensive entry (docs/CONFORMANCE.md §10).
+    """
+    scheme, _, text = parameters.partition("$")
+    params = _params(text)
+    salt = secrets.token_bytes(SALT_BYTES)
+    if scheme == "scrypt":
+        n, r, p = params["n"], params["r"], params["p"]
+        digest = hashlib.scrypt(
+            b"no such user",
+            salt=salt,
+            n=n,
+            r=r,
+            p=p,
+            maxmem=_scrypt_memory(n, r, p),
+            dklen=HASH_BYTES,
+        )
+        return f"scrypt$n={n},r={r},p={p}${_b64(salt)}${_b64(digest)}"
+    if scheme == "pbkdf2-sha256":
+        digest = hashlib.pbkdf2_hmac("sha256", b"no such user", salt, params["i"], HASH_BYTES)
+        return f"pbkdf2-sha256$i={params['i']}${_b64(salt)}${_b64(digest)}"
+    raise BadHashEntry(f"unknown hash scheme {scheme!r}")
 
 
 def new_token() -> str:

@@ -92,27 +92,44 @@ class FailureThrottle:
         return len(self._peers)
 
 
-# Uncached password checks per second, all peers together: at ~60 ms of
-# scrypt each, 8 a second keep the reactor free at least half the time even
-# when many addresses guess at once (the per-peer block cannot stop that).
-DEFAULT_KDF_PER_SECOND = 8.0
+# Seconds of password KDF per second of wall time, all peers together: a
+# budget of time, not of checks, because one scrypt entry at n=2**17 costs as
+# much as eight at the default n=2**14 (~50 ms here; benchmarks/auth_cost.py).
+# Half a core leaves the rest for uploads even when many addresses guess at
+# once, which the per-peer block cannot stop.
+DEFAULT_KDF_SECONDS_PER_SECOND = 0.5
 
 
-class RateBudget:
-    """A token bucket: ``take()`` is True while fewer than ``rate`` per second were taken."""
+class KdfBudget:
+    """A token bucket of KDF seconds; ``take(cost)`` says whether a check may run now.
 
-    def __init__(self, clock: Callable[[], float], rate: float = DEFAULT_KDF_PER_SECOND) -> None:
+    The bucket holds at most one second's worth.  A check may run whenever
+    the balance is positive, and its whole cost is taken, so a single entry
+    dearer than the bucket still gets checked and the debt is paid back
+    before the next one: over any stretch of time the KDF runs at most
+    ``seconds_per_second`` of it, plus one check.
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        seconds_per_second: float = DEFAULT_KDF_SECONDS_PER_SECOND,
+    ) -> None:
         self._clock = clock
-        self.rate = rate
-        self._tokens = rate
+        self.rate = seconds_per_second
+        self._balance = seconds_per_second
         self._updated = clock()
 
-    def take(self) -> bool:
+    def take(self, cost_seconds: float) -> bool:
+        """Spend ``cost_seconds`` if the balance is positive; False (spend nothing) if not."""
+        self._refill()
+        if self._balance <= 0.0:
+            return False
+        self._balance -= cost_seconds
+        return True
+
+    def _refill(self) -> None:
         now = self._clock()
         elapsed = max(0.0, now - self._updated)
         self._updated = now
-        self._tokens = min(self.rate, self._tokens + elapsed * self.rate)
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True
+        self._balance = min(self.rate, self._balance + elapsed * self.rate)

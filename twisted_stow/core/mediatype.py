@@ -40,8 +40,8 @@ _PARAMETER = re.compile(
     rf';{_OWS}(?:({_TOKEN}){_OWS}={_OWS}(?:"((?:[^"\\]|\\.)*)"|([^;"\s]*)))?{_OWS}'
 )
 _QUOTED_PAIR = re.compile(r"\\(.)")
-# One element of a comma-separated list, commas inside quoted-strings kept.
-_LIST_ELEMENT = re.compile(r'(?:[^,"]|"(?:[^"\\]|\\.)*")+')
+# Where a comma, a quote or a backslash may change the list splitter's state.
+_LIST_SPECIAL = re.compile(r'[,"\\]')
 # RFC 9110 §12.4.2 qvalue.
 _QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
 _DETAIL_CHARS = 80
@@ -182,10 +182,41 @@ def negotiate(accept: str | None) -> str:
     return DICOM_XML if xml_q > json_q else DICOM_JSON
 
 
+def split_list(value: str) -> list[str]:
+    """The elements of a comma-separated field value (RFC 9110 §5.6.1), in linear time.
+
+    Commas inside a quoted-string (RFC 9110 §5.6.4, backslash escapes
+    included) do not split.  An unterminated quoted-string runs to the end of
+    the value; the element it starts is then invalid and ignored by the
+    caller.  One scan over the special characters only: a regular expression
+    with nested repetition backtracked quadratically on ``"`` followed by
+    thousands of ``\\"`` (2.4 s of reactor time for an 8,000-pair Accept).
+    """
+    elements: list[str] = []
+    start = 0
+    quoted = False
+    escaped_at = -1
+    for match in _LIST_SPECIAL.finditer(value):
+        at = match.start()
+        if at == escaped_at:
+            continue
+        char = match.group()
+        if char == "\\":
+            if quoted:
+                escaped_at = at + 1
+        elif char == '"':
+            quoted = not quoted
+        elif not quoted:
+            elements.append(value[start:at])
+            start = at + 1
+    elements.append(value[start:])
+    return elements
+
+
 def _parse_accept(accept: str) -> list[tuple[MediaType, float]]:
     """Return the valid media ranges of an Accept value with their q; drop the rest."""
     ranges: list[tuple[MediaType, float]] = []
-    for element in _LIST_ELEMENT.findall(accept):
+    for element in split_list(accept):
         if not element.strip():
             continue
         try:

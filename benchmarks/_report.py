@@ -6,10 +6,9 @@ import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from benchmarks.stow_bench import Measurement
+from benchmarks._measurement import Measurement
 
 MIB = 1024 * 1024
 LABELS = {

@@ -19,25 +19,13 @@ import http.client
 import statistics
 import tempfile
 import time
-from io import BytesIO
 from pathlib import Path
 
-import pydicom
-from pydicom.uid import generate_uid
-
 from benchmarks._servers import Ours
-from tests.dicom_files import CT
 from tests.helpers import build_multipart, multipart_content_type
+from tests.integration.crafted import instance
 
 BOUNDARY = "workflow-benchmark"
-
-
-def instance() -> bytes:
-    ds = pydicom.dcmread(CT)
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    with BytesIO() as buffer:
-        ds.save_as(buffer, enforce_file_format=True)
-        return buffer.getvalue()
 
 
 def main() -> None:

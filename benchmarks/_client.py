@@ -1,18 +1,21 @@
-"""A streaming STOW-RS client: raw sockets, ``sendfile`` from the DICOM files.
+"""The one STOW-RS client of the benchmarks: raw sockets, a body streamed as it is sent.
 
-Every real client builds the whole body in memory (../shared/PEERS.md); this
-one never holds more than a part header.  The multipart framing and the HTTP
-chunk headers are small ``send`` calls; the files go from the page cache to
-the socket with ``os.sendfile`` (no copy through Python), in pieces of
-``CHUNK_BYTES``.  The socket is corked for the whole body so the small
-framing writes never leave as tiny packets (no Nagle/delayed-ACK stalls).
-The same client posts to our server, to Orthanc and to the discard sink, so
-the sink's rate is this client's own ceiling: it is not the bottleneck when
-that rate is above every server's.
+Every real STOW-RS client builds the whole request body in memory before it
+sends it (README.md in this folder, "Why a client of our own"); this one never
+holds more than one piece of it.  A body is a sequence of pieces: ``bytes``
+(the multipart framing, a DICOM header from memory, or generated payload)
+and ``FileRange`` (bytes of a file, sent from the page cache to the socket
+with ``os.sendfile``, no copy through Python).  They go out in HTTP chunks of
+``chunk_bytes`` with ``Transfer-Encoding: chunked``, or as one
+``Content-Length`` body in writes of the same size.  The socket is corked for
+the whole body so the small framing writes never leave as tiny packets (no
+Nagle/delayed-ACK stalls).  The same client posts to our server, to Orthanc
+and to the discard sink, so the sink's rate is this client's own ceiling: it
+is not the bottleneck when that rate is above every server's.
 
 Between pieces the client polls the socket: a server that answers before
-the body is sent (our 503 from the headers) is read at once, and the time to
-its status line is the refusal latency.
+the body is sent (our 503 or 413 from the headers) is read at once, and the
+time to its status line is the refusal latency.
 """
 
 from __future__ import annotations
@@ -25,13 +28,15 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from benchmarks._studies import Instance
+from tests.helpers import multipart_content_type
 
 BOUNDARY = "twisted-stow-bench-boundary"
-CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
+CONTENT_TYPE = multipart_content_type(BOUNDARY)
 PART_HEAD = f"\r\n--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
 CLOSE = f"\r\n--{BOUNDARY}--\r\n".encode()
 # One HTTP chunk per MiB (python dicomweb-client uses 1,000,000 bytes).
@@ -42,10 +47,33 @@ TIMEOUT_SECONDS = 600.0
 RETRY_PAUSE_SECONDS = 0.1
 # A server that never admits a request must fail the run, not hang it.
 MAX_REFUSALS = 3000
+# Statuses that are an answer, not a failure: stored, or refused for now.
+_EXPECTED_STATUSES = (200, 503)
 
 _REFERENCED_SOP_SEQUENCE = "00081199"
 _FAILED_SOP_SEQUENCE = "00081198"
 _REFERENCED_SOP_INSTANCE_UID = "00081155"
+
+
+@dataclass(frozen=True, slots=True)
+class FileRange:
+    """``count`` bytes of the file at ``path`` from ``offset``, sent with ``os.sendfile``."""
+
+    path: Path
+    offset: int
+    count: int
+
+
+Piece = bytes | FileRange
+
+
+@dataclass(frozen=True)
+class Body:
+    """A request body: its Content-Type, its exact length, and its pieces (iterated once)."""
+
+    content_type: str
+    length: int
+    pieces: Iterable[Piece]
 
 
 @dataclass
@@ -58,19 +86,35 @@ class Reply:
     sent_bytes: int  # of the body, before the answer came (all of it unless refused early)
     seconds: float  # connect to last response byte
     status_seconds: float  # connect to the status line
-    problem: str | None = None  # why a 200 is not "every instance stored"
+    problem: str | None = None  # why the answer is neither "every instance stored" nor a 503
+    send_seconds: float = 0.0  # connect to the last body byte sent (or the early answer)
 
 
 def body_length(instances: Sequence[Instance]) -> int:
     return sum(len(PART_HEAD) + i.size for i in instances) + len(CLOSE)
 
 
-def _head(port: int, path: str, length: int | None) -> bytes:
+def instances_body(instances: Sequence[Instance]) -> Body:
+    """``instances`` as one multipart/related body: each header from memory
+    (a variant's UIDs), the rest of each file with ``sendfile``."""
+
+    def pieces() -> Iterator[Piece]:
+        for instance in instances:
+            yield PART_HEAD
+            yield instance.header
+            rest = instance.size - len(instance.header)
+            yield FileRange(instance.path, len(instance.header), rest)
+        yield CLOSE
+
+    return Body(CONTENT_TYPE, body_length(instances), pieces())
+
+
+def _head(port: int, path: str, content_type: str, length: int | None) -> bytes:
     framing = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
     return (
         f"POST {path} HTTP/1.1\r\n"
         f"Host: 127.0.0.1:{port}\r\n"
-        f"Content-Type: {CONTENT_TYPE}\r\n"
+        f"Content-Type: {content_type}\r\n"
         "Accept: application/dicom+json\r\n"
         f"{framing}\r\n"
         "Connection: close\r\n\r\n"
@@ -79,11 +123,6 @@ def _head(port: int, path: str, length: int | None) -> bytes:
 
 class _Answered(Exception):
     """The server answered before the whole body was sent."""
-
-
-def _answered(sock: socket.socket) -> bool:
-    readable, _, _ = select.select([sock], [], [], 0)
-    return bool(readable)
 
 
 def _sendfile(sock: socket.socket, fd: int, offset: int, count: int) -> None:
@@ -103,92 +142,157 @@ def _sendfile(sock: socket.socket, fd: int, offset: int, count: int) -> None:
         count -= sent
 
 
-def _send_body(sock: socket.socket, instances: Sequence[Instance], chunked: bool) -> int:
-    """Send the multipart body; returns the body bytes sent.  Raises
-    ``_Answered`` as soon as a response is waiting."""
-    sent = 0
-    for instance in instances:
-        fd = os.open(instance.path, os.O_RDONLY)
+class _BodySender:
+    """Sends pieces as HTTP chunks (or plain writes) of ``chunk_bytes``.
+
+    Small ``bytes`` pieces wait in ``pending`` and go out in front of the
+    next file bytes, in the same HTTP chunk, so the framing adds no chunks.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        chunked: bool,
+        chunk_bytes: int,
+        on_progress: Callable[[int], None] | None,
+    ) -> None:
+        self.sock, self.chunked, self.chunk_bytes = sock, chunked, chunk_bytes
+        self.on_progress = on_progress
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.sent = 0
+
+    def send(self, pieces: Iterable[Piece]) -> None:
+        """Send every piece, then the end of the body.  Raises ``_Answered``
+        as soon as a response is waiting."""
+        for piece in pieces:
+            if isinstance(piece, FileRange):
+                self._send_file(piece)
+                continue
+            self.pending.append(piece)
+            self.pending_bytes += len(piece)
+            if self.pending_bytes >= self.chunk_bytes:
+                self._emit()
+        if self.pending_bytes:
+            self._emit()
+        if self.chunked:
+            self.sock.sendall(b"0\r\n\r\n")
+
+    def _send_file(self, piece: FileRange) -> None:
+        fd = os.open(piece.path, os.O_RDONLY)
         try:
-            # The header from memory (a variant's UIDs), the rest from the file.
-            offset = len(instance.header)
-            prefix = PART_HEAD + instance.header
-            while offset < instance.size or prefix:
-                if _answered(sock):
-                    raise _Answered
-                count = min(CHUNK_BYTES - len(prefix), instance.size - offset)
-                if chunked:
-                    sock.sendall(b"%x\r\n" % (len(prefix) + count) + prefix)
-                else:
-                    sock.sendall(prefix)
-                _sendfile(sock, fd, offset, count)
-                if chunked:
-                    sock.sendall(b"\r\n")
-                sent += len(prefix) + count
+            offset, left = piece.offset, piece.count
+            while left:
+                count = min(self.chunk_bytes - self.pending_bytes, left)
+                self._emit(fd, offset, count)
                 offset += count
-                prefix = b""
+                left -= count
         finally:
             os.close(fd)
-    if chunked:
-        sock.sendall(b"%x\r\n" % len(CLOSE) + CLOSE + b"\r\n0\r\n\r\n")
-    else:
-        sock.sendall(CLOSE)
-    return sent + len(CLOSE)
+
+    def _emit(self, fd: int = -1, offset: int = 0, count: int = 0) -> None:
+        """One HTTP chunk: the pending bytes, then ``count`` bytes of ``fd``."""
+        readable, _, _ = select.select([self.sock], [], [], 0)
+        if readable:
+            raise _Answered
+        size = self.pending_bytes + count
+        if self.chunked:
+            self.sock.sendall(b"%x\r\n" % size)
+        for piece in self.pending:
+            self.sock.sendall(piece)
+        if count:
+            _sendfile(self.sock, fd, offset, count)
+        if self.chunked:
+            self.sock.sendall(b"\r\n")
+        self.pending, self.pending_bytes = [], 0
+        self.sent += size
+        if self.on_progress is not None:
+            self.on_progress(self.sent)
 
 
 def post(
-    port: int, path: str, instances: Sequence[Instance], *, chunked: bool, check: bool = True
+    port: int,
+    path: str,
+    body: Body,
+    *,
+    chunked: bool,
+    uids: Collection[str] = (),
+    check: bool = True,
+    chunk_bytes: int = CHUNK_BYTES,
+    on_progress: Callable[[int], None] | None = None,
 ) -> Reply:
-    """POST ``instances`` as one multipart/related body; read the whole answer.
+    """POST ``body`` to 127.0.0.1:``port`` over a new connection; read the whole answer.
 
-    ``check``: a 200 must list every SOP Instance UID sent in
-    ReferencedSOPSequence and have no FailedSOPSequence (the discard sink
-    answers ``{}``, so it is not checked).
+    ``uids``: the SOP Instance UIDs in the body.  With ``check``, a 200 must
+    list every one of them in ReferencedSOPSequence and have no
+    FailedSOPSequence (the discard sink answers ``{}``, so it is not
+    checked); any status but 200 and 503 is a problem.  ``on_progress`` is
+    called with the body bytes sent so far after each chunk.
     """
-    length = body_length(instances)
     started = time.monotonic()
-    sent = 0
     with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_SECONDS) as sock:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+        sender = _BodySender(
+            sock, chunked=chunked, chunk_bytes=chunk_bytes, on_progress=on_progress
+        )
         try:
-            sock.sendall(_head(port, path, None if chunked else length))
-            sent = _send_body(sock, instances, chunked)
+            sock.sendall(_head(port, path, body.content_type, None if chunked else body.length))
+            sender.send(body.pieces)
         except (_Answered, BrokenPipeError, ConnectionResetError):
             pass  # an early answer (or a close after one): read it below
+        send_seconds = time.monotonic() - started
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
         response = http.client.HTTPResponse(sock)
         try:
             response.begin()
         except (ConnectionResetError, http.client.RemoteDisconnected) as exc:
             now = time.monotonic() - started
-            return Reply(0, len(instances), length, sent, now, now, f"no answer: {exc}")
+            problem = f"no answer: {exc}"
+            return Reply(0, len(uids), body.length, sender.sent, now, now, problem, send_seconds)
         status_seconds = time.monotonic() - started
-        body = response.read()
+        answer = response.read()
     seconds = time.monotonic() - started
-    reply = Reply(response.status, len(instances), length, sent, seconds, status_seconds)
+    reply = Reply(
+        response.status,
+        len(uids),
+        body.length,
+        sender.sent,
+        seconds,
+        status_seconds,
+        send_seconds=send_seconds,
+    )
     if response.status == 200 and check:
-        reply.problem = _check(body, instances)
-    elif response.status != 200 and response.status != 503:
-        reply.problem = f"status {response.status}: {body[:200]!r}"
+        reply.problem = _check(answer, uids)
+    elif response.status not in _EXPECTED_STATUSES:
+        reply.problem = f"status {response.status}: {answer[:200]!r}"
     return reply
 
 
-def _check(body: bytes, instances: Sequence[Instance]) -> str | None:
+def post_instances(
+    port: int, path: str, instances: Sequence[Instance], *, chunked: bool, check: bool = True
+) -> Reply:
+    """POST ``instances`` (``instances_body``) and check the answer lists them all."""
+    uids = [instance.sop_instance_uid for instance in instances]
+    return post(port, path, instances_body(instances), chunked=chunked, uids=uids, check=check)
+
+
+def _check(answer: bytes, uids: Collection[str]) -> str | None:
     try:
-        model = json.loads(body)
+        model = json.loads(answer)
     except ValueError:
-        return f"the answer is not JSON: {body[:200]!r}"
+        return f"the answer is not JSON: {answer[:200]!r}"
     failed = model.get(_FAILED_SOP_SEQUENCE, {}).get("Value", [])
     if failed:
-        return f"{len(failed)} instances in FailedSOPSequence"
+        return f"{len(failed)} instances in FailedSOPSequence: {failed[0]}"
     listed = {
         uid
         for item in model.get(_REFERENCED_SOP_SEQUENCE, {}).get("Value", [])
         for uid in item.get(_REFERENCED_SOP_INSTANCE_UID, {}).get("Value", [])
     }
-    missing = {i.sop_instance_uid for i in instances} - listed
+    missing = set(uids) - listed
     if missing:
-        return f"{len(missing)} of {len(instances)} instances not in ReferencedSOPSequence"
+        return f"{len(missing)} of {len(uids)} instances not in ReferencedSOPSequence"
     return None
 
 
@@ -225,7 +329,7 @@ def run_clients(
                     if not queue:
                         return
                     request = queue.popleft()
-                reply = post(port, path, request, chunked=chunked, check=check)
+                reply = post_instances(port, path, request, chunked=chunked, check=check)
                 with lock:
                     batch.replies.append(reply)
                     if reply.status == 503:

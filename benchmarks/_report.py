@@ -6,10 +6,9 @@ import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from benchmarks.stow_bench import Measurement
+from benchmarks._measurement import Measurement
 
 MIB = 1024 * 1024
 LABELS = {
@@ -421,6 +420,15 @@ def _row(row: dict[str, Any], first: str) -> str:
 # Plots.
 
 
+def _save(plt: Any, fig: Any, ax: Any, title: str, path: Path) -> None:
+    """Title, legend, layout, then the PNG; the figure is closed (pyplot keeps it otherwise)."""
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plots(summary: dict[str, Any], out: Path) -> None:
     import matplotlib
 
@@ -459,11 +467,7 @@ def plots(summary: dict[str, Any], out: Path) -> None:
         ax.set_xticklabels(studies)
         ax.set_yscale("log")
         ax.set_ylabel("MB/s (log scale)")
-        ax.set_title("One POST per study (median)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "throughput.png", dpi=100)
-        plt.close(fig)
+        _save(plt, fig, ax, "One POST per study (median)", out / "throughput.png")
 
     concurrency = [r for r in rows if r["scenario"] in ("concurrency", "limit")]
     if concurrency:
@@ -481,11 +485,7 @@ def plots(summary: dict[str, Any], out: Path) -> None:
         ax.set_yscale("log")
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel("MB/s (log scale)")
-        ax.set_title("ct study as 64 POSTs (median)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "concurrency.png", dpi=100)
-        plt.close(fig)
+        _save(plt, fig, ax, "ct study as 64 POSTs (median)", out / "concurrency.png")
 
     memory = [
         r
@@ -504,8 +504,4 @@ def plots(summary: dict[str, Any], out: Path) -> None:
         ax.set_xticks(range(len(memory)))
         ax.set_xticklabels(names, fontsize=6)
         ax.set_ylabel("server peak RSS, MiB")
-        ax.set_title("Peak RSS per POST (max over runs)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "memory.png", dpi=100)
-        plt.close(fig)
+        _save(plt, fig, ax, "Peak RSS per POST (max over runs)", out / "memory.png")

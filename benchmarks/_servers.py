@@ -1,10 +1,14 @@
 """The servers under test, each started here on 127.0.0.1 and stopped by PID.
 
-* ``Ours``: ``twistd -n stow`` from this checkout.
+* ``Ours``: ``twistd -n stow`` from this checkout, started by
+  ``tests.launcher.Twistd`` (the launcher the integration tests use).
 * ``Orthanc``: Debian's ``Orthanc`` with the DICOMweb plugin and a config
   written here, with ``bind_loopback.c`` preloaded (compiled with gcc) so it
   listens on 127.0.0.1 only; ``check_loopback_only`` verifies that.
 * ``Sink``: ``_sink.py``, the loopback discard limit.
+
+Orthanc and the sink are ``tests.launcher.ServerProcess``es: the same log
+reader and the same stop by PID (SIGTERM, then SIGKILL after a timeout).
 
 Each has ``pid``, ``port``, ``path`` (where STOW-RS is) and ``clear()``,
 which deletes what the last run stored so every run starts from the same
@@ -15,78 +19,53 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
-from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import psutil
 
+from tests.launcher import (
+    LOOPBACK_ANY_PORT,
+    START_TIMEOUT_SECONDS,
+    DidNotStart,
+    ServerProcess,
+    Twistd,
+)
+
 REPO = Path(__file__).resolve().parent.parent
-START_TIMEOUT_SECONDS = 60.0
 ORTHANC = "/usr/sbin/Orthanc"
 # Debian's orthanc-dicomweb 1.7 (bookworm); a later package changes the suffix.
 ORTHANC_DICOMWEB = next(
     (str(p) for p in sorted(Path("/usr/lib/orthanc").glob("libOrthancDicomWeb.so*"))),
     "/usr/lib/orthanc/libOrthancDicomWeb.so.1.7",
 )
-_STARTED = re.compile(rb"StowSite starting on (\d+)")
 
 
-class Started:
-    """A process we started, its log drained in a thread (a full pipe would block it)."""
+class Started(Protocol):
+    """What the benchmark needs of a target server it started."""
 
-    name = "?"
-    path = "/studies"
-
-    def __init__(self, command: list[str], cwd: Path, env: dict[str, str] | None = None) -> None:
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd, env=env
-        )
-        self.log: deque[bytes] = deque(maxlen=300)
-        self.port = 0
-        self._ready = threading.Event()
-        threading.Thread(target=self._drain, daemon=True).start()
+    name: str
+    path: str  # where STOW-RS is
+    port: int
 
     @property
-    def pid(self) -> int:
-        return self.process.pid
+    def pid(self) -> int: ...
 
-    def _drain(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.log.append(line)
-            self.on_line(line)
-        self._ready.set()
+    def log_tail(self) -> str: ...
 
-    def on_line(self, line: bytes) -> None:
-        pass
-
-    def log_tail(self) -> str:
-        return b"".join(self.log).decode(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        """SIGTERM our process by PID and wait for it."""
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def clear(self) -> None:
-        pass
+    def stop(self) -> int: ...
 
     def release_space(self) -> None:
         """Give back the page cache and disk blocks of what was stored so far."""
+
+    def clear(self) -> None:
+        """Delete what the last runs stored."""
 
 
 def truncate_files(paths: Iterable[Path]) -> None:
@@ -104,39 +83,29 @@ def truncate_files(paths: Iterable[Path]) -> None:
             os.truncate(path, 0)
 
 
-def _python_script(name: str) -> str:
-    beside = Path(sys.executable).with_name(name)
-    return str(beside) if beside.exists() else name
+class Ours(Twistd):
+    """``twistd -n stow`` on 127.0.0.1, port 0, storage under ``workdir``.
 
-
-class Ours(Started):
-    """``twistd -n stow`` on 127.0.0.1, port 0, storage under ``workdir``."""
+    ``env`` and ``runner`` go to ``tests.launcher.Twistd`` (backpressure.py
+    runs twistd behind a throttled ``os.writev``).
+    """
 
     name = "twisted-stow"
+    path = "/studies"
 
-    def __init__(self, workdir: Path, extra_args: Sequence[str] = ()) -> None:
-        self.storage = workdir / "store"
-        self.storage.mkdir(parents=True, exist_ok=True)
-        command = [
-            _python_script("twistd"),
-            "-n",
-            "--pidfile=",
-            "stow",
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-            "--storage",
-        ]
-        command += [str(self.storage), *extra_args]
-        super().__init__(command, workdir)
-        if not self._ready.wait(START_TIMEOUT_SECONDS) or not self.port:
-            self.stop()
-            raise RuntimeError("twistd did not start:\n" + self.log_tail())
-
-    def on_line(self, line: bytes) -> None:
-        match = _STARTED.search(line)
-        if match and not self.port:
-            self.port = int(match.group(1))
-            self._ready.set()
+    def __init__(
+        self,
+        workdir: Path,
+        extra_args: Sequence[str] = (),
+        *,
+        env: Mapping[str, str] | None = None,
+        runner: Sequence[str] | None = None,
+    ) -> None:
+        storage = workdir / "store"
+        storage.mkdir(parents=True, exist_ok=True)
+        options = ["--listen", LOOPBACK_ANY_PORT, *extra_args]
+        super().__init__(storage, *options, env=env, cwd=workdir, runner=runner)
+        (self.port,) = self.ports(1)
 
     def release_space(self) -> None:
         truncate_files(self.storage.glob("*/*/*.dcm"))
@@ -171,7 +140,7 @@ def compile_shim(workdir: Path) -> Path:
     return shim
 
 
-class Orthanc(Started):
+class Orthanc(ServerProcess):
     """Orthanc + DICOMweb on 127.0.0.1 (bind() rewritten by the preloaded shim)."""
 
     name = "Orthanc"
@@ -203,7 +172,7 @@ class Orthanc(Started):
         config_path = workdir / "orthanc.json"
         config_path.write_text(json.dumps(config, indent=2))
         env = {**os.environ, "LD_PRELOAD": str(shim)}
-        super().__init__([ORTHANC, str(config_path)], workdir, env)
+        super().__init__([ORTHANC, str(config_path)], cwd=workdir, env=env)
         self.port = port
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while True:
@@ -215,7 +184,7 @@ class Orthanc(Started):
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError("Orthanc did not start:\n" + self.log_tail())
+                raise DidNotStart("Orthanc did not start:\n" + self.log_tail())
             time.sleep(0.1)
         check_loopback_only(self.pid)
 
@@ -258,18 +227,22 @@ def check_loopback_only(pid: int) -> list[str]:
     return listening
 
 
-class Sink(Started):
+class Sink(ServerProcess):
     """``_sink.py`` in its own process: reads bodies, discards them, answers 200."""
 
     name = "loopback sink"
+    path = "/studies"
 
-    def __init__(self, workdir: Path) -> None:
-        super().__init__([sys.executable, "-m", "benchmarks._sink"], REPO)
-        if not self._ready.wait(START_TIMEOUT_SECONDS) or not self.port:
+    def __init__(self) -> None:
+        super().__init__([sys.executable, "-m", "benchmarks._sink"], cwd=REPO)
+        # Its first line is its port.
+        if not self.wait_for(lambda lines: lines and lines[0].strip().isdigit()):
             self.stop()
-            raise RuntimeError("the sink did not start:\n" + self.log_tail())
+            raise DidNotStart("the sink did not start:\n" + self.log_tail())
+        self.port = int(self.log().split(maxsplit=1)[0])
 
-    def on_line(self, line: bytes) -> None:
-        if not self.port and line.strip().isdigit():
-            self.port = int(line)
-            self._ready.set()
+    def release_space(self) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass

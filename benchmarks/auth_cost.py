@@ -4,18 +4,14 @@ Runs ``Guard.authorize`` (twisted.cred portal, checkers, grant) directly, with
 the default scrypt parameters: uncached Basic (the KDF), cached Basic, a
 static token, and ES256/RS256 JWTs.  Prints the median of each in ms.
 
-    python3 benchmarks/auth_cost.py
+    python3 -m benchmarks.auth_cost
 """
 
 from __future__ import annotations
 
 import base64
 import statistics
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.auth_material import AUDIENCE, ISSUER, claims, ec_key, rsa_key, sign
 from twisted_stow.auth.cred import build_portal, credential_factories

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Backpressure: what a real ``twistd -n stow`` buffers while a slow disk stores 1 GiB.
 
 The server runs in a child process whose ``os.writev`` (used only by the
@@ -10,8 +9,8 @@ difference is what sits between client and disk (the kernel's socket buffers
 on both sides plus what the server holds), and with backpressure it stays a
 few MiB however large the body is.
 
-    python3 benchmarks/backpressure.py                  # 1 GiB at a 100 MB/s disk
-    python3 benchmarks/backpressure.py --size 256M --disk-rate 50
+    python3 -m benchmarks.backpressure                  # 1 GiB at a 100 MB/s disk
+    python3 -m benchmarks.backpressure --size 256M --disk-rate 50
 
 Not part of the test run; tests/memory/test_slow_disk_gib.py and
 tests/integration/test_backpressure.py assert the bound.
@@ -21,11 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,61 +29,38 @@ from pathlib import Path
 
 import psutil
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks import _client
+from benchmarks._dicom import framing_bytes
+from benchmarks._servers import Ours
+from tests.helpers import iter_multipart, multipart_content_type
+from twisted_stow.core.config import parse_size
 
-from tests.helpers import iter_multipart, multipart_content_type  # noqa: E402
-from twisted_stow.core.config import parse_size  # noqa: E402
-
-BOUNDARY = "backpressure-benchmark"
 MIB = 1024 * 1024
 SAMPLE_SECONDS = 0.02
-_STARTED = re.compile(rb"StowSite starting on (\d+)")
+# Generated in 256 KiB pieces, what one read of the server takes.
+CHUNK_BYTES = 256 * 1024
+DISK_RATE_ENV = "STOW_BENCH_DISK_MB_PER_S"
 
-# The child: throttle os.writev to a disk rate, then run twistd as usual.
-_SERVER = """
+# Run in front of twistd's arguments: throttle os.writev to a disk rate, then
+# run twistd as usual (tests.launcher.Twistd's ``runner``).
+_THROTTLED_TWISTD = f"""
 import os, sys, time
-rate = float(sys.argv[1]) * 1e6
+rate = float(os.environ["{DISK_RATE_ENV}"]) * 1e6
 real_writev = os.writev
 def slow_writev(fd, buffers):
     written = real_writev(fd, buffers)
     time.sleep(written / rate)
     return written
 os.writev = slow_writev
-sys.argv = ["twistd"] + sys.argv[2:]
+sys.argv = ["twistd"] + sys.argv[1:]
 from twisted.scripts.twistd import run
 run()
 """
 
 
-def start_server(storage: Path, disk_rate: float) -> tuple[subprocess.Popen[bytes], int]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            _SERVER,
-            str(disk_rate),
-            "-n",
-            "--pidfile=",
-            "stow",
-            "--storage",
-            str(storage),
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        cwd=storage.parent,
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        match = _STARTED.search(line)
-        if match:
-            port = int(match.group(1))
-            # Keep draining the log so the server never blocks on it.
-            threading.Thread(target=lambda: [None for _ in process.stdout], daemon=True).start()  # type: ignore[union-attr]
-            return process, port
-    raise SystemExit("twistd did not start")
+def start_server(workdir: Path, disk_rate: float) -> Ours:
+    env = {**os.environ, DISK_RATE_ENV: str(disk_rate)}
+    return Ours(workdir, env=env, runner=[sys.executable, "-c", _THROTTLED_TWISTD])
 
 
 def staged_bytes(storage: Path) -> int:
@@ -102,61 +74,59 @@ def staged_bytes(storage: Path) -> int:
 
 
 def run(size: int, disk_rate: float, workdir: Path) -> dict[str, float]:
-    storage = workdir / "store"
-    process, port = start_server(storage, disk_rate)
-    server = psutil.Process(process.pid)
+    server = start_server(workdir, disk_rate)
+    storage = server.storage
+    process = psutil.Process(server.pid)
     try:
         time.sleep(0.5)
-        baseline_rss = server.memory_info().rss
-        chunks = iter_multipart([size], BOUNDARY, chunk_size=256 * 1024)
-        body_length = sum(len(c) for c in iter_multipart([size], BOUNDARY, chunk_size=MIB))
+        baseline_rss = process.memory_info().rss
+        pieces = iter_multipart([size], chunk_size=CHUNK_BYTES)
+        body = _client.Body(multipart_content_type(), framing_bytes(1) + size, pieces)
         sent = 0
         done = threading.Event()
         samples: list[tuple[float, int, int, int]] = []  # time, sent, staged, rss
+
+        def progress(count: int) -> None:
+            nonlocal sent
+            sent = count
 
         def sample() -> None:
             while not done.is_set():
                 try:
                     samples.append(
-                        (time.monotonic(), sent, staged_bytes(storage), server.memory_info().rss)
+                        (time.monotonic(), sent, staged_bytes(storage), process.memory_info().rss)
                     )
                 except psutil.Error:
                     return
                 time.sleep(SAMPLE_SECONDS)
 
         sampler = threading.Thread(target=sample, daemon=True)
-        start = time.monotonic()
         sampler.start()
-        with socket.create_connection(("127.0.0.1", port)) as sock:
-            sock.sendall(
-                b"POST /studies HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-                + f"Content-Type: {multipart_content_type(BOUNDARY)}\r\n".encode()
-                + f"Content-Length: {body_length}\r\n\r\n".encode()
-            )
-            for chunk in chunks:
-                sock.sendall(chunk)
-                sent += len(chunk)
-            answer = b""
-            while data := sock.recv(65536):
-                answer += data
-        elapsed = time.monotonic() - start
+        # The part is not DICOM: the answer is a 409, the flow of bytes the same.
+        reply = _client.post(
+            server.port,
+            server.path,
+            body,
+            chunked=False,
+            check=False,
+            chunk_bytes=CHUNK_BYTES,
+            on_progress=progress,
+        )
         done.set()
         sampler.join()
-        status = int(answer.split(b" ", 2)[1])
         # Between client and disk, sampled while the body was still being sent.
-        in_between = [s - staged for _, s, staged, _ in samples if s < body_length]
+        in_between = [s - staged for _, s, staged, _ in samples if s < body.length]
         return {
-            "status": status,
-            "seconds": elapsed,
-            "mb_per_s": body_length / elapsed / 1e6,
+            "status": reply.status,
+            "seconds": reply.seconds,
+            "mb_per_s": body.length / reply.seconds / 1e6,
             "max_between_mib": max(in_between) / MIB,
             "baseline_rss_mib": baseline_rss / MIB,
             "peak_rss_mib": max(rss for *_, rss in samples) / MIB,
             "samples": len(samples),
         }
     finally:
-        os.kill(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
+        server.stop()
 
 
 def main() -> None:

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Peak RSS of a real ``twistd -n stow`` while it receives one large STOW-RS request.
 
 What it measures, per request size (``--sizes``) and run (``--runs``):
@@ -29,7 +28,7 @@ stores 512 real instances.  ``--part-size all`` sends one huge part instead.
 
 Run from the repository root:
 
-    python3 benchmarks/peak_rss.py --sizes 20M,2G --runs 3
+    python3 -m benchmarks.peak_rss --sizes 20M,2G --runs 3
 
 The issue's target is a server peak RSS under 150 MiB for both sizes.
 """
@@ -37,267 +36,53 @@ The issue's target is a server peak RSS under 150 MiB for both sizes.
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
 import os
-import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections import deque
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from benchmarks import _client
+from benchmarks._dicom import MAX_PART_BYTES, Part, framing_bytes, plan_request
+from benchmarks._server_usage import RssSampler, cpu_seconds, kernel_peak, reset_kernel_peak
+from benchmarks._servers import Ours
+from tests.helpers import iter_multipart, multipart_content_type
+from twisted_stow.core.config import parse_size
 
-from benchmarks._dicom import MAX_PART_BYTES, Part, framing_bytes, plan_request  # noqa: E402
-from tests.helpers import iter_multipart, multipart_content_type  # noqa: E402
-from twisted_stow.core.config import parse_size  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 MIB = 1024 * 1024
 TARGET_PEAK_MIB = 150
-SAMPLE_INTERVAL_SECONDS = 0.020
-START_TIMEOUT_SECONDS = 30.0
-RESPONSE_TIMEOUT_SECONDS = 600.0
 CHUNK_BYTES = 256 * 1024
 DEFAULT_PART_SIZE = "4M"
 DISK_HEADROOM_BYTES = 2 * 1024**3
 STAGING_DIR_NAME = ".staging"
 INDEX_DIR_NAME = ".sop-index"
-_STARTED = re.compile(rb"StowSite starting on (\d+)")
-_REFERENCED_SOP_SEQUENCE = "00081199"
-_FAILED_SOP_SEQUENCE = "00081198"
-_REFERENCED_SOP_INSTANCE_UID = "00081155"
-
-
-# The server.
-
-
-@dataclass
-class Server:
-    """A ``twistd -n stow`` process we started, and the tail of its log."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    storage: Path
-    log: deque[bytes]
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-
-def _twistd() -> str:
-    beside = Path(sys.executable).with_name("twistd")
-    return str(beside) if beside.exists() else "twistd"
-
-
-def start_server(storage: Path) -> Server:
-    """Start twistd on 127.0.0.1, port 0, and wait for its port in the log."""
-    command = [
-        _twistd(),
-        "-n",
-        "--pidfile=",
-        "stow",
-        "--listen",
-        "tcp:0:interface=127.0.0.1",
-        "--storage",
-        str(storage),
-    ]
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=storage.parent
-    )
-    log: deque[bytes] = deque(maxlen=200)
-    port: list[int] = []
-    started = threading.Event()
-    threading.Thread(target=_drain, args=(process, log, port, started), daemon=True).start()
-    if not started.wait(START_TIMEOUT_SECONDS) or not port:
-        stop_server(process)
-        raise RuntimeError("twistd did not start:\n" + b"".join(log).decode(errors="replace"))
-    return Server(process, port[0], storage, log)
-
-
-def _drain(
-    process: subprocess.Popen[bytes], log: deque[bytes], port: list[int], started: threading.Event
-) -> None:
-    """Read the server's log to its end so a full pipe never blocks it."""
-    assert process.stdout is not None
-    for line in process.stdout:
-        log.append(line)
-        match = _STARTED.search(line)
-        if match and not started.is_set():
-            port.append(int(match.group(1)))
-            started.set()
-    started.set()  # exited before starting: wake the waiter
-
-
-def stop_server(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the process we started (by PID) and wait for it."""
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-# Memory of the server.
-
-
-class RssSampler:
-    """Samples a process's RSS every 20 ms in a thread; keeps the peak and the series."""
-
-    def __init__(self, pid: int, interval: float = SAMPLE_INTERVAL_SECONDS) -> None:
-        self._process = psutil.Process(pid)
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self.samples: list[tuple[float, int]] = []
-
-    def __enter__(self) -> RssSampler:
-        self._start = time.monotonic()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                rss = self._process.memory_info().rss
-            except psutil.NoSuchProcess:
-                return
-            self.samples.append((time.monotonic() - self._start, rss))
-            if self._stop.wait(self._interval):
-                return
-
-    @property
-    def peak(self) -> int:
-        return max(rss for _, rss in self.samples)
-
-
-def reset_kernel_peak(pid: int) -> bool:
-    """Reset VmHWM to the current RSS (Linux ≥ 4.0); False where unsupported."""
-    try:
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def kernel_peak(pid: int) -> int | None:
-    """VmHWM of ``pid`` in bytes, or None off Linux."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
-    return int(match.group(1)) * 1024 if match else None
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds ``pid`` has used so far."""
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
 
 
 # The client.
 
 
-@dataclass
-class Exchange:
-    """What the client saw: response status and body, and when."""
-
-    status: int
-    body: bytes
-    sent_bytes: int
-    send_seconds: float
-    total_seconds: float
-    send_error: str | None
+def request_body(parts: list[Part]) -> _client.Body:
+    """The multipart body of ``parts``, generated as it is sent, in 256 KiB pieces."""
+    pieces = iter_multipart((part.chunks() for part in parts), chunk_size=CHUNK_BYTES)
+    length = framing_bytes(len(parts)) + sum(part.size for part in parts)
+    return _client.Body(multipart_content_type(), length, pieces)
 
 
-def request_head(port: int, length: int | None) -> bytes:
-    framing = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
-    return (
-        "POST /studies HTTP/1.1\r\n"
-        f"Host: 127.0.0.1:{port}\r\n"
-        f"Content-Type: {multipart_content_type()}\r\n"
-        "Accept: application/dicom+json\r\n"
-        f"{framing}\r\n"
-        "Connection: close\r\n\r\n"
-    ).encode("ascii")
-
-
-def body_chunks(parts: list[Part]) -> Iterator[bytes]:
-    """The multipart body, generated as it is sent, in 256 KiB chunks."""
-    return iter_multipart((part.chunks() for part in parts), chunk_size=CHUNK_BYTES)
-
-
-def http_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """``chunks`` in chunked transfer coding, one HTTP chunk each."""
-    for chunk in chunks:
-        yield b"%x\r\n" % len(chunk)
-        yield chunk
-        yield b"\r\n"
-    yield b"0\r\n\r\n"
-
-
-def send_request(port: int, parts: list[Part], body_length: int, chunked: bool) -> Exchange:
-    """POST the body over a raw socket and read the whole response."""
-    started = time.monotonic()
-    sent = 0
-    error = None
-    with socket.create_connection(("127.0.0.1", port), timeout=RESPONSE_TIMEOUT_SECONDS) as sock:
-        sock.sendall(request_head(port, None if chunked else body_length))
-        pieces = http_chunks(body_chunks(parts)) if chunked else body_chunks(parts)
-        try:
-            for piece in pieces:
-                sock.sendall(piece)
-                sent += len(piece)
-        except OSError as exc:  # the server answered early and closed
-            error = f"{type(exc).__name__}: {exc}"
-        send_seconds = time.monotonic() - started
-        response = http.client.HTTPResponse(sock)
-        response.begin()
-        body = response.read()
-    return Exchange(response.status, body, sent, send_seconds, time.monotonic() - started, error)
-
-
-def response_problems(exchange: Exchange, parts: list[Part]) -> list[str]:
-    """Why the response is not "200, every part stored"; empty when it is."""
-    problems = []
-    if exchange.send_error:
-        problems.append(f"send failed after {exchange.sent_bytes} B: {exchange.send_error}")
-    if exchange.status != 200:
-        problems.append(f"status {exchange.status}: {exchange.body[:300]!r}")
-    try:
-        model = json.loads(exchange.body)
-    except ValueError:
-        return [*problems, "response is not JSON"]
-    failed = model.get(_FAILED_SOP_SEQUENCE, {}).get("Value", [])
-    if failed:
-        problems.append(f"{len(failed)} parts in FailedSOPSequence: {failed[0]}")
-    listed = {
-        uid
-        for item in model.get(_REFERENCED_SOP_SEQUENCE, {}).get("Value", [])
-        for uid in item.get(_REFERENCED_SOP_INSTANCE_UID, {}).get("Value", [])
-    }
-    missing = {part.sop_instance_uid for part in parts} - listed
-    if missing:
-        problems.append(f"{len(missing)} of {len(parts)} parts not in ReferencedSOPSequence")
+def response_problems(reply: _client.Reply) -> list[str]:
+    """Why the answer is not "200, every part stored"; empty when it is."""
+    problems = [reply.problem] if reply.problem else []
+    if reply.status != 200 and not problems:  # not retried here: a 503 fails the run too
+        problems.append(f"status {reply.status}")
+    if reply.sent_bytes != reply.body_bytes:
+        problems.append(f"answered after {reply.sent_bytes} of {reply.body_bytes} B")
     return problems
 
 
@@ -416,34 +201,41 @@ def part_count(size: int, part_size: int | None) -> int:
 
 
 def run_once(
-    server: Server, label: str, size: int, part_size: int | None, chunked: bool
+    server: Ours, label: str, size: int, part_size: int | None, chunked: bool
 ) -> RunResult:
     """Send one request of ``size`` bytes and measure the server meanwhile."""
     ensure_disk(server.storage, size)
     parts = plan_request(size, part_count(size, part_size))
-    body_bytes = framing_bytes(len(parts)) + sum(part.size for part in parts)
+    body = request_body(parts)
     time.sleep(0.5)  # let the server settle after the previous run
     baseline = psutil.Process(server.pid).memory_info().rss
     has_kernel_peak = reset_kernel_peak(server.pid)
     cpu_before = cpu_seconds(server.pid)
     with RssSampler(server.pid) as sampler:
-        exchange = send_request(server.port, parts, body_bytes, chunked)
+        reply = _client.post(
+            server.port,
+            server.path,
+            body,
+            chunked=chunked,
+            uids=[part.sop_instance_uid for part in parts],
+            chunk_bytes=CHUNK_BYTES,
+        )
     cpu = cpu_seconds(server.pid) - cpu_before
     peak_hwm = kernel_peak(server.pid) if has_kernel_peak else None
     usage = storage_usage(server.storage, parts)
-    problems = response_problems(exchange, parts)
-    if exchange.status == 200:
+    problems = response_problems(reply)
+    if reply.status == 200:
         problems += storage_problems(server.storage, parts, usage)
     clear_storage(server.storage, parts)
     return RunResult(
         label,
         len(parts),
-        body_bytes,
+        body.length,
         baseline,
         sampler.peak,
         peak_hwm,
-        exchange.total_seconds,
-        exchange.send_seconds,
+        reply.seconds,
+        reply.send_seconds,
         cpu,
         usage,
         problems,
@@ -573,29 +365,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def measure(args: argparse.Namespace, workdir: Path) -> dict[str, list[RunResult]]:
-    storage = workdir / "store"
-    storage.mkdir()
-    server = None if args.fresh_server else start_server(storage)
+    server = None if args.fresh_server else Ours(workdir)
     results: dict[str, list[RunResult]] = {}
     try:
         for label, size in args.sizes:
             print(f"{label}:", flush=True)
             for index in range(1, args.runs + 1):
-                current = server or start_server(storage)
+                current = server or Ours(workdir)
                 try:
                     result = run_once(current, label, size, args.part_size, args.chunked)
                 finally:
                     if server is None:
-                        stop_server(current.process)
+                        current.stop()
                 print_run(index, result)
                 results.setdefault(label, []).append(result)
     except BaseException:
         if server is not None:
-            print(b"".join(server.log).decode(errors="replace")[-4000:], file=sys.stderr)
+            print(server.log_tail(), file=sys.stderr)
         raise
     finally:
         if server is not None:
-            stop_server(server.process)
+            server.stop()
     return results
 
 

@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """Where our server spends its CPU while it stores a study: py-spy on a real twistd.
 
-    python3 benchmarks/profile_server.py                  # large and ct, chunked
-    python3 benchmarks/profile_server.py --study ct --content-length
+    python3 -m benchmarks.profile_server                  # large and ct, chunked
+    python3 -m benchmarks.profile_server --study ct --content-length
 
 It writes the study (``_studies.py``), starts ``twistd -n stow`` on
 127.0.0.1, attaches ``py-spy record`` (raw collapsed stacks, every thread,
@@ -23,12 +22,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from benchmarks import _client, _servers, _studies  # noqa: E402
+from benchmarks import _client, _servers, _studies
 
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
@@ -126,14 +123,12 @@ def main(argv: list[str] | None = None) -> int:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        import time
-
         time.sleep(1.0)  # py-spy attaches
         tags = iter(range(1, 1000))
         for study in studies:
             for _ in range(args.posts):
                 server.release_space()  # as stow_bench.py does between runs
-                reply = _client.post(
+                reply = _client.post_instances(
                     server.port,
                     server.path,
                     study.variant(next(tags)).instances,

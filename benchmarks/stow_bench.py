@@ -5,8 +5,8 @@ with Orthanc and with the machine's limits, in one run.
 Run from the repository root (full size: about 7 minutes, 15 GiB of free
 disk for temporary files, deleted at the end):
 
-    python3 benchmarks/stow_bench.py                 # full size, 3 runs each
-    python3 benchmarks/stow_bench.py --size tiny     # seconds (what CI runs)
+    python3 -m benchmarks.stow_bench                 # full size, 3 runs each
+    python3 -m benchmarks.stow_bench --size tiny     # seconds (what CI runs)
 
 What it does (benchmarks/README.md has the details):
 
@@ -43,18 +43,18 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import psutil
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from benchmarks import _client, _report, _servers, _studies
+from benchmarks._measurement import Measurement
+from benchmarks._server_usage import RssSampler, cpu_seconds, kernel_peak, reset_kernel_peak
+from benchmarks._studies import Instance, Study
+from twisted_stow.durable import fsync_directory
 
-from benchmarks import _client, _report, _servers, _studies  # noqa: E402
-from benchmarks._studies import Instance, Study  # noqa: E402
-from benchmarks.peak_rss import RssSampler, cpu_seconds, kernel_peak, reset_kernel_peak  # noqa: E402
-from twisted_stow.durable import fsync_directory  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 MIB = 1024 * 1024
 COPY_BYTES = 1024 * 1024
@@ -64,39 +64,6 @@ DEFAULT_MAX_REQUESTS = 4
 SETTLE_SECONDS = 0.3
 # Free space left for everyone else while a full run holds its data.
 DISK_HEADROOM_BYTES = 5 * 1024**3
-
-
-@dataclass
-class Measurement:
-    """One run of one scenario against one target."""
-
-    scenario: str  # "throughput", "concurrency", "limit", "memory"
-    study: str
-    target: str  # "ours", "ours-length", "orthanc", "sink", "disk"
-    clients: int
-    run: int
-    seconds: float
-    body_bytes: int  # of the requests answered 200 (admitted work)
-    instances: int  # stored (answered 200)
-    answers: dict[str, int] = field(default_factory=dict)  # status -> count
-    latencies: list[float] = field(default_factory=list)  # of 200 answers, s
-    refusal_latencies: list[float] = field(default_factory=list)  # connect -> 503 status line
-    # limit runs: a probe in its own process (_probe.py), head sent -> 503 status line
-    probe_refusal_latencies: list[float] = field(default_factory=list)
-    probe_admitted: int = 0
-    peak_rss: int | None = None
-    kernel_peak_rss: int | None = None
-    cpu_seconds: float | None = None
-    problems: list[str] = field(default_factory=list)
-    load_average: tuple[float, float, float] = (0.0, 0.0, 0.0)
-
-    @property
-    def mb_per_second(self) -> float:
-        return self.body_bytes / self.seconds / 1e6
-
-    @property
-    def instances_per_second(self) -> float:
-        return self.instances / self.seconds
 
 
 # Targets: something that takes a list of requests and N clients.
@@ -476,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
             return process
 
         ours = start(lambda: _servers.Ours(workdir / "ours"))
-        sink = start(lambda: _servers.Sink(workdir))
+        sink = start(_servers.Sink)
         targets: list[Target] = [HttpTarget("ours", "twisted-stow (chunked)", ours, True)]
         if not args.no_orthanc:
             shim = _servers.compile_shim(workdir)

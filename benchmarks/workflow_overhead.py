@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """What a workflow request costs per POST: latency on /studies vs /dicomweb/.
 
 Starts one ``twistd -n stow`` (temporary storage, 127.0.0.1, spool sink; no
@@ -10,66 +9,34 @@ one spool file (write, fsync, rename, directory fsync) before answering.
 
 Run from the repository root:
 
-    python3 benchmarks/workflow_overhead.py --requests 200
+    python3 -m benchmarks.workflow_overhead --requests 200
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
-import re
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-from io import BytesIO
 from pathlib import Path
 
-import pydicom
-from pydicom.uid import generate_uid
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.dicom_files import CT
+from benchmarks._servers import Ours
 from tests.helpers import build_multipart, multipart_content_type
+from tests.integration.crafted import instance
 
 BOUNDARY = "workflow-benchmark"
-
-
-def instance() -> bytes:
-    ds = pydicom.dcmread(CT)
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    with BytesIO() as buffer:
-        ds.save_as(buffer, enforce_file_format=True)
-        return buffer.getvalue()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--requests", type=int, default=200, help="POSTs per route")
     args = parser.parse_args()
-    twistd = str(Path(sys.executable).with_name("twistd"))
     with tempfile.TemporaryDirectory() as tmp:
-        storage = Path(tmp) / "store"
-        server = subprocess.Popen(
-            [twistd, "-n", "--pidfile=", "stow", "--storage", str(storage),
-             "--listen", "tcp:0:interface=127.0.0.1"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        server = Ours(Path(tmp))
         try:
-            assert server.stdout is not None
-            port = None
-            for line in server.stdout:
-                match = re.search(rb"StowSite starting on (\d+)", line)
-                if match:
-                    port = int(match.group(1))
-                    break
-            assert port is not None, "twistd did not start"
-            # Keep draining the log, or twistd blocks once the pipe is full.
-            threading.Thread(target=server.stdout.read, daemon=True).start()
-            connection = http.client.HTTPConnection("127.0.0.1", port)
+            # Keep-alive on purpose: the figure is the per-POST cost, not a connect.
+            connection = http.client.HTTPConnection("127.0.0.1", server.port)
             latencies: dict[str, list[float]] = {"/studies": [], "/dicomweb/wf/studies": []}
             for _ in range(args.requests):
                 for path, samples in latencies.items():
@@ -89,11 +56,11 @@ def main() -> None:
                     f"{path:24} median {statistics.median(samples) * 1000:6.2f} ms  "
                     f"p90 {p90 * 1000:6.2f} ms  ({len(samples)} POSTs)"
                 )
-            spooled = [p for p in (storage / ".workflow-spool").iterdir() if p.suffix == ".json"]
+            spool = server.storage / ".workflow-spool"
+            spooled = [p for p in spool.iterdir() if p.suffix == ".json"]
             print(f"spool entries: {len(spooled)}")
         finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=15)
+            server.stop()
 
 
 if __name__ == "__main__":

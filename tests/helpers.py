@@ -3,9 +3,10 @@
 ``build_multipart`` returns a whole body as bytes; ``iter_multipart`` yields a
 body of any size in fixed-size chunks without ever holding it whole (the
 2 GiB benchmark); ``multipart_content_type`` gives the matching header value.
-The framing is RFC 2046 §5.1.1 and matches what real clients send (see
-../shared/PEERS.md): by default a CRLF before the first boundary and one after
-the close delimiter.  ``coalesce`` normalises parser events for comparisons.
+The framing is RFC 2046 §5.1.1 and matches what real clients send (the table
+in benchmarks/README.md, "Why a client of our own"): by default a CRLF before
+the first boundary and one after the close delimiter.  ``coalesce`` normalises
+parser events for comparisons.
 """
 
 from __future__ import annotations

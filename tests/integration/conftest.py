@@ -1,14 +1,12 @@
-"""Servers for integration tests: in-process on port 0, and a real twistd."""
+"""Servers for integration tests: in-process on port 0, and a real twistd.
+
+The real ``twistd -n stow`` is started by ``tests.launcher.Twistd``, the one
+launcher the benchmarks use too; its names are re-exported here for the
+tests that start a twistd of their own.
+"""
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,11 +17,11 @@ import pytest_twisted
 from treq.client import HTTPClient
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from tests.launcher import LOOPBACK_ANY_PORT, Twistd
+from tests.launcher import twistd_command as twistd_command  # re-exported for the tests
 from twisted_stow.core.config import StowConfig
 from twisted_stow.site import make_site
 from twisted_stow.storage.filesystem import FilesystemStorage
-
-_STARTED = re.compile(rb"StowSite starting on (\d+)")
 
 
 @dataclass
@@ -82,86 +80,6 @@ def client() -> Iterator[HTTPClient]:
     http, pool = client_for(reactor)
     yield http
     pool.closeCachedConnections()
-
-
-def stop_twistd(process: subprocess.Popen[bytes]) -> int:
-    """SIGTERM the process we started (by PID) and wait; returns its exit code."""
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGTERM)
-    try:
-        return process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait()
-
-
-def twistd_command() -> str:
-    twistd = Path(sys.executable).with_name("twistd")
-    return str(twistd) if twistd.exists() else "twistd"
-
-
-class Twistd:
-    """A ``twistd -n stow`` process we started, with its log read by a thread.
-
-    A reader thread, not ``select`` plus ``readline``: when several log lines
-    arrive in one read, ``readline`` leaves the later ones in Python's buffer,
-    where ``select`` on the pipe never sees them.
-    """
-
-    def __init__(self, storage: Path, *arguments: str) -> None:
-        command = [twistd_command(), "-n", "--pidfile=", "stow", "--storage", str(storage)]
-        self.process = subprocess.Popen(
-            [*command, *arguments],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            cwd=storage.parent,
-        )
-        self._lines: list[bytes] = []
-        self._changed = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            with self._changed:
-                self._lines.append(line)
-                self._changed.notify_all()
-        with self._changed:
-            self._lines.append(b"")  # end of the log
-            self._changed.notify_all()
-
-    def log(self) -> str:
-        with self._changed:
-            return b"".join(self._lines).decode(errors="replace")
-
-    def wait_for(self, condition: Any, timeout: float = 30.0) -> bool:
-        """Blocking: wait until ``condition(log lines)`` holds, the log ends, or timeout."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while not condition(self._lines):
-                if self._lines[-1:] == [b""] or time.monotonic() > deadline:
-                    return condition(self._lines)
-                self._changed.wait(0.2)
-            return True
-
-    def ports(self, count: int) -> list[int]:
-        """Blocking: the ports of the first ``count`` "StowSite starting on N" lines."""
-
-        def found(lines: list[bytes]) -> list[int]:
-            return [int(m.group(1)) for line in lines if (m := _STARTED.search(line))]
-
-        if not self.wait_for(lambda lines: len(found(lines)) >= count):
-            self.stop()
-            raise AssertionError(f"twistd did not start:\n{self.log()}")
-        with self._changed:
-            return found(self._lines)[:count]
-
-    def stop(self) -> int:
-        """SIGTERM by PID and wait (conftest.stop_twistd); returns the exit status."""
-        return stop_twistd(self.process)
-
-
-LOOPBACK_ANY_PORT = "tcp:0:interface=127.0.0.1"
 
 
 @pytest.fixture(scope="module")

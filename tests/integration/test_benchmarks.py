@@ -51,7 +51,9 @@ def test_stow_bench_tiny_runs_every_scenario_against_every_target(tmp_path: Path
     _require_orthanc()
     out = tmp_path / "results"
     _run(
-        "benchmarks/stow_bench.py", "--size", "tiny", "--out", str(out), "--workdir", str(tmp_path)
+        "-m",
+        "benchmarks.stow_bench",
+        *("--size", "tiny", "--out", str(out), "--workdir", str(tmp_path)),
     )
 
     results = json.loads((out / "results.json").read_text())
@@ -96,7 +98,8 @@ def test_stow_bench_tiny_runs_every_scenario_against_every_target(tmp_path: Path
 
 def test_peak_rss_tiny_stores_and_checks_one_request(tmp_path: Path) -> None:
     done = _run(
-        "benchmarks/peak_rss.py",
+        "-m",
+        "benchmarks.peak_rss",
         "--sizes",
         "2M",
         "--part-size",

@@ -1,0 +1,76 @@
+"""What a server process uses while it is measured: RSS samples, the kernel's
+high-water mark (``VmHWM``) and CPU seconds, read with psutil and /proc.
+
+Sampling every 20 ms can miss a short spike; ``VmHWM``, reset before a run
+through ``/proc/PID/clear_refs``, cannot, so the reports show the larger.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+SAMPLE_INTERVAL_SECONDS = 0.020
+
+
+class RssSampler:
+    """Samples a process's RSS every 20 ms in a thread; keeps the peak and the series."""
+
+    def __init__(self, pid: int, interval: float = SAMPLE_INTERVAL_SECONDS) -> None:
+        self._process = psutil.Process(pid)
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.samples: list[tuple[float, int]] = []
+
+    def __enter__(self) -> RssSampler:
+        self._start = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                rss = self._process.memory_info().rss
+            except psutil.NoSuchProcess:
+                return
+            self.samples.append((time.monotonic() - self._start, rss))
+            if self._stop.wait(self._interval):
+                return
+
+    @property
+    def peak(self) -> int:
+        return max(rss for _, rss in self.samples)
+
+
+def reset_kernel_peak(pid: int) -> bool:
+    """Reset VmHWM to the current RSS (Linux ≥ 4.0); False where unsupported."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def kernel_peak(pid: int) -> int | None:
+    """VmHWM of ``pid`` in bytes, or None off Linux."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+    return int(match.group(1)) * 1024 if match else None
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds ``pid`` has used so far."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)

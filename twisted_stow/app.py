@@ -22,22 +22,26 @@ from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.routing import RequestRedirect
 
 from .auth.guard import Guard, authorization_headers
+from .core.admission import (
+    DCM4CHEE,
+    MONAI,
+    STANDARD,
+    RawHeaders,
+    Reached,
+    Target,
+    admit,
+    first_value,
+)
 from .core.config import StowConfig
 from .core.errors import (
-    BodyTooLarge,
     InvalidRequestTarget,
-    InvalidStudyUID,
-    LengthRequired,
     MethodNotAllowed,
     NoParts,
     RouteNotFound,
     StowError,
-    UnknownWorkflow,
     WorkflowNotRecorded,
 )
-from .core.mediatype import negotiate, reader_for
 from .core.outcomes import Stored
-from .core.policy import IngestPolicy, StudyMismatch
 from .core.response import (
     PROBLEM_JSON,
     build_store_response,
@@ -46,30 +50,18 @@ from .core.response import (
     render,
     warning_header_value,
 )
-from .core.singlepart import SinglePartReader
-from .core.uids import is_valid_uid
 from .core.validation import ValidationPolicy, default_sop_classes, default_transfer_syntaxes
 from .deferreds import detached
 from .ingest import IngestResult, RunInThread
 from .interfaces import IStorage
 from .limits import UploadSlots
-from .upload import Target, Upload
+from .upload import Upload
 from .workflow.trigger import Submission, WorkflowTrigger, new_correlation_id
 
 log = Logger()
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Route families: the standard PS3.18 paths, the MONAI Informatics Gateway
-# paths (which trigger a workflow per POST) and dcm4chee-arc's per-AE paths.
-STANDARD, MONAI, DCM4CHEE = "standard", "monai", "dcm4chee"
-_STUDY_MISMATCH_DEFAULT = {
-    STANDARD: StudyMismatch.REJECT,
-    DCM4CHEE: StudyMismatch.REJECT,
-    # The MONAI seed documents WarningReason B007 with 202 for a mismatch.
-    MONAI: StudyMismatch.WARN,
-}
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 _CORS_MAX_AGE_SECONDS = 600
 _CORS_DEFAULT_ALLOW_HEADERS = "Accept, Authorization, Content-Type"
 _CORS_EXPOSE_HEADERS = "Warning, Retry-After, WWW-Authenticate, X-Correlation-ID"
@@ -151,7 +143,38 @@ class StowService:
         """Decide from the headers; an Upload for a STOW POST, else None.
 
         Raises ``StowError`` to refuse before any body byte is read.  Requests
-        that are not STOW uploads and carry no body are left to Klein.
+        that are not STOW uploads and carry no body are left to Klein.  The
+        steps, in the order of docs/CONFORMANCE.md §3.1: match the route,
+        authorize, ``admit`` (pure), take the slot, open the upload.
+        """
+        stow_target = self._match(method, target, length)
+        if stow_target is None:
+            return None
+        principal = self._authorize(request, stow_target)
+        admission = admit(
+            stow_target,
+            raw_headers(request),
+            length,
+            _reached(request),
+            self.config,
+            self._validation,
+        )
+        # Last: a request refused for any other reason never holds a slot.
+        release = self.slots.acquire(_peer_host(request))
+        return Upload(
+            admission,
+            release=release,
+            storage=self.storage,
+            producer=request,
+            run_in_thread=self._run_in_thread,
+            principal=principal,
+        )
+
+    def _match(self, method: bytes, target: bytes, length: int | None) -> Target | None:
+        """The STOW target of a request line; None when Klein should answer it.
+
+        Raises ``MethodNotAllowed``, ``RouteNotFound`` (only for requests with a
+        body: a bodiless one gets Klein's own answer) or ``InvalidRequestTarget``.
         """
         has_body = length is None or length > 0
         try:
@@ -175,84 +198,23 @@ class StowService:
         endpoint = self.app.endpoints[rule.endpoint]
         if not getattr(endpoint, "stow_upload", False):
             return None
+        return _target_for(path, kwargs)
 
-        stow_target = _target_for(path, kwargs)
-        # Who is asking comes right after the route: a client without a
-        # grant learns nothing more about the request (429/401/403 here,
-        # docs/CONFORMANCE.md §3.1).
-        principal = None
-        if self.guard is not None:
-            principal = self.guard.authorize(
-                authorization_headers(request), _peer_host(request), stow_target
-            ).name
-        if stow_target.study_uid is not None and not is_valid_uid(stow_target.study_uid):
-            raise InvalidStudyUID(f"{stow_target.study_uid!r} is not a valid UID")
-        allowed_workflows = self.config.workflows
-        if (
-            allowed_workflows
-            and stow_target.workflow_id is not None
-            and stow_target.workflow_id not in allowed_workflows
-        ):
-            raise UnknownWorkflow(f"no workflow {stow_target.workflow_id!r} on this server")
-        headers = request.requestHeaders
-        reader = reader_for(_first(headers, b"content-type"))
-        response_type = negotiate(_first(headers, b"accept"))
-        if length == 0:
-            if not headers.hasHeader(b"content-length"):
-                raise LengthRequired("send Content-Length or Transfer-Encoding: chunked")
-            raise NoParts("the request body is empty")
-        limit = self.config.max_body_bytes
-        if limit is not None and length is not None and length > limit:
-            raise BodyTooLarge(
-                f"Content-Length {length} exceeds this server's limit of {limit} bytes"
-            )
-        part_limit = self.config.max_part_bytes
-        if (
-            part_limit is not None
-            and length is not None
-            and length > part_limit
-            and isinstance(reader, SinglePartReader)
-        ):
-            # A bare application/dicom body is one instance: its size is known.
-            raise BodyTooLarge(
-                f"Content-Length {length} exceeds this server's limit of {part_limit} "
-                "bytes per instance"
-            )
-        mismatch = self.config.study_mismatch or _STUDY_MISMATCH_DEFAULT[stow_target.route_family]
-        policy = IngestPolicy(
-            validation=self._validation,
-            expected_study_uid=stow_target.study_uid,
-            study_mismatch=mismatch,
-            duplicates=self.config.duplicates,
-        )
-        # Last: a request refused for any other reason never holds a slot.
-        base_url = self.base_url(request, stow_target)
-        release = self.slots.acquire(_peer_host(request))
-        return Upload(
-            release=release,
-            target=stow_target,
-            base_url=base_url,
-            response_type=response_type,
-            reader=reader,
-            storage=self.storage,
-            policy=policy,
-            producer=request,
-            run_in_thread=self._run_in_thread,
-            max_body_bytes=limit,
-            max_part_bytes=part_limit,
-            principal=principal,
-        )
+    def _authorize(self, request: Any, target: Target) -> str | None:
+        """The principal storing to ``target``; None while authentication is off.
 
-    def refusal(
-        self, request: Any, error: StowError, target: bytes
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        """Status, headers and body for a request refused before its body."""
-        headers = [(b"Content-Type", PROBLEM_JSON.encode())]
-        headers += error.headers()
-        headers += [(k.encode(), v.encode()) for k, v in self._cors_headers(request)]
-        path = target.split(b"?", 1)[0].decode("latin-1")
-        body = problem_json(error, instance=path if path.startswith("/") else None)
-        return error.status, headers, body
+        Right after the route: a client without a grant learns nothing more
+        about the request (429/401/403, docs/CONFORMANCE.md §3.1).
+        """
+        if self.guard is None:
+            return None
+        return self.guard.authorize(
+            authorization_headers(request), _peer_host(request), target
+        ).name
+
+    def refusal_headers(self, request: Any) -> list[tuple[bytes, bytes]]:
+        """What a refusal written outside Klein adds to the error's own headers: CORS."""
+        return [(k.encode(), v.encode()) for k, v in self._cors_headers(request)]
 
     @_on_stow_paths("POST", "store")
     @stow_upload
@@ -340,7 +302,9 @@ class StowService:
         request.setHeader("Allow", "OPTIONS, POST")
         headers = self._cors_headers(request)
         if any(name == "Access-Control-Allow-Origin" for name, _ in headers):
-            requested = _first(request.requestHeaders, b"access-control-request-headers")
+            requested = first_value(
+                request.requestHeaders.getRawHeaders(b"access-control-request-headers")
+            )
             headers += [
                 ("Access-Control-Allow-Methods", "POST, OPTIONS"),
                 ("Access-Control-Allow-Headers", requested or _CORS_DEFAULT_ALLOW_HEADERS),
@@ -397,42 +361,6 @@ class StowService:
 
     # URLs and CORS.
 
-    def base_url(self, request: Any, target: Target) -> str:
-        """The externally visible WADO-RS base for RetrieveURLs of ``target``.
-
-        Worked out at header time, so whatever it meets in the headers can
-        never fail a request after its instances are stored.
-        """
-        if self.config.public_url:
-            return self.config.public_url.rstrip("/") + target.base_path
-        headers = request.requestHeaders
-        scheme = "https" if request.isSecure() else "http"
-        authority = _first(headers, b"host") or ""
-        forwarded = False
-        if self.config.trust_forwarded_headers:
-            proto = (_first_token(headers, b"x-forwarded-proto") or "").lower()
-            if proto in _DEFAULT_PORTS:
-                scheme, forwarded = proto, True
-            forwarded_host = _first_token(headers, b"x-forwarded-host")
-            if forwarded_host:
-                authority, forwarded = forwarded_host, True
-        hostname, port = _split_host(authority)
-        local = request.getHost()
-        if not hostname:
-            hostname = str(getattr(local, "host", "") or "localhost")
-            if ":" in hostname:  # a bare IPv6 address
-                hostname = f"[{hostname}]"
-        local_port = getattr(local, "port", None)  # None on a UNIX socket
-        if port is None and not forwarded and local_port is not None:
-            # Some clients send Host without the port (the Python
-            # dicomweb-client does on its Content-Length path, PEERS.md):
-            # the port we were reached on is the truth then.  Behind a proxy
-            # (forwarded headers) our own port means nothing to the client.
-            if local_port != _DEFAULT_PORTS[scheme]:
-                port = str(local_port)
-        authority = hostname if port is None else f"{hostname}:{port}"
-        return f"{scheme}://{authority}{target.base_path}"
-
     def _cors_headers(self, request: Any) -> list[tuple[str, str]]:
         origins = self.config.cors_origins
         if not origins:
@@ -440,7 +368,7 @@ class StowService:
         # Vary on every answer, allowed or not: a shared cache must never
         # hand one origin's answer to another.
         headers = [("Vary", "Origin")]
-        origin = _first(request.requestHeaders, b"origin")
+        origin = first_value(request.requestHeaders.getRawHeaders(b"origin"))
         if origin is None or (origin not in origins and "*" not in origins):
             return headers
         return [
@@ -487,33 +415,18 @@ def _peer_host(request: Any) -> str:
     return str(getattr(peer, "host", peer))
 
 
-def _first(headers: Any, name: bytes) -> str | None:
-    values = headers.getRawHeaders(name)
-    if not values:
-        return None
-    value: bytes = values[0]
-    return value.decode("latin-1")
+def raw_headers(request: Any) -> RawHeaders:
+    """The request headers as plain data, for ``admit``: lower-case names."""
+    return {name.lower(): values for name, values in request.requestHeaders.getAllRawHeaders()}
 
 
-def _first_token(headers: Any, name: bytes) -> str | None:
-    value = _first(headers, name)
-    if value is None:
-        return None
-    token = value.split(",", 1)[0].strip()
-    return token or None
-
-
-def _split_host(host: str) -> tuple[str, str | None]:
-    """``"h:8080"`` → (h, "8080"); ``"[::1]:80"`` → ("[::1]", "80")."""
-    host = host.strip()
-    if host.startswith("["):
-        end = host.find("]")
-        rest = host[end + 1 :]
-        return host[: end + 1], (rest[1:] if rest.startswith(":") and rest[1:].isdigit() else None)
-    name, sep, port = host.rpartition(":")
-    if sep and port.isdigit():
-        return name, port
-    return host, None
+def _reached(request: Any) -> Reached:
+    local = request.getHost()
+    return Reached(
+        secure=bool(request.isSecure()),
+        local_host=str(getattr(local, "host", "") or ""),
+        local_port=getattr(local, "port", None),  # None on a UNIX socket
+    )
 
 
 def _instance(request: Any) -> str | None:

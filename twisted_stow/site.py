@@ -11,7 +11,6 @@ from .app import StowService
 from .auth.accesslog import access_log_line
 from .channel import StowChannel
 from .core.config import StowConfig
-from .core.response import PROBLEM_JSON, problem_document
 from .interfaces import IStorage
 from .request import StreamingRequest
 from .workflow.spool import Spool
@@ -39,18 +38,12 @@ class StowSite(Site):
 
     def buildProtocol(self, addr: Any) -> Any:
         protocol = super().buildProtocol(addr)
-        channel = getattr(protocol, "_channel", protocol)
-        channel.header_timeout = self.stow.config.header_timeout_seconds
-        # HTTPChannel answers framing errors it detects itself (Content-Length
-        # and chunked together, a malformed chunk, an oversized header block)
-        # with a bare "400 Bad Request" and no body; give them the same
-        # problem document as every other whole-request error.  A private
-        # hook, guarded by tests/memory/test_request.py.
-        channel._respondToBadRequestAndDisconnect = lambda: _bad_request(channel)
+        protocol.stow = self.stow
+        protocol.header_timeout = self.stow.config.header_timeout_seconds
         return protocol
 
     def acceptableProtocols(self) -> list[bytes]:
-        # HTTP/2 would need a different early-refusal path (TWISTED.md Q2):
+        # HTTP/2 would need a different early-refusal path (no raw answer on a stream):
         # serve STOW over HTTP/1.1 only, also behind TLS with ALPN.
         return [b"http/1.1"]
 
@@ -87,16 +80,3 @@ def make_workflow_trigger(config: StowConfig, run_in_thread: RunInThread) -> Wor
         storage_root=config.storage,
         default_workflows=config.default_workflows,
     )
-
-
-def _bad_request(channel: Any) -> None:
-    body = problem_document(
-        400, "Bad Request", "the request is not valid HTTP/1.1 (framing or headers)"
-    )
-    channel.transport.write(
-        b"HTTP/1.1 400 Bad Request\r\nContent-Type: "
-        + PROBLEM_JSON.encode()
-        + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
-        + body
-    )
-    channel.loseConnection()

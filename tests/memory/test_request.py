@@ -23,7 +23,7 @@ from twisted_stow.core.outcomes import InstanceRef
 from twisted_stow.core.policy import CommitResult
 from twisted_stow.flow import HIGH_WATER_BYTES
 from twisted_stow.interfaces import IPartWriter, IStorage
-from twisted_stow.request import StreamingRequest, channel_request_line
+from twisted_stow.request import StreamingRequest
 from twisted_stow.site import StowSite
 
 BOUNDARY = "memory-boundary"
@@ -116,14 +116,6 @@ def test_storage_fakes_provide_their_interfaces() -> None:
     storage = HeldStorage()
     verifyObject(IStorage, storage)
     verifyObject(IPartWriter, storage.open_writer(object()))
-
-
-def test_channel_keeps_request_line_where_we_read_it() -> None:
-    """Fails loudly if Twisted ever moves HTTPChannel._command/_path."""
-    channel = HTTPChannel()
-    channel.makeConnection(StringTransport())
-    channel.dataReceived(b"POST /studies/1.2 HTTP/1.1\r\nHost: x\r\n")
-    assert channel_request_line(channel) == (b"POST", b"/studies/1.2")
 
 
 def test_slow_storage_pauses_the_socket_and_resumes_it() -> None:
@@ -263,17 +255,6 @@ def test_twisteds_own_400_is_a_problem_document() -> None:
     assert b"Content-Type: application/problem+json\r\n" in written
     assert written.endswith(b"}")
     assert transport.disconnecting
-
-
-def test_channel_state_read_after_the_body_still_exists() -> None:
-    """Fails loudly if Twisted renames _handlingRequest/_savedTimeOut (used on resume)."""
-    channel = HTTPChannel()
-    channel.makeConnection(StringTransport())
-    assert channel._handlingRequest is False
-    channel.timeOut = 5
-    channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert channel._handlingRequest is True
-    assert hasattr(channel, "_savedTimeOut")
 
 
 def test_body_completed_while_paused_restores_the_idle_timeout() -> None:

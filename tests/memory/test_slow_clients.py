@@ -252,21 +252,6 @@ def test_a_chunk_announcing_more_than_the_body_limit_is_413_at_once(staged: Path
     assert storage.writers == []
 
 
-def test_chunk_decoder_state_read_by_the_request_still_exists() -> None:
-    """Fails loudly if Twisted renames _ChunkedTransferDecoder.state/length."""
-    from twisted.web.http import HTTPChannel, _ChunkedTransferDecoder
-
-    seen: list[tuple[str, int]] = []
-    channel = HTTPChannel()
-    channel.makeConnection(StringTransport())
-    channel.dataReceived(head())
-    decoder = channel._transferDecoder
-    assert isinstance(decoder, _ChunkedTransferDecoder)
-    decoder.dataCallback = lambda data: seen.append((decoder.state, decoder.length))
-    channel.dataReceived(b"64\r\n" + b"x" * 30)
-    assert seen == [("BODY", 70)]
-
-
 def test_the_pause_holds_when_twisted_resumes_the_transport() -> None:
     """HTTPChannel resumes the transport for its own (write-side) reasons; the
     next chunk that arrives pauses it again while storage is still behind."""

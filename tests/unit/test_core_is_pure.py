@@ -12,6 +12,7 @@ CORE = REPO_ROOT / "twisted_stow" / "core"
 
 # Modules the core must always hold (a rename must not silently empty the rule).
 REQUIRED = {
+    "twisted_stow.core.admission",
     "twisted_stow.core.config",
     "twisted_stow.core.deadlines",
     "twisted_stow.core.dicomheader",

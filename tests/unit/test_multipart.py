@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from tests.helpers import build_multipart, coalesce, iter_multipart
 from twisted_stow.core.errors import (
     HeaderBlockTooLarge,
+    InternalError,
     MalformedMultipart,
     StowError,
     TruncatedBody,
@@ -460,19 +461,68 @@ def test_arbitrary_bytes_raise_only_stow_error(chunks: list[bytes], start: bytes
     assert split == whole
 
 
+DAMAGED = (
+    b"--dmg\r\nContent-Type: application/dicom\r\n\r\nfirst part\r\n--dmg\r\nno colon here\r\n\r\n"
+)
+
+
 def test_damage_after_a_complete_part_in_the_same_chunk_keeps_that_part() -> None:
-    """Events decoded before the damage travel with the error, so a part that
-    ended in the same chunk is still delivered whole."""
-    boundary = b"dmg"
-    body = (
-        b"--dmg\r\nContent-Type: application/dicom\r\n\r\nfirst part\r\n"
-        b"--dmg\r\nno colon here\r\n\r\n"
-    )
-    parser = MultipartParser(boundary)
-    with pytest.raises(MalformedMultipart) as caught:
-        parser.feed(body)
-    assert coalesce(caught.value.events_before_damage) == [  # type: ignore[arg-type]
+    """The events before the damage are yielded before the call that meets it
+    raises, so a part that ended in the same chunk is still delivered whole."""
+    parser = MultipartParser(b"dmg")
+    events: list[Event] = []
+    with pytest.raises(MalformedMultipart):
+        for event in parser.events(DAMAGED):
+            events.append(event)
+    assert coalesce(events) == [
         PartStarted((("content-type", "application/dicom"),)),
         PartData(b"first part"),
         PartEnded(),
     ]
+
+
+def test_after_damage_every_call_raises_again() -> None:
+    """Once events() has raised, feed, events and close raise the same error (h11's ERROR)."""
+    parser = MultipartParser(b"dmg")
+    with pytest.raises(MalformedMultipart):
+        list(parser.events(DAMAGED))
+    with pytest.raises(MalformedMultipart):
+        parser.feed(b"more")
+    with pytest.raises(MalformedMultipart):
+        next(parser.events(b"more"))
+    with pytest.raises(MalformedMultipart):
+        parser.close()
+
+
+def test_feed_drops_the_events_of_a_damaged_chunk() -> None:
+    """feed() is list(events()): a chunk that meets damage raises, returning nothing."""
+    parser = MultipartParser(b"dmg")
+    with pytest.raises(MalformedMultipart):
+        parser.feed(DAMAGED)
+
+
+def test_events_are_yielded_before_the_chunk_is_scanned_to_its_end() -> None:
+    """Lazy: the first part's events come out before the parser reads the second part."""
+    parser = MultipartParser(b"lazy")
+    body = b"--lazy\r\n\r\nfirst\r\n--lazy\r\n\r\nsecond\r\n--lazy--"
+    events = parser.events(body)
+    assert next(events) == PartStarted(())
+    assert parser._parts == 1  # the second header block is not reached yet
+    assert coalesce(list(events)) == [
+        PartData(b"first"),
+        PartEnded(),
+        PartStarted(()),
+        PartData(b"second"),
+        PartEnded(),
+        BodyEnded(),
+    ]
+
+
+def test_a_chunk_left_half_read_fails_the_parser() -> None:
+    """A consumer that stops taking a chunk's events cannot feed on: the rest was never read."""
+    parser = MultipartParser(b"half")
+    events = parser.events(b"--half\r\n\r\nfirst\r\n--half\r\n\r\nsecond")
+    next(events)
+    events.close()
+    with pytest.raises(InternalError):
+        parser.feed(b"\r\n--half--")

@@ -61,3 +61,12 @@ def test_satisfies_body_reader() -> None:
     """SinglePartReader fits the BodyReader protocol the request edge uses."""
     reader: BodyReader = SinglePartReader()
     assert reader.close() == [BodyEnded()]
+
+
+def test_events_is_the_lazy_form_of_feed() -> None:
+    """events() yields what feed() returns, and starts the part only once."""
+    reader = SinglePartReader()
+    first = reader.events(b"ab")
+    assert next(first) == STARTED
+    assert list(first) == [PartData(b"ab")]
+    assert list(reader.events(b"cd")) == [PartData(b"cd")]

@@ -17,9 +17,9 @@ from twisted.cred.portal import Portal
 from twisted.logger import Logger
 from twisted.web.iweb import ICredentialFactory
 
+from ..core.admission import Target
 from ..core.config import StowConfig
 from ..core.errors import Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
-from ..upload import Target
 from .cred import CheckerBusy, build_portal, credential_factories, login_now
 from .files import load_tokens, load_users
 from .grants import Identity

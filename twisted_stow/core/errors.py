@@ -28,13 +28,11 @@ class StowError(Exception):
 class MalformedMultipart(StowError):
     """The multipart/related framing is broken (RFC 2046 §5.1.1).
 
-    ``events_before_damage``: what the parser decoded from the same chunk
-    before it met the damage (a part that ended there is complete and must
-    still be stored).
+    Damage in the body, not a limit: the parts complete before it are stored
+    and the answer, after the body, lists them (``upload.BodyPipeline``).
     """
 
     title = "Malformed multipart body"
-    events_before_damage: tuple[object, ...] = ()
 
 
 class HeaderBlockTooLarge(MalformedMultipart):
@@ -196,3 +194,10 @@ class WorkflowNotRecorded(StowError):
 
     status = 500
     title = "Workflow request not recorded"
+
+
+class MalformedRequest(StowError):
+    """The request is not valid HTTP/1.1: its line, a header or the chunked
+    framing (RFC 9112 §2.2, found by HTTPChannel itself)."""
+
+    title = "Bad Request"

@@ -16,12 +16,14 @@ Standard library only: no Twisted (see tests/unit/test_core_is_pure.py).
 from __future__ import annotations
 
 import re
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Protocol, TypeAlias
 
 from .errors import (
     HeaderBlockTooLarge,
+    InternalError,
     MalformedMultipart,
     StowError,
     TruncatedBody,
@@ -77,10 +79,20 @@ class BodyEnded:
 
 
 Event: TypeAlias = PartStarted | PartData | PartEnded | BodyEnded
+# A step of the parser: yields events, returns where the next step starts.
+_Step: TypeAlias = Generator[Event, None, "int | None"]
 
 
 class BodyReader(Protocol):
-    """What the request edge feeds: ``MultipartParser`` or ``SinglePartReader``."""
+    """What the request edge feeds: ``MultipartParser`` or ``SinglePartReader``.
+
+    ``events`` is the streaming form: it yields a chunk's events one by one,
+    and the ``next()`` that meets damage raises, after every event before it
+    (as h11's ``Connection.next_event``).  ``feed`` is ``list(events(data))``.
+    """
+
+    def events(self, data: bytes) -> Iterator[Event]:
+        """Consume the next body chunk, yielding the events it completes."""
 
     def feed(self, data: bytes) -> list[Event]:
         """Consume the next body chunk and return the events it completes."""
@@ -111,10 +123,13 @@ class MultipartParser:
     """Turns a multipart/related body into events, chunk by chunk.
 
     ``boundary`` is the raw boundary (without ``--``), 1 to
-    ``MAX_BOUNDARY_BYTES`` bytes.  ``feed`` may raise ``MalformedMultipart`` or
-    ``HeaderBlockTooLarge``; events decoded from that same chunk are then
-    dropped, since the request has failed as a whole.  After any error every
-    call raises again.  ``PartData`` views share memory with the chunk fed.
+    ``MAX_BOUNDARY_BYTES`` bytes.  ``events`` yields each event as it is
+    decoded and raises ``MalformedMultipart`` (or its ``HeaderBlockTooLarge``)
+    where the damage is, so a part completed before it in the same chunk is
+    delivered whole; ``feed`` collects them, and raising drops them.  After
+    any error every call raises again.  A consumer that stops taking a
+    chunk's events early leaves the parser failed too: the rest of that chunk
+    was never read.  ``PartData`` views share memory with the chunk fed.
     """
 
     def __init__(self, boundary: bytes, *, max_header_bytes: int = MAX_HEADER_BLOCK_BYTES) -> None:
@@ -151,30 +166,32 @@ class MultipartParser:
 
     def feed(self, data: bytes) -> list[Event]:
         """Consume the next chunk of the body; return the events it completes."""
+        return list(self.events(data))
+
+    def events(self, data: bytes) -> Iterator[Event]:
+        """Consume the next chunk of the body, yielding its events as decoded."""
         self._raise_if_failed()
         if self._state is _State.CLOSED:
             raise RuntimeError("feed() after close()")
         if self._state is _State.DONE or not data:
-            return []
+            return
         if not isinstance(data, bytes):
             data = bytes(data)
         self._received += len(data)
-        events: list[Event] = []
         pos: int | None = 0
         try:
             # Each step returns None once data is used up or the body ended.
             while pos is not None:
                 if self._state is _State.HEADERS:
-                    pos = self._feed_headers(data, pos, events)
+                    pos = yield from self._feed_headers(data, pos)
                 else:
-                    pos = self._feed_body(data, pos, events)
+                    pos = yield from self._feed_body(data, pos)
         except StowError as exc:
-            self._state = _State.FAILED
-            self._error = exc
-            if isinstance(exc, MalformedMultipart):
-                exc.events_before_damage = tuple(events)
+            self._fail(exc)
             raise
-        return events
+        except GeneratorExit:
+            self._fail(InternalError("the events of an earlier chunk were not all taken"))
+            raise
 
     def close(self) -> list[Event]:
         """Signal the end of the body; raise ``TruncatedBody`` if it is incomplete."""
@@ -192,9 +209,12 @@ class MultipartParser:
         else:
             detail = f"the body ended inside part {self._parts}, before the close delimiter"
         error = TruncatedBody(detail)
+        self._fail(error)
+        raise error
+
+    def _fail(self, error: StowError) -> None:
         self._state = _State.FAILED
         self._error = error
-        raise error
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
@@ -203,7 +223,7 @@ class MultipartParser:
     def _boundary_text(self) -> str:
         return self._boundary.decode("latin-1")
 
-    def _feed_body(self, data: bytes, pos: int, events: list[Event]) -> int | None:
+    def _feed_body(self, data: bytes, pos: int) -> _Step:
         """Scan preamble or payload from ``pos``; return where headers start, or None."""
         if self._tail:
             # Candidates that began in an earlier chunk are decided on a small
@@ -215,16 +235,16 @@ class MultipartParser:
             while start != -1:
                 verdict, end = self._classify(window, start)
                 if verdict is not _Verdict.NOT_DELIMITER:
-                    self._emit(tail, skip, start, events)
+                    yield from self._emit(tail, skip, start)
                     if verdict is _Verdict.UNDECIDED:
                         # Only when the window holds all of data: it is all kept.
                         self._tail = window[start:]
                         self._virtual = skip if start == 0 else 0
                         return None
                     # The tail held no decidable delimiter, so end > len(tail).
-                    return self._end_part(verdict, pos + end - len(tail), events)
+                    return (yield from self._end_part(verdict, pos + end - len(tail)))
                 start = tail.find(b"\r", start + 1)
-            self._emit(tail, skip, len(tail), events)
+            yield from self._emit(tail, skip, len(tail))
         delimiter = self._delimiter
         search = pos
         while (found := data.find(delimiter, search)) != -1:
@@ -232,15 +252,15 @@ class MultipartParser:
             if verdict is _Verdict.NOT_DELIMITER:
                 search = found + 1  # e.g. CRLF--boundaryX: payload, RFC 2046 §5.1.1
                 continue
-            self._emit(data, pos, found, events)
+            yield from self._emit(data, pos, found)
             if verdict is _Verdict.UNDECIDED:
                 self._tail = data[found:]
                 return None
-            return self._end_part(verdict, end, events)
+            return (yield from self._end_part(verdict, end))
         # No whole delimiter left: hold back the shortest suffix that could
         # still become one, emit everything before it.
         keep = self._partial_start(data, max(pos, len(data) - len(delimiter) + 1))
-        self._emit(data, pos, keep, events)
+        yield from self._emit(data, pos, keep)
         self._tail = data[keep:]
         return None
 
@@ -284,16 +304,16 @@ class MultipartParser:
             candidate = data.find(b"\r", candidate + 1)
         return len(data)
 
-    def _emit(self, buf: bytes, start: int, stop: int, events: list[Event]) -> None:
+    def _emit(self, buf: bytes, start: int, stop: int) -> Iterator[Event]:
         if stop > start and self._state is _State.BODY:
-            events.append(PartData(memoryview(buf)[start:stop]))
+            yield PartData(memoryview(buf)[start:stop])
 
-    def _end_part(self, verdict: _Verdict, end: int, events: list[Event]) -> int | None:
+    def _end_part(self, verdict: _Verdict, end: int) -> _Step:
         """Act on a delimiter ending at ``end``; return where headers start, or None."""
         if self._state is _State.BODY:
-            events.append(PartEnded())
+            yield PartEnded()
         if verdict is _Verdict.CLOSE:
-            events.append(BodyEnded())
+            yield BodyEnded()
             self._state = _State.DONE
             return None
         self._state = _State.HEADERS
@@ -301,17 +321,17 @@ class MultipartParser:
         self._header_searched = 0
         return end
 
-    def _feed_headers(self, data: bytes, pos: int, events: list[Event]) -> int | None:
+    def _feed_headers(self, data: bytes, pos: int) -> _Step:
         """Collect a header block; return where its part's payload starts, or None."""
         cap = self._max_header_bytes
         if len(self._header_buf) == len(_CRLF):
             # Usual case: the whole block is in this chunk, so nothing is copied
             # but the block itself.  A block is its lines plus the empty line.
             if data.startswith(_CRLF, pos):
-                return self._start_part(b"", pos + len(_CRLF), events)
+                return (yield from self._start_part(b"", pos + len(_CRLF)))
             found = data.find(_BLANK_LINE, pos, pos + cap)
             if found != -1:
-                return self._start_part(data[pos:found], found + len(_BLANK_LINE), events)
+                return (yield from self._start_part(data[pos:found], found + len(_BLANK_LINE)))
         buf = self._header_buf
         old = len(buf)
         take = min(len(data) - pos, cap + len(_CRLF) - old)
@@ -327,13 +347,13 @@ class MultipartParser:
             )
         block = bytes(buf[len(_CRLF) : found])
         # The empty line was not in the old buffer, so this moves forward.
-        return self._start_part(block, pos + found + len(_BLANK_LINE) - old, events)
+        return (yield from self._start_part(block, pos + found + len(_BLANK_LINE) - old))
 
-    def _start_part(self, block: bytes, body_start: int, events: list[Event]) -> int:
+    def _start_part(self, block: bytes, body_start: int) -> Generator[Event, None, int]:
         """Emit ``PartStarted`` for a header block; return ``body_start``."""
         headers = _parse_header_block(block)
         self._parts += 1
-        events.append(PartStarted(headers))
+        yield PartStarted(headers)
         self._state = _State.BODY
         self._header_buf = bytearray()
         # RFC 2046 §5.1.1: a part's body is optional, so the empty line's CRLF

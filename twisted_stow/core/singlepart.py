@@ -8,6 +8,7 @@ framing the client chose.  Standard library only, like ``multipart.py``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from enum import Enum, auto
 
 from .multipart import (
@@ -51,16 +52,18 @@ class SinglePartReader:
 
     def feed(self, data: bytes) -> list[Event]:
         """Consume the next chunk of the body; return its events."""
+        return list(self.events(data))
+
+    def events(self, data: bytes) -> Iterator[Event]:
+        """Consume the next chunk of the body, yielding its events."""
         if self._state is _State.CLOSED:
             raise RuntimeError("feed() after close()")
         if not data:
-            return []
-        events: list[Event] = []
+            return
         if self._state is _State.WAITING:
-            events.append(PartStarted(SINGLE_PART_HEADERS))
             self._state = _State.IN_PART
-        events.append(PartData(data))
-        return events
+            yield PartStarted(SINGLE_PART_HEADERS)
+        yield PartData(data)
 
     def close(self) -> list[Event]:
         """Signal the end of the body; return the closing events (once)."""

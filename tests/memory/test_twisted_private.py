@@ -1,0 +1,84 @@
+"""Every private twisted.web name the server relies on (twisted_stow/twisted_private.py).
+
+Each test fails loudly if Twisted renames or changes what it reads, instead
+of the server silently losing a guard.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.testing import StringTransport
+from twisted.web.http import HTTPChannel, _ChunkedTransferDecoder
+
+from tests.helpers import multipart_content_type
+from twisted_stow.twisted_private import (
+    HookedHTTPChannel,
+    announced_chunk_bytes,
+    awaiting_response,
+    request_line,
+    restore_timeout_after_response,
+)
+
+CHUNKED_HEAD = (
+    b"POST /studies HTTP/1.1\r\nHost: x\r\n"
+    + f"Content-Type: {multipart_content_type('private')}\r\n".encode()
+    + b"Transfer-Encoding: chunked\r\n\r\n"
+)
+
+
+def connected(channel: HTTPChannel) -> HTTPChannel:
+    channel.makeConnection(StringTransport())
+    return channel
+
+
+def test_channel_keeps_request_line_where_we_read_it() -> None:
+    """Fails loudly if Twisted ever moves HTTPChannel._command/_path."""
+    channel = connected(HTTPChannel())
+    channel.dataReceived(b"POST /studies/1.2 HTTP/1.1\r\nHost: x\r\n")
+    assert request_line(channel) == (b"POST", b"/studies/1.2")
+
+
+def test_channel_state_read_after_the_body_still_exists() -> None:
+    """Fails loudly if Twisted renames _handlingRequest/_savedTimeOut (used on resume)."""
+    channel = connected(HTTPChannel())
+    assert awaiting_response(channel) is False
+    channel.timeOut = 5
+    channel.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert awaiting_response(channel) is True
+    assert hasattr(channel, "_savedTimeOut")
+    restore_timeout_after_response(channel, 7.0)
+    assert channel._savedTimeOut == 7.0
+
+
+def test_chunk_decoder_state_read_by_the_request_still_exists() -> None:
+    """Fails loudly if Twisted renames _ChunkedTransferDecoder.state/length."""
+    seen: list[tuple[str, int, int]] = []
+    channel = connected(HTTPChannel())
+    channel.dataReceived(CHUNKED_HEAD)
+    decoder = channel._transferDecoder
+    assert isinstance(decoder, _ChunkedTransferDecoder)
+    decoder.dataCallback = lambda data: seen.append(
+        (decoder.state, decoder.length, announced_chunk_bytes(channel))
+    )
+    channel.dataReceived(b"64\r\n" + b"x" * 30)
+    assert seen == [("BODY", 70, 70)]
+
+
+def test_framing_errors_reach_the_public_hook() -> None:
+    """Fails loudly if HTTPChannel stops calling _respondToBadRequestAndDisconnect."""
+    calls: list[str] = []
+
+    class Recording(HookedHTTPChannel):
+        def framing_error(self) -> None:
+            calls.append("framing")
+            super().framing_error()
+
+    channel = connected(Recording())
+    channel.dataReceived(
+        b"POST /studies HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    assert calls == ["framing"]
+    transport = channel.transport
+    assert isinstance(transport, StringTransport)
+    # The default is Twisted's own bare answer.
+    assert transport.value() == b"HTTP/1.1 400 Bad Request\r\n\r\n"

@@ -1,0 +1,212 @@
+"""``admit``: everything a STOW request's headers decide, as one pure function.
+
+Once the route is matched and the client authorized (both need the server:
+werkzeug's map, the credential portal), the rest of the header-time decision
+needs only plain values: the target the URL names, the request headers, the
+announced length, how the connection was reached and the configuration.
+``admit`` returns what the request may do (an ``Admission``) or raises the
+``StowError`` that refuses it, in the order docs/CONFORMANCE.md §3.1 lists.
+Standard library only, like the rest of ``core/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .config import StowConfig
+from .errors import BodyTooLarge, InvalidStudyUID, LengthRequired, NoParts, UnknownWorkflow
+from .mediatype import negotiate, reader_for
+from .multipart import BodyReader
+from .policy import IngestPolicy, StudyMismatch
+from .singlepart import SinglePartReader
+from .uids import is_valid_uid
+from .validation import ValidationPolicy
+
+# Route families: the standard PS3.18 paths, the MONAI Informatics Gateway
+# paths (which trigger a workflow per POST) and dcm4chee-arc's per-AE paths.
+STANDARD, MONAI, DCM4CHEE = "standard", "monai", "dcm4chee"
+_STUDY_MISMATCH_DEFAULT = {
+    STANDARD: StudyMismatch.REJECT,
+    DCM4CHEE: StudyMismatch.REJECT,
+    # The MONAI seed documents WarningReason B007 with 202 for a mismatch.
+    MONAI: StudyMismatch.WARN,
+}
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+# Request headers as plain data: lower-case name → raw values, in order.
+RawHeaders = Mapping[bytes, Sequence[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What the URL of a STOW request says."""
+
+    base_path: str  # the path before "/studies": WADO-RS base of RetrieveURLs
+    study_uid: str | None = None
+    workflow_id: str | None = None
+    ae_title: str | None = None
+    route_family: str = STANDARD  # STANDARD, MONAI or DCM4CHEE
+
+
+@dataclass(frozen=True, slots=True)
+class Reached:
+    """How the request reached us: TLS or not, and the local address."""
+
+    secure: bool
+    local_host: str
+    local_port: int | None  # None on a UNIX socket
+
+
+@dataclass(frozen=True, slots=True)
+class BodyLimits:
+    """The sizes the body must stay within; None: no limit."""
+
+    max_body_bytes: int | None = None
+    max_part_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What an admitted request may do: how its body is read, stored and answered."""
+
+    target: Target
+    reader: BodyReader
+    response_type: str  # the negotiated DICOM JSON or DICOM XML
+    policy: IngestPolicy
+    base_url: str  # RetrieveURL base, fixed from the headers
+    limits: BodyLimits
+
+
+def admit(
+    target: Target,
+    headers: RawHeaders,
+    length: int | None,
+    reached: Reached,
+    config: StowConfig,
+    validation: ValidationPolicy,
+) -> Admission:
+    """Decide from the headers what the request to ``target`` may do.
+
+    ``length`` is the announced body length (None: chunked).  Raises, in
+    this order: ``InvalidStudyUID``, ``UnknownWorkflow``, the reader's
+    ``UnsupportedMediaType``/``MalformedMultipart``, ``NotAcceptable``,
+    ``LengthRequired``/``NoParts`` for an empty body, ``BodyTooLarge``.
+    """
+    if target.study_uid is not None and not is_valid_uid(target.study_uid):
+        raise InvalidStudyUID(f"{target.study_uid!r} is not a valid UID")
+    allowed_workflows = config.workflows
+    if (
+        allowed_workflows
+        and target.workflow_id is not None
+        and target.workflow_id not in allowed_workflows
+    ):
+        raise UnknownWorkflow(f"no workflow {target.workflow_id!r} on this server")
+    reader = reader_for(first(headers, b"content-type"))
+    response_type = negotiate(first(headers, b"accept"))
+    limits = BodyLimits(config.max_body_bytes, config.max_part_bytes)
+    _check_length(length, b"content-length" in headers, reader, limits)
+    policy = IngestPolicy(
+        validation=validation,
+        expected_study_uid=target.study_uid,
+        study_mismatch=config.study_mismatch or _STUDY_MISMATCH_DEFAULT[target.route_family],
+        duplicates=config.duplicates,
+    )
+    return Admission(
+        target=target,
+        reader=reader,
+        response_type=response_type,
+        policy=policy,
+        base_url=base_url(target, headers, reached, config),
+        limits=limits,
+    )
+
+
+def _check_length(
+    length: int | None, has_content_length: bool, reader: BodyReader, limits: BodyLimits
+) -> None:
+    """Refuse a body that is empty, or announced larger than a limit."""
+    if length == 0:
+        if not has_content_length:
+            raise LengthRequired("send Content-Length or Transfer-Encoding: chunked")
+        raise NoParts("the request body is empty")
+    if length is None:
+        return
+    limit = limits.max_body_bytes
+    if limit is not None and length > limit:
+        raise BodyTooLarge(f"Content-Length {length} exceeds this server's limit of {limit} bytes")
+    part_limit = limits.max_part_bytes
+    if part_limit is not None and length > part_limit and isinstance(reader, SinglePartReader):
+        # A bare application/dicom body is one instance: its size is known.
+        raise BodyTooLarge(
+            f"Content-Length {length} exceeds this server's limit of {part_limit} "
+            "bytes per instance"
+        )
+
+
+def base_url(target: Target, headers: RawHeaders, reached: Reached, config: StowConfig) -> str:
+    """The externally visible WADO-RS base for RetrieveURLs of ``target``.
+
+    Worked out at header time, so whatever it meets in the headers can
+    never fail a request after its instances are stored.
+    """
+    if config.public_url:
+        return config.public_url.rstrip("/") + target.base_path
+    scheme = "https" if reached.secure else "http"
+    authority = first(headers, b"host") or ""
+    forwarded = False
+    if config.trust_forwarded_headers:
+        proto = (first_token(headers, b"x-forwarded-proto") or "").lower()
+        if proto in _DEFAULT_PORTS:
+            scheme, forwarded = proto, True
+        forwarded_host = first_token(headers, b"x-forwarded-host")
+        if forwarded_host:
+            authority, forwarded = forwarded_host, True
+    hostname, port = split_host(authority)
+    if not hostname:
+        hostname = reached.local_host or "localhost"
+        if ":" in hostname:  # a bare IPv6 address
+            hostname = f"[{hostname}]"
+    if port is None and not forwarded and reached.local_port is not None:
+        # Some clients send Host without the port (the Python
+        # dicomweb-client does on its Content-Length path, PEERS.md):
+        # the port we were reached on is the truth then.  Behind a proxy
+        # (forwarded headers) our own port means nothing to the client.
+        if reached.local_port != _DEFAULT_PORTS[scheme]:
+            port = str(reached.local_port)
+    authority = hostname if port is None else f"{hostname}:{port}"
+    return f"{scheme}://{authority}{target.base_path}"
+
+
+def first_value(values: Sequence[bytes] | None) -> str | None:
+    """The first of a header's raw values, as text; None if it is absent."""
+    if not values:
+        return None
+    return values[0].decode("latin-1")
+
+
+def first(headers: RawHeaders, name: bytes) -> str | None:
+    """The first value of header ``name`` (lower-case), as text."""
+    return first_value(headers.get(name))
+
+
+def first_token(headers: RawHeaders, name: bytes) -> str | None:
+    """The first comma-separated element of header ``name``'s first value."""
+    value = first(headers, name)
+    if value is None:
+        return None
+    token = value.split(",", 1)[0].strip()
+    return token or None
+
+
+def split_host(host: str) -> tuple[str, str | None]:
+    """``"h:8080"`` → (h, "8080"); ``"[::1]:80"`` → ("[::1]", "80")."""
+    host = host.strip()
+    if host.startswith("["):
+        end = host.find("]")
+        rest = host[end + 1 :]
+        return host[: end + 1], (rest[1:] if rest.startswith(":") and rest[1:].isdigit() else None)
+    name, sep, port = host.rpartition(":")
+    if sep and port.isdigit():
+        return name, port
+    return host, None

@@ -21,7 +21,7 @@ from twisted_stow.auth.guard import Guard
 from twisted_stow.auth.jwt_verify import JWTVerifier
 from twisted_stow.auth.passwords import hash_password, token_digest
 from twisted_stow.auth.throttle import FailureThrottle
-from twisted_stow.upload import Target
+from twisted_stow.core.admission import Target
 
 ROUNDS = 20
 

@@ -26,8 +26,8 @@ from twisted_stow.auth.guard import Guard
 from twisted_stow.auth.jwt_verify import JWTVerifier
 from twisted_stow.auth.passwords import dummy_hash, hash_password, kdf_parameters, token_digest
 from twisted_stow.auth.throttle import FailureThrottle, KdfBudget
+from twisted_stow.core.admission import Target
 from twisted_stow.core.errors import Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
-from twisted_stow.upload import Target
 
 KEY = ec_key()
 USERS = {

@@ -4,7 +4,7 @@ Decided at header time, so a client over a limit gets ``503`` with
 ``Retry-After`` before it sends its body, never a hang.  Slots are released
 when the response is finished or the connection is lost, not from
 ``notifyFinish`` callbacks, which run only after HTTPChannel has already
-started the next pipelined request (TWISTED.md Q3, "accounting trap").
+started the next pipelined request (docs/STREAMING.md, "the accounting trap").
 """
 
 from __future__ import annotations

@@ -169,7 +169,7 @@ def base_url(target: Target, headers: RawHeaders, reached: Reached, config: Stow
             hostname = f"[{hostname}]"
     if port is None and not forwarded and reached.local_port is not None:
         # Some clients send Host without the port (the Python
-        # dicomweb-client does on its Content-Length path, PEERS.md):
+        # dicomweb-client does on its Content-Length path, docs/CLIENTS.md):
         # the port we were reached on is the truth then.  Behind a proxy
         # (forwarded headers) our own port means nothing to the client.
         if reached.local_port != _DEFAULT_PORTS[scheme]:

@@ -32,6 +32,7 @@ from .core.deadlines import (
 )
 from .core.policy import Duplicates, StudyMismatch
 from .core.uids import is_valid_uid
+from .interfaces import IStorage
 from .site import make_site, make_workflow_trigger
 from .storage.filesystem import FilesystemStorage
 from .workflow.amqp import AmqpPublisher, check_amqp_url
@@ -413,9 +414,9 @@ def _choice(choices: type[_Choice], text: str, option: str) -> _Choice:
 
 
 class _StorageService(Service):
-    """Starts and stops the storage's worker threads with the application."""
+    """Starts and stops the storage (its threads, connections) with the application."""
 
-    def __init__(self, storage: FilesystemStorage) -> None:
+    def __init__(self, storage: IStorage) -> None:
         self.storage = storage
 
     def startService(self) -> None:

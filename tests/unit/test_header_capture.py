@@ -83,7 +83,7 @@ def fed(data: bytes, cuts: list[int]) -> DicomHeader | Failed:
     """The capture's result with ``data`` fed in pieces split at ``cuts``."""
     capture = HeaderCapture()
     start = 0
-    for cut in sorted(set(cuts)) + [len(data)]:
+    for cut in [*sorted(set(cuts)), len(data)]:
         capture.feed(memoryview(data)[start:cut])
         start = cut
     return capture.result()
@@ -214,7 +214,7 @@ def test_nested_items_are_walked() -> None:
 
 
 def test_top_level_values_are_free_nested_ones_count(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A top-level value bigger than the budget is skipped free; the same value in an item counts."""
+    """A top-level value over the budget is skipped free; the same value in an item counts."""
     monkeypatch.setattr(dicomheader, "MAX_HEADER_READ_BYTES", 4096)
     blob = struct.pack("<HH2sHI", 0x0009, 0x1010, b"OB", 0, 10_000) + bytes(10_000)
     assert isinstance(capture_header(part(blob + uids())), DicomHeader)
@@ -260,10 +260,18 @@ def test_a_long_value_is_kept_cut_and_marked() -> None:
     assert outcome.series == SERIES
 
 
-def test_part_ending_inside_a_wanted_value_is_unreadable() -> None:
-    """Cut inside the SOP Instance UID value: unreadable, not a shorter UID."""
+def test_part_ending_inside_a_wanted_value_keeps_it_marked_cut() -> None:
+    """Cut inside the SOP Instance UID value: kept with "...", never a shorter valid UID."""
     data = part(ui(0x00080016, CT_IMAGE_STORAGE) + ui(0x00080018, SOP_INSTANCE))
-    assert reason(capture_header(data[:-3])).startswith("unreadable DICOM data: ")
+    outcome = capture_header(data[:-3])
+    assert isinstance(outcome, DicomHeader)
+    assert outcome.sop_instance == SOP_INSTANCE[:-2] + "..."
+
+
+def test_part_ending_inside_a_sequence_is_unreadable() -> None:
+    """Cut inside a sequence's items: unreadable, as pydicom finds it."""
+    data = part(sequence_header(0x00081140) + ITEM_UNDEFINED + ui(0x00081150, "1.2.3"))
+    assert reason(capture_header(data)).startswith("unreadable DICOM data: ")
 
 
 def test_part_ending_between_elements_reads_as_found() -> None:

@@ -13,6 +13,7 @@ import struct
 import tracemalloc
 import zlib
 from pathlib import Path
+
 import pydicom
 import pydicom.data
 import pytest
@@ -60,9 +61,7 @@ PIXEL_BYTES = 50 * 1024 * 1024
 PIECE_BYTES = 256 * 1024
 
 
-def _validate_data(
-    data: bytes, policy: ValidationPolicy = DEFAULT_POLICY
-) -> InstanceRef | Failed:
+def _validate_data(data: bytes, policy: ValidationPolicy = DEFAULT_POLICY) -> InstanceRef | Failed:
     """Stream ``data`` through a capture in socket-read pieces and judge its header."""
     capture = dicomheader.HeaderCapture()
     view = memoryview(data)
@@ -456,9 +455,7 @@ def test_excluded_transfer_syntax_is_not_supported() -> None:
 def test_transfer_syntax_comes_before_sop_class() -> None:
     """With both excluded, the transfer syntax (0xC122) is reported."""
     policy = ValidationPolicy(frozenset(), frozenset())
-    assert _failed(_validate(CT, policy)).reason == (
-        FailureReason.TRANSFER_SYNTAX_NOT_SUPPORTED
-    )
+    assert _failed(_validate(CT, policy)).reason == (FailureReason.TRANSFER_SYNTAX_NOT_SUPPORTED)
 
 
 def test_unknown_transfer_syntax_is_not_supported(tmp_path: Path) -> None:

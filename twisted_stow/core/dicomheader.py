@@ -185,9 +185,12 @@ class HeaderCapture:
         self._deflated = False
         self._inflater: zlib._Decompress | None = None
         self._in_data_set = False
-        # True while the walk waits for a top-level element header: a part
-        # that ends there ends cleanly, anywhere else it ends inside a value.
-        self._at_boundary = False
+        # Where a part that ends early ends: inside a sequence or encapsulated
+        # value (unreadable, as pydicom finds it), or in the value being
+        # captured (kept cut, so never a valid UID); anywhere else at the top
+        # level it simply ends there, as a truncated file reads in pydicom.
+        self._nesting = 0
+        self._capturing: int | None = None
         self._walk = self._walk_part()
         self._request = next(self._walk)
 
@@ -306,9 +309,7 @@ class HeaderCapture:
         # File Meta Information: Explicit VR Little Endian, group 0002 only.
         explicit: bool | None = None
         while True:
-            self._at_boundary = True
             raw = yield (_READ, 8)
-            self._at_boundary = False
             assert raw is not None
             if _tag(raw, "<") >> 16 != 0x0002:
                 break
@@ -326,9 +327,7 @@ class HeaderCapture:
         order = ">" if transfer_syntax == _EXPLICIT_VR_BIG_ENDIAN else "<"
         explicit = None
         while True:
-            self._at_boundary = True
             raw = yield (_READ, 8)
-            self._at_boundary = False
             assert raw is not None
             tag = _tag(raw, order)
             # PS3.5 §7.1 orders data elements by increasing tag: nothing past
@@ -389,9 +388,12 @@ class HeaderCapture:
                 # PS3.5 §6.2.2: a UN sequence of undefined length is encoded
                 # in Implicit VR Little Endian inside.
                 inside = (False, "<") if vr == "UN" else (explicit, order)
+                self._nesting += 1
                 yield from self._sequence(*inside, depth=depth + 1)
             else:
+                self._nesting += 1
                 yield from self._fragments(order)
+            self._nesting -= 1
             if tag in wanted:
                 self._values[tag] = "<Sequence>"
             return
@@ -399,12 +401,10 @@ class HeaderCapture:
             yield (_SKIP_FREE if depth == 0 else _SKIP, length)
             return
         kept = min(length, MAX_CAPTURED_VALUE_BYTES)
+        self._capturing = tag
         raw = yield (_READ, kept) if kept else (_SKIP, 0)
-        # PS3.5 §6.2: UI is padded to even length with one trailing NUL; some
-        # writers pad with a space instead, which is tolerated.  UI uses the
-        # default repertoire, so Latin-1 cannot fail and non-ASCII bytes
-        # simply make an invalid UID.
-        text = (raw or b"").decode("latin-1").rstrip("\x00 ")
+        self._capturing = None
+        text = _text(raw or b"")
         if kept < length:
             yield (_SKIP_FREE, length - kept)
             text += "..."
@@ -448,9 +448,7 @@ class HeaderCapture:
                 raise _Refused(f"{_UNREADABLE}expected a fragment item, found {_show(tag)}")
             yield (_SKIP, length)
 
-    def _item_header(
-        self, order: str
-    ) -> Generator[tuple[int, int], bytes | None, tuple[int, int]]:
+    def _item_header(self, order: str) -> Generator[tuple[int, int], bytes | None, tuple[int, int]]:
         raw = yield (_READ, 8)
         assert raw is not None
         self._count_element()
@@ -474,8 +472,10 @@ class HeaderCapture:
             return _cannot_understand("empty part")
         if self._offset < _PREAMBLE_BYTES + len(_PREFIX) and not self._in_data_set:
             return _cannot_understand(_NOT_PS3_10)
-        if not self._at_boundary:
-            return _cannot_understand(f"{_UNREADABLE}the part ends inside an element")
+        if self._nesting:
+            return _cannot_understand(f"{_UNREADABLE}the part ends inside a sequence")
+        if self._capturing is not None:
+            self._values[self._capturing] = _text(bytes(self._pending)) + "..."
         if not self._values.get(_TRANSFER_SYNTAX_UID):
             return _cannot_understand(_NO_TRANSFER_SYNTAX)
         return self._header()
@@ -520,6 +520,17 @@ def _sniff_explicit(raw: bytes, *, assumed: bool, in_sequence: bool) -> bool:
     if in_sequence and not assumed:
         return False
     return 0x40 < raw[4] < 0x5B and 0x40 < raw[5] < 0x5B
+
+
+def _text(raw: bytes) -> str:
+    """A captured value as text without its padding.
+
+    PS3.5 §6.2: UI is padded to even length with one trailing NUL; some
+    writers pad with a space instead, which is tolerated.  UI uses the
+    default repertoire, so Latin-1 cannot fail and non-ASCII bytes simply
+    make an invalid UID.
+    """
+    return raw.decode("latin-1").rstrip("\x00 ")
 
 
 def _show(tag: int) -> str:

@@ -325,3 +325,24 @@ def test_encapsulated_value_before_the_uids_is_walked() -> None:
     assert outcome.sop_class == CT_IMAGE_STORAGE
     broken = struct.pack("<HHI", 0x0009, 0x0009, 6) + b"frag01"
     assert "fragment" in reason(capture_header(part(ob + broken + uids())))
+
+
+def test_an_element_overrunning_its_item_is_unreadable() -> None:
+    """A defined-length item shorter than the element inside it is unreadable."""
+    inside = ui(0x00081150, "1.2.3")
+    item = struct.pack("<HHI", 0xFFFE, 0xE000, 4) + inside
+    outcome = capture_header(part(sequence_header(0x00081140) + item + SEQUENCE_END + uids()))
+    assert "runs past the end of its item" in reason(outcome)
+
+
+def test_a_sequence_holding_something_else_than_items_is_unreadable() -> None:
+    """Inside a sequence only items and its delimiter may follow (PS3.5 §7.5)."""
+    outcome = capture_header(part(sequence_header(0x00081140) + uids()))
+    assert "expected an item tag, found (0008,0016)" in reason(outcome)
+
+
+def test_an_item_delimiter_at_the_top_level_ends_the_data_set() -> None:
+    """As in pydicom, (FFFE,E00D) at the top level ends the data set: what follows is unread."""
+    outcome = capture_header(part(ui(0x00080016, CT_IMAGE_STORAGE) + ITEM_END + uids()))
+    assert isinstance(outcome, DicomHeader)
+    assert (outcome.sop_class, outcome.sop_instance) == (CT_IMAGE_STORAGE, None)

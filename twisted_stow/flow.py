@@ -1,18 +1,20 @@
 """Backpressure for one upload: bytes received but not yet written to storage.
 
-One owner decides when to stop reading the socket.  Every part writer of an
-upload adds the bytes it accepts and subtracts them once storage has written
-them; crossing the high-water mark pauses the producer (the request, which
-stops reading the socket), falling below the low-water mark resumes it.  Like
+One owner decides when to stop reading the socket: the upload's ``Ingest``.
+It adds the bytes it hands to a part writer and subtracts them when that
+write's Deferred fires (storage wrote or dropped them); crossing the
+high-water mark pauses the producer (the request, which stops reading the
+socket), falling below the low-water mark resumes it.  Like
 ``twisted.internet.abstract.FileDescriptor._maybePauseProducer``, but counted
-in bytes in flight to storage rather than in a write buffer.
+in bytes in flight to storage rather than in a write buffer.  Backends do no
+accounting of their own.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-# Measured in ../shared/TWISTED.md Q3: pausing above 8 MiB queued and resuming
+# Measured (docs/STREAMING.md, "Backpressure"): pausing above 8 MiB queued and resuming
 # below 2 MiB kept peak RSS flat (~80 MB) while a slow sink throttled a 1 GiB
 # upload to 20 MB/s, with 125 pauses over 54 s.
 HIGH_WATER_BYTES = 8 * 1024 * 1024
@@ -65,7 +67,7 @@ class BytesInFlight:
         self.pause_count = 0
 
     def add(self, nbytes: int) -> None:
-        """Storage accepted ``nbytes`` it has not written yet."""
+        """``nbytes`` were handed to storage, which has not written them yet."""
         self.in_flight_bytes += nbytes
         self._update()
 

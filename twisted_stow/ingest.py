@@ -1,11 +1,19 @@
 """Drive one upload: parser events → part writers → validation → commit → outcomes.
 
 ``Ingest`` owns the parts of one request.  Each part's bytes go to a storage
-writer as they arrive; when the parser ends the part, the staged file is
-synced, validated in a worker thread, checked against the request's policies
-and committed.  Parts are pipelined: part N is validated and committed while
-part N+1 is still arriving.  Every part ends as exactly one ``Outcome``, in
-the order the parts were sent; a problem with one part never reaches another.
+writer as they arrive, and through a ``HeaderCapture`` that keeps the few
+UIDs validation needs (so the instance's name is known before the part
+ends).  When the parser ends the part, the writer finishes (the data
+complete: for the filesystem, synced), the captured header is validated (on
+the reactor: it is a few comparisons, no file is read), checked against the
+request's policies, and the part is committed.  Parts are pipelined: part N
+is finished and committed while part N+1 is still arriving.  Every part ends
+as exactly one ``Outcome``, in the order the parts were sent; a problem with
+one part never reaches another.
+
+Ingest owns the upload's backpressure too (``flow``): it counts the bytes
+handed to writers until each write's Deferred fires, and the parts between
+"received whole" and "outcome known".
 """
 
 from __future__ import annotations
@@ -16,12 +24,15 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from .core.errors import StowError
+from .core.dicomheader import HeaderCapture
+from .core.errors import StowError, UnsupportedMediaType
+from .core.mediatype import DICOM, parse_media_type
 from .core.multipart import Event, PartData, PartEnded, PartStarted
 from .core.outcomes import Failed, FailureReason, InstanceRef, Outcome, Stored, WarningReason
 from .core.policy import CommitResult, Duplicates, IngestPolicy, StorageFull, StudyMismatch
-from .core.validation import validate_part
+from .core.validation import validate_header
 from .flow import BytesInFlight, Pausable
 from .interfaces import IPartWriter, IStorage
 
@@ -29,7 +40,7 @@ log = Logger()
 
 # Part media types we store; a part without Content-Type takes the root
 # type (RFC 2387 §3.1), which for our routes is application/dicom.
-_DICOM_PART_TYPES = frozenset({"application/dicom"})
+_DICOM_PART_TYPES = frozenset({DICOM})
 
 RunInThread = Callable[..., "Deferred[Any]"]
 
@@ -65,14 +76,16 @@ class Ingest:
         producer: Pausable,
         run_in_thread: RunInThread,
     ) -> None:
+        # ``run_in_thread`` is accepted for the callers' sake: since the
+        # header is captured as the part streams, nothing here blocks.
         self._storage = storage
         self._policy = policy
         # Backpressure has one owner: this upload's ingest decides when the
         # request stops reading the socket.
         self.flow = BytesInFlight(producer)
         self._flow = self.flow
-        self._run_in_thread = run_in_thread
         self._writer: IPartWriter | None = None
+        self._capture = HeaderCapture()
         # Why the part being received will not be stored (None: it may be).
         self._skip_reason: Failed | None = None
         self._pending: list[Deferred[Outcome]] = []
@@ -85,17 +98,35 @@ class Ingest:
                 if self._skip_reason is None:
                     if self._writer is None:
                         # Opened on the first byte: an empty part costs no file.
-                        self._writer = self._storage.open_writer(self._flow)
-                    self._writer.write(event.data)
+                        self._writer = self._storage.open_writer()
+                    self._write(self._writer, event.data)
+                    self._capture.feed(event.data)
             elif isinstance(event, PartStarted):
                 self._start_part(event.headers)
             elif isinstance(event, PartEnded):
                 self._end_part()
             # BodyEnded needs no action: close() follows when the body is in.
 
+    def _write(self, writer: IPartWriter, data: bytes | memoryview) -> None:
+        """Hand ``data`` to ``writer``; it stays in flight until the write's Deferred fires."""
+        nbytes = len(data)
+        self._flow.add(nbytes)
+        writer.write(data).addBoth(self._written, nbytes)
+
+    def _written(self, result: object, nbytes: int) -> None:
+        self._flow.done(nbytes)
+        if isinstance(result, Failure):
+            # IPartWriter.write never fails; a writer that does must not
+            # leave an unhandled error (its failure surfaces in finish()).
+            log.failure("part writer's write failed", result)
+
     def _start_part(self, headers: Sequence[tuple[str, str]]) -> None:
+        self._capture = HeaderCapture()
         content_type = _header(headers, "content-type")
-        essence = (content_type or "application/dicom").split(";", 1)[0].strip().lower()
+        try:
+            essence = parse_media_type(content_type or DICOM).essence
+        except UnsupportedMediaType:
+            essence = None
         if essence not in _DICOM_PART_TYPES:
             # Metadata+bulkdata parts are not supported; the part cannot be
             # understood as a PS3.10 instance (PS3.18 Table I.2-2, Cxxx).
@@ -113,7 +144,7 @@ class Ingest:
             self._pending.append(succeed(Failed(FailureReason.CANNOT_UNDERSTAND, "empty part")))
         else:
             self._flow.part_started()
-            outcome = ensureDeferred(self._finish_part(writer))
+            outcome = ensureDeferred(self._finish_part(writer, self._capture))
             outcome.addBoth(self._part_finished)
             self._pending.append(outcome)
 
@@ -121,9 +152,9 @@ class Ingest:
         self._flow.part_finished()
         return outcome
 
-    async def _finish_part(self, writer: IPartWriter) -> Outcome:
+    async def _finish_part(self, writer: IPartWriter, capture: HeaderCapture) -> Outcome:
         try:
-            return await self._store(writer)
+            return await self._store(writer, capture)
         except Exception:
             # Anything unexpected stays with this one part (dcm4chee#3517:
             # one bad part must never turn the request into a 500).
@@ -131,7 +162,7 @@ class Ingest:
             await writer.abort()
             return Failed(FailureReason.PROCESSING_FAILURE, "internal error while storing")
 
-    async def _store(self, writer: IPartWriter) -> Outcome:
+    async def _store(self, writer: IPartWriter, capture: HeaderCapture) -> Outcome:
         try:
             size = await writer.finish()
         except StorageFull as e:
@@ -142,9 +173,7 @@ class Ingest:
             log.error("storage error while staging a part: {error}", error=e)
             return Failed(FailureReason.PROCESSING_FAILURE, f"storage error: {e.strerror}")
         # Never 0: the writer is opened on a part's first byte.
-        verdict = await self._run_in_thread(
-            validate_part, writer.staged_path, self._policy.validation
-        )
+        verdict = validate_header(capture.result(), self._policy.validation)
         if isinstance(verdict, Failed):
             await writer.abort()
             return verdict

@@ -1,57 +1,81 @@
-"""Interfaces of the pluggable edges: storage and its part writers."""
+"""Interfaces of the pluggable edges: storage and its part writers.
+
+A writer needs no local file: the header a part starts with is captured as
+it streams (``core.dicomheader.HeaderCapture``), so the instance's name is
+known before the part ends, and an object store can implement the same
+four steps (write, finish, commit, abort) as the filesystem does.
+Backpressure is not the writer's business: the ingest side counts the bytes
+it handed to ``write`` until their Deferreds fire.
+"""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from zope.interface import Attribute, Interface
+from zope.interface import Interface
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from .core.outcomes import InstanceRef
     from .core.policy import CommitResult
-    from .flow import BytesInFlight
 
 
 class IPartWriter(Interface):
-    """Receives one part's bytes as they arrive and stages them durably.
+    """Receives one part's bytes as they arrive and stores them durably.
 
-    Lifecycle: ``write`` any number of times, then ``finish``; after the
-    staged bytes are validated, ``commit``.  ``abort`` may be called at any
-    point, any number of times, and removes whatever was staged.
+    Lifecycle: ``write`` any number of times, then ``finish``; once the
+    captured header is validated, ``commit``.  ``abort`` may be called at any
+    point, any number of times, and removes whatever was written.  Nothing is
+    listed as stored before ``commit`` has fired.
     """
 
-    staged_path = Attribute(
-        "Local path of the staged bytes once finish() has fired (for validation)."
-    )
+    def write(data: bytes | memoryview) -> Deferred[None]:
+        """Accept the next bytes of the part.
 
-    def write(data: bytes | memoryview) -> None:
-        """Accept the next bytes of the part; the writer may keep a reference
-        to ``data`` until it is written, so the caller must not mutate it."""
+        The writer may keep a reference to ``data`` until the returned
+        Deferred fires, so the caller must not mutate it.  The Deferred fires
+        with ``None`` once storage no longer holds those bytes: written, or
+        dropped after a failure or an ``abort``.  It never fails: a write
+        failure is reported by ``finish``.  This is how a writer reports
+        progress; the caller does the flow accounting.
+        """
 
     def finish() -> Deferred[int]:
-        """No more data: returns a Deferred firing with the part size in
-        bytes once the staged bytes are synced to disk, or failing with
-        ``StorageFull`` or ``OSError``."""
+        """No more data: fires with the part's size in bytes once its data is complete.
+
+        For the filesystem that means the staged bytes are synced to disk;
+        a store without rename may only complete the data here and write it
+        durably in ``commit``.  Fails with ``StorageFull`` (no room) or
+        ``OSError`` (any other storage fault).
+        """
 
     def commit(instance: InstanceRef, *, overwrite: bool) -> Deferred[CommitResult]:
-        """Move the staged part into place for ``instance`` (an InstanceRef).
+        """Store the finished part under ``instance``'s name, durable and visible.
 
-        Returns a Deferred firing with a ``CommitResult``; durable (file and
-        every directory it created or changed synced) when it fires.  Fails
-        with ``StorageFull`` or ``OSError``."""
+        Fires with a ``CommitResult`` once the instance is durable under its
+        name (for the filesystem: file and every directory it created or
+        changed synced); a SOP Instance UID is unique across studies.  Fails
+        with ``StorageFull`` or ``OSError``, leaving nothing listed as stored.
+        """
 
     def abort() -> Deferred[None]:
-        """Discard the part.  Idempotent; safe at any point.
+        """Discard the part.  Idempotent; safe at any point, also after ``commit``.
 
-        The Deferred fires once nothing of the part remains in storage (callers
-        that report the part as failed wait for it; a lost connection need not).
+        Fires with ``None`` once nothing of the part remains in storage
+        (callers that report the part as failed wait for it; a lost
+        connection need not).  Never fails.
         """
 
 
 class IStorage(Interface):
     """Where accepted instances are kept."""
 
-    def open_writer(flow: BytesInFlight) -> IPartWriter:
-        """A writer for one new part; ``flow`` is the upload's ``BytesInFlight``."""
+    def start() -> None:
+        """Prepare the storage (directories, threads, connections) before serving."""
+
+    def stop() -> None:
+        """Wait for queued operations and release what ``start`` took."""
+
+    def open_writer() -> IPartWriter:
+        """A writer for one new part."""

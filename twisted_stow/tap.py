@@ -24,6 +24,7 @@ from .core.deadlines import (
     DEFAULT_HEADER_TIMEOUT_SECONDS,
     DEFAULT_MIN_BODY_RATE_BYTES,
 )
+from .interfaces import IStorage
 from .site import make_site, make_workflow_trigger
 from .storage.filesystem import FilesystemStorage
 from .workflow.amqp import AmqpPublisher, check_amqp_url
@@ -249,9 +250,9 @@ def _check_auth(config: StowConfig) -> None:
 
 
 class _StorageService(Service):
-    """Starts and stops the storage's worker threads with the application."""
+    """Starts and stops the storage (its threads, connections) with the application."""
 
-    def __init__(self, storage: FilesystemStorage) -> None:
+    def __init__(self, storage: IStorage) -> None:
         self.storage = storage
 
     def startService(self) -> None:

@@ -57,10 +57,16 @@ def staged(store: FilesystemStorage) -> list[Path]:
     return staging_files(store.root)
 
 
+def send(flow: BytesInFlight, writer: IPartWriter, data: bytes) -> None:
+    """Write ``data`` as Ingest does: counted in flight until the write's Deferred fires."""
+    flow.add(len(data))
+    writer.write(data).addCallback(lambda _: flow.done(len(data)))
+
+
 async def write_part(store: FilesystemStorage, flow: BytesInFlight, data: bytes, piece: int) -> Any:
-    writer = store.open_writer(flow)
+    writer = store.open_writer()
     for offset in range(0, len(data), piece):
-        writer.write(data[offset : offset + piece])
+        send(flow, writer, data[offset : offset + piece])
     size = await writer.finish()
     assert size == len(data)
     return writer
@@ -69,7 +75,7 @@ async def write_part(store: FilesystemStorage, flow: BytesInFlight, data: bytes,
 def test_provides_interfaces(storage: FilesystemStorage, flow: BytesInFlight) -> None:
     """FilesystemStorage and its writers implement IStorage and IPartWriter."""
     verifyObject(IStorage, storage)
-    writer = storage.open_writer(flow)
+    writer = storage.open_writer()
     verifyObject(IPartWriter, writer)
     writer.abort()
 
@@ -221,9 +227,9 @@ async def test_abort_mid_part_leaves_nothing(
     storage: FilesystemStorage, flow: BytesInFlight
 ) -> None:
     """Abort after some batches: the staging file is removed, the flow released."""
-    writer = storage.open_writer(flow)
-    writer.write(os.urandom(2 * BATCH_BYTES))
-    writer.write(b"tail not yet flushed")
+    writer = storage.open_writer()
+    send(flow, writer, os.urandom(2 * BATCH_BYTES))
+    send(flow, writer, b"tail not yet flushed")
     first, second = writer.abort(), writer.abort()
     # abort() fires once the staging file is gone; a second call waits too.
     await first
@@ -243,8 +249,8 @@ async def test_out_of_space_is_storage_full(
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(filesystem.os, "writev", full)
-    writer = storage.open_writer(flow)
-    writer.write(os.urandom(BATCH_BYTES + 1))
+    writer = storage.open_writer()
+    send(flow, writer, os.urandom(BATCH_BYTES + 1))
     with pytest.raises(StorageFull):
         await writer.finish()
     writer.abort()
@@ -383,7 +389,7 @@ def test_start_sweeps_our_pid_with_another_run_token(tmp_path: Path) -> None:
     store.staging.mkdir(parents=True)
     earlier_run = store.staging / f"{os.getpid()}-0123abcd-deadbeef.part"
     pid_only = store.staging / f"{os.getpid()}-deadbeef.part"
-    ours = store.open_writer(BytesInFlight(RecordingProducer())).staged_path
+    ours = store.open_writer().staged_path
     for path in (earlier_run, pid_only, ours):
         path.write_bytes(b"x")
     assert ours.name.startswith(f"{os.getpid()}-")

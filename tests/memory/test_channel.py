@@ -10,11 +10,11 @@ from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from tests.memory.test_request import HeldStorage
 from twisted_stow.app import StowService
 from twisted_stow.channel import LINGER_SECONDS, StowChannel
 from twisted_stow.core.config import StowConfig
 from twisted_stow.site import StowSite
+from twisted_stow.storage.memory import MemoryStorage
 
 HEADER_TIMEOUT_SECONDS = 10.0
 
@@ -34,7 +34,8 @@ class HalfClosingTransport(StringTransport):
 
 def make_channel(clock: Clock) -> tuple[StowChannel, HalfClosingTransport]:
     config = StowConfig(header_timeout_seconds=HEADER_TIMEOUT_SECONDS)
-    service = StowService(config, HeldStorage(), clock, lambda f, *a: maybeDeferred(f, *a))
+    storage = MemoryStorage(held=True)
+    service = StowService(config, storage, clock, lambda f, *a: maybeDeferred(f, *a))
     channel = StowSite(service, timeout=60.0).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
     channel.callLater = clock.callLater  # type: ignore[method-assign]
     transport = HalfClosingTransport()

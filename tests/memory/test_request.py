@@ -2,86 +2,27 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
-from zope.interface import implementer
-from zope.interface.verify import verifyObject
 
 from tests.dicom_files import CT, read
 from tests.helpers import build_multipart, multipart_content_type
 from twisted_stow.app import StowService
 from twisted_stow.core.config import StowConfig
-from twisted_stow.core.outcomes import InstanceRef
-from twisted_stow.core.policy import CommitResult
 from twisted_stow.flow import HIGH_WATER_BYTES
-from twisted_stow.interfaces import IPartWriter, IStorage
 from twisted_stow.request import StreamingRequest
 from twisted_stow.site import StowSite
+from twisted_stow.storage.memory import MemoryStorage
 
 BOUNDARY = "memory-boundary"
 IDLE_TIMEOUT_SECONDS = 5.0
-
-
-@implementer(IPartWriter)
-class HeldWriter:
-    """A writer whose bytes stay "in flight" until the test releases them."""
-
-    def __init__(self, flow: Any) -> None:
-        self.flow = flow
-        self.held = 0
-        self.data = bytearray()
-        self.aborted = False
-        self.finish_waiters: list[Deferred[int]] = []
-        self.staged_path = Path("/nonexistent")
-
-    def write(self, data: bytes | memoryview) -> None:
-        self.data += data
-        self.held += len(data)
-        self.flow.add(len(data))
-
-    def release(self) -> None:
-        held, self.held = self.held, 0
-        self.flow.done(held)
-        waiters, self.finish_waiters = self.finish_waiters, []
-        for waiter in waiters:
-            waiter.callback(len(self.data))
-
-    def finish(self) -> Deferred[int]:
-        """Fires once the test has released every byte (storage caught up)."""
-        if not self.held:
-            return succeed(len(self.data))
-        waiter: Deferred[int] = Deferred()
-        self.finish_waiters.append(waiter)
-        return waiter
-
-    def commit(self, instance: InstanceRef, *, overwrite: bool) -> Deferred[CommitResult]:
-        return succeed(CommitResult.STORED)
-
-    def abort(self) -> Deferred[None]:
-        self.aborted = True
-        self.release()
-        return succeed(None)
-
-
-@implementer(IStorage)
-class HeldStorage:
-    """Storage that never writes on its own: the test decides when bytes land."""
-
-    def __init__(self) -> None:
-        self.writers: list[HeldWriter] = []
-
-    def open_writer(self, flow: Any) -> HeldWriter:
-        writer = HeldWriter(flow)
-        self.writers.append(writer)
-        return writer
 
 
 def make_channel(storage: Any, clock: Clock) -> tuple[HTTPChannel, StringTransport]:
@@ -111,16 +52,9 @@ def big_body(size: int) -> bytes:
     return build_multipart([b"x" * size], BOUNDARY)
 
 
-def test_storage_fakes_provide_their_interfaces() -> None:
-    """The fakes used here really implement IStorage/IPartWriter."""
-    storage = HeldStorage()
-    verifyObject(IStorage, storage)
-    verifyObject(IPartWriter, storage.open_writer(object()))
-
-
 def test_slow_storage_pauses_the_socket_and_resumes_it() -> None:
     """Above the high-water mark the transport is paused; released bytes resume it."""
-    storage = HeldStorage()
+    storage = MemoryStorage(held=True)
     channel, transport = make_channel(storage, Clock())
     body = big_body(HIGH_WATER_BYTES + 1024 * 1024)
     channel.dataReceived(chunked_head())
@@ -134,7 +68,7 @@ def test_slow_storage_pauses_the_socket_and_resumes_it() -> None:
 
 def test_paused_upload_is_not_idle() -> None:
     """While paused for storage the idle timeout does not cut the client off."""
-    storage = HeldStorage()
+    storage = MemoryStorage(held=True)
     clock = Clock()
     channel, transport = make_channel(storage, clock)
     body = big_body(HIGH_WATER_BYTES + 1024 * 1024)
@@ -152,7 +86,7 @@ def test_paused_upload_is_not_idle() -> None:
 
 def test_disconnect_aborts_the_part_in_flight() -> None:
     """A client that goes away mid-part gets its part writer aborted."""
-    storage = HeldStorage()
+    storage = MemoryStorage(held=True)
     channel, _ = make_channel(storage, Clock())
     channel.dataReceived(chunked_head())
     channel.dataReceived(chunk(big_body(100_000)[:50_000]))
@@ -163,7 +97,7 @@ def test_disconnect_aborts_the_part_in_flight() -> None:
 
 def test_415_is_written_before_any_body_and_without_100_continue() -> None:
     """Refusal from the headers: exact status line first, no 100 Continue, no keep-alive."""
-    channel, transport = make_channel(HeldStorage(), Clock())
+    channel, transport = make_channel(MemoryStorage(held=True), Clock())
     channel.dataReceived(
         b"POST /studies HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
         b"Content-Length: 10\r\nExpect: 100-continue\r\n\r\n"
@@ -182,7 +116,7 @@ def test_a_refused_body_is_drained_unparsed(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(
         StreamingRequest, "handleContentChunk", lambda self, data: chunks.append(data)
     )
-    channel, transport = make_channel(HeldStorage(), Clock())
+    channel, transport = make_channel(MemoryStorage(held=True), Clock())
     channel.dataReceived(
         b"POST /studies HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\n"
         b"Content-Length: 1048576\r\n\r\n"
@@ -199,7 +133,7 @@ def test_a_refused_body_is_drained_unparsed(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_single_part_body_reaches_the_writer_intact() -> None:
     """The bytes a writer receives are exactly the part's payload."""
-    storage = HeldStorage()
+    storage = MemoryStorage(held=True)
     channel, _ = make_channel(storage, Clock())
     payload = read(CT)
     channel.dataReceived(
@@ -213,7 +147,7 @@ def test_single_part_body_reaches_the_writer_intact() -> None:
 
 def test_a_bug_at_header_time_is_a_500_not_a_hang() -> None:
     """An exception while deciding from the headers answers 500 and closes."""
-    channel, transport = make_channel(HeldStorage(), Clock())
+    channel, transport = make_channel(MemoryStorage(held=True), Clock())
 
     def broken(*args: Any) -> Any:
         raise RuntimeError("bug")
@@ -229,7 +163,7 @@ def test_a_bug_at_header_time_is_a_500_not_a_hang() -> None:
 
 def test_a_bug_while_storing_a_chunk_is_a_500_and_aborts() -> None:
     """An exception from storage while a chunk is processed: 500, the part aborted."""
-    storage = HeldStorage()
+    storage = MemoryStorage(held=True)
     channel, transport = make_channel(storage, Clock())
     channel.dataReceived(chunked_head())
     channel.dataReceived(chunk(big_body(10_000)[:5_000]))
@@ -245,7 +179,7 @@ def test_a_bug_while_storing_a_chunk_is_a_500_and_aborts() -> None:
 
 def test_twisteds_own_400_is_a_problem_document() -> None:
     """Content-Length and chunked together: Twisted's 400 carries problem+json."""
-    channel, transport = make_channel(HeldStorage(), Clock())
+    channel, transport = make_channel(MemoryStorage(held=True), Clock())
     channel.dataReceived(
         b"POST /studies HTTP/1.1\r\nHost: x\r\nContent-Type: application/dicom\r\n"
         b"Content-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -259,7 +193,7 @@ def test_twisteds_own_400_is_a_problem_document() -> None:
 
 def test_body_completed_while_paused_restores_the_idle_timeout() -> None:
     """Paused at the last byte: after the response the channel has its timeout again."""
-    storage = HeldStorage()
+    storage = MemoryStorage(held=True)
     clock = Clock()
     channel, transport = make_channel(storage, clock)
     body = big_body(HIGH_WATER_BYTES + 1024 * 1024)

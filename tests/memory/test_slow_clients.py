@@ -8,21 +8,19 @@ and an honest slow upload that keeps a real rate must pass.
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from tests.helpers import build_multipart, multipart_content_type
-from tests.memory.test_request import HeldStorage, HeldWriter
 from twisted_stow.app import StowService
 from twisted_stow.core.config import StowConfig
 from twisted_stow.flow import HIGH_WATER_BYTES
 from twisted_stow.site import StowSite
+from twisted_stow.storage.memory import MemoryStorage
 
 BOUNDARY = "slow-boundary"
 HEADER_TIMEOUT = 10.0
@@ -35,36 +33,6 @@ CONFIG = StowConfig(
     # Far away: these tests are about trickles, which the idle timer misses.
     idle_timeout_seconds=1000.0,
 )
-
-
-class StagedStorage(HeldStorage):
-    """HeldStorage whose parts have a real (non-DICOM) staged file to validate;
-    ``prompt``: every write lands at once (storage keeps up)."""
-
-    def __init__(self, staged: Path, *, prompt: bool = False) -> None:
-        super().__init__()
-        self.staged = staged
-        self.prompt = prompt
-
-    def open_writer(self, flow: Any) -> HeldWriter:
-        writer = super().open_writer(flow)
-        writer.staged_path = self.staged
-        if self.prompt:
-            hold = writer.write
-
-            def write(data: bytes | memoryview) -> None:
-                hold(data)
-                writer.release()
-
-            writer.write = write  # type: ignore[method-assign]
-        return writer
-
-
-@pytest.fixture
-def staged(tmp_path: Path) -> Path:
-    path = tmp_path / "part"
-    path.write_bytes(b"not a DICOM file")
-    return path
 
 
 def make_channel(storage: Any, clock: Clock, config: StowConfig = CONFIG) -> tuple[Any, Any]:
@@ -95,7 +63,7 @@ def chunk(data: bytes) -> bytes:
 def test_headers_trickled_a_byte_at_a_time_get_408() -> None:
     """A byte every 2 s keeps the idle timer happy but misses the header deadline."""
     clock = Clock()
-    channel, transport = make_channel(HeldStorage(), clock)
+    channel, transport = make_channel(MemoryStorage(held=True), clock)
     for byte in head(1000)[:-4]:
         channel.dataReceived(bytes([byte]))
         clock.advance(2.0)
@@ -110,9 +78,9 @@ def test_headers_trickled_a_byte_at_a_time_get_408() -> None:
     assert clock.seconds() <= HEADER_TIMEOUT + 2.0
 
 
-def test_headers_in_time_are_not_cut_whatever_follows(staged: Path) -> None:
+def test_headers_in_time_are_not_cut_whatever_follows() -> None:
     """Headers complete in time: the deadline is gone even if the body takes long."""
-    storage = StagedStorage(staged, prompt=True)
+    storage = MemoryStorage()
     clock = Clock()
     channel, transport = make_channel(storage, clock)
     text = head()
@@ -129,11 +97,9 @@ def test_headers_in_time_are_not_cut_whatever_follows(staged: Path) -> None:
     assert transport.value().startswith(b"HTTP/1.1 409 ")  # not DICOM, answered normally
 
 
-def test_the_deadline_starts_again_for_the_next_request_on_the_connection(
-    staged: Path,
-) -> None:
+def test_the_deadline_starts_again_for_the_next_request_on_the_connection() -> None:
     """Keep-alive: a second request whose headers trickle is cut off too."""
-    storage = StagedStorage(staged, prompt=True)
+    storage = MemoryStorage()
     clock = Clock()
     channel, transport = make_channel(storage, clock)
     body = build_multipart([b"not dicom"], BOUNDARY)
@@ -153,7 +119,7 @@ def test_the_deadline_starts_again_for_the_next_request_on_the_connection(
 
 def test_a_body_trickle_gets_408_and_its_part_is_aborted() -> None:
     """A byte every 2 s of body: 408 after one window, and the staged part removed."""
-    storage = HeldStorage()
+    storage = MemoryStorage(held=True)
     clock = Clock()
     channel, transport = make_channel(storage, clock)
     channel.dataReceived(head())
@@ -172,9 +138,9 @@ def test_a_body_trickle_gets_408_and_its_part_is_aborted() -> None:
     assert clock.seconds() <= WINDOW + 2.0
 
 
-def test_an_honest_slow_upload_passes(staged: Path) -> None:
+def test_an_honest_slow_upload_passes() -> None:
     """Twice the minimum rate for ten windows: answered, never cut off."""
-    storage = StagedStorage(staged, prompt=True)
+    storage = MemoryStorage()
     clock = Clock()
     channel, transport = make_channel(storage, clock)
     channel.dataReceived(head())
@@ -191,7 +157,7 @@ def test_an_honest_slow_upload_passes(staged: Path) -> None:
 
 def test_time_paused_for_storage_does_not_count_against_the_rate() -> None:
     """Storage holds the socket for many windows: no 408; the rate applies again after."""
-    storage = HeldStorage()
+    storage = MemoryStorage(held=True)
     clock = Clock()
     channel, transport = make_channel(storage, clock)
     channel.dataReceived(head())
@@ -213,7 +179,7 @@ def test_time_paused_for_storage_does_not_count_against_the_rate() -> None:
 def test_guards_can_be_turned_off() -> None:
     """header_timeout None and rate 0: a trickle is left to the idle timeout."""
     config = replace(CONFIG, header_timeout_seconds=None, min_body_rate_bytes=0)
-    storage = HeldStorage()
+    storage = MemoryStorage(held=True)
     clock = Clock()
     channel, transport = make_channel(storage, clock, config)
     text = head()
@@ -228,10 +194,10 @@ def test_guards_can_be_turned_off() -> None:
     assert not transport.disconnecting
 
 
-def test_an_absurd_chunk_size_is_400_before_its_data_is_read(staged: Path) -> None:
+def test_an_absurd_chunk_size_is_400_before_its_data_is_read() -> None:
     """No body limit: a chunk-size past 2**63 is a framing error (400), and the
     part data that came with it never reaches storage."""
-    storage = StagedStorage(staged, prompt=True)
+    storage = MemoryStorage()
     channel, transport = make_channel(storage, Clock(), replace(CONFIG, max_body_bytes=None))
     channel.dataReceived(head())
     body = build_multipart([b"u" * 1000], BOUNDARY)
@@ -242,9 +208,9 @@ def test_an_absurd_chunk_size_is_400_before_its_data_is_read(staged: Path) -> No
     assert storage.writers == []
 
 
-def test_a_chunk_announcing_more_than_the_body_limit_is_413_at_once(staged: Path) -> None:
+def test_a_chunk_announcing_more_than_the_body_limit_is_413_at_once() -> None:
     """With --max-body-size, a chunk announcing more than is left gets 413 at its first byte."""
-    storage = StagedStorage(staged, prompt=True)
+    storage = MemoryStorage()
     channel, transport = make_channel(storage, Clock(), replace(CONFIG, max_body_bytes=10_000))
     channel.dataReceived(head())
     channel.dataReceived(b"%x\r\n" % 20_000 + b"\r\n--" + BOUNDARY.encode() + b"\r\n\r\nabc")
@@ -255,7 +221,7 @@ def test_a_chunk_announcing_more_than_the_body_limit_is_413_at_once(staged: Path
 def test_the_pause_holds_when_twisted_resumes_the_transport() -> None:
     """HTTPChannel resumes the transport for its own (write-side) reasons; the
     next chunk that arrives pauses it again while storage is still behind."""
-    storage = HeldStorage()
+    storage = MemoryStorage(held=True)
     channel, transport = make_channel(storage, Clock())
     channel.dataReceived(head())
     body = build_multipart([b"t" * (HIGH_WATER_BYTES + 2 * 1024 * 1024)], BOUNDARY)

@@ -23,7 +23,7 @@ def tracked_files() -> list[Path]:
 
 
 def test_no_tracked_file_points_outside_the_repository() -> None:
-    """No tracked text file names ../shared or its documents (broken links in a clone)."""
+    """No tracked text file names the background documents (broken links in a clone)."""
     offenders = []
     for path in tracked_files():
         text = path.read_text(encoding="utf-8", errors="replace")

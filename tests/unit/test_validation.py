@@ -1,19 +1,18 @@
-"""Tests for validation.py and the header reading of dicomheader.py.
+"""Tests for validation.py and the header capture of dicomheader.py.
 
-Most go through ``validate_part`` on real pydicom test files and files written here;
-the file-like wrappers of dicomheader.py are tested directly at the end.
+They go through ``_validate``, which streams a real pydicom test file (or a
+file written here) through ``HeaderCapture`` in pieces, as ingest does, and
+judges the captured header; tests/unit/test_header_capture.py holds the
+capture's own properties and limits.
 """
 
 from __future__ import annotations
 
-import errno
-import io
 import random
 import struct
 import tracemalloc
 import zlib
 from pathlib import Path
-from typing import Any
 
 import pydicom
 import pydicom.data
@@ -41,7 +40,8 @@ from twisted_stow.core.validation import (
     ValidationPolicy,
     default_sop_classes,
     default_transfer_syntaxes,
-    validate_part,
+    validate_bytes,
+    validate_header,
 )
 
 # Read straight from the installed package: get_testdata_files() may download.
@@ -57,6 +57,22 @@ STUDY = "1.2.826.0.1.3680043.8.498.2"
 SERIES = "1.2.826.0.1.3680043.8.498.3"
 
 PIXEL_BYTES = 50 * 1024 * 1024
+# What one socket read hands ingest at most (upload.READ_SIZE_BYTES).
+PIECE_BYTES = 256 * 1024
+
+
+def _validate_data(data: bytes, policy: ValidationPolicy = DEFAULT_POLICY) -> InstanceRef | Failed:
+    """Stream ``data`` through a capture in socket-read pieces and judge its header."""
+    capture = dicomheader.HeaderCapture()
+    view = memoryview(data)
+    for offset in range(0, len(view), PIECE_BYTES):
+        capture.feed(view[offset : offset + PIECE_BYTES])
+    return validate_header(capture.result(), policy)
+
+
+def _validate(path: Path, policy: ValidationPolicy = DEFAULT_POLICY) -> InstanceRef | Failed:
+    """The verdict on the file at ``path`` sent as one part."""
+    return _validate_data(path.read_bytes(), policy)
 
 
 def _uids(path: Path) -> InstanceRef:
@@ -142,10 +158,12 @@ def _pixels(ds: Dataset, size: int) -> None:
 
 
 def _peak_bytes(path: Path) -> tuple[InstanceRef | Failed, int]:
-    """Validate ``path`` and return the outcome with the peak traced allocation."""
+    """Validate ``path`` and return the outcome with the peak traced allocation
+    (the part's own bytes, read before tracing starts, not included)."""
+    data = path.read_bytes()
     tracemalloc.start()
     try:
-        outcome = validate_part(path)
+        outcome = _validate_data(data)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -177,18 +195,19 @@ def _failed(outcome: InstanceRef | Failed) -> Failed:
 def test_valid_files_give_their_uids(name: str) -> None:
     """Valid PS3.10 files in every encoding give the UIDs pydicom reads, silently."""
     path = TEST_FILES / name
-    assert validate_part(path) == _uids(path)
+    assert _validate(path) == _uids(path)
 
 
-def test_accepts_str_path() -> None:
-    """A plain string path works as well as a Path."""
-    assert validate_part(str(CT)) == _uids(CT)
+def test_accepts_bytes_and_memoryview() -> None:
+    """A whole part as bytes or as a memoryview gives the same UIDs."""
+    data = CT.read_bytes()
+    assert validate_bytes(data) == validate_bytes(memoryview(data)) == _uids(CT)
 
 
 def test_written_file_is_valid(tmp_path: Path) -> None:
     """The minimal data set these tests start from is itself valid."""
     path = _write(tmp_path / "ok.dcm", _dataset())
-    assert validate_part(path) == InstanceRef(CT_IMAGE_STORAGE, SOP_INSTANCE, STUDY, SERIES)
+    assert _validate(path) == InstanceRef(CT_IMAGE_STORAGE, SOP_INSTANCE, STUDY, SERIES)
 
 
 def test_truncated_file_still_validates(tmp_path: Path) -> None:
@@ -196,14 +215,14 @@ def test_truncated_file_still_validates(tmp_path: Path) -> None:
     data = CT.read_bytes()
     path = tmp_path / "cut.dcm"
     path.write_bytes(data[: len(data) - 1000])
-    assert validate_part(path) == _uids(CT)
+    assert _validate(path) == _uids(CT)
 
 
 def test_trailing_space_padding_is_tolerated(tmp_path: Path) -> None:
     """A UID padded with a space instead of a NUL (a common writer bug) is accepted."""
     ds = _dataset()
     _set_raw(ds, 0x0020000D, "1.2.3.45 ")
-    assert isinstance(validate_part(_write(tmp_path / "sp.dcm", ds)), InstanceRef)
+    assert isinstance(_validate(_write(tmp_path / "sp.dcm", ds)), InstanceRef)
 
 
 # --- not a PS3.10 file: 0xC000 ---------------------------------------------------
@@ -211,7 +230,7 @@ def test_trailing_space_padding_is_tolerated(tmp_path: Path) -> None:
 
 def test_no_meta_file_cannot_be_understood() -> None:
     """A data set without preamble and File Meta (no_meta.dcm) is 0xC000 without UIDs."""
-    failed = _failed(validate_part(TEST_FILES / "no_meta.dcm"))
+    failed = _failed(_validate(TEST_FILES / "no_meta.dcm"))
     assert failed.reason == FailureReason.CANNOT_UNDERSTAND
     assert "DICM" in failed.detail
     assert failed.sop_class_uid is None
@@ -222,7 +241,7 @@ def test_empty_file_cannot_be_understood(tmp_path: Path) -> None:
     """An empty part is 0xC000 without UIDs."""
     path = tmp_path / "empty.dcm"
     path.write_bytes(b"")
-    failed = _failed(validate_part(path))
+    failed = _failed(_validate(path))
     assert failed == Failed(FailureReason.CANNOT_UNDERSTAND, "empty part")
 
 
@@ -231,7 +250,7 @@ def test_random_bytes_cannot_be_understood(tmp_path: Path, size: int) -> None:
     """Random bytes, shorter or longer than the preamble, are 0xC000 without UIDs."""
     path = tmp_path / "random.bin"
     path.write_bytes(random.Random(size).randbytes(size))
-    failed = _failed(validate_part(path))
+    failed = _failed(_validate(path))
     assert failed.reason == FailureReason.CANNOT_UNDERSTAND
     assert (failed.sop_class_uid, failed.sop_instance_uid) == (None, None)
 
@@ -242,12 +261,12 @@ def test_wrong_prefix_cannot_be_understood(tmp_path: Path) -> None:
     data[128:132] = b"DICN"
     path = tmp_path / "prefix.dcm"
     path.write_bytes(bytes(data))
-    assert _failed(validate_part(path)).reason == FailureReason.CANNOT_UNDERSTAND
+    assert _failed(_validate(path)).reason == FailureReason.CANNOT_UNDERSTAND
 
 
 def test_missing_transfer_syntax_cannot_be_understood() -> None:
     """File Meta without Transfer Syntax UID (0002,0010) is 0xC000 without UIDs."""
-    failed = _failed(validate_part(TEST_FILES / "meta_missing_tsyntax.dcm"))
+    failed = _failed(_validate(TEST_FILES / "meta_missing_tsyntax.dcm"))
     assert failed.reason == FailureReason.CANNOT_UNDERSTAND
     assert "(0002,0010)" in failed.detail
     assert (failed.sop_class_uid, failed.sop_instance_uid) == (None, None)
@@ -257,7 +276,7 @@ def test_malformed_data_set_cannot_be_understood(tmp_path: Path) -> None:
     """A data set pydicom cannot parse (a sequence cut inside an item tag) is 0xC000."""
     body = struct.pack("<HH2sHI", 0x0008, 0x1140, b"SQ", 0, 0xFFFFFFFF) + b"\xfe\xff"
     path = _meta_only(tmp_path / "bad.dcm", ExplicitVRLittleEndian, body)
-    failed = _failed(validate_part(path))
+    failed = _failed(_validate(path))
     assert failed.reason == FailureReason.CANNOT_UNDERSTAND
     assert failed.detail.startswith("unreadable DICOM data: ")
     assert (failed.sop_class_uid, failed.sop_instance_uid) == (None, None)
@@ -266,7 +285,7 @@ def test_malformed_data_set_cannot_be_understood(tmp_path: Path) -> None:
 def test_corrupt_deflate_stream_cannot_be_understood(tmp_path: Path) -> None:
     """A deflated data set that is not a valid deflate stream is 0xC000."""
     path = _meta_only(tmp_path / "dfl.dcm", DeflatedExplicitVRLittleEndian, b"\xff" * 64)
-    failed = _failed(validate_part(path))
+    failed = _failed(_validate(path))
     assert failed.reason == FailureReason.CANNOT_UNDERSTAND
     assert "deflate" in failed.detail
 
@@ -278,7 +297,7 @@ def test_missing_study_uid_does_not_match(tmp_path: Path) -> None:
     """No Study Instance UID is 0xA900, reported with the SOP Class/Instance UIDs."""
     ds = _dataset()
     del ds.StudyInstanceUID
-    failed = _failed(validate_part(_write(tmp_path / "nostudy.dcm", ds)))
+    failed = _failed(_validate(_write(tmp_path / "nostudy.dcm", ds)))
     assert failed == Failed(
         FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
         "Study Instance UID (0020,000D) is missing",
@@ -291,7 +310,7 @@ def test_every_missing_uid_is_listed(tmp_path: Path) -> None:
     """A data set with none of the four UIDs is 0xA900 naming each, without UIDs."""
     ds = Dataset()
     ds.PatientName = "Nobody"
-    failed = _failed(validate_part(_write(tmp_path / "none.dcm", ds)))
+    failed = _failed(_validate(_write(tmp_path / "none.dcm", ds)))
     assert failed.reason == FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
     for tag in ("(0008,0016)", "(0008,0018)", "(0020,000D)", "(0020,000E)"):
         assert f"{tag} is missing" in failed.detail
@@ -303,7 +322,7 @@ def test_empty_uid_in_implicit_vr_is_missing(tmp_path: Path) -> None:
     ds = _dataset()
     ds.SOPInstanceUID = ""
     path = _write(tmp_path / "empty.dcm", ds, transfer_syntax=ImplicitVRLittleEndian)
-    failed = _failed(validate_part(path))
+    failed = _failed(_validate(path))
     assert failed.reason == FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
     assert failed.detail == "SOP Instance UID (0008,0018) is missing"
     assert (failed.sop_class_uid, failed.sop_instance_uid) == (CT_IMAGE_STORAGE, None)
@@ -315,7 +334,7 @@ def test_leading_zero_uids_are_accepted(tmp_path: Path) -> None:
     _set_raw(ds, 0x00080018, "1.02.3")
     _set_raw(ds, 0x0020000D, "01.2")
     _set_raw(ds, 0x0020000E, "1.2.00")
-    outcome = validate_part(_write(tmp_path / "zero.dcm", ds))
+    outcome = _validate(_write(tmp_path / "zero.dcm", ds))
     assert outcome == InstanceRef(CT_IMAGE_STORAGE, "1.02.3", "01.2", "1.2.00")
 
 
@@ -324,7 +343,7 @@ def test_empty_uid_component_does_not_match(tmp_path: Path, value: str) -> None:
     """A SOP Instance UID with an empty component is 0xA900 without that UID."""
     ds = _dataset()
     _set_raw(ds, 0x00080018, value)
-    failed = _failed(validate_part(_write(tmp_path / "dots.dcm", ds)))
+    failed = _failed(_validate(_write(tmp_path / "dots.dcm", ds)))
     assert failed.reason == FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
     assert repr(value) in failed.detail
     assert (failed.sop_class_uid, failed.sop_instance_uid) == (CT_IMAGE_STORAGE, None)
@@ -334,7 +353,7 @@ def test_65_character_study_uid_does_not_match(tmp_path: Path) -> None:
     """A 65-character Study Instance UID is 0xA900, with both SOP UIDs reported."""
     ds = _dataset()
     _set_raw(ds, 0x0020000D, "1." + "2" * 63)
-    failed = _failed(validate_part(_write(tmp_path / "long.dcm", ds)))
+    failed = _failed(_validate(_write(tmp_path / "long.dcm", ds)))
     assert failed.reason == FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
     assert "(0020,000D) is not a valid UID" in failed.detail
     assert (failed.sop_class_uid, failed.sop_instance_uid) == (
@@ -348,7 +367,7 @@ def test_invalid_sop_class_uid_is_not_reported(tmp_path: Path) -> None:
     ds = _dataset()
     _set_raw(ds, 0x00080016, "1.2.840.CT")
     path = _write(tmp_path / "class.dcm", ds)
-    failed = _failed(validate_part(path))
+    failed = _failed(_validate(path))
     assert failed.reason == FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
     assert (failed.sop_class_uid, failed.sop_instance_uid) == (None, SOP_INSTANCE)
 
@@ -357,7 +376,7 @@ def test_multi_valued_uid_does_not_match(tmp_path: Path) -> None:
     """Two values in Series Instance UID ("a\\b") are not a UID: 0xA900."""
     ds = _dataset()
     _set_raw(ds, 0x0020000E, "1.2.3\\1.2.4")
-    failed = _failed(validate_part(_write(tmp_path / "multi.dcm", ds)))
+    failed = _failed(_validate(_write(tmp_path / "multi.dcm", ds)))
     assert failed.reason == FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
     assert "(0020,000E) is not a valid UID" in failed.detail
 
@@ -375,7 +394,7 @@ def test_uid_encoded_as_sequence_does_not_match(tmp_path: Path) -> None:
         + _ui(0x0020000D, STUDY)
         + _ui(0x0020000E, SERIES)
     )
-    failed = _failed(validate_part(_meta_only(tmp_path / "sq.dcm", ExplicitVRLittleEndian, body)))
+    failed = _failed(_validate(_meta_only(tmp_path / "sq.dcm", ExplicitVRLittleEndian, body)))
     assert failed.reason == FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
     assert failed.detail == "SOP Instance UID (0008,0018) is not a valid UID: '<Sequence>'"
     assert (failed.sop_class_uid, failed.sop_instance_uid) == (CT_IMAGE_STORAGE, None)
@@ -385,7 +404,7 @@ def test_sop_class_differs_from_media_storage_sop_class(tmp_path: Path) -> None:
     """SOP Class UID differing from MediaStorageSOPClassUID is 0xA900 with the UIDs."""
     path = _write(tmp_path / "class.dcm", _dataset())
     _replace_first(path, CTImageStorage, MRImageStorage)
-    failed = _failed(validate_part(path))
+    failed = _failed(_validate(path))
     assert failed.reason == FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
     assert "(0002,0002)" in failed.detail
     assert (failed.sop_class_uid, failed.sop_instance_uid) == (
@@ -397,7 +416,7 @@ def test_sop_class_differs_from_media_storage_sop_class(tmp_path: Path) -> None:
 def test_sop_instance_differs_from_media_storage_sop_instance() -> None:
     """rtplan.dcm's SOP Instance UID differs from its File Meta's: 0xA900 with UIDs."""
     path = TEST_FILES / "rtplan.dcm"
-    failed = _failed(validate_part(path))
+    failed = _failed(_validate(path))
     assert failed.reason == FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
     assert "(0002,0003)" in failed.detail
     expected = _uids(path)
@@ -410,7 +429,7 @@ def test_uid_rules_come_before_policy(tmp_path: Path) -> None:
     ds = _dataset()
     del ds.SeriesInstanceUID
     policy = ValidationPolicy(frozenset(), frozenset())
-    outcome = validate_part(_write(tmp_path / "order.dcm", ds), policy)
+    outcome = _validate(_write(tmp_path / "order.dcm", ds), policy)
     assert _failed(outcome).reason == FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
 
 
@@ -423,7 +442,7 @@ def test_excluded_transfer_syntax_is_not_supported() -> None:
         DEFAULT_POLICY.allowed_sop_classes,
         DEFAULT_POLICY.allowed_transfer_syntaxes - {ExplicitVRLittleEndian},
     )
-    failed = _failed(validate_part(CT, policy))
+    failed = _failed(_validate(CT, policy))
     assert failed.reason == FailureReason.TRANSFER_SYNTAX_NOT_SUPPORTED
     assert "Explicit VR Little Endian" in failed.detail
     expected = _uids(CT)
@@ -436,16 +455,14 @@ def test_excluded_transfer_syntax_is_not_supported() -> None:
 def test_transfer_syntax_comes_before_sop_class() -> None:
     """With both excluded, the transfer syntax (0xC122) is reported."""
     policy = ValidationPolicy(frozenset(), frozenset())
-    assert _failed(validate_part(CT, policy)).reason == (
-        FailureReason.TRANSFER_SYNTAX_NOT_SUPPORTED
-    )
+    assert _failed(_validate(CT, policy)).reason == (FailureReason.TRANSFER_SYNTAX_NOT_SUPPORTED)
 
 
 def test_unknown_transfer_syntax_is_not_supported(tmp_path: Path) -> None:
     """A transfer syntax pydicom does not know is 0xC122 under the default policy."""
     path = _write(tmp_path / "ts.dcm", _dataset())
     _replace_first(path, ExplicitVRLittleEndian, "1.2.3.4.5.6.7.8.9.10")
-    failed = _failed(validate_part(path))
+    failed = _failed(_validate(path))
     assert failed.reason == FailureReason.TRANSFER_SYNTAX_NOT_SUPPORTED
     assert failed.detail == "transfer syntax 1.2.3.4.5.6.7.8.9.10 is not supported"
 
@@ -456,7 +473,7 @@ def test_excluded_sop_class_is_not_supported() -> None:
         DEFAULT_POLICY.allowed_sop_classes - {CT_IMAGE_STORAGE},
         DEFAULT_POLICY.allowed_transfer_syntaxes,
     )
-    failed = _failed(validate_part(CT, policy))
+    failed = _failed(_validate(CT, policy))
     assert failed.reason == FailureReason.SOP_CLASS_NOT_SUPPORTED
     assert "CT Image Storage" in failed.detail
     assert failed.sop_class_uid == CT_IMAGE_STORAGE
@@ -573,12 +590,12 @@ def test_deflated_large_pixel_data_is_not_inflated(tmp_path: Path) -> None:
 def test_large_element_before_uids_is_skipped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A private element bigger than the read cap, before the UIDs, is sought past."""
+    """A private element bigger than the read cap, before the UIDs, is skipped as it streams."""
     monkeypatch.setattr(dicomheader, "MAX_HEADER_READ_BYTES", 64 * 1024)
     ds = _dataset()
     ds.add_new(0x00090010, "LO", "ACME")
     ds.add_new(0x00091010, "OB", bytes(1024 * 1024))
-    assert validate_part(_write(tmp_path / "private.dcm", ds)) == InstanceRef(
+    assert _validate(_write(tmp_path / "private.dcm", ds)) == InstanceRef(
         CT_IMAGE_STORAGE, SOP_INSTANCE, STUDY, SERIES
     )
 
@@ -597,41 +614,12 @@ def test_header_over_read_cap_cannot_be_understood(
     ds = _dataset()
     ds.add(DataElement(0x00081140, "SQ", Sequence([item]), is_undefined_length=True))
     path = _write(tmp_path / "seq.dcm", ds, transfer_syntax=transfer_syntax)
-    failed = _failed(validate_part(path))
+    failed = _failed(_validate(path))
     assert failed.reason == FailureReason.CANNOT_UNDERSTAND
     assert "more than 65536 bytes" in failed.detail
 
 
-# --- the staged file itself failing ---------------------------------------------
-
-
-def test_missing_file_raises() -> None:
-    """A staged file that does not exist raises OSError: a storage fault, not 0xC000."""
-    with pytest.raises(FileNotFoundError):
-        validate_part(TEST_FILES / "no-such-file.dcm")
-
-
-class _FailingFile(io.BytesIO):
-    """An in-memory file whose reads fail with EIO past the preamble."""
-
-    def read(self, size: int | None = -1, /) -> bytes:
-        """Fail like a bad disk once the preamble has been read."""
-        if self.tell() >= 132:
-            raise OSError(errno.EIO, "Input/output error")
-        return super().read(size)
-
-
-def test_disk_error_while_parsing_raises(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An OSError from the disk during parsing propagates instead of becoming 0xC000."""
-    data = CT.read_bytes()
-
-    def fake_open(path: Any, mode: str) -> _FailingFile:
-        return _FailingFile(data)
-
-    monkeypatch.setattr(dicomheader, "open", fake_open, raising=False)
-    with pytest.raises(OSError) as info:
-        validate_part(CT)
-    assert info.value.errno == errno.EIO
+# --- malformed and truncated files -------------------------------------------
 
 
 def test_broken_file_meta_cannot_be_understood(tmp_path: Path) -> None:
@@ -639,7 +627,7 @@ def test_broken_file_meta_cannot_be_understood(tmp_path: Path) -> None:
     meta = struct.pack("<HH2sHI", 0x0002, 0x0001, b"SQ", 0, 0xFFFFFFFF) + b"\xfe\xff"
     path = tmp_path / "meta.dcm"
     path.write_bytes(bytes(128) + b"DICM" + meta)
-    failed = _failed(validate_part(path))
+    failed = _failed(_validate(path))
     assert failed.reason == FailureReason.CANNOT_UNDERSTAND
     assert failed.detail.startswith("unreadable DICOM data: ")
 
@@ -649,7 +637,7 @@ def test_truncated_deflated_file_still_validates(tmp_path: Path) -> None:
     source = TEST_FILES / "image_dfl.dcm"
     path = tmp_path / "cut.dcm"
     path.write_bytes(source.read_bytes()[:-100])
-    assert validate_part(path) == _uids(source)
+    assert _validate(path) == _uids(source)
 
 
 @pytest.mark.parametrize(
@@ -671,13 +659,13 @@ def test_jpip_deflate_data_set_is_inflated(tmp_path: Path, transfer_syntax: str)
     path = _meta_only(
         tmp_path / "jpip.dcm", transfer_syntax, deflater.compress(body) + deflater.flush()
     )
-    assert validate_part(path) == InstanceRef(CT_IMAGE_STORAGE, SOP_INSTANCE, STUDY, SERIES)
+    assert _validate(path) == InstanceRef(CT_IMAGE_STORAGE, SOP_INSTANCE, STUDY, SERIES)
 
 
-def test_read_header_gives_raw_uids() -> None:
-    """read_header returns the File Meta and data set UIDs as text, padding stripped."""
+def test_capture_header_gives_raw_uids() -> None:
+    """capture_header returns the File Meta and data set UIDs as text, padding stripped."""
     ds = pydicom.dcmread(CT, stop_before_pixels=True)
-    assert dicomheader.read_header(CT) == dicomheader.DicomHeader(
+    assert dicomheader.capture_header(CT.read_bytes()) == dicomheader.DicomHeader(
         transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
         media_storage_sop_class=str(ds.file_meta.MediaStorageSOPClassUID),
         media_storage_sop_instance=str(ds.file_meta.MediaStorageSOPInstanceUID),
@@ -692,7 +680,7 @@ def test_invalid_transfer_syntax_uid_is_quoted(tmp_path: Path) -> None:
     """A Transfer Syntax UID that is not a UID is 0xC122 with the value quoted."""
     path = _write(tmp_path / "ts.dcm", _dataset())
     _replace_first(path, ExplicitVRLittleEndian, "1.2.840.10008.1.2..1")
-    failed = _failed(validate_part(path))
+    failed = _failed(_validate(path))
     assert failed.reason == FailureReason.TRANSFER_SYNTAX_NOT_SUPPORTED
     assert failed.detail == "transfer syntax '1.2.840.10008.1.2..1' is not supported"
 
@@ -701,88 +689,7 @@ def test_long_invalid_value_is_cut_in_detail(tmp_path: Path) -> None:
     """A 1000-character invalid UID is shortened in the detail."""
     ds = _dataset()
     _set_raw(ds, 0x0020000D, "9" * 1000)
-    failed = _failed(validate_part(_write(tmp_path / "long.dcm", ds)))
+    failed = _failed(_validate(_write(tmp_path / "long.dcm", ds)))
     assert failed.reason == FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
     assert failed.detail.endswith("...'")
     assert len(failed.detail) < 200
-
-
-# --- the file-like wrappers pydicom reads through --------------------------------
-
-
-class _BrokenDisk(io.BytesIO):
-    """A file whose reads and seeks fail with EIO."""
-
-    def read(self, size: int | None = -1, /) -> bytes:
-        """Fail."""
-        raise OSError(errno.EIO, "read")
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET, /) -> int:
-        """Fail."""
-        raise OSError(errno.EIO, "seek")
-
-
-def test_budgeted_reader_seeks_like_a_file() -> None:
-    """The read-budget wrapper supports SEEK_SET and SEEK_CUR and refuses the rest."""
-    reader = dicomheader._BudgetedReader(io.BytesIO(b"0123456789"), 100)
-    assert reader.seek(2) == 2
-    assert reader.seek(3, io.SEEK_CUR) == 5
-    assert reader.read(2) == b"56"
-    assert reader.tell() == 7
-    with pytest.raises(ValueError, match="negative"):
-        reader.seek(-10, io.SEEK_CUR)
-    with pytest.raises(io.UnsupportedOperation):
-        reader.seek(0, io.SEEK_END)
-
-
-def test_budgeted_reader_counts_reads_not_seeks() -> None:
-    """Seeking past bytes is free; reading more than the budget raises."""
-    reader = dicomheader._BudgetedReader(io.BytesIO(bytes(100)), 10)
-    reader.seek(90)
-    assert reader.read(10) == bytes(10)
-    reader.seek(0)
-    with pytest.raises(dicomheader._HeaderTooLarge):
-        reader.read()
-
-
-def test_budgeted_reader_marks_disk_errors() -> None:
-    """An OSError from the disk is told apart from pydicom's own OSErrors."""
-    reader = dicomheader._BudgetedReader(_BrokenDisk(), 100)
-    with pytest.raises(dicomheader._StagedFileUnreadable):
-        reader.read(1)
-    with pytest.raises(dicomheader._StagedFileUnreadable):
-        reader.seek(1)
-
-
-def test_inflating_reader_seeks_like_a_file() -> None:
-    """The inflating wrapper supports SEEK_SET and SEEK_CUR and refuses the rest."""
-    deflater = zlib.compressobj(wbits=-zlib.MAX_WBITS)
-    compressed = deflater.compress(b"0123456789") + deflater.flush()
-    reader = dicomheader._InflatingReader(io.BytesIO(compressed), 100)
-    assert reader.seek(3) == 3
-    assert reader.seek(2, io.SEEK_CUR) == 5
-    assert reader.read(2) == b"56"
-    assert reader.tell() == 7
-    assert reader.read() == b"789"
-    with pytest.raises(ValueError, match="negative"):
-        reader.seek(-1)
-    with pytest.raises(io.UnsupportedOperation):
-        reader.seek(0, io.SEEK_END)
-
-
-def test_inflating_reader_marks_disk_errors() -> None:
-    """An OSError while reading the compressed stream is a disk error."""
-    reader = dicomheader._InflatingReader(_BrokenDisk(), 100)
-    with pytest.raises(dicomheader._StagedFileUnreadable):
-        reader.read(1)
-
-
-def test_inflating_reader_reads_a_cut_stream_as_far_as_it_goes() -> None:
-    """A deflate stream cut short reads as a shorter file, like a truncated one."""
-    data = random.Random(1).randbytes(4096)
-    deflater = zlib.compressobj(wbits=-zlib.MAX_WBITS)
-    compressed = deflater.compress(data) + deflater.flush()
-    reader = dicomheader._InflatingReader(io.BytesIO(compressed[:-100]), 100_000)
-    inflated = reader.read()
-    assert 0 < len(inflated) < len(data)
-    assert data.startswith(inflated)

@@ -1,59 +1,82 @@
-"""Read the few UIDs validation needs from the start of a PS3.10 file, within a budget.
+"""Capture the few UIDs validation needs from a PS3.10 part as it streams.
 
-``read_header(path)`` is blocking (file I/O and pydicom); run it in a worker
-thread.  It reads only the start of the file: the 128-byte preamble and "DICM"
-prefix, the File Meta Information, and the data set up to Series Instance UID
-(0020,000E).  Pixel Data and everything after that element are never read,
-and the bytes it does read are capped (``MAX_HEADER_READ_BYTES``, counted after
-inflation for a deflated data set), so a hostile part cannot make it allocate
-much.  It judges nothing: whether the UIDs are present, valid, consistent and
-allowed is ``validation``'s job; here a file is either readable (a
-``DicomHeader``) or not (a CANNOT_UNDERSTAND ``Failed``).
+``HeaderCapture`` is fed every ``PartData`` of one part, in order.  It walks
+the 128-byte preamble and "DICM" prefix, the File Meta Information (group
+0002, always Explicit VR Little Endian) and the data set element by element,
+up to the first top-level element past Series Instance UID (0020,000E).
+Then it is ``done``: the UIDs, and with them the instance's final name, are
+known while the rest of the part is still arriving, and further ``feed``
+calls cost nothing.  It reads no files and keeps no part: it is pure.
 
-It never decides whether a file is complete either: pydicom reads a truncated
-file without complaint, so completeness is the multipart parser's job.
+What it holds is bounded, whatever the part:
 
-Warnings: pydicom may warn about a malformed part (for example "Expected
-explicit VR, but found implicit VR").  They are left alone on purpose:
-``warnings.catch_warnings`` swaps process-wide state and is not thread-safe,
-and changing ``pydicom.config.settings`` from a library module would change
-pydicom's behaviour for the whole process.  Reading the UIDs as raw bytes
-(never through pydicom's value conversion) already keeps valid parts silent
-and keeps pydicom's value validation out of the decision; the application may
-set ``pydicom.config.settings.reading_validation_mode`` once at start-up if it
-wants malformed parts quieter still.
+- values it does not need are skipped as they stream, never buffered; it
+  keeps only an undecided element header (at most 12 bytes) and the seven
+  values of ``DicomHeader`` (each capped at ``MAX_CAPTURED_VALUE_BYTES``);
+- the bytes it must look at are capped (``MAX_HEADER_READ_BYTES``): the
+  values of top-level elements of defined length are skipped for free (as
+  seeking past them in a file was), everything else counts, and for a
+  deflated data set every inflated byte counts (inflating them is the cost);
+- the elements, items and delimiters it walks are capped
+  (``MAX_HEADER_ELEMENTS``), and so is the nesting of sequences
+  (``MAX_HEADER_DEPTH``): a few kilobytes of deflated empty items (issue 17
+  point 1: ~950,000 of them in 12 KB) are refused after 65,536 steps, not
+  walked to the end.
 
-Pure: the standard library, pydicom and ``outcomes`` only.
+It judges nothing: whether the UIDs are present, valid, consistent and
+allowed is ``validation``'s job; here a part is either readable (a
+``DicomHeader``) or not (a CANNOT_UNDERSTAND ``Failed``).  It never decides
+whether a part is complete either: a part cut after its UIDs reads like a
+whole one, and completeness is the multipart parser's job.
+
+The walk follows pydicom's reader (``pydicom.filereader``, 3.0) where a part
+is malformed: an unknown explicit VR outside A-Z is read as implicit, the
+first element of each data set decides whether it really is explicit or
+implicit VR, an undefined-length element of unknown VR is a sequence, and an
+item delimiter (FFFE,E00D) at the top level ends the data set.
 """
 
 from __future__ import annotations
 
-import io
-import os
+import struct
 import zlib
+from collections.abc import Generator
 from dataclasses import dataclass
-from typing import BinaryIO, cast
 
-from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
-from pydicom.tag import BaseTag
+from pydicom.datadict import dictionary_VR
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
 
 from .outcomes import Failed, FailureReason
 
-# Cap on the bytes actually read (elements skipped by seeking do not count)
-# while looking for the UIDs: the File Meta Information plus groups
-# 0008-0020, inflated when deflated.  No file bundled with pydicom 3.0 needs
-# more than 1,632 bytes (measured); 8 MiB leaves room for long sequences in
-# those groups (a Referenced Image Sequence of tens of thousands of items)
-# while bounding what a hostile part can make a worker thread allocate.
+# Cap on the bytes the capture looks at before (0020,000E): the File Meta
+# Information plus groups 0008-0020, everything inflated when deflated.  No
+# file bundled with pydicom 3.0 needs more than 1,632 bytes (measured); 8 MiB
+# leaves room for long sequences in those groups (a Referenced Image Sequence
+# of tens of thousands of items) while bounding the work of a hostile part.
 MAX_HEADER_READ_BYTES = 8 * 1024 * 1024
+# Cap on the element headers, item tags and delimiters walked before
+# (0020,000E).  A real header has a few hundred; 65,536 walk in ~50 ms and
+# leave room for a Referenced Image Sequence of ~20,000 items, while a
+# sequence of ~950,000 empty items (issue 17 point 1) is refused early.
+MAX_HEADER_ELEMENTS = 65_536
+# Cap on sequences nested in sequences before (0020,000E).  Real headers nest
+# a few levels (a code sequence inside a referenced sequence); 64 keeps the
+# walk's own recursion far from Python's limit.
+MAX_HEADER_DEPTH = 64
+# Cap on the bytes kept of one captured value.  A UID has at most 64
+# characters (PS3.5 §9.1); a longer value is invalid whatever follows, so it
+# is kept cut, marked with "...", and reported as not a UID.
+MAX_CAPTURED_VALUE_BYTES = 1024
 
-# PS3.10 §7.1: a 128-byte preamble, then the prefix "DICM", then the File Meta
-# Information (group 0002, always Explicit VR Little Endian).
+# Compressed bytes handed to the inflater at a time, and inflated bytes asked
+# of it at a time: ``max_length`` bounds the output whatever the ratio, and a
+# small input slice keeps the copy zlib makes of its unconsumed tail small.
+_INFLATE_INPUT_BYTES = 16 * 1024
+_INFLATE_OUTPUT_BYTES = 64 * 1024
+
+# PS3.10 §7.1: a 128-byte preamble, then the prefix "DICM".
 _PREAMBLE_BYTES = 128
 _PREFIX = b"DICM"
-
-_INFLATE_CHUNK_BYTES = 64 * 1024
 
 _MEDIA_STORAGE_SOP_CLASS_UID = 0x00020002
 _MEDIA_STORAGE_SOP_INSTANCE_UID = 0x00020003
@@ -62,18 +85,21 @@ _SOP_CLASS_UID = 0x00080016
 _SOP_INSTANCE_UID = 0x00080018
 _STUDY_INSTANCE_UID = 0x0020000D
 _SERIES_INSTANCE_UID = 0x0020000E
+_META_TAGS = frozenset(
+    {_MEDIA_STORAGE_SOP_CLASS_UID, _MEDIA_STORAGE_SOP_INSTANCE_UID, _TRANSFER_SYNTAX_UID}
+)
+_DATA_SET_TAGS = frozenset(
+    {_SOP_CLASS_UID, _SOP_INSTANCE_UID, _STUDY_INSTANCE_UID, _SERIES_INSTANCE_UID}
+)
 
-_META_TAGS: list[BaseTag | int] = [
-    _MEDIA_STORAGE_SOP_CLASS_UID,
-    _MEDIA_STORAGE_SOP_INSTANCE_UID,
-    _TRANSFER_SYNTAX_UID,
-]
-_DATA_SET_TAGS: list[BaseTag | int] = [
-    _SOP_CLASS_UID,
-    _SOP_INSTANCE_UID,
-    _STUDY_INSTANCE_UID,
-    _SERIES_INSTANCE_UID,
-]
+# PS3.5 §7.5: items and delimiters are a tag and a 32-bit length, in every
+# transfer syntax.
+_ITEM = 0xFFFEE000
+_ITEM_DELIMITER = 0xFFFEE00D
+_SEQUENCE_DELIMITER = 0xFFFEE0DD
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+# PS3.5 §7.1.2: these VRs have two reserved bytes and a 32-bit length.
+_VR_LENGTH_32 = frozenset(str(vr).encode() for vr in EXPLICIT_VR_LENGTH_32)
 
 # Transfer syntaxes whose data set is not Explicit VR Little Endian.  Any other
 # one, known or not, is read as Explicit VR Little Endian: that is what every
@@ -96,6 +122,15 @@ _DEFLATED = frozenset(
     }
 )
 
+# What the walk asks of the bytes: exactly n of them (handed back), n skipped
+# and counted against the budget, n skipped for free, or the switch from the
+# File Meta to the data set (possibly deflated) with the bytes read too far.
+_READ = 0
+_SKIP = 1
+_SKIP_FREE = 2
+_SWITCH = 3
+_Walk = Generator[tuple[int, int], "bytes | None", None]
+
 
 @dataclass(frozen=True, slots=True)
 class DicomHeader:
@@ -103,8 +138,9 @@ class DicomHeader:
 
     Each is the element's raw value as text, trailing NUL/space padding
     stripped and nothing else checked: ``None`` when the element is absent,
-    ``""`` when it is empty, and ``"<Sequence>"`` (the value's type name in
-    angle brackets) when a file declares it as something other than text.
+    ``""`` when it is empty, ``"<Sequence>"`` when a file declares it as a
+    sequence (undefined length), and cut with "..." appended past
+    ``MAX_CAPTURED_VALUE_BYTES``.
     """
 
     transfer_syntax: str
@@ -123,256 +159,382 @@ class DicomHeader:
     """Series Instance UID (0020,000E)."""
 
 
-def read_header(path: str | os.PathLike[str]) -> DicomHeader | Failed:
-    """Read the File Meta and data set UIDs of the PS3.10 file at ``path``.
-
-    Blocking: run it in a worker thread.  Returns a CANNOT_UNDERSTAND (0xC000)
-    ``Failed``, without UIDs, when the file is empty, has no 128-byte preamble
-    followed by "DICM", has a File Meta or data set pydicom cannot parse, has
-    no Transfer Syntax UID (0002,0010), has a corrupt deflate stream, or needs
-    more than ``MAX_HEADER_READ_BYTES`` read before (0020,000E).
-
-    Raises ``OSError`` when the file itself cannot be opened or read: that is
-    a storage fault, not something the client sent.
-    """
-    with open(path, "rb") as raw:
-        start = raw.read(_PREAMBLE_BYTES + len(_PREFIX))
-        if not start:
-            return _cannot_understand("empty part")
-        if len(start) < _PREAMBLE_BYTES + len(_PREFIX) or start[_PREAMBLE_BYTES:] != _PREFIX:
-            return _cannot_understand(
-                "not a DICOM PS3.10 file: no 128-byte preamble followed by 'DICM'"
-            )
-
-        reader = _BudgetedReader(raw, MAX_HEADER_READ_BYTES)
-        meta = _read_pydicom(reader, is_implicit_vr=False, is_little_endian=True, meta=True)
-        if isinstance(meta, Failed):
-            return meta
-        transfer_syntax = _text(meta, _TRANSFER_SYNTAX_UID)
-        if not transfer_syntax:
-            return _cannot_understand(
-                "File Meta Information has no Transfer Syntax UID (0002,0010)"
-            )
-
-        source: _BudgetedReader | _InflatingReader = reader
-        if transfer_syntax in _DEFLATED:
-            # pydicom would inflate all of it into memory at once (a zip bomb
-            # needs only kilobytes); inflate on demand, within budget.
-            source = _InflatingReader(raw, MAX_HEADER_READ_BYTES)
-
-        data_set = _read_pydicom(
-            source,
-            is_implicit_vr=transfer_syntax in _IMPLICIT_VR_LITTLE_ENDIAN,
-            is_little_endian=transfer_syntax != _EXPLICIT_VR_BIG_ENDIAN,
-            meta=False,
-        )
-        if isinstance(data_set, Failed):
-            return data_set
-
-    return DicomHeader(
-        transfer_syntax=transfer_syntax,
-        media_storage_sop_class=_text(meta, _MEDIA_STORAGE_SOP_CLASS_UID),
-        media_storage_sop_instance=_text(meta, _MEDIA_STORAGE_SOP_INSTANCE_UID),
-        sop_class=_text(data_set, _SOP_CLASS_UID),
-        sop_instance=_text(data_set, _SOP_INSTANCE_UID),
-        study=_text(data_set, _STUDY_INSTANCE_UID),
-        series=_text(data_set, _SERIES_INSTANCE_UID),
-    )
+class _Refused(Exception):
+    """The part cannot be understood; ``args[0]`` says why."""
 
 
-class _HeaderTooLarge(Exception):
-    """Reading the header would take more than ``MAX_HEADER_READ_BYTES``."""
+class HeaderCapture:
+    """Walks one part's header as its bytes arrive; see the module docstring.
 
-
-class _StagedFileUnreadable(Exception):
-    """Reading the staged file itself failed; the cause is the disk's ``OSError``.
-
-    Kept apart from pydicom's exceptions because pydicom raises ``OSError``
-    for malformed input too ("No tag to read at file position ...").
+    ``feed`` each piece of the part in order (it keeps no reference to
+    them), then ``result()`` at the end of the part, or as soon as ``done``.
     """
 
+    def __init__(self) -> None:
+        # Read at construction so that tests may lower the module's limits.
+        self._budget_bytes = MAX_HEADER_READ_BYTES
+        self._max_elements = MAX_HEADER_ELEMENTS
+        self._verdict: DicomHeader | Failed | None = None
+        self._values: dict[int, str] = {}
+        self._received = 0
+        self._looked_at = 0
+        self._elements = 0
+        self._offset = 0  # position in the (inflated) stream being walked
+        self._pending = bytearray()  # an undecided read, shorter than asked
+        self._pushback = b""
+        self._deflated = False
+        self._inflater: zlib._Decompress | None = None
+        self._in_data_set = False
+        # Where a part that ends early ends: inside a sequence or encapsulated
+        # value (unreadable, as pydicom finds it), or in the value being
+        # captured (kept cut, so never a valid UID); anywhere else at the top
+        # level it simply ends there, as a truncated file reads in pydicom.
+        self._nesting = 0
+        self._capturing: int | None = None
+        self._walk = self._walk_part()
+        self._request = next(self._walk)
 
-class _BudgetedReader:
-    """A read-through file wrapper that refuses to read more than a budget.
+    @property
+    def done(self) -> bool:
+        """Whether the result is known (found, or refused); ``feed`` is free after."""
+        return self._verdict is not None
 
-    Seeking is free: pydicom skips the elements it was not asked for by
-    seeking, so only what it really loads counts.  The position is tracked
-    here because pydicom asks for it twice per element and a buffered file
-    answers with a system call (measured: a third of the time on CT_small).
-    """
-
-    def __init__(self, fp: BinaryIO, budget_bytes: int) -> None:
-        self._fp = fp
-        self._left = budget_bytes
-        self._position = fp.tell()
-        self.name = getattr(fp, "name", "<part>")
-
-    def read(self, size: int | None = -1) -> bytes:
-        """Read like ``fp.read``, raising ``_HeaderTooLarge`` once over budget."""
-        wanted = self._left + 1 if size is None or size < 0 else min(size, self._left + 1)
+    def feed(self, data: bytes | memoryview) -> None:
+        """Walk the next bytes of the part."""
+        if self._verdict is not None or not data:
+            return
+        self._received += len(data)
         try:
-            data = self._fp.read(wanted)
-        except OSError as exc:
-            raise _StagedFileUnreadable from exc
-        self._position += len(data)
-        self._left -= len(data)
-        if self._left < 0:
-            raise _HeaderTooLarge
-        return data
+            self._feed_raw(memoryview(data))
+        except _Refused as refusal:
+            self._verdict = _cannot_understand(str(refusal.args[0]))
+        except zlib.error as exc:
+            self._verdict = _cannot_understand(f"deflated data set is corrupt: {exc}")
 
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        """Seek the underlying file; a negative position is malformed input."""
-        if whence == io.SEEK_CUR:
-            offset += self._position
-        elif whence != io.SEEK_SET:
-            raise io.UnsupportedOperation("only SEEK_SET and SEEK_CUR are needed")
-        if offset < 0:
-            # A real file would raise OSError (EINVAL), which means a disk fault.
-            raise ValueError(f"negative seek position {offset}")
-        try:
-            self._position = self._fp.seek(offset)
-        except OSError as exc:
-            raise _StagedFileUnreadable from exc
-        return self._position
+    def result(self) -> DicomHeader | Failed:
+        """The captured header, or why the part cannot be understood.
 
-    def tell(self) -> int:
-        """The position in the underlying file."""
-        return self._position
+        Called before ``done``, it takes the part to have ended there.
+        """
+        if self._verdict is None:
+            self._verdict = self._at_end()
+        return self._verdict
 
+    # --- the bytes ----------------------------------------------------------
 
-class _InflatingReader:
-    """A seekable view of a raw deflate stream, inflated on demand up to a budget.
+    def _feed_raw(self, view: memoryview) -> None:
+        rest: memoryview | None = view
+        while rest is not None and self._verdict is None:
+            if self._inflater is not None:
+                self._inflate(rest)
+                return
+            rest = self._consume(rest)
+            if rest is not None:
+                # The File Meta ended: the bytes read too far (an element
+                # header) belong to the data set, deflated or not.
+                pushback, self._pushback = self._pushback, b""
+                if self._deflated:
+                    self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+                self._feed_raw(memoryview(pushback))
 
-    The inflated bytes are kept (pydicom seeks back a few bytes at times), so
-    the budget counts positions, not reads: a part that needs anything beyond
-    ``budget_bytes`` of its inflated data set raises ``_HeaderTooLarge``.
-    """
+    def _inflate(self, view: memoryview) -> None:
+        inflater = self._inflater
+        assert inflater is not None
+        for start in range(0, len(view), _INFLATE_INPUT_BYTES):
+            data: bytes | memoryview = view[start : start + _INFLATE_INPUT_BYTES]
+            while data and self._verdict is None:
+                inflated = inflater.decompress(data, _INFLATE_OUTPUT_BYTES)
+                if inflated:
+                    self._consume(memoryview(inflated))
+                data = inflater.unconsumed_tail
+            if self._verdict is not None or inflater.eof:
+                return
 
-    def __init__(self, fp: BinaryIO, budget_bytes: int) -> None:
-        self._fp = fp
-        self._budget = budget_bytes
-        self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        self._inflated = bytearray()
-        self._position = 0
-        self.name = getattr(fp, "name", "<part>")
-
-    def read(self, size: int | None = -1) -> bytes:
-        """Read like ``fp.read`` from the inflated stream."""
-        end = self._budget + 1 if size is None or size < 0 else self._position + size
-        self._inflate_to(end)
-        data = bytes(self._inflated[self._position : end])
-        self._position += len(data)
-        return data
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        """Move within the inflated stream (inflating happens on the next read)."""
-        if whence == io.SEEK_CUR:
-            offset += self._position
-        elif whence != io.SEEK_SET:
-            raise io.UnsupportedOperation("seek from the end of a deflate stream")
-        if offset < 0:
-            raise ValueError(f"negative seek position {offset}")
-        self._position = offset
-        return offset
-
-    def tell(self) -> int:
-        """The position in the inflated stream."""
-        return self._position
-
-    def _read_compressed(self) -> bytes:
-        """The next chunk of the compressed stream."""
-        try:
-            return self._fp.read(_INFLATE_CHUNK_BYTES)
-        except OSError as exc:
-            raise _StagedFileUnreadable from exc
-
-    def _inflate_to(self, end: int) -> None:
-        """Inflate until ``end`` bytes are available or the stream ends."""
-        target = min(end, self._budget)
-        while len(self._inflated) < target and not self._inflater.eof:
-            chunk = self._inflater.unconsumed_tail or self._read_compressed()
-            if not chunk:
-                return  # a truncated stream: pydicom reads what there is
-            # max_length bounds the output whatever the compression ratio.
-            self._inflated += self._inflater.decompress(chunk, target - len(self._inflated))
-        if end > self._budget and len(self._inflated) >= self._budget and not self._inflater.eof:
-            raise _HeaderTooLarge
-
-
-def _not_file_meta(tag: BaseTag, vr: str | None, length: int) -> bool:
-    """Stop condition: the File Meta Information is group 0002 only."""
-    return tag >> 16 != 0x0002
-
-
-def _past_series_uid(tag: BaseTag, vr: str | None, length: int) -> bool:
-    """Stop condition: nothing after (0020,000E) is needed.
-
-    PS3.5 §7.1 orders data elements by increasing tag, so this stops before
-    the functional groups, overlays and Pixel Data without reading them.
-    """
-    return int(tag) > _SERIES_INSTANCE_UID
-
-
-def _read_pydicom(
-    source: _BudgetedReader | _InflatingReader,
-    *,
-    is_implicit_vr: bool,
-    is_little_endian: bool,
-    meta: bool,
-) -> Dataset | Failed:
-    """Read the File Meta group or the data set up to (0020,000E) with pydicom.
-
-    Only the wanted tags are kept; pydicom seeks past every other element of
-    defined length instead of loading it (measured: a 50 MB private element
-    before the UIDs costs 10 kB, not 50 MB).
-    """
-    try:
-        return read_dataset(
-            cast(BinaryIO, source),
-            is_implicit_vr,
-            is_little_endian,
-            stop_when=_not_file_meta if meta else _past_series_uid,
-            specific_tags=_META_TAGS if meta else _DATA_SET_TAGS,
-        )
-    except _HeaderTooLarge:
-        return _cannot_understand(
-            f"more than {MAX_HEADER_READ_BYTES} bytes to read before"
-            " Series Instance UID (0020,000E)"
-        )
-    except _StagedFileUnreadable as exc:
-        # A storage fault, not the client's: the disk's own OSError goes up.
-        raise cast(OSError, exc.__cause__) from None
-    except zlib.error as exc:
-        return _cannot_understand(f"deflated data set is corrupt: {exc}")
-    # pydicom raises many types on malformed input (ValueError, struct.error,
-    # EOFError, KeyError, NotImplementedError, InvalidDicomError...), and any
-    # of them means the same to the client: the part cannot be understood.
-    except Exception as exc:
-        return _cannot_understand(f"unreadable DICOM data: {exc or type(exc).__name__}")
-
-
-def _text(data_set: Dataset, tag: int) -> str | None:
-    """The raw value of a UI element as text without padding; ``None`` if absent.
-
-    The bytes are decoded here rather than by pydicom so that pydicom's value
-    validation neither warns about nor raises on a malformed UID: judging it is
-    validation's job.  UI uses the default repertoire (PS3.5 §6.2), so Latin-1
-    cannot fail and non-ASCII bytes simply make an invalid UID.
-    """
-    element = data_set.get_item(tag, keep_deferred=True)
-    if element is None:
+    def _consume(self, view: memoryview) -> memoryview | None:
+        """Answer the walk's requests from ``view``; the rest of it at the switch."""
+        kind, wanted = self._request
+        while self._verdict is None:
+            if kind == _READ:
+                if self._pending or len(view) < wanted:
+                    need = wanted - len(self._pending)
+                    self._pending += view[:need]
+                    view = view[need:]
+                    if len(self._pending) < wanted:
+                        return None
+                    chunk = bytes(self._pending)
+                    self._pending.clear()
+                else:
+                    chunk = bytes(view[:wanted])
+                    view = view[wanted:]
+                self._advance(wanted, counted=True)
+                answer: bytes | None = chunk
+            elif kind == _SWITCH:
+                self._request = self._send(None)
+                return view
+            else:
+                step = min(wanted, len(view))
+                view = view[step:]
+                self._advance(step, counted=kind == _SKIP or self._inflater is not None)
+                if step < wanted:
+                    self._request = (kind, wanted - step)
+                    return None
+                answer = None
+            kind, wanted = self._request = self._send(answer)
         return None
-    value = element.value
-    if value is None:
-        return ""
-    if isinstance(value, bytes):
-        value = value.decode("latin-1")
-    elif not isinstance(value, str):
-        # Only a file that declares a UID element as a sequence gets here.
-        return f"<{type(value).__name__}>"
-    # PS3.5 §6.2: UI is padded to even length with one trailing NUL; some
-    # writers pad with a space instead, which is tolerated.
-    return value.rstrip("\x00 ")
+
+    def _advance(self, nbytes: int, *, counted: bool) -> None:
+        self._offset += nbytes
+        if counted:
+            self._looked_at += nbytes
+            if self._looked_at > self._budget_bytes:
+                raise _Refused(
+                    f"more than {self._budget_bytes} bytes to read before"
+                    " Series Instance UID (0020,000E)"
+                )
+
+    def _send(self, answer: bytes | None) -> tuple[int, int]:
+        try:
+            return self._walk.send(answer)
+        except StopIteration:
+            self._verdict = self._header()
+            return (_READ, 0)
+
+    # --- the walk -----------------------------------------------------------
+
+    def _walk_part(self) -> _Walk:
+        start = yield (_READ, _PREAMBLE_BYTES + len(_PREFIX))
+        assert start is not None
+        if start[_PREAMBLE_BYTES:] != _PREFIX:
+            raise _Refused(_NOT_PS3_10)
+        # File Meta Information: Explicit VR Little Endian, group 0002 only.
+        explicit: bool | None = None
+        while True:
+            raw = yield (_READ, 8)
+            assert raw is not None
+            if _tag(raw, "<") >> 16 != 0x0002:
+                break
+            if explicit is None:
+                explicit = _sniff_explicit(raw, assumed=True, in_sequence=False)
+            tag, vr, length = yield from self._element_header(raw, explicit, "<")
+            yield from self._value(tag, vr, length, explicit, "<", _META_TAGS, depth=0)
+        transfer_syntax = self._values.get(_TRANSFER_SYNTAX_UID)
+        if not transfer_syntax:
+            raise _Refused(_NO_TRANSFER_SYNTAX)
+        self._in_data_set = True
+        self._pushback = raw
+        self._deflated = transfer_syntax in _DEFLATED
+        yield (_SWITCH, 0)
+        order = ">" if transfer_syntax == _EXPLICIT_VR_BIG_ENDIAN else "<"
+        explicit = None
+        while True:
+            raw = yield (_READ, 8)
+            assert raw is not None
+            tag = _tag(raw, order)
+            # PS3.5 §7.1 orders data elements by increasing tag: nothing past
+            # (0020,000E) is needed (functional groups, overlays, Pixel Data).
+            if tag > _SERIES_INSTANCE_UID:
+                return
+            if explicit is None:
+                explicit = _sniff_explicit(
+                    raw,
+                    assumed=transfer_syntax not in _IMPLICIT_VR_LITTLE_ENDIAN,
+                    in_sequence=False,
+                )
+            tag, vr, length = yield from self._element_header(raw, explicit, order)
+            yield from self._value(tag, vr, length, explicit, order, _DATA_SET_TAGS, depth=0)
+
+    def _element_header(
+        self, raw: bytes, explicit: bool, order: str
+    ) -> Generator[tuple[int, int], bytes | None, tuple[int, str | None, int]]:
+        """Decode an element header whose first 8 bytes are ``raw``."""
+        self._count_element()
+        tag = _tag(raw, order)
+        if not explicit or tag >> 16 == 0xFFFE:
+            (length,) = struct.unpack_from(order + "I", raw, 4)
+            return tag, None, length
+        vr = raw[4:6]
+        if vr in _VR_LENGTH_32:
+            extension = yield (_READ, 4)
+            assert extension is not None
+            (length,) = struct.unpack(order + "I", extension)
+            return tag, vr.decode(), length
+        if not (b"AA" <= vr <= b"ZZ"):
+            # pydicom reads an element whose VR is not two capitals as
+            # implicit VR (config.assume_implicit_vr_switch, on by default).
+            (length,) = struct.unpack_from(order + "I", raw, 4)
+            return tag, None, length
+        (length,) = struct.unpack_from(order + "H", raw, 6)
+        return tag, vr.decode("latin-1"), length
+
+    def _value(
+        self,
+        tag: int,
+        vr: str | None,
+        length: int,
+        explicit: bool,
+        order: str,
+        wanted: frozenset[int],
+        *,
+        depth: int,
+    ) -> _Walk:
+        """Walk one element's value; keep it when its tag is ``wanted``."""
+        if length == _UNDEFINED_LENGTH:
+            if vr is None:
+                try:
+                    vr = dictionary_VR(tag)
+                except KeyError:
+                    vr = "SQ"  # pydicom's guess too (it peeks for an item tag)
+            if vr in ("SQ", "UN"):
+                # PS3.5 §6.2.2: a UN sequence of undefined length is encoded
+                # in Implicit VR Little Endian inside.
+                inside = (False, "<") if vr == "UN" else (explicit, order)
+                self._nesting += 1
+                yield from self._sequence(*inside, depth=depth + 1)
+            else:
+                self._nesting += 1
+                yield from self._fragments(order)
+            self._nesting -= 1
+            if tag in wanted:
+                self._values[tag] = "<Sequence>"
+            return
+        if tag not in wanted:
+            yield (_SKIP_FREE if depth == 0 else _SKIP, length)
+            return
+        kept = min(length, MAX_CAPTURED_VALUE_BYTES)
+        self._capturing = tag
+        raw = yield (_READ, kept) if kept else (_SKIP, 0)
+        self._capturing = None
+        text = _text(raw or b"")
+        if kept < length:
+            yield (_SKIP_FREE, length - kept)
+            text += "..."
+        self._values[tag] = text
+
+    def _sequence(self, explicit: bool, order: str, *, depth: int) -> _Walk:
+        """Walk the items of a sequence of undefined length to its delimiter."""
+        if depth > MAX_HEADER_DEPTH:
+            raise _Refused(f"sequences nested more than {MAX_HEADER_DEPTH} deep")
+        while True:
+            tag, length = yield from self._item_header(order)
+            if tag == _SEQUENCE_DELIMITER:
+                return
+            if tag != _ITEM:
+                raise _Refused(f"{_UNREADABLE}expected an item tag, found {_show(tag)}")
+            end = None if length == _UNDEFINED_LENGTH else self._offset + length
+            yield from self._item(explicit, order, end, depth=depth)
+
+    def _item(self, explicit: bool, order: str, end: int | None, *, depth: int) -> _Walk:
+        """Walk one item's data set: to its delimiter, or to ``end`` (defined length)."""
+        sniffed: bool | None = None
+        while end is None or self._offset < end:
+            raw = yield (_READ, 8)
+            assert raw is not None
+            if sniffed is None:
+                sniffed = _sniff_explicit(raw, assumed=explicit, in_sequence=True)
+            tag, vr, length = yield from self._element_header(raw, sniffed, order)
+            if tag == _ITEM_DELIMITER:
+                return
+            yield from self._value(tag, vr, length, sniffed, order, frozenset(), depth=depth)
+        if end is not None and self._offset > end:
+            raise _Refused(f"{_UNREADABLE}an element runs past the end of its item")
+
+    def _fragments(self, order: str) -> _Walk:
+        """Walk an undefined-length value made of items (encapsulated data)."""
+        while True:
+            tag, length = yield from self._item_header(order)
+            if tag == _SEQUENCE_DELIMITER:
+                return
+            if tag != _ITEM or length == _UNDEFINED_LENGTH:
+                raise _Refused(f"{_UNREADABLE}expected a fragment item, found {_show(tag)}")
+            yield (_SKIP, length)
+
+    def _item_header(self, order: str) -> Generator[tuple[int, int], bytes | None, tuple[int, int]]:
+        raw = yield (_READ, 8)
+        assert raw is not None
+        self._count_element()
+        tag = _tag(raw, order)
+        (length,) = struct.unpack_from(order + "I", raw, 4)
+        return tag, length
+
+    def _count_element(self) -> None:
+        self._elements += 1
+        if self._elements > self._max_elements:
+            raise _Refused(
+                f"more than {self._max_elements} elements, items and delimiters"
+                " before Series Instance UID (0020,000E)"
+            )
+
+    # --- the verdict --------------------------------------------------------
+
+    def _at_end(self) -> DicomHeader | Failed:
+        """The verdict for a part that ended before the walk was done."""
+        if not self._received:
+            return _cannot_understand("empty part")
+        if self._offset < _PREAMBLE_BYTES + len(_PREFIX) and not self._in_data_set:
+            return _cannot_understand(_NOT_PS3_10)
+        if self._nesting:
+            return _cannot_understand(f"{_UNREADABLE}the part ends inside a sequence")
+        if self._capturing is not None:
+            self._values[self._capturing] = _text(bytes(self._pending)) + "..."
+        if not self._values.get(_TRANSFER_SYNTAX_UID):
+            return _cannot_understand(_NO_TRANSFER_SYNTAX)
+        return self._header()
+
+    def _header(self) -> DicomHeader:
+        values = self._values
+        return DicomHeader(
+            transfer_syntax=values[_TRANSFER_SYNTAX_UID],
+            media_storage_sop_class=values.get(_MEDIA_STORAGE_SOP_CLASS_UID),
+            media_storage_sop_instance=values.get(_MEDIA_STORAGE_SOP_INSTANCE_UID),
+            sop_class=values.get(_SOP_CLASS_UID),
+            sop_instance=values.get(_SOP_INSTANCE_UID),
+            study=values.get(_STUDY_INSTANCE_UID),
+            series=values.get(_SERIES_INSTANCE_UID),
+        )
+
+
+def capture_header(data: bytes | memoryview) -> DicomHeader | Failed:
+    """The header of a whole part held in memory (tests and tools)."""
+    capture = HeaderCapture()
+    capture.feed(data)
+    return capture.result()
+
+
+_NOT_PS3_10 = "not a DICOM PS3.10 file: no 128-byte preamble followed by 'DICM'"
+_NO_TRANSFER_SYNTAX = "File Meta Information has no Transfer Syntax UID (0002,0010)"
+_UNREADABLE = "unreadable DICOM data: "
+
+
+def _tag(raw: bytes, order: str) -> int:
+    group, element = struct.unpack_from(order + "HH", raw)
+    return int(group << 16 | element)
+
+
+def _sniff_explicit(raw: bytes, *, assumed: bool, in_sequence: bool) -> bool:
+    """Whether a data set whose first element header is ``raw`` is explicit VR.
+
+    As pydicom's ``_is_implicit_vr``: two capitals where the VR would be mean
+    explicit VR; a sequence item may be implicit in an explicit data set
+    (PS3.5 §6.2.2), never the other way round.
+    """
+    if in_sequence and not assumed:
+        return False
+    return 0x40 < raw[4] < 0x5B and 0x40 < raw[5] < 0x5B
+
+
+def _text(raw: bytes) -> str:
+    """A captured value as text without its padding.
+
+    PS3.5 §6.2: UI is padded to even length with one trailing NUL; some
+    writers pad with a space instead, which is tolerated.  UI uses the
+    default repertoire, so Latin-1 cannot fail and non-ASCII bytes simply
+    make an invalid UID.
+    """
+    return raw.decode("latin-1").rstrip("\x00 ")
+
+
+def _show(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 def _cannot_understand(detail: str) -> Failed:

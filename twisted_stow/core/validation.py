@@ -1,20 +1,20 @@
-"""Judges whether a staged part is a storable DICOM instance, and names it.
+"""Judges whether a part is a storable DICOM instance, and names it.
 
-``validate_part`` reads the part's header with ``dicomheader.read_header``
-(blocking: file I/O and pydicom, so the ingest edge runs it in a worker
-thread), then applies the rules of docs/CONFORMANCE.md §6.1 rows 4-8 to the
-UIDs it found: present and valid, consistent with the File Meta, and allowed
-by the ``ValidationPolicy``.  The policy's defaults, every Storage SOP Class
-and every transfer syntax pydicom knows, are built here too.
+``validate_header`` takes the header ``dicomheader.HeaderCapture`` captured
+as the part streamed and applies the rules of docs/CONFORMANCE.md §6.1 rows
+4-8 to its UIDs: present and valid, consistent with the File Meta, and
+allowed by the ``ValidationPolicy``.  It reads no files and costs a few
+microseconds, so the ingest edge runs it on the reactor.  The policy's
+defaults, every Storage SOP Class and every transfer syntax pydicom knows,
+are built here too.
 
-How the header is read (the byte budget, deflated data sets, pydicom's
-warnings) is ``dicomheader``'s business; what is accepted is this module's.
+How the header is captured (the byte, element and nesting limits, deflated
+data sets) is ``dicomheader``'s business; what is accepted is this module's.
 Neither decides whether a part is complete: the multipart parser does.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pydicom._uid_dict import UID_dictionary
 from pydicom.uid import UID
 
-from .dicomheader import DicomHeader, read_header
+from .dicomheader import DicomHeader, capture_header
 from .outcomes import Failed, FailureReason, InstanceRef
 from .uids import is_valid_uid
 
@@ -94,20 +94,20 @@ DEFAULT_POLICY = ValidationPolicy(
 )
 
 
-def validate_part(
-    path: str | os.PathLike[str], policy: ValidationPolicy = DEFAULT_POLICY
+def validate_header(
+    captured: DicomHeader | Failed, policy: ValidationPolicy = DEFAULT_POLICY
 ) -> InstanceRef | Failed:
-    """Check the complete staged part at ``path``; return its UIDs or why it fails.
+    """Judge a part by the header captured from it; return its UIDs or why it fails.
 
-    Blocking: run it in a worker thread.  It does not check that the part is
-    complete (pydicom reads a truncated file without complaint; the multipart
-    parser decides completeness).  The first rule that matches wins:
+    It does not check that the part is complete (a part cut after its UIDs
+    reads like a whole one; the multipart parser decides completeness).  The
+    first rule that matches wins:
 
-    - not a readable PS3.10 file (``dicomheader.read_header``: empty, no
-      preamble + "DICM", unreadable File Meta or data set, no Transfer Syntax
-      UID (0002,0010), a corrupt deflate stream, or more than
-      ``dicomheader.MAX_HEADER_READ_BYTES`` to read): CANNOT_UNDERSTAND
-      (0xC000), without UIDs;
+    - not a readable PS3.10 file (``captured`` is the capture's ``Failed``:
+      empty, no preamble + "DICM", unreadable File Meta or data set, no
+      Transfer Syntax UID (0002,0010), a corrupt deflate stream, or more
+      bytes, elements or nesting than ``dicomheader``'s limits before
+      (0020,000E)): CANNOT_UNDERSTAND (0xC000), without UIDs;
     - SOP Class, SOP Instance, Study or Series Instance UID missing, empty or
       not a valid UID (``uids.is_valid_uid``), or SOP Class/Instance UID differing from
       the Media Storage SOP Class/Instance UID (0002,0002)/(0002,0003) when
@@ -119,14 +119,17 @@ def validate_part(
 
     The File Meta transfer syntax is the one judged, whatever the part's
     ``transfer-syntax`` media type parameter says (PS3.18 §8.7.9).
-
-    Raises ``OSError`` when the staged file itself cannot be read: that is a
-    storage fault, not something the client sent.
     """
-    header = read_header(path)
-    if isinstance(header, Failed):
-        return header
-    return _judge(header, policy)
+    if isinstance(captured, Failed):
+        return captured
+    return _judge(captured, policy)
+
+
+def validate_bytes(
+    data: bytes | memoryview, policy: ValidationPolicy = DEFAULT_POLICY
+) -> InstanceRef | Failed:
+    """``validate_header`` of a whole part held in memory (tests and tools)."""
+    return validate_header(capture_header(data), policy)
 
 
 def _judge(header: DicomHeader, policy: ValidationPolicy) -> InstanceRef | Failed:

@@ -10,7 +10,7 @@ thread.  The reactor side gathers a part's chunks into batches of at least
 operations run strictly in order (one part is never written by two threads at
 once), one pool job per operation: a part with more work queued goes to the
 back of the pool's queue, so a few fast uploads cannot hold every thread
-while the others wait.  ../shared/TWISTED.md Q4 measured batches handed to
+while the others wait.  Measurements (docs/STREAMING.md) found batches handed to
 worker threads as the fastest shape that keeps all syscalls off the reactor
 (a thread hop per 64 KiB chunk was 2-3x slower).
 
@@ -32,7 +32,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -43,7 +43,6 @@ from ..core.outcomes import InstanceRef
 from ..core.policy import CommitResult
 from ..deferreds import detached
 from ..durable import fsync_directory, pid_alive
-from ..flow import BytesInFlight
 from ..interfaces import IPartWriter, IStorage
 from .serial import Jobs, SerialQueue
 from .staging import StagingFile, translate_os_error
@@ -51,7 +50,7 @@ from .staging import StagingFile, translate_os_error
 log = Logger()
 
 # One handover to the writer thread per MiB: below that the per-operation
-# cost (queue, wake-up, GIL hand-off) dominates; TWISTED.md Q4/Q6.
+# cost (queue, wake-up, GIL hand-off) dominates (docs/STREAMING.md).
 BATCH_BYTES = 1024 * 1024
 # Writes to the same file from different parts run in parallel on this many
 # threads; fsync of one large part must not stall every other upload.
@@ -79,52 +78,59 @@ def _same_contents(a: Path, b: Path) -> bool:
 
 @implementer(IPartWriter)
 class FilesystemPartWriter:
-    """Stages one part on disk; see ``IPartWriter`` for the lifecycle."""
+    """Stages one part on disk; see ``IPartWriter`` for the lifecycle.
 
-    def __init__(self, storage: FilesystemStorage, staged_path: Path, flow: BytesInFlight) -> None:
+    Each ``write`` joins the batch being gathered; the batch goes to the
+    part's queue once it holds ``BATCH_BYTES`` (or at ``finish``), and the
+    Deferreds of its writes fire together when the writer thread is done
+    with it, written or not.  A failed write is kept and reported by
+    ``finish`` and ``commit``.
+    """
+
+    def __init__(self, storage: FilesystemStorage, staged_path: Path) -> None:
         self._storage = storage
-        self._flow = flow
         self._queue = SerialQueue(storage.jobs, storage.reactor)
         self._file = StagingFile(staged_path)
         self.staged_path = staged_path
+        """Where the part is staged (for the storage's own tests and sweeps)."""
         self._batch: list[bytes | memoryview] = []
+        self._batch_written: list[Deferred[None]] = []
         self._batch_bytes = 0
         self._finishing = False
         self._done = False  # committed or aborted: nothing more to do
 
-    def write(self, data: bytes | memoryview) -> None:
+    def write(self, data: bytes | memoryview) -> Deferred[None]:
         if self._finishing or self._done:
             raise RuntimeError("write after finish/abort")
+        written: Deferred[None] = Deferred()
         self._batch.append(data)
+        self._batch_written.append(written)
         self._batch_bytes += len(data)
-        self._flow.add(len(data))
         if self._batch_bytes >= BATCH_BYTES:
             self._flush()
+        return written
 
     def _flush(self) -> None:
-        batch, nbytes = self._batch, self._batch_bytes
-        self._batch, self._batch_bytes = [], 0
+        batch, written = self._batch, self._batch_written
+        self._batch, self._batch_written, self._batch_bytes = [], [], 0
         if not batch:
             return
         d = self._queue.submit(lambda: self._file.write(batch))
         # Released whether the write worked or not: failures surface in
         # finish(); the upload's flow must never stay paused on them.
-        d.addBoth(self._release, nbytes)
+        d.addBoth(self._release, written)
 
-    def _release(self, result: object, nbytes: int) -> object:
-        self._flow.done(nbytes)
+    def _release(self, result: object, written: list[Deferred[None]]) -> None:
         if isinstance(result, Failure):
             self._failure = result
-            return None
-        return result
+        _fire_all(written)
 
     _failure: Failure | None = None
 
     def finish(self) -> Deferred[int]:
         self._finishing = True
         self._flush()
-        d = self._queue.submit(self._sync_after_writes)
-        return d
+        return self._queue.submit(self._sync_after_writes)
 
     def _sync_after_writes(self) -> int:
         # Runs after every queued write, in order; a failed write left its
@@ -134,16 +140,11 @@ class FilesystemPartWriter:
 
     def commit(self, instance: InstanceRef, *, overwrite: bool) -> Deferred[CommitResult]:
         if self._failure is not None:
-            return self._fail_with(self._failure)
+            return fail(self._failure)
         self._done = True
         return self._queue.submit(
             lambda: self._storage.link_into_place(self._file.path, instance, overwrite=overwrite)
         )
-
-    def _fail_with(self, failure: Failure) -> Deferred[CommitResult]:
-        d: Deferred[CommitResult] = Deferred()
-        d.errback(failure)
-        return d
 
     def abort(self) -> Deferred[None]:
         if self._discarded is not None:
@@ -151,14 +152,25 @@ class FilesystemPartWriter:
         if self._done:  # committed: the staged name is gone already
             return succeed(None)
         self._done = True
-        batch_bytes, self._batch, self._batch_bytes = self._batch_bytes, [], 0
-        if batch_bytes:
-            self._flow.done(batch_bytes)
+        # Bytes never handed to the writer thread are dropped here and now.
+        written, self._batch, self._batch_written, self._batch_bytes = (
+            self._batch_written,
+            [],
+            [],
+            0,
+        )
+        _fire_all(written)
         self._discarded = self._queue.submit(self._file.discard)
         self._discarded.addErrback(lambda f: log.failure("could not remove staging file", f))
         return detached(self._discarded)
 
     _discarded: Deferred[None] | None = None
+
+
+def _fire_all(written: list[Deferred[None]]) -> None:
+    """Tell each write's caller that storage no longer holds its bytes."""
+    for d in written:
+        d.callback(None)
 
 
 @implementer(IStorage)
@@ -229,9 +241,9 @@ class FilesystemStorage:
             return len(fields) != 3 or fields[1] != self._run_token
         return not pid_alive(pid)
 
-    def open_writer(self, flow: BytesInFlight) -> FilesystemPartWriter:
+    def open_writer(self) -> FilesystemPartWriter:
         name = f"{os.getpid()}-{self._run_token}-{uuid.uuid4().hex}.part"
-        return FilesystemPartWriter(self, self.staging / name, flow)
+        return FilesystemPartWriter(self, self.staging / name)
 
     def instance_path(self, instance: InstanceRef) -> Path:
         """Where ``instance`` is (or would be) stored."""

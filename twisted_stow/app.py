@@ -51,8 +51,8 @@ from .core.response import (
     warning_header_value,
 )
 from .core.validation import ValidationPolicy, default_sop_classes, default_transfer_syntaxes
-from .deferreds import detached
-from .ingest import IngestResult, RunInThread
+from .deferreds import RunInThread, detached
+from .ingest import IngestResult
 from .interfaces import IStorage
 from .limits import UploadSlots
 from .upload import Upload
@@ -166,7 +166,6 @@ class StowService:
             release=release,
             storage=self.storage,
             producer=request,
-            run_in_thread=self._run_in_thread,
             principal=principal,
         )
 

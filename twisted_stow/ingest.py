@@ -18,7 +18,7 @@ handed to writers until each write's Deferred fires, and the parts between
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,8 +41,6 @@ log = Logger()
 # Part media types we store; a part without Content-Type takes the root
 # type (RFC 2387 §3.1), which for our routes is application/dicom.
 _DICOM_PART_TYPES = frozenset({DICOM})
-
-RunInThread = Callable[..., "Deferred[Any]"]
 
 
 @dataclass(slots=True)
@@ -74,10 +72,7 @@ class Ingest:
         storage: IStorage,
         policy: IngestPolicy,
         producer: Pausable,
-        run_in_thread: RunInThread,
     ) -> None:
-        # ``run_in_thread`` is accepted for the callers' sake: since the
-        # header is captured as the part streams, nothing here blocks.
         self._storage = storage
         self._policy = policy
         # Backpressure has one owner: this upload's ingest decides when the

@@ -1,20 +1,28 @@
-"""``make_site``: the one place where the server's object graph is assembled."""
+"""``make_services`` and ``make_site``: the one place where the server's object graph is built.
+
+Wiring only: ``tap.makeService`` and the in-process test servers both call
+``make_services`` and add their listening ports; nothing here decides
+anything about a request.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.threads import deferToThreadPool
+from twisted.application.service import MultiService, Service
 from twisted.web.server import Site
 
 from .app import StowService
 from .auth.accesslog import access_log_line
 from .channel import StowChannel
 from .core.config import StowConfig
+from .deferreds import reactor_threads
 from .interfaces import IStorage
 from .request import StreamingRequest
+from .storage.filesystem import FilesystemStorage
+from .workflow.amqp import AmqpPublisher
 from .workflow.spool import Spool
-from .workflow.trigger import RunInThread, WorkflowTrigger
+from .workflow.trigger import WorkflowTrigger
 
 
 class StowSite(Site):
@@ -54,29 +62,73 @@ def make_site(
     reactor: Any,
     workflows: WorkflowTrigger | None = None,
 ) -> StowSite:
-    """Build the Site serving ``config`` with ``storage`` on ``reactor``.
+    """The Site serving ``config`` with ``storage`` on ``reactor``; opens nothing.
 
-    ``workflows``: where the MONAI routes' workflow requests go; by default a
-    spool at ``config.workflow_spool_dir``, created here.
+    ``workflows``: where the MONAI routes' workflow requests go (None: they
+    trigger nothing).  Starting storage and the spool is their services' job
+    (``make_services``).
     """
-
-    def run_in_thread(f: Any, *args: Any) -> Any:
-        # Validation (pydicom) runs on the reactor's pool, apart from the
-        # storage writer threads, so parsing never queues behind an fsync.
-        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
-
-    if workflows is None:
-        workflows = make_workflow_trigger(config, run_in_thread)
-        workflows.spool.open()
-    service = StowService(config, storage, reactor, run_in_thread, workflows)
+    service = StowService(config, storage, reactor, reactor_threads(reactor), workflows)
     return StowSite(service, timeout=config.idle_timeout_seconds)
 
 
-def make_workflow_trigger(config: StowConfig, run_in_thread: RunInThread) -> WorkflowTrigger:
-    """The spool-backed trigger of ``config`` (its directory is not created yet)."""
-    return WorkflowTrigger(
+def make_services(
+    config: StowConfig, reactor: Any, storage: IStorage | None = None
+) -> tuple[MultiService, StowSite]:
+    """The server's object graph: its services and the Site they serve.
+
+    The services start storage, open the workflow spool and run the AMQP
+    publisher (with ``--amqp-url``), in that order, and stop them in reverse;
+    the caller adds the listening endpoints.  ``storage`` defaults to the
+    filesystem at ``config.storage``.
+    """
+    if storage is None:
+        storage = FilesystemStorage(config.storage, reactor)
+    run_in_thread = reactor_threads(reactor)
+    workflows = WorkflowTrigger(
         Spool(config.workflow_spool_dir),
         run_in_thread,
         storage_root=config.storage,
         default_workflows=config.default_workflows,
     )
+    top = MultiService()
+    StorageService(storage).setServiceParent(top)
+    SpoolService(workflows.spool).setServiceParent(top)
+    if config.amqp_url is not None:
+        publisher = AmqpPublisher(
+            workflows.spool,
+            config.amqp_url,
+            exchange=config.amqp_exchange,
+            routing_key=config.amqp_routing_key,
+            reactor=reactor,
+            run_in_thread=run_in_thread,
+        )
+        workflows.on_spooled(publisher.wake)
+        publisher.setServiceParent(top)
+    return top, make_site(config, storage, reactor, workflows)
+
+
+class StorageService(Service):
+    """Starts and stops the storage (directories, threads) with the application."""
+
+    def __init__(self, storage: IStorage) -> None:
+        self.storage = storage
+
+    def startService(self) -> None:
+        self.storage.start()
+        super().startService()
+
+    def stopService(self) -> Any:
+        self.storage.stop()
+        return super().stopService()
+
+
+class SpoolService(Service):
+    """Creates the workflow spool before the server listens."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+
+    def startService(self) -> None:
+        self.spool.open()
+        super().startService()

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService, Service
+from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.threads import deferToThreadPool
 from twisted.python import usage
 
 from .auth.guard import Guard
@@ -24,11 +23,8 @@ from .core.deadlines import (
     DEFAULT_HEADER_TIMEOUT_SECONDS,
     DEFAULT_MIN_BODY_RATE_BYTES,
 )
-from .interfaces import IStorage
-from .site import make_site, make_workflow_trigger
-from .storage.filesystem import FilesystemStorage
-from .workflow.amqp import AmqpPublisher, check_amqp_url
-from .workflow.spool import Spool
+from .site import make_services
+from .workflow.amqp import check_amqp_url
 
 
 class Options(usage.Options):
@@ -249,32 +245,6 @@ def _check_auth(config: StowConfig) -> None:
         raise usage.UsageError(str(e)) from e
 
 
-class _StorageService(Service):
-    """Starts and stops the storage (its threads, connections) with the application."""
-
-    def __init__(self, storage: IStorage) -> None:
-        self.storage = storage
-
-    def startService(self) -> None:
-        self.storage.start()
-        super().startService()
-
-    def stopService(self) -> Any:
-        self.storage.stop()
-        return super().stopService()
-
-
-class _SpoolService(Service):
-    """Creates the workflow spool before the server listens."""
-
-    def __init__(self, spool: Spool) -> None:
-        self.spool = spool
-
-    def startService(self) -> None:
-        self.spool.open()
-        super().startService()
-
-
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     """The server: storage, the workflow spool (and its AMQP publisher), plus
     one listening service per ``--listen``."""
@@ -283,27 +253,7 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
 
         reactor = default_reactor
     config: StowConfig = options.config
-    storage = FilesystemStorage(config.storage, reactor)
-
-    def run_in_thread(f: Any, *args: Any) -> Any:
-        return deferToThreadPool(reactor, reactor.getThreadPool(), f, *args)
-
-    workflows = make_workflow_trigger(config, run_in_thread)
-    site = make_site(config, storage, reactor, workflows)
-    top = MultiService()
-    _StorageService(storage).setServiceParent(top)
-    _SpoolService(workflows.spool).setServiceParent(top)
-    if config.amqp_url is not None:
-        publisher = AmqpPublisher(
-            workflows.spool,
-            config.amqp_url,
-            exchange=config.amqp_exchange,
-            routing_key=config.amqp_routing_key,
-            reactor=reactor,
-            run_in_thread=run_in_thread,
-        )
-        workflows.on_spooled(publisher.wake)
-        publisher.setServiceParent(top)
+    top, site = make_services(config, reactor)
     for description in config.listen:
         endpoint = serverFromString(reactor, description)
         StreamServerEndpointService(endpoint, site).setServiceParent(top)

@@ -16,7 +16,7 @@ from .core.admission import Admission, BodyLimits, Target
 from .core.errors import BodyTooLarge, InvalidChunkSize, MalformedMultipart, StowError
 from .core.multipart import BodyReader, Event, PartData, PartStarted
 from .flow import BytesInFlight, Pausable
-from .ingest import Ingest, IngestResult, RunInThread
+from .ingest import Ingest, IngestResult
 from .interfaces import IStorage
 
 # No body is larger (RFC 9112 §7.1 asks to guard chunk sizes against overflow).
@@ -128,7 +128,6 @@ class Upload:
         release: Callable[[], None],
         storage: IStorage,
         producer: Pausable,
-        run_in_thread: RunInThread,
         principal: str | None = None,
     ) -> None:
         self.target: Target = admission.target
@@ -137,7 +136,7 @@ class Upload:
         self.base_url = admission.base_url  # RetrieveURL base, fixed from the headers
         self.release = release  # frees the upload slot; idempotent
         self.response_type = admission.response_type
-        self.ingest = Ingest(storage, admission.policy, producer, run_in_thread)
+        self.ingest = Ingest(storage, admission.policy, producer)
         self.body = BodyPipeline(admission.reader, self.ingest, admission.limits)
         self.result: Deferred[IngestResult] | None = None
         self._closed = False

@@ -20,8 +20,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from tests.launcher import LOOPBACK_ANY_PORT, Twistd
 from tests.launcher import twistd_command as twistd_command  # re-exported for the tests
 from twisted_stow.core.config import StowConfig
-from twisted_stow.site import make_site
-from twisted_stow.storage.filesystem import FilesystemStorage
+from twisted_stow.site import make_services
 
 
 @dataclass
@@ -45,16 +44,15 @@ async def _serve(tmp_path: Path, config: StowConfig) -> AsyncIterator[Server]:
 
     storage_root = tmp_path / "store"
     config = replace(config, storage=storage_root)
-    storage = FilesystemStorage(storage_root, reactor)
-    storage.start()
-    site = make_site(config, storage, reactor)
+    services, site = make_services(config, reactor)
+    services.startService()
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     number = port.getHost().port
     try:
         yield Server(f"http://127.0.0.1:{number}", number, storage_root, site)
     finally:
         await port.stopListening()
-        storage.stop()
+        await services.stopService()
 
 
 @pytest.fixture

@@ -48,9 +48,8 @@ def flow() -> BytesInFlight:
 
 def ingest_on(store: FilesystemStorage) -> Ingest:
     """An Ingest with the default policy, validating in the reactor's threads."""
-    from twisted.internet.threads import deferToThread
 
-    return Ingest(store, IngestPolicy(DEFAULT_POLICY), RecordingProducer(), deferToThread)
+    return Ingest(store, IngestPolicy(DEFAULT_POLICY), RecordingProducer())
 
 
 def staged(store: FilesystemStorage) -> list[Path]:

@@ -27,8 +27,7 @@ from tests.integration.streaming import (
     status_of,
 )
 from twisted_stow.core.config import StowConfig
-from twisted_stow.site import make_site
-from twisted_stow.storage.filesystem import FilesystemStorage
+from twisted_stow.site import make_services
 
 BOUNDARY = "edges-boundary"
 CONTENT_TYPE = multipart_content_type(BOUNDARY)
@@ -125,9 +124,8 @@ async def test_unix_socket_listener_builds_retrieve_urls(tmp_path: Path) -> None
     """Behind a proxy on a UNIX socket (no local port) uploads succeed with sane URLs."""
     from twisted.internet import reactor
 
-    storage = FilesystemStorage(tmp_path / "store", reactor)
-    storage.start()
-    site = make_site(StowConfig(), storage, reactor)
+    services, site = make_services(StowConfig(storage=tmp_path / "store"), reactor)
+    services.startService()
     path = str(tmp_path / "stow.sock")
     port = reactor.listenUNIX(path, site)
     body = build_multipart([read(CT)], BOUNDARY)
@@ -146,7 +144,7 @@ async def test_unix_socket_listener_builds_retrieve_urls(tmp_path: Path) -> None
         raw = await deferToThread(exchange)
     finally:
         await port.stopListening()
-        storage.stop()
+        await services.stopService()
     assert status_of(raw) == 200, raw
     url = json_body(raw)["00081199"]["Value"][0]["00081190"]["Value"][0]
     assert url.startswith("http://pacs.example/studies/")

@@ -137,7 +137,7 @@ def test_ingest_stores_a_real_instance_in_memory() -> None:
     """Ingest over MemoryStorage: a real CT part ends as Stored, its bytes kept exactly."""
     storage = MemoryStorage()
     producer = RecordingProducer()
-    ingest = Ingest(storage, IngestPolicy(DEFAULT_POLICY), producer, lambda *a: Deferred())
+    ingest = Ingest(storage, IngestPolicy(DEFAULT_POLICY), producer)
     data = read(CT)
     ingest.handle([PartStarted(()), PartData(data[:1000]), PartData(data[1000:]), PartEnded()])
     (outcome,) = result(ingest.close()).outcomes
@@ -151,7 +151,7 @@ def test_ingest_counts_held_bytes_in_flight_and_pauses() -> None:
     """Ingest owns the accounting: held writes stay in flight, pause the producer, then resume."""
     storage = MemoryStorage(held=True)
     producer = RecordingProducer()
-    ingest = Ingest(storage, IngestPolicy(DEFAULT_POLICY), producer, lambda *a: Deferred())
+    ingest = Ingest(storage, IngestPolicy(DEFAULT_POLICY), producer)
     ingest.handle([PartStarted(())] + [PartData(bytes(1024 * 1024))] * 9)
     assert ingest.flow.in_flight_bytes == 9 * 1024 * 1024
     assert producer.calls == ["pause"]
@@ -163,7 +163,7 @@ def test_ingest_counts_held_bytes_in_flight_and_pauses() -> None:
 def test_unparseable_part_content_type_is_0xc000() -> None:
     """A part Content-Type the media-type parser refuses is the same 0xC000 as a non-DICOM one."""
     storage = MemoryStorage()
-    ingest = Ingest(storage, IngestPolicy(DEFAULT_POLICY), RecordingProducer(), lambda *a: None)
+    ingest = Ingest(storage, IngestPolicy(DEFAULT_POLICY), RecordingProducer())
     for content_type in ("application/dicom; ;=x", "text/plain"):
         ingest.handle(
             [PartStarted((("content-type", content_type),)), PartData(read(CT)), PartEnded()]

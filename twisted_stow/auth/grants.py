@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..core.admission import DCM4CHEE, MONAI
+
 ALL = "*"
-# Route families, as in app.py (Target.route_family).
-STANDARD, MONAI, DCM4CHEE = "standard", "monai", "dcm4chee"
 # JWT scope values (RFC 8693 §4.2 "scope" claim, space-separated).
 AET_SCOPE_PREFIX = "stow:aet:"
 WORKFLOW_SCOPE_PREFIX = "stow:workflow:"

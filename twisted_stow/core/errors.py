@@ -9,6 +9,17 @@ the RFC 7807 problem document.
 
 from __future__ import annotations
 
+# Client-supplied text quoted in an error detail is cut to this many
+# characters: enough to recognise it, never a header's worth in a log line.
+DETAIL_TEXT_CHARS = 80
+
+
+def shorten(text: str) -> str:
+    """Cut client-supplied text for an error detail (``...`` marks the cut)."""
+    if len(text) <= DETAIL_TEXT_CHARS:
+        return text
+    return text[:DETAIL_TEXT_CHARS] + "..."
+
 
 class StowError(Exception):
     """Base class: the request as a whole is refused or broken."""

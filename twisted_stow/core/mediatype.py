@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from .errors import MalformedMultipart, NotAcceptable, UnsupportedMediaType
+from .errors import MalformedMultipart, NotAcceptable, UnsupportedMediaType, shorten
 from .multipart import (
     MAX_BOUNDARY_BYTES,
     MAX_HEADER_BLOCK_BYTES,
@@ -44,7 +44,6 @@ _QUOTED_PAIR = re.compile(r"\\(.)")
 _LIST_SPECIAL = re.compile(r'[,"\\]')
 # RFC 9110 §12.4.2 qvalue.
 _QVALUE = re.compile(r"0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?")
-_DETAIL_CHARS = 80
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,20 +69,20 @@ def parse_media_type(value: str) -> MediaType:
     """
     match = _TYPE.match(value)
     if match is None:
-        raise UnsupportedMediaType(f"cannot parse media type {_shorten(value)!r}")
+        raise UnsupportedMediaType(f"cannot parse media type {shorten(value)!r}")
     params: dict[str, str] = {}
     pos = match.end()
     while pos < len(value):
         parameter = _PARAMETER.match(value, pos)
         if parameter is None:
-            raise UnsupportedMediaType(f"cannot parse media type {_shorten(value)!r}")
+            raise UnsupportedMediaType(f"cannot parse media type {shorten(value)!r}")
         pos = parameter.end()
         name, quoted, bare = parameter.groups()
         if name is None:
             continue
         name = name.lower()
         if name in params:
-            raise UnsupportedMediaType(f"parameter {name!r} repeated in {_shorten(value)!r}")
+            raise UnsupportedMediaType(f"parameter {name!r} repeated in {shorten(value)!r}")
         params[name] = bare if quoted is None else _QUOTED_PAIR.sub(r"\1", quoted)
     return MediaType(match[1].lower(), match[2].lower(), MappingProxyType(params))
 
@@ -94,7 +93,7 @@ def _multipart_reader(media_type: MediaType, max_header_bytes: int) -> BodyReade
     root_type = media_type.params.get("type")
     if root_type is not None and root_type.strip().lower() != DICOM:
         raise UnsupportedMediaType(
-            f"{MULTIPART_RELATED} with type={_shorten(root_type)!r} is not supported; "
+            f"{MULTIPART_RELATED} with type={shorten(root_type)!r} is not supported; "
             f"supported media types: {SUPPORTED_REQUEST_TYPES}"
         )
     boundary = media_type.params.get("boundary")
@@ -269,10 +268,3 @@ def _quality(
             if best is None or rank > best:
                 best = rank
     return 0.0 if best is None else best[2]
-
-
-def _shorten(text: str) -> str:
-    """Cut client-supplied text for an error detail."""
-    if len(text) <= _DETAIL_CHARS:
-        return text
-    return text[:_DETAIL_CHARS] + "..."

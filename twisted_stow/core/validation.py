@@ -25,6 +25,7 @@ from pydicom._uid_dict import UID_dictionary
 from pydicom.uid import UID
 
 from .dicomheader import DicomHeader, capture_header
+from .errors import shorten
 from .outcomes import Failed, FailureReason, InstanceRef
 from .uids import is_valid_uid
 
@@ -41,8 +42,6 @@ _NOT_STORAGE_NAMES = (
     "Storage Management",
     "Media Storage Directory",
 )
-
-_DETAIL_VALUE_CHARS = 80
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +140,7 @@ def _judge(header: DicomHeader, policy: ValidationPolicy) -> InstanceRef | Faile
         ("Series Instance UID (0020,000E)", header.series),
     )
     problems = [
-        f"{name} is missing" if not value else f"{name} is not a valid UID: {_shorten(value)}"
+        f"{name} is missing" if not value else f"{name} is not a valid UID: {_quoted(value)}"
         for name, value in named
         if not value or not is_valid_uid(value)
     ]
@@ -166,12 +165,12 @@ def _judge(header: DicomHeader, policy: ValidationPolicy) -> InstanceRef | Faile
     if header.media_storage_sop_class and header.media_storage_sop_class != sop_class:
         mismatch = (
             f"SOP Class UID (0008,0016) {sop_class} differs from Media Storage SOP Class"
-            f" UID (0002,0002) {_shorten(header.media_storage_sop_class)}"
+            f" UID (0002,0002) {_quoted(header.media_storage_sop_class)}"
         )
     elif header.media_storage_sop_instance and header.media_storage_sop_instance != sop_instance:
         mismatch = (
             f"SOP Instance UID (0008,0018) {sop_instance} differs from Media Storage SOP"
-            f" Instance UID (0002,0003) {_shorten(header.media_storage_sop_instance)}"
+            f" Instance UID (0002,0003) {_quoted(header.media_storage_sop_instance)}"
         )
     if mismatch is not None:
         return Failed(
@@ -206,13 +205,11 @@ def _judge(header: DicomHeader, policy: ValidationPolicy) -> InstanceRef | Faile
 def _describe_uid(value: str) -> str:
     """``value`` with pydicom's name for it, when it has one."""
     if not is_valid_uid(value):
-        return _shorten(value)
+        return _quoted(value)
     name = UID(value).name
     return value if name == value else f"{value} ({name})"
 
 
-def _shorten(value: str) -> str:
+def _quoted(value: str) -> str:
     """``value`` quoted and cut short enough for a one-line detail."""
-    if len(value) > _DETAIL_VALUE_CHARS:
-        value = value[:_DETAIL_VALUE_CHARS] + "..."
-    return repr(value)
+    return repr(shorten(value))

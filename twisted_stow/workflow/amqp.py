@@ -29,9 +29,9 @@ from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..deferreds import RunInThread
 from .request import decode
 from .spool import Spool
-from .trigger import RunInThread
 
 log = Logger()
 

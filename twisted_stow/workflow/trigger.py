@@ -22,12 +22,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..core.outcomes import Outcome
+from ..deferreds import RunInThread
 from .request import WorkflowContext, build_workflow_request, encode
 from .spool import Spool, entry_name
 
 log = Logger()
-
-RunInThread = Callable[..., "Deferred[Any]"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,7 +123,13 @@ def read_instance(path: Path, key: FileKey | None = None) -> Instance | Skipped:
             if not has_dicom_magic(file.read(PREAMBLE_BYTES + len(MAGIC))):
                 return Skipped(path, SkipReason.NOT_DICOM)
             file.seek(0)
-            dataset = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=_WANTED_TAGS)
+            # pydicom warns about oddities the server will judge; a warning
+            # per file would only garble the progress display.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                dataset = pydicom.dcmread(
+                    file, stop_before_pixels=True, specific_tags=_WANTED_TAGS
+                )
     except (OSError, InvalidDicomError, ValueError, EOFError, KeyError) as error:
         return Skipped(path, SkipReason.UNREADABLE, f"{type(error).__name__}: {error}")
     meta = dataset.file_meta

@@ -59,6 +59,8 @@ class Settings:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stow-upload",
+        # No abbreviations: "--password SECRET" must not pass as --password-file.
+        allow_abbrev=False,
         description=(
             "Upload folders of DICOM files to a DICOMweb STOW-RS server, streamed, "
             "with retries, progress and resume (docs/UPLOAD.md)."

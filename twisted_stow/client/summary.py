@@ -68,7 +68,7 @@ def render_summary(tally: Tally, seconds: float) -> str:
             "bytes",
             f"{tally.stored_bytes / _MB:.1f} MB stored, {tally.sent_bytes / _MB:.1f} MB sent",
         ),
-        ("time", f"{seconds:.1f} s"),
+        ("time", f"{seconds:.2f} s"),
         (
             "rate",
             (

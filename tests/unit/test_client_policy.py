@@ -117,6 +117,7 @@ def test_judge_per_instance() -> None:
     ]
     assert outcomes[1].reason == 0xB000 and outcomes[3].reason == 0xA900
     assert outcomes[4].text == NOT_IN_ANSWER
+    assert judge(["5"], body, status=400)[0].verdict is Verdict.FAILED  # Orthanc's refusal
 
 
 def test_judge_rejects_what_is_no_response() -> None:

@@ -45,6 +45,8 @@ _RANGE_TEXTS: Mapping[int, str] = {
     0xA9: "data set does not match SOP Class",
     0xC0: "cannot understand",
 }
+# Statuses from here on are errors (RFC 9110 §15.5): what they leave unmentioned failed.
+_FIRST_ERROR_STATUS = 400
 # The text of an instance the answer does not mention at all.
 NOT_IN_ANSWER = "not in the server's answer"
 
@@ -118,13 +120,16 @@ def _values(element: object) -> list[Any]:
     return []
 
 
-def judge(sent: Sequence[str], body: bytes) -> list[InstanceOutcome]:
+def judge(sent: Sequence[str], body: bytes, status: int = 200) -> list[InstanceOutcome]:
     """The outcome of each SOP Instance UID in ``sent``, in order, from an answer body.
 
     Listed as stored → STORED (a warning is kept as its reason).  Listed as
     failed → RETRY for a transient FailureReason, FAILED otherwise.  Not
-    listed → RETRY.  Raises ``UnreadableAnswer`` as ``parse_store_response``.
-    A UID listed both ways counts as stored (the server has it).
+    listed → RETRY when ``status`` is a success (the server stored something
+    and said nothing of these), FAILED when it is an error (Orthanc answers
+    400 with empty sequences to a file it cannot parse).  Raises
+    ``UnreadableAnswer`` as ``parse_store_response``.  A UID listed both ways
+    counts as stored (the server has it).
     """
     stored, failed = parse_store_response(body)
     outcomes = []
@@ -137,5 +142,6 @@ def judge(sent: Sequence[str], body: bytes) -> list[InstanceOutcome]:
             verdict = Verdict.RETRY if is_transient_failure(reason) else Verdict.FAILED
             outcomes.append(InstanceOutcome(uid, verdict, reason, reason_text(reason)))
         else:
-            outcomes.append(InstanceOutcome(uid, Verdict.RETRY, None, NOT_IN_ANSWER))
+            verdict = Verdict.RETRY if status < _FIRST_ERROR_STATUS else Verdict.FAILED
+            outcomes.append(InstanceOutcome(uid, verdict, None, NOT_IN_ANSWER))
     return outcomes

@@ -127,9 +127,7 @@ def read_instance(path: Path, key: FileKey | None = None) -> Instance | Skipped:
             # per file would only garble the progress display.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                dataset = pydicom.dcmread(
-                    file, stop_before_pixels=True, specific_tags=_WANTED_TAGS
-                )
+                dataset = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=_WANTED_TAGS)
     except (OSError, InvalidDicomError, ValueError, EOFError, KeyError) as error:
         return Skipped(path, SkipReason.UNREADABLE, f"{type(error).__name__}: {error}")
     meta = dataset.file_meta

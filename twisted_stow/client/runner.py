@@ -216,7 +216,7 @@ class Uploader:
             self._request_failed(request, status, retry_after, f"HTTP {status}")
             return
         try:
-            outcomes = judge([i.sop_instance_uid for i in request], body)
+            outcomes = judge([i.sop_instance_uid for i in request], body, status)
         except UnreadableAnswer:
             excerpt = body[:_ANSWER_EXCERPT_CHARS].decode("utf-8", "replace").strip()
             text = f"HTTP {status}" + (f": {excerpt}" if excerpt else "")

@@ -23,6 +23,9 @@ def fatal_message(status: int, url: str) -> str | None:
     return None if template is None else template.format(url=url)
 
 
+_CONSEQUENCES = frozenset({"TaskStopped", "ConnectionDone"})
+
+
 def describe(error: BaseException) -> str:
     """One line for a connection error, Twisted's wrapped reasons unwrapped.
 
@@ -30,11 +33,12 @@ def describe(error: BaseException) -> str:
     of Failures in ``reasons``; the first one says what happened (refused,
     reset, a TLS verification error).
     """
-    reasons = getattr(error, "reasons", None)
-    if reasons:
-        inner = getattr(reasons[0], "value", None)
-        if isinstance(inner, BaseException):
-            return describe(inner)
+    inner = [getattr(reason, "value", None) for reason in getattr(error, "reasons", None) or ()]
+    causes = [e for e in inner if isinstance(e, BaseException)]
+    # The body producer's TaskStopped is a consequence (the connection went);
+    # the reason beside it (a TLS verification error) is the cause.
+    for cause in sorted(causes, key=lambda e: type(e).__name__ in _CONSEQUENCES):
+        return describe(cause)
     text = str(error).strip() or type(error).__name__
     # pyOpenSSL errors render as a list of (library, function, reason) tuples.
     args = getattr(error, "args", ())

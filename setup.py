@@ -21,6 +21,7 @@ setup(
         "twisted_stow.storage",
         "twisted_stow.auth",
         "twisted_stow.workflow",
+        "twisted_stow.client",
         "twisted.plugins",
     ],
     package_dir={"twisted.plugins": "plugins"},
@@ -38,8 +39,16 @@ setup(
         # Publishes workflow requests to RabbitMQ (--amqp-url) through its
         # Twisted adapter, with publisher confirms (docs/WORKFLOW.md).
         "pika>=1.3",
+        # stow-upload (twisted_stow/client): the HTTP client, and its progress bar.
+        "treq>=24.9",
+        "tqdm>=4.66",
     ],
-    entry_points={"console_scripts": ["stow-passwd = twisted_stow.auth.command:main"]},
+    entry_points={
+        "console_scripts": [
+            "stow-passwd = twisted_stow.auth.command:main",
+            "stow-upload = twisted_stow.client.command:main",
+        ]
+    },
     extras_require={
         "test": [
             "pytest>=8",

@@ -21,6 +21,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.routing import RequestRedirect
 
+from .auth.cred import KdfThreads, RunKdf
 from .auth.guard import Guard, authorization_headers
 from .core.admission import (
     DCM4CHEE,
@@ -120,6 +121,7 @@ class StowService:
         reactor: Any,
         run_in_thread: RunInThread,
         workflows: WorkflowTrigger | None = None,
+        run_kdf: RunKdf | None = None,
     ) -> None:
         self.config = config
         # The MONAI routes' workflow requests; None: they trigger nothing.
@@ -133,24 +135,40 @@ class StowService:
             allowed_transfer_syntaxes=config.transfer_syntaxes or default_transfer_syntaxes(),
         )
         # None while authentication is off (no --users, --tokens, --jwt-key, --jwks).
-        self.guard = Guard.from_config(config, reactor.seconds)
+        # Password checks run in their own thread (auth/cred.py, KDF_THREADS).
+        self.guard = Guard.from_config(
+            config, reactor.seconds, run_kdf if run_kdf is not None else KdfThreads(reactor)
+        )
 
     # Header time.
 
     def begin_upload(
         self, request: Any, method: bytes, target: bytes, length: int | None
-    ) -> Upload | None:
+    ) -> Upload | Deferred[Upload] | None:
         """Decide from the headers; an Upload for a STOW POST, else None.
 
         Raises ``StowError`` to refuse before any body byte is read.  Requests
         that are not STOW uploads and carry no body are left to Klein.  The
         steps, in the order of docs/CONFORMANCE.md §3.1: match the route,
-        authorize, ``admit`` (pure), take the slot, open the upload.
+        authorize, ``admit`` (pure), take the slot, open the upload.  While a
+        password is checked in a thread, a Deferred of the Upload (failing
+        with the ``StowError``); the steps after authorization run when the
+        check answers, unless the request cancelled the Deferred meanwhile.
         """
         stow_target = self._match(method, target, length)
         if stow_target is None:
             return None
         principal = self._authorize(request, stow_target)
+        if isinstance(principal, Deferred):
+            return principal.addCallback(
+                lambda name: self._open_upload(request, stow_target, length, name)
+            )
+        return self._open_upload(request, stow_target, length, principal)
+
+    def _open_upload(
+        self, request: Any, stow_target: Target, length: int | None, principal: str | None
+    ) -> Upload:
+        """After authorization: ``admit``, take the slot, open the upload."""
         admission = admit(
             stow_target,
             raw_headers(request),
@@ -200,17 +218,19 @@ class StowService:
             return None
         return _target_for(path, kwargs)
 
-    def _authorize(self, request: Any, target: Target) -> str | None:
+    def _authorize(self, request: Any, target: Target) -> str | Deferred[str | None] | None:
         """The principal storing to ``target``; None while authentication is off.
 
         Right after the route: a client without a grant learns nothing more
-        about the request (429/401/403, docs/CONFORMANCE.md §3.1).
+        about the request (429/401/403, docs/CONFORMANCE.md §3.1).  A
+        Deferred of it while a password is checked in a thread.
         """
         if self.guard is None:
             return None
-        return self.guard.authorize(
-            authorization_headers(request), _peer_host(request), target
-        ).name
+        identity = self.guard.authorize(authorization_headers(request), _peer_host(request), target)
+        if isinstance(identity, Deferred):
+            return identity.addCallback(lambda known: known.name)
+        return identity.name
 
     def refusal_headers(self, request: Any) -> list[tuple[bytes, bytes]]:
         """What a refusal written outside Klein adds to the error's own headers: CORS."""

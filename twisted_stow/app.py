@@ -42,9 +42,10 @@ from .core.errors import (
     StowError,
     WorkflowNotRecorded,
 )
-from .core.outcomes import Stored
+from .core.outcomes import Outcome, Stored
 from .core.response import (
     PROBLEM_JSON,
+    StoreResponse,
     build_store_response,
     problem_document,
     problem_json,
@@ -68,6 +69,12 @@ _CORS_DEFAULT_ALLOW_HEADERS = "Accept, Authorization, Content-Type"
 _CORS_EXPOSE_HEADERS = "Warning, Retry-After, WWW-Authenticate, X-Correlation-ID"
 # Names the workflow request of a /dicomweb/ POST (docs/WORKFLOW.md).
 CORRELATION_ID_HEADER = "X-Correlation-ID"
+# From this many outcomes on, the Store Instances Response is built and
+# rendered in a worker thread: for 5,000 instances that took 40 + 73 ms
+# (JSON) and 58 + 317 ms (XML) of reactor time, 0.2 + 0.4 ms and 0.2 + 6 ms
+# for 100.  Below it the work is shorter than the wait behind validation
+# jobs on the pool could be.
+RESPONSE_IN_THREAD_OUTCOMES = 50
 
 
 # The routes of StowService; module-level so decorators in its body can use it.
@@ -261,7 +268,15 @@ class StowService:
             raise result.request_error
         if not result.outcomes:
             raise NoParts("the request body holds no part")
-        response = build_store_response(result.outcomes, base_url=upload.base_url)
+        if len(result.outcomes) < RESPONSE_IN_THREAD_OUTCOMES:
+            response, body = build_and_render(
+                result.outcomes, upload.base_url, upload.response_type
+            )
+        else:
+            # Pure, and long for large studies: off the reactor (docs/DESIGN.md).
+            response, body = await self._run_in_thread(
+                build_and_render, result.outcomes, upload.base_url, upload.response_type
+            )
         if submission is not None:
             # Answer only once the workflow request is durable (or known lost).
             spooled = await detached(submission)
@@ -285,7 +300,7 @@ class StowService:
             principal=upload.principal,
             correlation_id=correlation_id or "-",
         )
-        return _sized(request, render(response.model, upload.response_type))
+        return _sized(request, body)
 
     def _submit_workflow(
         self, request: Any, upload: Upload, correlation_id: str
@@ -400,6 +415,14 @@ class StowService:
     def _set_cors(self, request: Any) -> None:
         for name, value in self._cors_headers(request):
             request.setHeader(name, value)
+
+
+def build_and_render(
+    outcomes: list[Outcome], base_url: str, media_type: str
+) -> tuple[StoreResponse, bytes]:
+    """The Store Instances Response of ``outcomes`` and its body (pure: runs in any thread)."""
+    response = build_store_response(outcomes, base_url=base_url)
+    return response, render(response.model, media_type)
 
 
 def _target_for(path: str, kwargs: Mapping[str, Any]) -> Target:

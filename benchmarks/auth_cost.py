@@ -34,10 +34,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.auth_material import AUDIENCE, ISSUER, claims, ec_key, rsa_key, sign
-from tests.launcher import LOOPBACK_ANY_PORT, Twistd
+from tests.auth_material import (
+    AUDIENCE,
+    ISSUER,
+    claims,
+    dear_password_twistd,
+    ec_key,
+    rsa_key,
+    sign,
+)
 from twisted_stow.auth.cred import build_portal, credential_factories
-from twisted_stow.auth.files import TokenEntry, UserEntry, entry_with_grant, write_atomically
+from twisted_stow.auth.files import TokenEntry, UserEntry
 from twisted_stow.auth.grants import EVERYTHING
 from twisted_stow.auth.guard import Guard
 from twisted_stow.auth.jwt_verify import JWTVerifier
@@ -50,7 +57,6 @@ ROUNDS = 20
 # The burst of issue 17, point 4.
 BURST_ADDRESSES = 16
 BURST_REQUESTS_PER_ADDRESS = 4
-BURST_SCRYPT_N = 2**17
 BURST_BODY_BYTES = 1000
 PROBE_INTERVAL_SECONDS = 0.02
 # Probes sent before the burst: the server's latency when nothing else happens.
@@ -161,15 +167,7 @@ def _wrong_password(port: int, source: str, attempt: int) -> int | None:
 
 
 def burst_once(workdir: Path) -> BurstRun:
-    users, tokens = workdir / "users.json", workdir / "tokens.json"
-    password_hash = hash_password(b"the right password", n=BURST_SCRYPT_N)
-    write_atomically(users, {"alice": entry_with_grant({"password": password_hash}, EVERYTHING)})
-    token = {"sha256": token_digest(b"unused static token")}
-    write_atomically(tokens, {"modality": entry_with_grant(token, EVERYTHING)})
-    storage = workdir / "store"
-    server = Twistd(
-        storage, "--listen", LOOPBACK_ANY_PORT, "--users", str(users), "--tokens", str(tokens)
-    )
+    server = dear_password_twistd(workdir, password=b"the right password", token=b"unused")
     try:
         (port,) = server.ports(1)
         idle = [_probe(port) for _ in range(IDLE_PROBES)]

@@ -20,17 +20,12 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.threads import deferToThread
 
+from tests.auth_material import dear_password_twistd
 from tests.dicom_files import CT, read, stored_path
-from tests.integration.conftest import Twistd, client_for
+from tests.integration.conftest import client_for
 from tests.integration.test_auth import headers_only
 from tests.integration.test_conformance import parse_raw, post_multipart
-from tests.launcher import LOOPBACK_ANY_PORT
-from twisted_stow.auth.files import entry_with_grant, write_atomically
-from twisted_stow.auth.grants import EVERYTHING
-from twisted_stow.auth.passwords import hash_password, token_digest
 
-# What `stow-passwd user --scrypt-log2-n 17` writes.
-DEAR_SCRYPT_N = 2**17
 TOKEN = "honest-uploader-token-0123456789abcdefghijklmnop"
 # Wrong passwords, one per address (127.0.0.2 ...): more than the KDF budget
 # admits at once, so some are answered 503 while the others are checked.
@@ -48,18 +43,10 @@ class Server:
 def dear_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """twistd with alice at scrypt n=2^17 and a static token for the honest uploader."""
     directory = tmp_path_factory.mktemp("dear")
-    users, tokens = directory / "users.json", directory / "tokens.json"
-    alice = {"password": hash_password(b"the right password", n=DEAR_SCRYPT_N)}
-    write_atomically(users, {"alice": entry_with_grant(alice, EVERYTHING)})
-    token = {"sha256": token_digest(TOKEN.encode())}
-    write_atomically(tokens, {"uploader": entry_with_grant(token, EVERYTHING)})
-    storage = directory / "store"
-    twistd = Twistd(
-        storage, "--listen", LOOPBACK_ANY_PORT, "--users", str(users), "--tokens", str(tokens)
-    )
+    twistd = dear_password_twistd(directory, password=b"the right password", token=TOKEN.encode())
     try:
         (port,) = twistd.ports(1)
-        yield Server(port, storage)
+        yield Server(port, twistd.storage)
     finally:
         twistd.stop()
 

@@ -209,7 +209,7 @@ class StreamingRequest(Request):
         # Waiting for the KDF is not the client being idle (the same reason
         # as pauseProducing below); the header deadline ended with the headers.
         self._timeout_while_deciding = channel.setTimeout(None)
-        decision.addCallbacks(self._admitted, self._not_admitted)
+        decision.addCallbacks(self._admitted, self._not_admitted).addErrback(self._broke)
 
     def _hold(self, data: bytes) -> None:
         """A body piece that arrived before the decision: kept, bounded."""
@@ -233,6 +233,8 @@ class StreamingRequest(Request):
     def _admitted(self, upload: Upload) -> None:
         """Authorized and admitted: go on where the synchronous path goes on."""
         self._deciding = None
+        # First: whatever happens next, finish/connectionLost/refuse free its slot.
+        self.upload = upload
         channel = self.stow_channel
         if channel.answered:
             # HTTPChannel found the held bytes unparsable and answered 400
@@ -255,7 +257,8 @@ class StreamingRequest(Request):
         if early is not None:
             # HTTPChannel finished the body while the idle timeout was off, so
             # it saved none to restore after the response: hand it ours, as
-            # allContentReceived would have (storage holds it while paused).
+            # allContentReceived would have (if paused for storage,
+            # resumeProducing hands it over instead).
             if not self._paused_for_storage:
                 restore_timeout_after_response(channel, channel.setTimeout(None))
             self.requestReceived(*early)
@@ -274,6 +277,14 @@ class StreamingRequest(Request):
             return
         log.failure("deciding on a request from its headers failed", failure)
         self.refuse(InternalError("the server failed to process the request"))
+
+    def _broke(self, failure: Failure) -> None:
+        """A bug while going on after the decision: a 500, not a hang."""
+        log.failure("going on after the authentication decision failed", failure)
+        if self.channel is not None:
+            if self.upload is not None:
+                self.upload.abort()
+            self.refuse(InternalError("the server failed to process the request"))
 
     # Backpressure: driven by the upload's BytesInFlight.
 

@@ -250,3 +250,19 @@ def test_held_bytes_are_bounded(world: World) -> None:
     world.threads.run_all()
     assert connection.written == written
     assert world.service.slots.active == 0 and world.storage.writers == []
+
+
+def test_a_bug_after_the_decision_is_a_500(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception while going on after admission answers 500 and frees the slot."""
+    from twisted_stow.request import StreamingRequest
+
+    def broken(self: StreamingRequest, upload: Any) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(StreamingRequest, "_start_upload", broken)
+    connection = world.connect()
+    connection.send(head())
+    world.threads.run_all()
+    assert connection.written.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert b"bug" not in connection.written
+    assert world.service.slots.active == 0

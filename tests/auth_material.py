@@ -18,6 +18,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from tests.launcher import LOOPBACK_ANY_PORT, Twistd
+from twisted_stow.auth.files import entry_with_grant, write_atomically
+from twisted_stow.auth.grants import EVERYTHING
+from twisted_stow.auth.passwords import hash_password, token_digest
+
 AUDIENCE = "twisted-stow-test"
 ISSUER = "https://idp.test"
 
@@ -142,3 +147,29 @@ def write_tls_files(directory: Path) -> tuple[Path, Path, Path]:
     )
     cert_path.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
     return ca_path, key_path, cert_path
+
+
+# What `stow-passwd user --scrypt-log2-n 17` writes: the dearest cost it allows.
+DEAR_SCRYPT_N = 2**17
+
+
+def dear_password_twistd(directory: Path, *, password: bytes, token: bytes) -> Twistd:
+    """A started ``twistd -n stow`` on 127.0.0.1 whose users file holds alice with ``password``
+    at scrypt n=2^17, and whose tokens file holds ``token`` (both granted everything)."""
+    users, tokens = directory / "users.json", directory / "tokens.json"
+    alice = {"password": hash_password(password, n=DEAR_SCRYPT_N)}
+    write_atomically(users, {"alice": entry_with_grant(alice, EVERYTHING)})
+    write_atomically(
+        tokens, {"uploader": entry_with_grant({"sha256": token_digest(token)}, EVERYTHING)}
+    )
+    server = Twistd(
+        directory / "store",
+        "--listen",
+        LOOPBACK_ANY_PORT,
+        "--users",
+        str(users),
+        "--tokens",
+        str(tokens),
+    )
+    server.ports(1)  # started, or stopped and DidNotStart raised
+    return server

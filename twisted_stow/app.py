@@ -21,6 +21,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.routing import RequestRedirect
 
+from .auth.cred import KdfThreads, RunKdf
 from .auth.guard import Guard, authorization_headers
 from .core.admission import (
     DCM4CHEE,
@@ -41,9 +42,10 @@ from .core.errors import (
     StowError,
     WorkflowNotRecorded,
 )
-from .core.outcomes import Stored
+from .core.outcomes import Outcome, Stored
 from .core.response import (
     PROBLEM_JSON,
+    StoreResponse,
     build_store_response,
     problem_document,
     problem_json,
@@ -67,6 +69,12 @@ _CORS_DEFAULT_ALLOW_HEADERS = "Accept, Authorization, Content-Type"
 _CORS_EXPOSE_HEADERS = "Warning, Retry-After, WWW-Authenticate, X-Correlation-ID"
 # Names the workflow request of a /dicomweb/ POST (docs/WORKFLOW.md).
 CORRELATION_ID_HEADER = "X-Correlation-ID"
+# From this many outcomes on, the Store Instances Response is built and
+# rendered in a worker thread: for 5,000 instances that took 40 + 73 ms
+# (JSON) and 58 + 317 ms (XML) of reactor time, 0.2 + 0.4 ms and 0.2 + 6 ms
+# for 100.  Below it the work is shorter than the wait behind validation
+# jobs on the pool could be.
+RESPONSE_IN_THREAD_OUTCOMES = 50
 
 
 # The routes of StowService; module-level so decorators in its body can use it.
@@ -120,6 +128,7 @@ class StowService:
         reactor: Any,
         run_in_thread: RunInThread,
         workflows: WorkflowTrigger | None = None,
+        run_kdf: RunKdf | None = None,
     ) -> None:
         self.config = config
         # The MONAI routes' workflow requests; None: they trigger nothing.
@@ -133,24 +142,40 @@ class StowService:
             allowed_transfer_syntaxes=config.transfer_syntaxes or default_transfer_syntaxes(),
         )
         # None while authentication is off (no --users, --tokens, --jwt-key, --jwks).
-        self.guard = Guard.from_config(config, reactor.seconds)
+        # Password checks run in their own thread (auth/cred.py, KDF_THREADS).
+        self.guard = Guard.from_config(
+            config, reactor.seconds, run_kdf if run_kdf is not None else KdfThreads(reactor)
+        )
 
     # Header time.
 
     def begin_upload(
         self, request: Any, method: bytes, target: bytes, length: int | None
-    ) -> Upload | None:
+    ) -> Upload | Deferred[Upload] | None:
         """Decide from the headers; an Upload for a STOW POST, else None.
 
         Raises ``StowError`` to refuse before any body byte is read.  Requests
         that are not STOW uploads and carry no body are left to Klein.  The
         steps, in the order of docs/CONFORMANCE.md §3.1: match the route,
-        authorize, ``admit`` (pure), take the slot, open the upload.
+        authorize, ``admit`` (pure), take the slot, open the upload.  While a
+        password is checked in a thread, a Deferred of the Upload (failing
+        with the ``StowError``); the steps after authorization run when the
+        check answers, unless the request cancelled the Deferred meanwhile.
         """
         stow_target = self._match(method, target, length)
         if stow_target is None:
             return None
         principal = self._authorize(request, stow_target)
+        if isinstance(principal, Deferred):
+            return principal.addCallback(
+                lambda name: self._open_upload(request, stow_target, length, name)
+            )
+        return self._open_upload(request, stow_target, length, principal)
+
+    def _open_upload(
+        self, request: Any, stow_target: Target, length: int | None, principal: str | None
+    ) -> Upload:
+        """After authorization: ``admit``, take the slot, open the upload."""
         admission = admit(
             stow_target,
             raw_headers(request),
@@ -199,17 +224,19 @@ class StowService:
             return None
         return _target_for(path, kwargs)
 
-    def _authorize(self, request: Any, target: Target) -> str | None:
+    def _authorize(self, request: Any, target: Target) -> str | Deferred[str | None] | None:
         """The principal storing to ``target``; None while authentication is off.
 
         Right after the route: a client without a grant learns nothing more
-        about the request (429/401/403, docs/CONFORMANCE.md §3.1).
+        about the request (429/401/403, docs/CONFORMANCE.md §3.1).  A
+        Deferred of it while a password is checked in a thread.
         """
         if self.guard is None:
             return None
-        return self.guard.authorize(
-            authorization_headers(request), _peer_host(request), target
-        ).name
+        identity = self.guard.authorize(authorization_headers(request), _peer_host(request), target)
+        if isinstance(identity, Deferred):
+            return identity.addCallback(lambda known: known.name)
+        return identity.name
 
     def refusal_headers(self, request: Any) -> list[tuple[bytes, bytes]]:
         """What a refusal written outside Klein adds to the error's own headers: CORS."""
@@ -240,7 +267,15 @@ class StowService:
             raise result.request_error
         if not result.outcomes:
             raise NoParts("the request body holds no part")
-        response = build_store_response(result.outcomes, base_url=upload.base_url)
+        if len(result.outcomes) < RESPONSE_IN_THREAD_OUTCOMES:
+            response, body = build_and_render(
+                result.outcomes, upload.base_url, upload.response_type
+            )
+        else:
+            # Pure, and long for large studies: off the reactor (docs/DESIGN.md).
+            response, body = await self._run_in_thread(
+                build_and_render, result.outcomes, upload.base_url, upload.response_type
+            )
         if submission is not None:
             # Answer only once the workflow request is durable (or known lost).
             spooled = await detached(submission)
@@ -264,7 +299,7 @@ class StowService:
             principal=upload.principal,
             correlation_id=correlation_id or "-",
         )
-        return _sized(request, render(response.model, upload.response_type))
+        return _sized(request, body)
 
     def _submit_workflow(
         self, request: Any, upload: Upload, correlation_id: str
@@ -379,6 +414,14 @@ class StowService:
     def _set_cors(self, request: Any) -> None:
         for name, value in self._cors_headers(request):
             request.setHeader(name, value)
+
+
+def build_and_render(
+    outcomes: list[Outcome], base_url: str, media_type: str
+) -> tuple[StoreResponse, bytes]:
+    """The Store Instances Response of ``outcomes`` and its body (pure: runs in any thread)."""
+    response = build_store_response(outcomes, base_url=base_url)
+    return response, render(response.model, media_type)
 
 
 def _target_for(path: str, kwargs: Mapping[str, Any]) -> Target:

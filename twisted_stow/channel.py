@@ -82,6 +82,11 @@ class StowChannel(HookedHTTPChannel):
             self._linger_call.cancel()
         super().connectionLost(reason)  # type: ignore[no-untyped-call]
 
+    @property
+    def answered(self) -> bool:
+        """An answer was written outside the request cycle: nothing else may be."""
+        return self._draining
+
     def framing_error(self) -> None:
         # HTTPChannel's own answer is a bare "400 Bad Request" with no body;
         # give framing errors the problem document of every other error.

@@ -1,4 +1,5 @@
-"""Small Deferred helpers shared by the edges: a copy a cancel cannot reach, the thread runner."""
+"""Small Deferred helpers shared by the edges: a copy a cancel cannot reach, an
+answer now or later, and the thread runner."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 
 T = TypeVar("T")
 
@@ -44,4 +46,36 @@ def detached(d: Deferred[T]) -> Deferred[T]:
         return result
 
     d.addCallback(forward)
+    return copy
+
+
+def now_or_later(d: Deferred[T]) -> T | Deferred[T]:
+    """``d``'s result if it has one already (a failure is raised), else a Deferred of it.
+
+    For decisions that are usually at hand and sometimes need a thread: the
+    caller answers at once when it can.  The Deferred handed out is a copy,
+    as with ``detached``: cancelling it (the client went away) never reaches
+    ``d``, whose own callbacks still run when the work ends; after such a
+    cancel the result is dropped.
+    """
+    at_once: list[T | Failure] = []
+    later: list[Deferred[T]] = []
+
+    def settle(result: T | Failure) -> None:
+        if not later:
+            at_once.append(result)
+        elif not later[0].called:
+            if isinstance(result, Failure):
+                later[0].errback(result)
+            else:
+                later[0].callback(result)
+
+    d.addBoth(settle)
+    if at_once:
+        result = at_once[0]
+        if isinstance(result, Failure):
+            result.raiseException()
+        return result
+    copy: Deferred[T] = Deferred()
+    later.append(copy)
     return copy

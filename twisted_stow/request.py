@@ -6,6 +6,10 @@ limit.  This subclass decides from the headers
 alone in ``gotLength`` (before the ``100 Continue``), feeds each body chunk to
 the upload's reader as it arrives, and pauses the socket while storage lags.
 The Klein route runs, as usual, once the body is complete.
+
+A decision that needs a password checked in a thread arrives later: the
+request then pauses the socket, holds what the same read already brought
+(at most one read), and sends ``100 Continue`` itself once admitted.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from __future__ import annotations
 from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.iweb import INonQueuedRequestFactory
 from twisted.web.server import Request
 from zope.interface import provider
@@ -26,12 +32,14 @@ from .core.errors import (
     InternalError,
     InvalidChunkSize,
     RequestTimeout,
+    ServiceUnavailable,
     StowError,
 )
 from .twisted_private import (
     announced_chunk_bytes,
     awaiting_response,
     request_line,
+    request_version,
     restore_timeout_after_response,
 )
 
@@ -40,6 +48,13 @@ if TYPE_CHECKING:
     from .upload import Upload
 
 log = Logger()
+
+# What a request waiting for its decision may hold of the body: the rest of
+# the socket read that brought the headers (at most the read size, 256 KiB
+# here, 64 KiB for a connection's first request), with room for one more read
+# should HTTPChannel resume the transport for its own reasons meanwhile.
+MAX_HELD_BYTES = 1024 * 1024
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 @provider(INonQueuedRequestFactory)
@@ -52,6 +67,19 @@ class StreamingRequest(Request):
     _saved_timeout: float | None = None
     _rate: MinimumRate | None = None
     _rate_call: IDelayedCall | None = None
+    # The request line as gotLength saw it: HTTPChannel forgets it once the
+    # body is in, which may happen while the decision is pending.
+    _request_line: tuple[bytes, bytes] = (b"", b"")
+    # While a password is checked in a thread: the decision to come, the body
+    # pieces that arrived meanwhile (with what their chunk still announced),
+    # the request line if the body is complete already, whether the client
+    # asked for 100 Continue, and the idle timeout to restore.
+    _deciding: Deferred[Upload] | None = None
+    _held: list[tuple[bytes, int]] | None = None
+    _held_bytes = 0
+    _received_early: tuple[bytes, bytes, bytes] | None = None
+    _continue_wanted = False
+    _timeout_while_deciding: float | None = None
 
     def __init__(self, channel: StowChannel, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)
@@ -71,9 +99,9 @@ class StreamingRequest(Request):
         # never goes there.
         self.content = BytesIO()
         channel = self.stow_channel
-        method, target = request_line(channel)
+        method, target = self._request_line = request_line(channel)
         try:
-            self.upload = self.stow.begin_upload(self, method, target, length)
+            decision = self.stow.begin_upload(self, method, target, length)
         except StowError as error:
             self.refuse(error)
             return
@@ -82,17 +110,30 @@ class StreamingRequest(Request):
             log.failure("deciding on a request from its headers failed")
             self.refuse(InternalError("the server failed to process the request"))
             return
-        if self.upload is not None:
+        if isinstance(decision, Deferred):
+            self._await_decision(decision)
+            return
+        self._start_upload(decision)
+
+    def _start_upload(self, upload: Upload | None) -> None:
+        self.upload = upload
+        if upload is not None:
             # Larger reads roughly halve the receive path's CPU cost
             # (measured: 256 KiB-1 MiB was best).
-            transport = channel.transport
+            transport = self.stow_channel.transport
             if transport is not None and hasattr(transport, "bufferSize"):
-                transport.bufferSize = self.upload.read_size_bytes
+                transport.bufferSize = upload.read_size_bytes
             self._watch_body_rate()
 
     def handleContentChunk(self, data: bytes) -> None:
         if self._refused:
             return
+        if self._deciding is not None:
+            self._hold(data)
+            return
+        self._feed(data, announced_chunk_bytes(self.channel))
+
+    def _feed(self, data: bytes, announced_after: int) -> None:
         upload = self.upload
         if upload is None:
             # Not a STOW route: the body is of no use to anyone.
@@ -100,7 +141,7 @@ class StreamingRequest(Request):
         if self._rate is not None:
             self._rate.received(len(data))
         try:
-            upload.body.feed(data, announced_chunk_bytes(self.channel))
+            upload.body.feed(data, announced_after)
         except (BodyTooLarge, InvalidChunkSize) as error:
             upload.abort()
             self.refuse(error)
@@ -120,6 +161,10 @@ class StreamingRequest(Request):
         if self._refused:
             # The answer was written in gotLength/handleContentChunk.
             return
+        if self._deciding is not None:
+            # The whole body came with the headers: it is processed once admitted.
+            self._received_early = (command, path, version)
+            return
         self._stop_rate_watch()
         if self.upload is not None:
             self.upload.body_complete()
@@ -134,10 +179,112 @@ class StreamingRequest(Request):
 
     def connectionLost(self, reason: Any) -> None:
         self._stop_rate_watch()
+        deciding, self._deciding = self._deciding, None
+        if deciding is not None:
+            # The check itself goes on (its failure still counts against the
+            # peer); what this request would have done with the answer is dropped.
+            self._held, self._received_early = None, None
+            deciding.cancel()
         if self.upload is not None:
             self.upload.abort()
             self.upload.release()
         super().connectionLost(reason)
+
+    # The decision that waits for a password check in a thread.
+
+    def _await_decision(self, decision: Deferred[Upload]) -> None:
+        """Hold the request, its socket paused, until ``decision`` answers."""
+        channel = self.stow_channel
+        self._deciding = decision
+        self._held = []
+        # HTTPChannel would send 100 Continue as soon as gotLength returns;
+        # the client must wait for the decision instead (docs/STREAMING.md).
+        expect = self.requestHeaders.getRawHeaders(b"expect") or [b""]
+        self._continue_wanted = (
+            expect[0].lower() == b"100-continue" and request_version(channel) == b"HTTP/1.1"
+        )
+        self.requestHeaders.removeHeader(b"expect")
+        transport: Any = channel.transport
+        transport.pauseProducing()
+        # Waiting for the KDF is not the client being idle (the same reason
+        # as pauseProducing below); the header deadline ended with the headers.
+        self._timeout_while_deciding = channel.setTimeout(None)
+        decision.addCallbacks(self._admitted, self._not_admitted).addErrback(self._broke)
+
+    def _hold(self, data: bytes) -> None:
+        """A body piece that arrived before the decision: kept, bounded."""
+        assert self._held is not None
+        self._held_bytes += len(data)
+        if self._held_bytes > MAX_HELD_BYTES:
+            # The transport was resumed behind our back more than once.
+            self._held = None
+            self.refuse(
+                ServiceUnavailable(
+                    "the request body arrived before its credentials were checked",
+                    retry_after_seconds=1,
+                )
+            )
+            return
+        self._held.append((data, announced_chunk_bytes(self.channel)))
+        # HTTPChannel resumes the transport for its write side's reasons.
+        channel: Any = self.channel
+        channel.transport.pauseProducing()
+
+    def _admitted(self, upload: Upload) -> None:
+        """Authorized and admitted: go on where the synchronous path goes on."""
+        self._deciding = None
+        # First: whatever happens next, finish/connectionLost/refuse free its slot.
+        self.upload = upload
+        channel = self.stow_channel
+        if channel.answered:
+            # HTTPChannel found the held bytes unparsable and answered 400
+            # meanwhile: this upload ends here.
+            self._held, self._received_early = None, None
+            upload.abort()
+            upload.release()
+            return
+        self._start_upload(upload)
+        channel.setTimeout(self._timeout_while_deciding)
+        held, self._held = self._held or [], None
+        early, self._received_early = self._received_early, None
+        transport: Any = channel.transport
+        if self._continue_wanted and early is None:
+            transport.write(CONTINUE)
+        for data, announced_after in held:
+            self._feed(data, announced_after)
+            if self._refused:
+                return
+        if early is not None:
+            # HTTPChannel finished the body while the idle timeout was off, so
+            # it saved none to restore after the response: hand it ours, as
+            # allContentReceived would have (if paused for storage,
+            # resumeProducing hands it over instead).
+            if not self._paused_for_storage:
+                restore_timeout_after_response(channel, channel.setTimeout(None))
+            self.requestReceived(*early)
+        elif not self._paused_for_storage:
+            transport.resumeProducing()
+
+    def _not_admitted(self, failure: Failure) -> None:
+        """Refused after the check (401, 403, 429, 503, or any later header check)."""
+        if failure.check(CancelledError) and self._deciding is None:
+            return  # the client went away: connectionLost cancelled the decision
+        self._deciding = None
+        self._held, self._received_early = None, None
+        error = failure.value
+        if isinstance(error, StowError):
+            self.refuse(error)
+            return
+        log.failure("deciding on a request from its headers failed", failure)
+        self.refuse(InternalError("the server failed to process the request"))
+
+    def _broke(self, failure: Failure) -> None:
+        """A bug while going on after the decision: a 500, not a hang."""
+        log.failure("going on after the authentication decision failed", failure)
+        if self.channel is not None:
+            if self.upload is not None:
+                self.upload.abort()
+            self.refuse(InternalError("the server failed to process the request"))
 
     # Backpressure: driven by the upload's BytesInFlight.
 
@@ -237,7 +384,7 @@ class StreamingRequest(Request):
         self._stop_rate_watch()
         self.requestHeaders.removeHeader(b"expect")
         channel = self.stow_channel
-        method, target = request_line(channel)
+        method, target = self._request_line
         log.info(
             "refused {method} {target}: {status} {detail}",
             method=method,

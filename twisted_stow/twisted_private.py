@@ -1,7 +1,7 @@
 """The private parts of twisted.web this server relies on, in one place.
 
 Streaming a body as it arrives needs state that ``HTTPChannel`` keeps to
-itself: the request line before the body is in, how much of a chunk is still
+itself: the request line (and its version) before the body is in, how much of a chunk is still
 announced, whether the channel is between a request's body and its answer,
 and the hook that answers framing errors.  Each is read or overridden here
 only; tests/memory/test_twisted_private.py fails loudly if Twisted renames
@@ -24,6 +24,12 @@ def request_line(channel: Any) -> tuple[bytes, bytes]:
     command: bytes = channel._command
     path: bytes = channel._path
     return command, path
+
+
+def request_version(channel: Any) -> bytes:
+    """The HTTP version of the request whose headers just arrived (``HTTPChannel._version``)."""
+    version: bytes = channel._version
+    return version
 
 
 def announced_chunk_bytes(channel: Any) -> int:

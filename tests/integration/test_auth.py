@@ -325,14 +325,17 @@ async def test_basic_and_bearer_both_accepted(
 
 @pytest_twisted.ensureDeferred
 async def test_repeated_basic_logins_run_the_kdf_once(stow_server: Server, client: Any) -> None:
-    """Three uploads with one password: one scrypt check, then the cache answers."""
+    """Three uploads with one password: one scrypt check, in another thread than the
+    reactor's, then the cache answers."""
+    import threading
+
     from twisted_stow.auth import cred
 
     calls = []
     real = cred.verify_password
 
     def counting(password: bytes, encoded: str) -> bool:
-        calls.append(1)
+        calls.append(threading.get_ident())
         return real(password, encoded)
 
     cred.verify_password = counting  # type: ignore[assignment]
@@ -342,7 +345,7 @@ async def test_repeated_basic_logins_run_the_kdf_once(stow_server: Server, clien
             assert reply.code == 200
     finally:
         cred.verify_password = real
-    assert len(calls) == 1
+    assert len(calls) == 1 and calls[0] != threading.get_ident()
 
 
 # --- JWT refusals ------------------------------------------------------------------

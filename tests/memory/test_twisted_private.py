@@ -15,6 +15,7 @@ from twisted_stow.twisted_private import (
     announced_chunk_bytes,
     awaiting_response,
     request_line,
+    request_version,
     restore_timeout_after_response,
 )
 
@@ -31,10 +32,11 @@ def connected(channel: HTTPChannel) -> HTTPChannel:
 
 
 def test_channel_keeps_request_line_where_we_read_it() -> None:
-    """Fails loudly if Twisted ever moves HTTPChannel._command/_path."""
+    """Fails loudly if Twisted ever moves HTTPChannel._command/_path/_version."""
     channel = connected(HTTPChannel())
     channel.dataReceived(b"POST /studies/1.2 HTTP/1.1\r\nHost: x\r\n")
     assert request_line(channel) == (b"POST", b"/studies/1.2")
+    assert request_version(channel) == b"HTTP/1.1"
 
 
 def test_channel_state_read_after_the_body_still_exists() -> None:

@@ -6,9 +6,12 @@ import base64
 
 import pytest
 from twisted.cred.credentials import UsernamePassword
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.python.failure import Failure
 from zope.interface.verify import verifyObject
 
 from tests.auth_material import AUDIENCE, ISSUER, claims, ec_key, sign
+from tests.fakes import HeldThreads
 from twisted_stow.auth.cache import VerifiedCache
 from twisted_stow.auth.cred import (
     BearerCredentialFactory,
@@ -223,3 +226,63 @@ def test_unknown_user_is_charged_like_the_dearest_entry() -> None:
     checker.requestAvatarId(UsernamePassword(b"nobody", b"x")).addErrback(answers.append)
     checker.requestAvatarId(UsernamePassword(b"cheap", b"a")).addBoth(answers.append)
     assert [type(a.value).__name__ for a in answers] == ["UnauthorizedLogin", "CheckerBusy"]
+
+
+def threaded_guard(clock: Clock, threads: HeldThreads) -> Guard:
+    """Users only, their checks run by ``threads``."""
+    portal = build_portal(
+        users=USERS,
+        tokens=None,
+        jwt=None,
+        clock=clock,
+        kdf_cost=lambda parameters: CHECK_SECONDS,
+        run_kdf=threads,
+    )
+    return Guard(
+        portal,
+        credential_factories(b"r", basic=True, bearer=False, jwt=False),
+        FailureThrottle(clock),
+    )
+
+
+def test_an_uncached_password_is_answered_later_then_from_the_cache() -> None:
+    """A cache miss gives a Deferred fired by the KDF's answer; the next login answers at once."""
+    threads = HeldThreads()
+    guard = threaded_guard(Clock(), threads)
+    pending = guard.authorize(basic("alice", "pw"), "p", STANDARD)
+    assert isinstance(pending, Deferred) and not pending.called
+    answers: list[object] = []
+    pending.addCallback(answers.append)
+    threads.run_all()
+    assert [getattr(a, "name", None) for a in answers] == ["alice"]
+    again = guard.authorize(basic("alice", "pw"), "p", STANDARD)
+    assert not isinstance(again, Deferred) and again.name == "alice"
+
+
+def test_a_later_refusal_is_401_or_403_and_counts() -> None:
+    """From the thread: a wrong password fails with 401 (counted), a grant miss with 403."""
+    threads = HeldThreads()
+    guard = threaded_guard(Clock(), threads)
+    wrong = guard.authorize(basic("alice", "nope"), "peer", STANDARD)
+    outside = guard.authorize(basic("ct", "ct"), "other", STANDARD)
+    assert isinstance(wrong, Deferred) and isinstance(outside, Deferred)
+    failures: list[Failure] = []
+    wrong.addErrback(failures.append)
+    outside.addErrback(failures.append)
+    threads.run_all()
+    assert [type(f.value) for f in failures] == [Unauthorized, Forbidden]
+    assert len(guard.throttle) == 1
+
+
+def test_cancelling_the_wait_does_not_stop_the_check() -> None:
+    """The client left: its Deferred is cancelled, the check still runs and its failure counts."""
+    threads = HeldThreads()
+    guard = threaded_guard(Clock(), threads)
+    pending = guard.authorize(basic("alice", "nope"), "peer", STANDARD)
+    assert isinstance(pending, Deferred)
+    failures: list[Failure] = []
+    pending.addErrback(failures.append)
+    pending.cancel()
+    threads.run_all()
+    assert [type(f.value) for f in failures] == [CancelledError]
+    assert len(guard.throttle) == 1

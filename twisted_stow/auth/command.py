@@ -35,7 +35,7 @@ from .grants import EVERYTHING, Grant, grant_from_names
 from .passwords import SCRYPT_N, hash_password, new_token, token_digest
 
 # Below 2**10 a guess costs nothing; above 2**17 (128 MiB, ~0.5 s) one login
-# would stall the server (the check runs on the reactor thread).
+# would hold the server's one KDF thread, and every first login behind it, too long.
 MIN_LOG2_N, MAX_LOG2_N = 10, 17
 
 

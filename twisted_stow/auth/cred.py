@@ -3,11 +3,13 @@
 HTTP Basic credentials are decoded by twisted.web's ``BasicCredentialFactory``
 into ``UsernamePassword``; ``BearerCredentialFactory`` decodes RFC 6750
 Bearer tokens into a ``JSONWebToken`` (three dot-separated segments, when
-JWTs are configured) or a ``StaticToken``.  Each checker answers at once
-(its Deferred has fired before it is returned): the decision is taken in
-``gotLength``, before any body byte is read, and nothing may run in between.
-The password KDF is the one slow step; ``VerifiedCache`` keeps it to once
-per login and ``FailureThrottle`` (in the guard) bounds the failures.
+JWTs are configured) or a ``StaticToken``.  Every checker answers at once
+(its Deferred has fired before it is returned) except for a password that
+misses the login cache: the KDF (scrypt, 50 ms at n=2^14, 400 ms at n=2^17)
+runs in a thread (``KdfThreads``) and the request waits for it with its
+socket paused.  ``VerifiedCache`` keeps the KDF to once per login,
+``KdfBudget`` bounds its time across all clients and ``FailureThrottle``
+(in the guard) bounds the failures of each.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ICredentials, IUsernamePassword
 from twisted.cred.error import LoginFailed, UnauthorizedLogin
 from twisted.cred.portal import IRealm, Portal
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
 from twisted.web.guard import BasicCredentialFactory
 from twisted.web.iweb import ICredentialFactory
 from zope.interface import Attribute, Interface, implementer
@@ -91,6 +95,44 @@ class BearerCredentialFactory:
         return StaticToken(token)
 
 
+# How a checker runs the KDF: ``run_kdf(verify_password, password, encoded)``
+# gives a Deferred of its result.
+RunKdf = Callable[..., "Deferred[Any]"]
+
+# One thread for every password check of the process.  Checks then run one
+# at a time, so the KDF never takes more than one core (the reactor and the
+# validation threads keep the other one here), never holds more than one
+# check's memory (128 MiB at n=2^17, r=8), and never queues ahead of
+# validation on the reactor's pool, which honest uploads wait for.  It is
+# enough: the budget admits half a KDF second per second, so the queue is at
+# most about a bucket's worth (half a second, plus one check) deep.
+KDF_THREADS = 1
+
+
+def run_here(f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+    """Run ``f`` now in the calling thread: for the files check at start-up and for tests."""
+    return maybeDeferred(f, *args)
+
+
+class KdfThreads:
+    """The password KDF's own thread pool, started at the first check, stopped with the reactor."""
+
+    def __init__(self, reactor: Any, threads: int = KDF_THREADS) -> None:
+        self._reactor = reactor
+        self._threads = threads
+        self._pool: ThreadPool | None = None
+
+    def __call__(self, f: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        pool = self._pool
+        if pool is None:
+            # minthreads=0: a server that never checks a password starts no thread.
+            pool = self._pool = ThreadPool(minthreads=0, maxthreads=self._threads, name="stow-kdf")
+            pool.start()
+            self._reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
+        result: Deferred[Any] = deferToThreadPool(self._reactor, pool, f, *args)
+        return result
+
+
 class CheckerBusy(Exception):
     """Too many password checks this second: try again shortly (503, not 401)."""
 
@@ -115,9 +157,12 @@ def measure_kdf_seconds(parameters: str) -> float:
 class UsersFileChecker:
     """Users file entries: salted scrypt/PBKDF2 hashes, successes cached.
 
-    Checks that miss the cache share one ``KdfBudget`` counted in KDF
-    seconds (each parameter set timed once, at start-up, by ``kdf_cost``);
-    past it the checker fails with ``CheckerBusy``.  An unknown user name is
+    A cached login answers at once.  Checks that miss the cache share one
+    ``KdfBudget`` counted in KDF seconds (each parameter set timed once, at
+    start-up, by ``kdf_cost``); past it the checker fails at once with
+    ``CheckerBusy``.  Within it the KDF runs through ``run_kdf`` (a thread:
+    ``KdfThreads``), and the cache is filled from its answer, on the
+    reactor thread.  An unknown user name is
     checked against a dummy hash with the parameters of the most expensive
     entry, so neither its answer nor its timing tells it from a known one.
     """
@@ -131,8 +176,10 @@ class UsersFileChecker:
         budget: KdfBudget,
         *,
         kdf_cost: Callable[[str], float] = measure_kdf_seconds,
+        run_kdf: RunKdf = run_here,
     ) -> None:
         self._users = users
+        self._run_kdf = run_kdf
         self._cache = cache
         self._budget = budget
         self._costs = {
@@ -163,12 +210,16 @@ class UsersFileChecker:
             cost = max(self._costs.values(), default=0.0)
         if not self._budget.take(cost):
             return fail(CheckerBusy("too many password checks at once"))
-        matched = verify_password(password, encoded)
-        if entry is None or not matched or name is None:
-            return fail(UnauthorizedLogin(f"unknown user or wrong password for user {name!r}"))
-        identity = Identity(name, entry.grant, "basic")
-        self._cache.put(key, identity)
-        return succeed(identity)
+
+        def judged(matched: bool) -> Identity:
+            if entry is None or not matched or name is None:
+                raise UnauthorizedLogin(f"unknown user or wrong password for user {name!r}")
+            identity = Identity(name, entry.grant, "basic")
+            self._cache.put(key, identity)
+            return identity
+
+        checked: Deferred[bool] = self._run_kdf(verify_password, password, encoded)
+        return checked.addCallback(judged)
 
 
 @implementer(ICredentialsChecker)
@@ -223,15 +274,19 @@ def build_portal(
     jwt: JWTVerifier | None,
     clock: Callable[[], float],
     kdf_cost: Callable[[str], float] = measure_kdf_seconds,
+    run_kdf: RunKdf = run_here,
 ) -> Portal:
     """A portal with a checker for each configured credential kind.
 
     ``kdf_cost`` times one password check per parameter set (tests pass a
-    fixed cost, as they pass a clock).
+    fixed cost, as they pass a clock); ``run_kdf`` runs the checks (the
+    server passes ``KdfThreads``).
     """
     portal = Portal(StowRealm())
     if users is not None:
-        checker = UsersFileChecker(users, VerifiedCache(clock), KdfBudget(clock), kdf_cost=kdf_cost)
+        checker = UsersFileChecker(
+            users, VerifiedCache(clock), KdfBudget(clock), kdf_cost=kdf_cost, run_kdf=run_kdf
+        )
         portal.registerChecker(checker)
     if tokens is not None:
         portal.registerChecker(StaticTokenChecker(tokens))
@@ -250,26 +305,3 @@ def credential_factories(
     if bearer or jwt:
         factories.append(BearerCredentialFactory(realm, jwt=jwt))
     return factories
-
-
-def login_now(portal: Portal, credentials: ICredentials) -> Identity:
-    """Log in with checkers that answer at once; raises ``UnauthorizedLogin``.
-
-    Also raises it for credentials no checker handles (a Bearer token that
-    looks static when only JWTs are configured, say).
-    """
-    results: list[Any] = []
-    portal.login(credentials, None, IPrincipal).addBoth(results.append)
-    if not results:  # pragma: no cover - every checker here answers at once
-        raise RuntimeError("a credentials checker did not answer synchronously")
-    outcome = results[0]
-    if isinstance(outcome, tuple):
-        identity: Identity = outcome[1]
-        return identity
-    error = outcome.value
-    if isinstance(error, UnauthorizedLogin):
-        raise error
-    if isinstance(error, LoginFailed):  # UnhandledCredentials: no checker for this kind
-        raise UnauthorizedLogin("this kind of credentials is not accepted here")
-    outcome.raiseException()  # CheckerBusy, or a bug (the caller answers 500)
-    raise AssertionError("unreachable")

@@ -5,6 +5,9 @@ known, before the media type, size and slot checks: an unauthenticated
 client learns nothing but 401 (or 429 while throttled), an authenticated one
 outside its grant 403.  It raises ``StowError`` subclasses, which
 ``StreamingRequest`` answers before any ``100 Continue`` and any body byte.
+Only a password that misses the login cache takes time (the KDF, in a
+thread): then the answer is a Deferred, and the request waits for it with
+its socket paused.
 """
 
 from __future__ import annotations
@@ -12,15 +15,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.cred.error import LoginFailed, UnauthorizedLogin
+from twisted.cred.error import LoginFailed
 from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.iweb import ICredentialFactory
 
 from ..core.admission import Target
 from ..core.config import StowConfig
 from ..core.errors import Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
-from .cred import CheckerBusy, build_portal, credential_factories, login_now
+from ..deferreds import now_or_later
+from .cred import CheckerBusy, IPrincipal, RunKdf, build_portal, credential_factories, run_here
 from .files import load_tokens, load_users
 from .grants import Identity
 from .jwt_verify import JWTVerifier
@@ -48,11 +54,15 @@ class Guard:
         self.realm = realm
 
     @classmethod
-    def from_config(cls, config: StowConfig, clock: Callable[[], float]) -> Guard | None:
+    def from_config(
+        cls, config: StowConfig, clock: Callable[[], float], run_kdf: RunKdf = run_here
+    ) -> Guard | None:
         """The guard ``config`` asks for, or None when authentication is off.
 
         Reads the users, tokens and key files; raises ``ValueError``
         subclasses (``BadCredentialsFile``, ``BadJWTConfig``) when one is unusable.
+        ``run_kdf`` runs password checks: the server passes ``KdfThreads``;
+        the default, in the calling thread, is for the files check at start-up.
         """
         users = load_users(config.users_file) if config.users_file else None
         tokens = load_tokens(config.tokens_file) if config.tokens_file else None
@@ -67,7 +77,9 @@ class Guard:
             )
         if users is None and tokens is None and verifier is None:
             return None
-        portal = build_portal(users=users, tokens=tokens, jwt=verifier, clock=clock)
+        portal = build_portal(
+            users=users, tokens=tokens, jwt=verifier, clock=clock, run_kdf=run_kdf
+        )
         factories = credential_factories(
             REALM.encode(),
             basic=users is not None,
@@ -87,8 +99,18 @@ class Guard:
                 out.append(f'Bearer realm="{self.realm}"{error}')
         return tuple(out)
 
-    def authorize(self, authorization: list[bytes] | None, peer: str, target: Target) -> Identity:
-        """The principal allowed to store to ``target``; raises 429, 401 or 403."""
+    def authorize(
+        self, authorization: list[bytes] | None, peer: str, target: Target
+    ) -> Identity | Deferred[Identity]:
+        """The principal allowed to store to ``target``; raises 429, 401 or 403 (or 503).
+
+        At once when the answer is at hand: no credentials, a throttled peer,
+        a cached login, a static token, a JWT, a password check over the
+        budget.  A password that misses the cache is checked in a thread:
+        then a Deferred that fires with the principal or fails with the same
+        errors.  Cancelling it (the client went away) does not stop the
+        check, whose failure still counts against ``peer``.
+        """
         retry_after = self.throttle.retry_after(peer)
         if retry_after is not None:
             raise TooManyRequests(
@@ -108,17 +130,31 @@ class Guard:
                     f"authentication scheme {scheme.decode('latin-1')[:20]!r} not offered"
                 )
             credentials = factory.decode(response.strip(), None)
-            identity = login_now(self._portal, credentials)
-        except CheckerBusy:
-            log.warn("password checks over budget; answered 503 to {peer}", peer=peer)
-            raise ServiceUnavailable(
-                "too many authentication attempts at once", retry_after_seconds=1
-            ) from None
-        except (LoginFailed, UnauthorizedLogin) as e:
-            self._failed(peer, str(e))
-            raise Unauthorized(
-                "the credentials were not accepted", self.challenges(scheme == b"bearer")
-            ) from None
+        except LoginFailed as e:
+            raise self._refused(peer, scheme, e) from None
+        login: Deferred[Any] = self._portal.login(credentials, None, IPrincipal)
+
+        def granted(avatar: tuple[Any, Identity, Callable[[], None]]) -> Identity:
+            return self._granted(avatar[1], target)
+
+        def refused(failure: Failure) -> Identity:
+            error = failure.value
+            if isinstance(error, CheckerBusy):
+                log.warn("password checks over budget; answered 503 to {peer}", peer=peer)
+                raise ServiceUnavailable(
+                    "too many authentication attempts at once", retry_after_seconds=1
+                )
+            if isinstance(error, LoginFailed):
+                # UnauthorizedLogin, or UnhandledCredentials: no checker for
+                # this kind (a static-looking token when only JWTs are on).
+                raise self._refused(peer, scheme, error)
+            failure.raiseException()  # a bug: the request answers 500
+
+        identity: Identity | Deferred[Identity] = now_or_later(login.addCallbacks(granted, refused))
+        return identity
+
+    def _granted(self, identity: Identity, target: Target) -> Identity:
+        """``identity`` if its grant covers ``target``; raises 403."""
         if not identity.grant.allows(target.route_family, target.ae_title, target.workflow_id):
             log.warn(
                 "forbidden: {principal!r} ({grant}) may not store to {family} route "
@@ -131,6 +167,13 @@ class Guard:
             )
             raise Forbidden(f"{identity.name!r} may not store through this route")
         return identity
+
+    def _refused(self, peer: str, scheme: bytes, error: LoginFailed) -> Unauthorized:
+        """Count a failure of ``peer``; the 401 to answer."""
+        self._failed(peer, str(error))
+        return Unauthorized(
+            "the credentials were not accepted", self.challenges(scheme == b"bearer")
+        )
 
     def _failed(self, peer: str, reason: str) -> None:
         # The reason names the user or the JWT problem, never the secret.

@@ -201,3 +201,17 @@ class MalformedRequest(StowError):
     framing (RFC 9112 §2.2, found by HTTPChannel itself)."""
 
     title = "Bad Request"
+
+
+class UriTooLong(StowError):
+    """A request line longer than the server parses (RFC 9112 §3, RFC 9110 §15.5.15)."""
+
+    status = 414
+    title = "URI Too Long"
+
+
+class HeaderFieldsTooLarge(StowError):
+    """A header line or the header block over the server's limits (RFC 6585 §5)."""
+
+    status = 431
+    title = "Request Header Fields Too Large"

@@ -174,7 +174,7 @@ class StowChannel(HookedHTTPChannel):
             # client's close_notify.  Half-closing the TCP socket under TLS
             # instead dropped the still-buffered encrypted answer and broke
             # TLSMemoryBIOProtocol (bio_read on None).
-            self.loseConnection()
+            self.loseConnection()  # type: ignore[no-untyped-call]
         elif hasattr(transport, "loseWriteConnection"):
             # TCP sends its FIN once the buffer has drained.
             transport.loseWriteConnection()
@@ -191,7 +191,7 @@ class StowChannel(HookedHTTPChannel):
             return
         if unsent_bytes(transport) and polls_left > 0:
             self._linger_call = self.callLater(  # type: ignore[no-untyped-call]
-                ANSWER_POLL_SECONDS, self._linger_once_written, polls_left - 1
+                ANSWER_POLL_SECONDS, lambda: self._linger_once_written(polls_left - 1)
             )
             return
         self._linger_call = self.callLater(  # type: ignore[no-untyped-call]

@@ -127,9 +127,7 @@ class StowChannel(HookedHTTPChannel):
                 HeaderFieldsTooLarge(f"a request header line exceeds {self.MAX_LENGTH} bytes")
             )
         else:
-            self.answer_and_close(
-                UriTooLong(f"the request line exceeds {self.MAX_LENGTH} bytes")
-            )
+            self.answer_and_close(UriTooLong(f"the request line exceeds {self.MAX_LENGTH} bytes"))
 
     def answer_and_close(
         self,

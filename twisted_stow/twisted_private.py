@@ -28,6 +28,12 @@ def request_line(channel: Any) -> tuple[bytes, bytes]:
     return command, path
 
 
+def request_version(channel: Any) -> bytes:
+    """The HTTP version of the request line (``_version``, beside ``_command``)."""
+    version: bytes = getattr(channel, "_version", b"")
+    return version
+
+
 def announced_chunk_bytes(channel: Any) -> int:
     """Bytes the chunk being delivered still announces after this piece.
 

@@ -215,3 +215,23 @@ class HeaderFieldsTooLarge(StowError):
 
     status = 431
     title = "Request Header Fields Too Large"
+
+
+class InvalidHeader(StowError):
+    """A header field the server reads is repeated, conflicting or invalid
+    (RFC 9110 §5.3 singletons, §7.2 Host, §8.6 Content-Length; RFC 9112 §6.1)."""
+
+    title = "Invalid request header"
+
+
+class InvalidRouteSegment(StowError):
+    """A workflow id or AE title in the URL that is not one (core/identifiers.py)."""
+
+    title = "Invalid request target"
+
+
+class UnexpectedContent(StowError):
+    """A body on a request whose resource takes none (OPTIONS): refused from
+    the headers, so that no body escapes the size, rate and idle limits."""
+
+    title = "Bad Request"

@@ -23,8 +23,8 @@ from .deadlines import (
     DEFAULT_HEADER_TIMEOUT_SECONDS,
     DEFAULT_MIN_BODY_RATE_BYTES,
 )
-from .policy import Duplicates, StudyMismatch
 from .identifiers import workflow_id_problem
+from .policy import Duplicates, StudyMismatch
 from .uids import is_valid_uid
 
 DEFAULT_LISTEN = "tcp:8080"

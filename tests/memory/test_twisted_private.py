@@ -89,7 +89,7 @@ def test_framing_errors_reach_the_public_hook() -> None:
 
 
 def test_unsent_bytes_reads_the_file_descriptor_buffers() -> None:
-    """Fails loudly if FileDescriptor renames dataBuffer/offset/_tempDataLen (read by the linger)."""
+    """Fails loudly if FileDescriptor renames dataBuffer/offset/_tempDataLen (linger reads them)."""
     descriptor = FileDescriptor(reactor=MemoryReactor())
     descriptor.connected = 1
     assert unsent_bytes(descriptor) == 0

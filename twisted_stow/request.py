@@ -28,6 +28,9 @@ from .core.errors import (
     RequestTimeout,
     StowError,
 )
+from .core.outcomes import Stored
+from .deferreds import detached
+from .ingest import IngestResult
 from .twisted_private import (
     announced_chunk_bytes,
     awaiting_response,
@@ -41,6 +44,13 @@ if TYPE_CHECKING:
 
 log = Logger()
 
+# A refusal mid-body (413) names the instances received whole before it
+# (issue 18 point 7), so it waits for their outcomes, but no longer than
+# this: a stalled disk must not keep the connection (and its slot) forever.
+MID_BODY_OUTCOMES_SECONDS = 10.0
+# The problem document's extension member listing them (RFC 9457 §3.2).
+STORED_EXTENSION = "storedSOPInstanceUIDs"
+
 
 @provider(INonQueuedRequestFactory)
 class StreamingRequest(Request):
@@ -48,6 +58,10 @@ class StreamingRequest(Request):
 
     upload: Upload | None = None
     _refused = False
+    # Refused mid-body, the answer waiting for the outcomes of the parts
+    # received whole (MID_BODY_OUTCOMES_SECONDS at most).
+    _refusing = False
+    _line: tuple[bytes, bytes] = (b"", b"")
     _paused_for_storage = False
     _saved_timeout: float | None = None
     _rate: MinimumRate | None = None
@@ -71,7 +85,7 @@ class StreamingRequest(Request):
         # never goes there.
         self.content = BytesIO()
         channel = self.stow_channel
-        method, target = request_line(channel)
+        method, target = self._line = request_line(channel)
         try:
             self.upload = self.stow.begin_upload(self, method, target, length)
         except StowError as error:
@@ -91,7 +105,7 @@ class StreamingRequest(Request):
             self._watch_body_rate()
 
     def handleContentChunk(self, data: bytes) -> None:
-        if self._refused:
+        if self._refused or self._refusing:
             return
         upload = self.upload
         if upload is None:
@@ -102,8 +116,7 @@ class StreamingRequest(Request):
         try:
             upload.body.feed(data, announced_chunk_bytes(self.channel))
         except (BodyTooLarge, InvalidChunkSize) as error:
-            upload.abort()
-            self.refuse(error)
+            self._refuse_naming_what_was_kept(upload, error)
             return
         except Exception:
             log.failure("processing a body chunk failed")
@@ -117,7 +130,7 @@ class StreamingRequest(Request):
             channel.transport.pauseProducing()
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        if self._refused:
+        if self._refused or self._refusing:
             # The answer was written in gotLength/handleContentChunk.
             return
         self._stop_rate_watch()
@@ -143,7 +156,7 @@ class StreamingRequest(Request):
 
     def pauseProducing(self) -> None:
         """Storage is behind: stop reading the socket."""
-        if self._paused_for_storage or self._refused:
+        if self._paused_for_storage or self._refused or self._refusing:
             return
         self._paused_for_storage = True
         if self._rate is not None:
@@ -221,6 +234,37 @@ class StreamingRequest(Request):
         if call is not None and call.active():
             call.cancel()
 
+    # Refusing mid-body: say what was kept.
+
+    def _refuse_naming_what_was_kept(self, upload: Upload, error: StowError) -> None:
+        """Refuse once the parts received whole before ``error`` have their outcomes.
+
+        The rest of the body is read and dropped meanwhile; the answer lists
+        the stored SOP Instance UIDs (extension member ``STORED_EXTENSION``),
+        so the client knows what to send again.  Storing is never cancelled:
+        the wait is on a detached copy.
+        """
+        self._refusing = True
+        self._stop_rate_watch()
+        upload.abort()  # the part in flight only
+        outcomes = detached(upload.ingest.close())
+        outcomes.addTimeout(MID_BODY_OUTCOMES_SECONDS, self.stow.reactor)
+
+        def answer(result: object) -> None:
+            if isinstance(result, IngestResult):
+                error.extensions[STORED_EXTENSION] = [
+                    o.instance.sop_instance_uid for o in result.outcomes if isinstance(o, Stored)
+                ]
+            else:
+                error.detail += (
+                    "; the instances received whole before it were still being stored "
+                    f"after {MID_BODY_OUTCOMES_SECONDS:g} s"
+                )
+            self._refusing = False
+            self.refuse(error)
+
+        outcomes.addBoth(answer)
+
     # Refusing from the headers alone.
 
     def refuse(self, error: StowError) -> None:
@@ -237,7 +281,7 @@ class StreamingRequest(Request):
         self._stop_rate_watch()
         self.requestHeaders.removeHeader(b"expect")
         channel = self.stow_channel
-        method, target = request_line(channel)
+        method, target = self._line
         log.info(
             "refused {method} {target}: {status} {detail}",
             method=method,

@@ -359,3 +359,53 @@ async def test_options_with_a_body_is_refused_from_its_headers(
     assert b"application/problem+json" in answer
     # Answered at once, closed after the linger (2 s), not after the 10 s idle timeout.
     assert seconds < 2.0 + PROMPT_SECONDS
+
+
+# Point 7: a refusal mid-body names what was kept.
+
+
+@pytest.fixture(scope="module")
+def capped_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """twistd with --max-part-size 50K and --max-body-size 200K."""
+    storage = tmp_path_factory.mktemp("capped") / "store"
+    twistd = Twistd(
+        storage, "--listen", LOOPBACK_ANY_PORT, "--max-part-size", "50K", "--max-body-size", "200K"
+    )
+    try:
+        (port,) = twistd.ports(1)
+        yield Server(f"http://127.0.0.1:{port}", port, storage, twistd.process)
+    finally:
+        twistd.stop()
+
+
+def chunked_post(body: bytes, piece: int = 8192) -> bytes:
+    chunks = b"".join(
+        b"%x\r\n" % len(body[i : i + piece]) + body[i : i + piece] + b"\r\n"
+        for i in range(0, len(body), piece)
+    )
+    head = b"Host: h\r\nContent-Type: " + CONTENT_TYPE + b"\r\nTransfer-Encoding: chunked\r\n"
+    return post(head=head) + chunks + b"0\r\n\r\n"
+
+
+def sop_uid_of(instance: bytes) -> str:
+    return str(pydicom.dcmread(io.BytesIO(instance)).SOPInstanceUID)
+
+
+@pytest.mark.parametrize("limit", ["part", "body"])
+@pytest_twisted.ensureDeferred
+async def test_mid_body_413_lists_the_stored_instances(capped_server: Server, limit: str) -> None:
+    """A 413 for --max-part-size or --max-body-size mid-body lists the SOP UIDs it stored."""
+    if limit == "part":
+        kept = copies_of_ct(2)
+        parts = [*kept, b"\0" * 60_000]  # the third part passes 50K
+    else:
+        kept = copies_of_ct(5)
+        parts = [*kept, *copies_of_ct(1)]  # the sixth part passes 200K
+    answer = await deferToThread(
+        raw_exchange, capped_server.port, chunked_post(build_multipart(parts, BOUNDARY))
+    )
+    assert status_of(answer) == 413, answer[:300]
+    document = json_body(answer)
+    assert document["storedSOPInstanceUIDs"] == [sop_uid_of(p) for p in kept]
+    stored = {p.read_bytes() for p in stored_files(capped_server.storage)}
+    assert set(kept) <= stored

@@ -19,6 +19,9 @@ class StowError(Exception):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+        # RFC 9457 §3.2 extension members of the problem document (a 413
+        # mid-body names the instances it kept here).
+        self.extensions: dict[str, object] = {}
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """Response headers this answer needs besides the problem document."""

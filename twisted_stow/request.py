@@ -36,6 +36,7 @@ from .twisted_private import (
     awaiting_response,
     request_line,
     restore_timeout_after_response,
+    socket_transport,
 )
 
 if TYPE_CHECKING:
@@ -99,7 +100,8 @@ class StreamingRequest(Request):
         if self.upload is not None:
             # Larger reads roughly halve the receive path's CPU cost
             # (measured: 256 KiB-1 MiB was best).
-            transport = channel.transport
+            # The socket's transport: under TLS the wrapper ignores bufferSize.
+            transport = socket_transport(channel.transport)
             if transport is not None and hasattr(transport, "bufferSize"):
                 transport.bufferSize = self.upload.read_size_bytes
             self._watch_body_rate()

@@ -7,7 +7,11 @@ of the server silently losing a guard.
 from __future__ import annotations
 
 from twisted.internet.abstract import FileDescriptor
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.web.http import HTTPChannel, _ChunkedTransferDecoder
 
 from tests.helpers import multipart_content_type
@@ -16,9 +20,12 @@ from twisted_stow.twisted_private import (
     announced_chunk_bytes,
     awaiting_response,
     header_limits_exceeded,
+    is_tls,
     request_line,
     request_line_parsed,
+    request_version,
     restore_timeout_after_response,
+    socket_transport,
     unsent_bytes,
 )
 
@@ -116,3 +123,27 @@ def test_header_limit_counters_still_exist() -> None:
     assert not header_limits_exceeded(channel)
     channel.dataReceived(b"C: 3\r\nD: 4\r\n")
     assert header_limits_exceeded(channel)
+
+
+def test_tls_layer_state_read_by_the_linger_still_exists() -> None:
+    """Fails loudly if TLSMemoryBIOProtocol renames _appSendBuffer or stops wrapping .transport."""
+    factory = TLSMemoryBIOFactory(
+        optionsForClientTLS("stow.example"), True, Factory.forProtocol(Protocol)
+    )
+    tls = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    wire = StringTransport()
+    tls.makeConnection(wire)
+    assert is_tls(tls) and not is_tls(wire)
+    assert socket_transport(tls) is wire
+    # Before the handshake TLS holds cleartext back; loseConnection flushes
+    # the small-write aggregator into that buffer first, as answer_and_close does.
+    tls.write(b"x" * 10)
+    tls.loseConnection()
+    assert unsent_bytes(tls) == 10
+
+
+def test_request_version_is_kept_beside_the_request_line() -> None:
+    """Fails loudly if HTTPChannel stops keeping _version (the Host rule of HTTP/1.1 reads it)."""
+    channel = connected(HTTPChannel())
+    channel.dataReceived(b"POST /studies HTTP/1.0\r\nHost: x\r\n")
+    assert request_version(channel) == b"HTTP/1.0"

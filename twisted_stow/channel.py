@@ -25,11 +25,10 @@ from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
 
 from .core.errors import (
-    HeaderFieldsTooLarge,
     MalformedRequest,
+    RequestHeadTooLarge,
     RequestTimeout,
     StowError,
-    UriTooLong,
 )
 from .core.response import PROBLEM_JSON, problem_json
 from .twisted_private import (
@@ -108,9 +107,10 @@ class StowChannel(HookedHTTPChannel):
         # its header limits their own status (RFC 6585 §5).
         if header_limits_exceeded(self):
             self.answer_and_close(
-                HeaderFieldsTooLarge(
+                RequestHeadTooLarge(
                     f"the request header block exceeds {self.totalHeadersSize} bytes "
-                    f"or {self.maxHeaders} fields"
+                    f"or {self.maxHeaders} fields",
+                    in_request_line=False,
                 )
             )
             return
@@ -122,12 +122,13 @@ class StowChannel(HookedHTTPChannel):
         # LineReceiver closes without a word over MAX_LENGTH; the request line
         # gets 414 (RFC 9112 §3: a server that receives a request-target longer
         # than it wishes to parse MUST respond with 414), a header line 431.
-        if request_line_parsed(self):
-            self.answer_and_close(
-                HeaderFieldsTooLarge(f"a request header line exceeds {self.MAX_LENGTH} bytes")
+        in_request_line = not request_line_parsed(self)
+        which = "the request line" if in_request_line else "a request header line"
+        self.answer_and_close(
+            RequestHeadTooLarge(
+                f"{which} exceeds {self.MAX_LENGTH} bytes", in_request_line=in_request_line
             )
-        else:
-            self.answer_and_close(UriTooLong(f"the request line exceeds {self.MAX_LENGTH} bytes"))
+        )
 
     def answer_and_close(
         self,

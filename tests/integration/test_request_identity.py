@@ -22,11 +22,10 @@ from twisted.internet.threads import deferToThread
 
 from tests.dicom_files import CT, read, uids
 from tests.helpers import build_multipart, multipart_content_type
-from tests.integration.conftest import Server
+from tests.integration.conftest import Server, serve_twistd
 from tests.integration.observe import stored_files
 from tests.integration.streaming import json_body, raw_exchange, status_of
 from tests.integration.test_http_edges import copies_of_ct
-from tests.launcher import LOOPBACK_ANY_PORT, Twistd
 from twisted_stow.core.identifiers import MAX_AE_TITLE_CHARS
 
 BOUNDARY = "identity-boundary"
@@ -266,13 +265,7 @@ async def test_leading_zero_uids_are_refused_by_default(twistd_server: Server) -
 @pytest.fixture(scope="module")
 def lenient_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """twistd with --accept-leading-zero-uids."""
-    storage = tmp_path_factory.mktemp("lenient") / "store"
-    twistd = Twistd(storage, "--listen", LOOPBACK_ANY_PORT, "--accept-leading-zero-uids")
-    try:
-        (port,) = twistd.ports(1)
-        yield Server(f"http://127.0.0.1:{port}", port, storage, twistd.process)
-    finally:
-        twistd.stop()
+    yield from serve_twistd(tmp_path_factory.mktemp("lenient"), "--accept-leading-zero-uids")
 
 
 @pytest_twisted.ensureDeferred
@@ -301,23 +294,8 @@ async def test_the_option_accepts_leading_zeros_in_url_and_data(lenient_server: 
 @pytest.fixture(scope="module")
 def limited_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """twistd with --max-body-size 1K, a body rate and a short idle timeout."""
-    storage = tmp_path_factory.mktemp("limited") / "store"
-    twistd = Twistd(
-        storage,
-        "--listen",
-        LOOPBACK_ANY_PORT,
-        "--max-body-size",
-        "1K",
-        "--min-body-rate",
-        "1K",
-        "--idle-timeout",
-        "10",
-    )
-    try:
-        (port,) = twistd.ports(1)
-        yield Server(f"http://127.0.0.1:{port}", port, storage, twistd.process)
-    finally:
-        twistd.stop()
+    options = ("--max-body-size", "1K", "--min-body-rate", "1K", "--idle-timeout", "10")
+    yield from serve_twistd(tmp_path_factory.mktemp("limited"), *options)
 
 
 def trickle_options(port: int, length: int) -> tuple[bytes, float]:
@@ -367,15 +345,8 @@ async def test_options_with_a_body_is_refused_from_its_headers(
 @pytest.fixture(scope="module")
 def capped_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """twistd with --max-part-size 50K and --max-body-size 200K."""
-    storage = tmp_path_factory.mktemp("capped") / "store"
-    twistd = Twistd(
-        storage, "--listen", LOOPBACK_ANY_PORT, "--max-part-size", "50K", "--max-body-size", "200K"
-    )
-    try:
-        (port,) = twistd.ports(1)
-        yield Server(f"http://127.0.0.1:{port}", port, storage, twistd.process)
-    finally:
-        twistd.stop()
+    options = ("--max-part-size", "50K", "--max-body-size", "200K")
+    yield from serve_twistd(tmp_path_factory.mktemp("capped"), *options)
 
 
 def chunked_post(body: bytes, piece: int = 8192) -> bytes:

@@ -23,7 +23,7 @@ from twisted_stow.core.config import StowConfig
 from twisted_stow.core.errors import (
     BodyTooLarge,
     InvalidHeader,
-    InvalidRouteSegment,
+    InvalidRequestTarget,
     InvalidStudyUID,
     LengthRequired,
     MalformedMultipart,
@@ -382,8 +382,8 @@ def test_several_accept_lines_are_one_list() -> None:
     ],
 )
 def test_bad_route_segments_are_400(target: Target) -> None:
-    """A workflow id or AE title outside its rule: InvalidRouteSegment (400)."""
-    with pytest.raises(InvalidRouteSegment):
+    """A workflow id or AE title outside its rule: InvalidRequestTarget (400)."""
+    with pytest.raises(InvalidRequestTarget):
         admit(target, HEADERS, 10, REACHED, StowConfig(), DEFAULT_POLICY)
 
 

@@ -18,7 +18,7 @@ from .config import StowConfig
 from .errors import (
     BodyTooLarge,
     InvalidHeader,
-    InvalidRouteSegment,
+    InvalidRequestTarget,
     InvalidStudyUID,
     LengthRequired,
     NoParts,
@@ -211,11 +211,11 @@ def _check_route_segments(target: Target) -> None:
     if target.workflow_id is not None:
         problem = workflow_id_problem(target.workflow_id)
         if problem is not None:
-            raise InvalidRouteSegment(f"workflow id {_shown(target.workflow_id)}: {problem}")
+            raise InvalidRequestTarget(f"workflow id {_shown(target.workflow_id)}: {problem}")
     if target.ae_title is not None:
         problem = ae_title_problem(target.ae_title)
         if problem is not None:
-            raise InvalidRouteSegment(f"AE title {_shown(target.ae_title)}: {problem}")
+            raise InvalidRequestTarget(f"AE title {_shown(target.ae_title)}: {problem}")
 
 
 # Names quoted in a problem document are cut: a 15,000-character id is not

@@ -57,7 +57,8 @@ class NoParts(StowError):
 
 
 class InvalidRequestTarget(StowError):
-    """The request path cannot be decoded (not UTF-8 after percent-decoding)."""
+    """The request path cannot be decoded (not UTF-8 after percent-decoding), or a
+    workflow id or AE title in it breaks its rule (``core/identifiers.py``)."""
 
     title = "Invalid request target"
 
@@ -206,18 +207,15 @@ class MalformedRequest(StowError):
     title = "Bad Request"
 
 
-class UriTooLong(StowError):
-    """A request line longer than the server parses (RFC 9112 §3, RFC 9110 §15.5.15)."""
+class RequestHeadTooLarge(StowError):
+    """A request head past Twisted's limits: its request line (414, RFC 9112 §3:
+    "a server ... MUST respond with a 414") or its header fields (431, RFC 6585 §5)."""
 
-    status = 414
-    title = "URI Too Long"
-
-
-class HeaderFieldsTooLarge(StowError):
-    """A header line or the header block over the server's limits (RFC 6585 §5)."""
-
-    status = 431
-    title = "Request Header Fields Too Large"
+    def __init__(self, detail: str, *, in_request_line: bool) -> None:
+        super().__init__(detail)
+        self.status, self.title = (
+            (414, "URI Too Long") if in_request_line else (431, "Request Header Fields Too Large")
+        )
 
 
 class InvalidHeader(StowError):
@@ -225,12 +223,6 @@ class InvalidHeader(StowError):
     (RFC 9110 §5.3 singletons, §7.2 Host, §8.6 Content-Length; RFC 9112 §6.1)."""
 
     title = "Invalid request header"
-
-
-class InvalidRouteSegment(StowError):
-    """A workflow id or AE title in the URL that is not one (core/identifiers.py)."""
-
-    title = "Invalid request target"
 
 
 class UnexpectedContent(StowError):

@@ -325,9 +325,9 @@ class StowService:
         request.setHeader("Allow", "OPTIONS, POST")
         headers = self._cors_headers(request)
         if any(name == "Access-Control-Allow-Origin" for name, _ in headers):
-            requested = first_value(
-                request.requestHeaders.getRawHeaders(b"access-control-request-headers")
-            )
+            # A list header: several field lines are one list (RFC 9110 §5.3).
+            lines = request.requestHeaders.getRawHeaders(b"access-control-request-headers")
+            requested = b", ".join(lines).decode("latin-1") if lines else None
             headers += [
                 ("Access-Control-Allow-Methods", "POST, OPTIONS"),
                 ("Access-Control-Allow-Headers", requested or _CORS_DEFAULT_ALLOW_HEADERS),

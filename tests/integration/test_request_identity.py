@@ -190,6 +190,12 @@ async def test_double_slash_is_the_monai_route(twistd_server: Server) -> None:
     model = json_body(answer)
     url = model["00081190"]["Value"][0]
     assert url == f"http://127.0.0.1:{twistd_server.port}/dicomweb/studies/{uids(CT)[2]}"
+    # A study mismatch on the MONAI route is a warning (B007, 202), not a rejection.
+    answer = await deferToThread(
+        raw_exchange, twistd_server.port, post("//dicomweb/studies/1.2.3", one_instance())
+    )
+    assert status_of(answer) == 202, answer[:300]
+    assert json_body(answer)["00081199"]["Value"][0]["00081196"]["Value"] == [0xB007]
 
 
 # Point 5: path segments.

@@ -34,12 +34,13 @@ class HalfClosingTransport(StringTransport):
         self.aborted = True
 
 
-def make_channel(clock: Clock) -> tuple[StowChannel, HalfClosingTransport]:
+def make_channel(clock: Clock, transport: Any = None) -> tuple[StowChannel, Any]:
+    """A StowChannel on ``clock`` connected to ``transport`` (default: a HalfClosingTransport)."""
     config = StowConfig(header_timeout_seconds=HEADER_TIMEOUT_SECONDS)
     service = StowService(config, HeldStorage(), clock, lambda f, *a: maybeDeferred(f, *a))
     channel = StowSite(service, timeout=60.0).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
     channel.callLater = clock.callLater  # type: ignore[method-assign]
-    transport = HalfClosingTransport()
+    transport = HalfClosingTransport() if transport is None else transport
     channel.makeConnection(transport)
     return channel, transport
 
@@ -135,12 +136,7 @@ class FullSocket(FileDescriptor):
 def test_the_linger_starts_only_once_the_answer_is_written() -> None:
     """An answer stuck in the send buffer is not aborted after the linger; it is once written."""
     clock = Clock()
-    config = StowConfig(header_timeout_seconds=HEADER_TIMEOUT_SECONDS)
-    service = StowService(config, HeldStorage(), clock, lambda f, *a: maybeDeferred(f, *a))
-    channel = StowSite(service, timeout=60.0).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
-    channel.callLater = clock.callLater  # type: ignore[method-assign]
-    socket = FullSocket()
-    channel.makeConnection(socket)
+    channel, socket = make_channel(clock, FullSocket())
     channel.dataReceived(REFUSED)
     clock.advance(LINGER_SECONDS * 3)  # a reactor busy elsewhere would see the same
     socket.doWrite()

@@ -31,7 +31,9 @@ from .core.admission import (
     Reached,
     Target,
     admit,
+    check_request_headers,
     first_value,
+    refuse_unwanted_body,
 )
 from .core.config import StowConfig
 from .core.errors import (
@@ -57,6 +59,7 @@ from .deferreds import RunInThread, detached
 from .ingest import IngestResult
 from .interfaces import IStorage
 from .limits import UploadSlots
+from .twisted_private import request_version
 from .upload import Upload
 from .workflow.trigger import Submission, WorkflowTrigger, new_correlation_id
 
@@ -93,6 +96,18 @@ STOW_PATHS = (
     ("/aets/<aet>/rs/studies", "aet_studies"),
     ("/aets/<aet>/rs/studies/<study>", "aet_study"),
 )
+# The route family of each STOW path, keyed by werkzeug's rule text: the
+# family, like the workflow id and AE title, comes from the rule the request
+# matched, never from the raw path ("//dicomweb/studies" matches the MONAI
+# rule: werkzeug merges slashes).
+_FAMILY_OF_RULE = {
+    path: MONAI
+    if path.startswith("/dicomweb/")
+    else DCM4CHEE
+    if path.startswith("/aets/")
+    else STANDARD
+    for path, _ in STOW_PATHS
+}
 
 
 def _on_stow_paths(method: str, name: str) -> Callable[[F], F]:
@@ -140,6 +155,7 @@ class StowService:
         self._validation = ValidationPolicy(
             allowed_sop_classes=config.sop_classes or default_sop_classes(),
             allowed_transfer_syntaxes=config.transfer_syntaxes or default_transfer_syntaxes(),
+            accept_leading_zero_uids=config.accept_leading_zero_uids,
         )
         # None while authentication is off (no --users, --tokens, --jwt-key, --jwks).
         # Password checks run in their own thread (auth/cred.py, KDF_THREADS).
@@ -157,11 +173,15 @@ class StowService:
         Raises ``StowError`` to refuse before any body byte is read.  Requests
         that are not STOW uploads and carry no body are left to Klein.  The
         steps, in the order of docs/CONFORMANCE.md §3.1: match the route,
-        authorize, ``admit`` (pure), take the slot, open the upload.  While a
-        password is checked in a thread, a Deferred of the Upload (failing
-        with the ``StowError``); the steps after authorization run when the
-        check answers, unless the request cancelled the Deferred meanwhile.
+        authorize, ``admit`` (pure), take the slot, open the upload; the
+        framing and identity headers (``check_request_headers``) before all.
+        While a password is checked in a thread, a Deferred of the Upload
+        (failing with the ``StowError``); the steps after authorization run
+        when the check answers, unless the request cancelled the Deferred
+        meanwhile.
         """
+        headers = raw_headers(request)
+        check_request_headers(headers, length, request_version(request.channel), self.config)
         stow_target = self._match(method, target, length)
         if stow_target is None:
             return None
@@ -221,8 +241,12 @@ class StowService:
             raise RouteNotFound("no STOW-RS resource at this path") from None
         endpoint = self.app.endpoints[rule.endpoint]
         if not getattr(endpoint, "stow_upload", False):
+            if has_body:
+                # OPTIONS (or any handler that reads no body) with a body:
+                # refused now, or the body would be read outside every limit.
+                refuse_unwanted_body(length, self.config)
             return None
-        return _target_for(path, kwargs)
+        return _target_for(rule.rule, kwargs)
 
     def _authorize(self, request: Any, target: Target) -> str | Deferred[str | None] | None:
         """The principal storing to ``target``; None while authentication is off.
@@ -336,9 +360,9 @@ class StowService:
         request.setHeader("Allow", "OPTIONS, POST")
         headers = self._cors_headers(request)
         if any(name == "Access-Control-Allow-Origin" for name, _ in headers):
-            requested = first_value(
-                request.requestHeaders.getRawHeaders(b"access-control-request-headers")
-            )
+            # A list header: several field lines are one list (RFC 9110 §5.3).
+            lines = request.requestHeaders.getRawHeaders(b"access-control-request-headers")
+            requested = b", ".join(lines).decode("latin-1") if lines else None
             headers += [
                 ("Access-Control-Allow-Methods", "POST, OPTIONS"),
                 ("Access-Control-Allow-Headers", requested or _CORS_DEFAULT_ALLOW_HEADERS),
@@ -424,24 +448,23 @@ def build_and_render(
     return response, render(response.model, media_type)
 
 
-def _target_for(path: str, kwargs: Mapping[str, Any]) -> Target:
-    study = kwargs.get("study")
-    studies_at = path.rfind("/studies")
-    # Re-quoted: the path was percent-decoded for matching, and a workflow
-    # id or AE title may hold characters that a URL must escape.
-    base_path = quote(path[:studies_at], safe="/") if studies_at >= 0 else ""
-    if path.startswith("/dicomweb/"):
-        family = MONAI
-    elif path.startswith("/aets/"):
-        family = DCM4CHEE
-    else:
-        family = STANDARD
+def _target_for(rule: str, kwargs: Mapping[str, Any]) -> Target:
+    """The target named by the werkzeug ``rule`` a request matched, with its values.
+
+    The base path is rebuilt from the rule, not cut from the request path, so
+    a path werkzeug normalised ("//dicomweb/studies") yields the canonical
+    base; each value is re-quoted as one segment, since it was
+    percent-decoded for matching.
+    """
+    base = rule[: rule.rfind("/studies")]
+    for name, value in kwargs.items():
+        base = base.replace(f"<{name}>", quote(str(value), safe=""))
     return Target(
-        base_path=base_path,
-        study_uid=study,
+        base_path=base,
+        study_uid=kwargs.get("study"),
         workflow_id=kwargs.get("workflow_id"),
         ae_title=kwargs.get("aet"),
-        route_family=family,
+        route_family=_FAMILY_OF_RULE[rule],
     )
 
 

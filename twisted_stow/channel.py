@@ -24,20 +24,39 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
 
-from .core.errors import MalformedRequest, RequestTimeout, StowError
+from .core.errors import (
+    MalformedRequest,
+    RequestHeadTooLarge,
+    RequestTimeout,
+    StowError,
+)
 from .core.response import PROBLEM_JSON, problem_json
-from .twisted_private import HookedHTTPChannel
+from .twisted_private import (
+    HookedHTTPChannel,
+    header_limits_exceeded,
+    is_tls,
+    request_line_parsed,
+    socket_transport,
+    unsent_bytes,
+)
 
 if TYPE_CHECKING:
     from .app import StowService
 
 log = Logger()
 
-# After an answer outside the request cycle the write side is closed at once,
-# and the read side after this grace: a client still sending its body must
-# get the time to read our answer before a reset could destroy it (a
-# lingering close, RFC 9112 §9.6).
+# After an answer outside the request cycle the write side is closed once the
+# answer is out, and the read side this long after: a client still sending
+# its body must get the time to read our answer before a reset could destroy
+# it (a lingering close, RFC 9112 §9.6).  The grace starts only once the
+# answer has left the process: a reactor busy for longer than the grace
+# (a password check, measured 4.9 s) otherwise aborted before writing.
 LINGER_SECONDS = 2.0
+# How often a closing connection checks whether its answer is written yet.
+ANSWER_POLL_SECONDS = 0.05
+# A client that never reads its answer cannot hold the connection open
+# longer than this before the linger starts anyway.
+ANSWER_WRITE_SECONDS = 30.0
 # Reads while draining a refused body: large, since the bytes go nowhere.
 DRAIN_READ_BYTES = 1024 * 1024
 
@@ -89,9 +108,31 @@ class StowChannel(HookedHTTPChannel):
 
     def framing_error(self) -> None:
         # HTTPChannel's own answer is a bare "400 Bad Request" with no body;
-        # give framing errors the problem document of every other error.
+        # give framing errors the problem document of every other error, and
+        # its header limits their own status (RFC 6585 §5).
+        if header_limits_exceeded(self):
+            self.answer_and_close(
+                RequestHeadTooLarge(
+                    f"the request header block exceeds {self.totalHeadersSize} bytes "
+                    f"or {self.maxHeaders} fields",
+                    in_request_line=False,
+                )
+            )
+            return
         self.answer_and_close(
             MalformedRequest("the request is not valid HTTP/1.1 (framing or headers)")
+        )
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # LineReceiver closes without a word over MAX_LENGTH; the request line
+        # gets 414 (RFC 9112 §3: a server that receives a request-target longer
+        # than it wishes to parse MUST respond with 414), a header line 431.
+        in_request_line = not request_line_parsed(self)
+        which = "the request line" if in_request_line else "a request header line"
+        self.answer_and_close(
+            RequestHeadTooLarge(
+                f"{which} exceeds {self.MAX_LENGTH} bytes", in_request_line=in_request_line
+            )
         )
 
     def answer_and_close(
@@ -126,16 +167,40 @@ class StowChannel(HookedHTTPChannel):
         transport.write(b"\r\n".join(lines) + body)
         # Drained unparsed: the benchmarks measured about 4 ms of reactor time
         # per refused 8 MB upload going through HTTP framing 64 KiB at a time.
-        if hasattr(transport, "bufferSize"):
-            transport.bufferSize = DRAIN_READ_BYTES
-        transport.resumeProducing()
-        if hasattr(transport, "loseWriteConnection"):
+        sock = socket_transport(transport)
+        if hasattr(sock, "bufferSize"):
+            sock.bufferSize = DRAIN_READ_BYTES
+        sock.resumeProducing()
+        if is_tls(transport):
+            # TLS closes its write side with close_notify, after the answer
+            # (HTTPChannel.loseConnection unregisters the channel as producer
+            # first, or TLS would wait for it), and keeps reading until the
+            # client's close_notify.  Half-closing the TCP socket under TLS
+            # instead dropped the still-buffered encrypted answer and broke
+            # TLSMemoryBIOProtocol (bio_read on None).
+            self.loseConnection()  # type: ignore[no-untyped-call]
+        elif hasattr(transport, "loseWriteConnection"):
+            # TCP sends its FIN once the buffer has drained.
             transport.loseWriteConnection()
-            self._linger_call = self.callLater(  # type: ignore[no-untyped-call]
-                LINGER_SECONDS, transport.abortConnection
-            )
         else:
             transport.loseConnection()
+            return
+        self._linger_once_written(int(ANSWER_WRITE_SECONDS / ANSWER_POLL_SECONDS))
+
+    def _linger_once_written(self, polls_left: int) -> None:
+        """Start the linger once the answer has reached the kernel (or never will)."""
+        self._linger_call = None
+        transport: Any = self.transport
+        if transport is None:
+            return
+        if unsent_bytes(transport) and polls_left > 0:
+            self._linger_call = self.callLater(  # type: ignore[no-untyped-call]
+                ANSWER_POLL_SECONDS, lambda: self._linger_once_written(polls_left - 1)
+            )
+            return
+        self._linger_call = self.callLater(  # type: ignore[no-untyped-call]
+            LINGER_SECONDS, transport.abortConnection
+        )
 
     def _cancel_header_deadline(self) -> None:
         call, self._header_call = self._header_call, None

@@ -178,6 +178,14 @@ class Options(usage.Options):
                 "you control)."
             ),
         ],
+        [
+            "accept-leading-zero-uids",
+            None,
+            (
+                "Accept UID components with a leading zero (1.02.3), which PS3.5 9.1 forbids but "
+                "some modalities emit, in the URL's study UID and in the instances alike."
+            ),
+        ],
     ]
 
     def __init__(self) -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.abstract import FileDescriptor
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.web.http import HTTPChannel, _ChunkedTransferDecoder
 
 
@@ -59,6 +61,63 @@ def awaiting_response(channel: Any) -> bool:
 def restore_timeout_after_response(channel: Any, timeout: float | None) -> None:
     """The idle timeout HTTPChannel puts back once the current response is done."""
     channel._savedTimeOut = timeout
+
+
+def is_tls(transport: Any) -> bool:
+    """Whether ``transport`` is Twisted's TLS layer over the socket."""
+    return isinstance(transport, TLSMemoryBIOProtocol)
+
+
+def socket_transport(transport: Any) -> Any:
+    """The transport that owns the socket: under TLS, the one TLS writes to.
+
+    TLSMemoryBIOProtocol forwards unknown attribute *reads* to the socket's
+    transport, but attribute *writes* (``bufferSize``) stay on the wrapper
+    and change nothing, and a forwarded ``loseWriteConnection`` half-closes
+    TCP under TLS with the encrypted answer still unwritten.
+    """
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        return transport.transport
+    return transport
+
+
+def unsent_bytes(transport: Any) -> int:
+    """Bytes written to ``transport`` that have not reached the kernel yet.
+
+    FileDescriptor buffers in ``dataBuffer`` (from ``offset``) and
+    ``_tempDataBuffer`` (``_tempDataLen`` bytes); TLS holds cleartext in
+    ``_appSendBuffer`` while it cannot write.  A transport that is neither
+    (a test's StringTransport) holds nothing back: 0.
+    """
+    pending = 0
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        pending += sum(map(len, transport._appSendBuffer))
+        transport = transport.transport
+    if isinstance(transport, FileDescriptor):
+        buffered: bytes = transport.dataBuffer
+        offset: int = transport.offset
+        temp: int = transport._tempDataLen
+        pending += len(buffered) - offset + temp
+    return pending
+
+
+def request_line_parsed(channel: Any) -> bool:
+    """Whether HTTPChannel has parsed the current request's line (it keeps
+    ``_command`` from the request line until the body is complete)."""
+    return hasattr(channel, "_command")
+
+
+def header_limits_exceeded(channel: Any) -> bool:
+    """Whether HTTPChannel's last framing error was one of its header limits.
+
+    It closes over ``totalHeadersSize`` (request line plus headers, in
+    bytes: ``_receivedHeaderSize``) and ``maxHeaders``
+    (``_receivedHeaderCount``) through the same framing-error hook as a
+    malformed header; these two counters tell them apart.
+    """
+    size: int = channel._receivedHeaderSize
+    count: int = channel._receivedHeaderCount
+    return bool(size > channel.totalHeadersSize or count > channel.maxHeaders)
 
 
 class HookedHTTPChannel(HTTPChannel):

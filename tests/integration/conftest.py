@@ -80,16 +80,22 @@ def client() -> Iterator[HTTPClient]:
     pool.closeCachedConnections()
 
 
-@pytest.fixture(scope="module")
-def twistd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """This module's ``twistd -n stow``, started by ``Twistd`` (see why in its docstring)."""
-    storage = tmp_path_factory.mktemp("twistd") / "store"
-    twistd = Twistd(storage, "--listen", LOOPBACK_ANY_PORT)
+def serve_twistd(directory: Path, *options: str) -> Iterator[Server]:
+    """``twistd -n stow`` on loopback with ``options``, storing under ``directory``, for a
+    fixture to ``yield from``: the server runs until the fixture is torn down."""
+    storage = directory / "store"
+    twistd = Twistd(storage, "--listen", LOOPBACK_ANY_PORT, *options)
     try:
         (port,) = twistd.ports(1)
         yield Server(f"http://127.0.0.1:{port}", port, storage, twistd.process)
     finally:
         twistd.stop()
+
+
+@pytest.fixture(scope="module")
+def twistd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """This module's ``twistd -n stow``, started by ``Twistd`` (see why in its docstring)."""
+    yield from serve_twistd(tmp_path_factory.mktemp("twistd"))
 
 
 @pytest.fixture

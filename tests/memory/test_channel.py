@@ -5,16 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactor, StringTransport
 
 from twisted_stow.app import StowService
-from twisted_stow.channel import LINGER_SECONDS, StowChannel
+from twisted_stow.channel import ANSWER_POLL_SECONDS, LINGER_SECONDS, StowChannel
 from twisted_stow.core.config import StowConfig
 from twisted_stow.site import StowSite
 from twisted_stow.storage.memory import MemoryStorage
+from twisted_stow.twisted_private import unsent_bytes
 
 HEADER_TIMEOUT_SECONDS = 10.0
 
@@ -32,13 +34,14 @@ class HalfClosingTransport(StringTransport):
         self.aborted = True
 
 
-def make_channel(clock: Clock) -> tuple[StowChannel, HalfClosingTransport]:
+def make_channel(clock: Clock, transport: Any = None) -> tuple[StowChannel, Any]:
+    """A StowChannel on ``clock`` connected to ``transport`` (default: a HalfClosingTransport)."""
     config = StowConfig(header_timeout_seconds=HEADER_TIMEOUT_SECONDS)
     storage = MemoryStorage(held=True)
     service = StowService(config, storage, clock, lambda f, *a: maybeDeferred(f, *a))
     channel = StowSite(service, timeout=60.0).buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
     channel.callLater = clock.callLater  # type: ignore[method-assign]
-    transport = HalfClosingTransport()
+    transport = HalfClosingTransport() if transport is None else transport
     channel.makeConnection(transport)
     return channel, transport
 
@@ -100,3 +103,49 @@ def test_the_linger_is_cancelled_when_the_client_closes() -> None:
     channel.dataReceived(REFUSED)
     channel.connectionLost()
     assert clock.getDelayedCalls() == []
+
+
+class FullSocket(FileDescriptor):
+    """A connected socket whose kernel send buffer takes nothing until ``room`` is given."""
+
+    room = 0
+    aborted = False
+    write_closed = False
+
+    def __init__(self) -> None:
+        super().__init__(reactor=MemoryReactor())
+        self.connected = 1
+
+    def writeSomeData(self, data: bytes) -> int:  # type: ignore[override]
+        taken = min(len(data), self.room)
+        self.room -= taken
+        return taken
+
+    def _closeWriteConnection(self) -> None:
+        self.write_closed = True
+
+    def abortConnection(self) -> None:
+        self.aborted = True
+
+    def getPeer(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 1)
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 2)
+
+
+def test_the_linger_starts_only_once_the_answer_is_written() -> None:
+    """An answer stuck in the send buffer is not aborted after the linger; it is once written."""
+    clock = Clock()
+    channel, socket = make_channel(clock, FullSocket())
+    channel.dataReceived(REFUSED)
+    clock.advance(LINGER_SECONDS * 3)  # a reactor busy elsewhere would see the same
+    socket.doWrite()
+    assert not socket.aborted and unsent_bytes(socket) > 0
+    socket.room = 1 << 20
+    socket.doWrite()  # the kernel takes the answer, then the FIN
+    assert unsent_bytes(socket) == 0 and socket.write_closed
+    clock.advance(ANSWER_POLL_SECONDS)
+    assert not socket.aborted
+    clock.advance(LINGER_SECONDS)
+    assert socket.aborted

@@ -14,18 +14,23 @@ from twisted_stow.core.admission import (
     Target,
     admit,
     base_url,
+    check_request_headers,
     first_token,
+    refuse_unwanted_body,
     split_host,
 )
 from twisted_stow.core.config import StowConfig
 from twisted_stow.core.errors import (
     BodyTooLarge,
+    InvalidHeader,
+    InvalidRequestTarget,
     InvalidStudyUID,
     LengthRequired,
     MalformedMultipart,
     NoParts,
     NotAcceptable,
     StowError,
+    UnexpectedContent,
     UnknownWorkflow,
     UnsupportedMediaType,
 )
@@ -315,3 +320,87 @@ def test_first_token_takes_the_first_list_element() -> None:
     assert first_token({b"x": [b" a , b", b"c"]}, b"x") == "a"
     assert first_token({b"x": [b" , b"]}, b"x") is None
     assert first_token({}, b"x") is None
+
+
+# check_request_headers: framing and identity, before the route.
+
+BASE_HEADERS: dict[bytes, list[bytes]] = {b"host": [b"h"], b"content-type": [MULTIPART]}
+
+
+@pytest.mark.parametrize(
+    ("changes", "length", "version"),
+    [
+        ({b"content-type": [MULTIPART, b"text/plain"]}, 10, b"HTTP/1.1"),
+        ({b"host": [b"a", b"b"]}, 10, b"HTTP/1.1"),
+        ({b"authorization": [b"Basic x", b"Bearer y"]}, 10, b"HTTP/1.1"),
+        ({b"origin": [b"https://a", b"https://b"]}, 10, b"HTTP/1.1"),
+        ({b"host": [b"a..b"]}, 10, b"HTTP/1.1"),
+        ({b"transfer-encoding": [b"identity"], b"content-length": [b"10"]}, 10, b"HTTP/1.1"),
+        ({b"transfer-encoding": [b"gzip"]}, 0, b"HTTP/1.1"),
+        ({}, 10**30, b"HTTP/1.1"),
+    ],
+)
+def test_broken_framing_or_identity_is_400(
+    changes: dict[bytes, list[bytes]], length: int, version: bytes
+) -> None:
+    """Repeated singletons, a bad Host, odd transfer codings, a 30-digit length: InvalidHeader."""
+    headers = {**BASE_HEADERS, **changes}
+    with pytest.raises(InvalidHeader) as raised:
+        check_request_headers(headers, length, version, StowConfig())
+    assert raised.value.status == 400
+
+
+def test_host_is_required_on_http_1_1_only() -> None:
+    """RFC 9112 §3.2: HTTP/1.1 without Host is 400; HTTP/1.0 without it is fine."""
+    headers = {b"content-type": [MULTIPART]}
+    with pytest.raises(InvalidHeader):
+        check_request_headers(headers, 10, b"HTTP/1.1", StowConfig())
+    check_request_headers(headers, 10, b"HTTP/1.0", StowConfig())
+
+
+def test_forwarded_host_is_checked_only_when_trusted() -> None:
+    """An invalid X-Forwarded-Host is 400 behind a trusted proxy, ignored otherwise."""
+    headers = {**BASE_HEADERS, b"x-forwarded-host": [b"a..b"]}
+    check_request_headers(headers, 10, b"HTTP/1.1", StowConfig())
+    with pytest.raises(InvalidHeader):
+        check_request_headers(headers, 10, b"HTTP/1.1", StowConfig(trust_forwarded_headers=True))
+
+
+def test_several_accept_lines_are_one_list() -> None:
+    """Accept on two field lines is one list (RFC 9110 §5.3): XML from the second line."""
+    headers = {**HEADERS, b"accept": [b"text/html", b"application/dicom+xml"]}
+    admission = admit(Target("/"), headers, 10, REACHED, StowConfig(), DEFAULT_POLICY)
+    assert admission.response_type == DICOM_XML
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        Target("/x", workflow_id=".."),
+        Target("/x", workflow_id="a\r\nb"),
+        Target("/x", ae_title="A\\B"),
+    ],
+)
+def test_bad_route_segments_are_400(target: Target) -> None:
+    """A workflow id or AE title outside its rule: InvalidRequestTarget (400)."""
+    with pytest.raises(InvalidRequestTarget):
+        admit(target, HEADERS, 10, REACHED, StowConfig(), DEFAULT_POLICY)
+
+
+def test_leading_zero_study_needs_the_option() -> None:
+    """{study} 1.02.3: 400 by default, a target with --accept-leading-zero-uids."""
+    target = Target("/studies", study_uid="1.02.3")
+    with pytest.raises(InvalidStudyUID):
+        admit(target, HEADERS, 10, REACHED, StowConfig(), DEFAULT_POLICY)
+    lenient = StowConfig(accept_leading_zero_uids=True)
+    assert admit(target, HEADERS, 10, REACHED, lenient, DEFAULT_POLICY).target == target
+
+
+def test_unwanted_body_is_413_over_the_limit_else_400() -> None:
+    """A body on OPTIONS: 413 over --max-body-size, else 400, both from the headers."""
+    with pytest.raises(BodyTooLarge):
+        refuse_unwanted_body(10**9, StowConfig(max_body_bytes=1024))
+    with pytest.raises(UnexpectedContent):
+        refuse_unwanted_body(100, StowConfig(max_body_bytes=1024))
+    with pytest.raises(UnexpectedContent):
+        refuse_unwanted_body(None, StowConfig())

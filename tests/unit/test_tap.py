@@ -141,9 +141,14 @@ def test_zero_means_no_limit(argv: list[str]) -> None:
     )
 
 
-def test_leading_zero_uids_are_accepted() -> None:
-    """--sop-class follows the server's UID rule, which tolerates leading zeros."""
-    assert parse("--sop-class=1.2.03").sop_classes == {"1.2.03"}
+def test_leading_zero_uids_need_the_option() -> None:
+    """--sop-class follows the server's UID rule: strict, unless --accept-leading-zero-uids."""
+    with pytest.raises(usage.UsageError, match="not a valid UID"):
+        parse("--sop-class=1.2.03")
+    config = parse("--sop-class=1.2.03", "--accept-leading-zero-uids")
+    assert config.sop_classes == {"1.2.03"}
+    assert config.accept_leading_zero_uids
+    assert not parse().accept_leading_zero_uids
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Tests for uids.py: digits and dots, 1-64 characters, no empty component."""
+"""Tests for uids.py: digits and dots, 1-64 characters, no empty component, no leading zero."""
 
 from __future__ import annotations
 
@@ -16,13 +16,9 @@ VALID = [
     "2.25.329800735698586629295641978511506172918",
     "1." + "2" * (MAX_UID_CHARS - 2),
     "1.2." + ".".join(["3"] * 30),
-    # Leading zeros: PS3.5 §9.1 forbids them, but modalities send them.
-    "1.02.3",
-    "01.2",
-    "1.00",
-    "00",
-    "0" * MAX_UID_CHARS,
 ]
+# PS3.5 §9.1 forbids them; some modalities send them (--accept-leading-zero-uids).
+LEADING_ZEROS = ["1.02.3", "01.2", "1.00", "00", "0" * MAX_UID_CHARS]
 
 INVALID = [
     "",
@@ -46,6 +42,7 @@ INVALID = [
     "1.٣",  # a non-ASCII digit
     "1.²",
     "1." + "2" * (MAX_UID_CHARS - 1),
+    *LEADING_ZEROS,
 ]
 
 
@@ -72,22 +69,29 @@ def test_length_boundary() -> None:
     assert not is_valid_uid("1" * 65)
 
 
+@pytest.mark.parametrize("value", VALID + INVALID)
+def test_pydicom_pattern(value: str) -> None:
+    """Accepted by default: exactly pydicom's PS3.5 §9.1 pattern within 64 characters."""
+    expected = bool(RE_VALID_UID.fullmatch(value)) and len(value) <= MAX_UID_CHARS
+    assert is_valid_uid(value) == expected
+
+
 def _without_leading_zeros(value: str) -> str:
     """``value`` with the leading zeros of each dot-separated component removed."""
     return ".".join(c.lstrip("0") or "0" if c else c for c in value.split("."))
 
 
 @pytest.mark.parametrize("value", VALID + INVALID)
-def test_pydicom_pattern_plus_leading_zeros(value: str) -> None:
-    """Accepted: pydicom's PS3.5 §9.1 pattern within 64 characters, once leading zeros go."""
+def test_leading_zero_option_is_the_pattern_plus_leading_zeros(value: str) -> None:
+    """With the option: pydicom's pattern within 64 characters, once leading zeros go."""
     expected = (
         bool(RE_VALID_UID.fullmatch(_without_leading_zeros(value))) and len(value) <= MAX_UID_CHARS
     )
-    assert is_valid_uid(value) == expected
+    assert is_valid_uid(value, accept_leading_zeros=True) == expected
 
 
-@pytest.mark.parametrize("value", ["1.02.3", "01.2", "1.00", "00"])
-def test_leading_zeros_are_a_documented_superset(value: str) -> None:
-    """Leading-zero components, which PS3.5 §9.1 forbids, are accepted all the same."""
-    assert not RE_VALID_UID.fullmatch(value)
-    assert is_valid_uid(value)
+@pytest.mark.parametrize("value", LEADING_ZEROS)
+def test_leading_zeros_only_with_the_option(value: str) -> None:
+    """Leading-zero components: refused by default, accepted with the option."""
+    assert not is_valid_uid(value)
+    assert is_valid_uid(value, accept_leading_zeros=True)

@@ -328,13 +328,23 @@ def test_empty_uid_in_implicit_vr_is_missing(tmp_path: Path) -> None:
     assert (failed.sop_class_uid, failed.sop_instance_uid) == (CT_IMAGE_STORAGE, None)
 
 
-def test_leading_zero_uids_are_accepted(tmp_path: Path) -> None:
-    """UIDs with leading-zero components (PS3.5 §9.1 forbids them) are stored all the same."""
+def test_leading_zero_uids_need_the_option(tmp_path: Path) -> None:
+    """Leading-zero components (PS3.5 §9.1 forbids them): 0xA900, unless the policy accepts them."""
     ds = _dataset()
     _set_raw(ds, 0x00080018, "1.02.3")
     _set_raw(ds, 0x0020000D, "01.2")
     _set_raw(ds, 0x0020000E, "1.2.00")
-    outcome = _validate(_write(tmp_path / "zero.dcm", ds))
+    path = _write(tmp_path / "zero.dcm", ds)
+    failed = _failed(_validate(path))
+    assert failed.reason == FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
+    assert "SOP Instance UID (0008,0018) is not a valid UID: '1.02.3'" in failed.detail
+    assert "Study Instance UID (0020,000D) is not a valid UID: '01.2'" in failed.detail
+    lenient = ValidationPolicy(
+        DEFAULT_POLICY.allowed_sop_classes,
+        DEFAULT_POLICY.allowed_transfer_syntaxes,
+        accept_leading_zero_uids=True,
+    )
+    outcome = _validate(path, lenient)
     assert outcome == InstanceRef(CT_IMAGE_STORAGE, "1.02.3", "01.2", "1.2.00")
 
 

@@ -31,7 +31,7 @@ from .files import (
     valid_user_name,
     write_atomically,
 )
-from .grants import EVERYTHING, Grant, grant_from_names
+from .grants import EVERYTHING, BadGrant, Grant, grant_from_names
 from .passwords import SCRYPT_N, hash_password, new_token, token_digest
 
 # Below 2**10 a guess costs nothing; above 2**17 (128 MiB, ~0.5 s) one login
@@ -70,7 +70,10 @@ def _parser() -> argparse.ArgumentParser:
 def _grant(aets: Sequence[str], workflows: Sequence[str]) -> Grant:
     if not aets and not workflows:
         return EVERYTHING
-    return grant_from_names(aets, workflows)
+    try:
+        return grant_from_names(aets, workflows)
+    except BadGrant as e:
+        raise SystemExit(f"stow-passwd: {e}") from None
 
 
 def _read_password() -> bytes:

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ..core.admission import DCM4CHEE, MONAI
+from ..core.identifiers import ae_title_problem, workflow_id_problem
 
 ALL = "*"
 # JWT scope values (RFC 8693 §4.2 "scope" claim, space-separated).
@@ -31,6 +32,18 @@ class Grant:
 
     aets: frozenset[str] | None = frozenset()
     workflows: frozenset[str] | None = frozenset()
+
+    def __post_init__(self) -> None:
+        # The rules of the URL (core/identifiers.py): a name no URL can carry
+        # would be a grant that silently never applies.
+        for name in self.aets or ():
+            problem = ae_title_problem(name)
+            if problem is not None:
+                raise BadGrant(f"{name!r} is not an AE title ({problem})")
+        for name in self.workflows or ():
+            problem = workflow_id_problem(name)
+            if problem is not None:
+                raise BadGrant(f"{name!r} is not a workflow id ({problem})")
 
     def allows(self, route_family: str, ae_title: str | None, workflow_id: str | None) -> bool:
         """Whether a POST to a route of ``route_family`` naming these is allowed."""
@@ -85,11 +98,17 @@ def grant_from_scopes(scopes: Iterable[str]) -> Grant:
     """From JWT scope values ``stow:aet:NAME`` / ``stow:workflow:ID`` (``*`` for all)."""
     aets: list[str] = []
     workflows: list[str] = []
+    # A scope naming what no URL can carry grants nothing: it is skipped,
+    # not an error (the token's other scopes still hold).
     for scope in scopes:
-        if scope.startswith(AET_SCOPE_PREFIX) and len(scope) > len(AET_SCOPE_PREFIX):
-            aets.append(scope[len(AET_SCOPE_PREFIX) :])
-        elif scope.startswith(WORKFLOW_SCOPE_PREFIX) and len(scope) > len(WORKFLOW_SCOPE_PREFIX):
-            workflows.append(scope[len(WORKFLOW_SCOPE_PREFIX) :])
+        if scope.startswith(AET_SCOPE_PREFIX):
+            name = scope[len(AET_SCOPE_PREFIX) :]
+            if name == ALL or ae_title_problem(name) is None:
+                aets.append(name)
+        elif scope.startswith(WORKFLOW_SCOPE_PREFIX):
+            name = scope[len(WORKFLOW_SCOPE_PREFIX) :]
+            if name == ALL or workflow_id_problem(name) is None:
+                workflows.append(name)
     return grant_from_names(aets, workflows)
 
 

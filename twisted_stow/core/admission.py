@@ -15,7 +15,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .config import StowConfig
-from .errors import BodyTooLarge, InvalidStudyUID, LengthRequired, NoParts, UnknownWorkflow
+from .errors import (
+    BodyTooLarge,
+    InvalidHeader,
+    InvalidRequestTarget,
+    InvalidStudyUID,
+    LengthRequired,
+    NoParts,
+    UnexpectedContent,
+    UnknownWorkflow,
+)
+from .identifiers import ae_title_problem, host_problem, workflow_id_problem
 from .mediatype import negotiate, reader_for
 from .multipart import BodyReader
 from .policy import IngestPolicy, StudyMismatch
@@ -36,6 +46,23 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 # Request headers as plain data: lower-case name → raw values, in order.
 RawHeaders = Mapping[bytes, Sequence[bytes]]
+
+# Every header the server reads whose value is one item, not a list: two
+# field lines of one are a broken or smuggled request (RFC 9110 §5.3), and
+# which one a proxy in front of us used is anybody's guess.  Content-Length
+# and Transfer-Encoding are policed by HTTPChannel itself (a second one is
+# its framing 400); Host by RFC 9112 §3.2.
+SINGLETON_FIELDS = (
+    b"host",
+    b"content-type",
+    b"content-length",
+    b"authorization",
+    b"origin",
+)
+# RFC 9110 §8.6: a recipient must guard against Content-Length overflow.  No
+# body is longer than a signed 64-bit count of bytes (what sendfile, lseek
+# and every peer's length field hold); a longer one is a broken request.
+MAX_CONTENT_LENGTH = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,8 +120,11 @@ def admit(
     ``UnsupportedMediaType``/``MalformedMultipart``, ``NotAcceptable``,
     ``LengthRequired``/``NoParts`` for an empty body, ``BodyTooLarge``.
     """
-    if target.study_uid is not None and not is_valid_uid(target.study_uid):
+    if target.study_uid is not None and not is_valid_uid(
+        target.study_uid, accept_leading_zeros=config.accept_leading_zero_uids
+    ):
         raise InvalidStudyUID(f"{target.study_uid!r} is not a valid UID")
+    _check_route_segments(target)
     allowed_workflows = config.workflows
     if (
         allowed_workflows
@@ -103,7 +133,9 @@ def admit(
     ):
         raise UnknownWorkflow(f"no workflow {target.workflow_id!r} on this server")
     reader = reader_for(first(headers, b"content-type"))
-    response_type = negotiate(first(headers, b"accept"))
+    # Accept is a list: several field lines are one list (RFC 9110 §5.3).
+    accept = headers.get(b"accept")
+    response_type = negotiate(b", ".join(accept).decode("latin-1") if accept else None)
     limits = BodyLimits(config.max_body_bytes, config.max_part_bytes)
     _check_length(length, b"content-length" in headers, reader, limits)
     policy = IngestPolicy(
@@ -120,6 +152,80 @@ def admit(
         base_url=base_url(target, headers, reached, config),
         limits=limits,
     )
+
+
+def check_request_headers(
+    headers: RawHeaders, length: int | None, http_version: bytes, config: StowConfig
+) -> None:
+    """Refuse a request whose framing or identity headers are broken: 400.
+
+    Runs for every request, before the route: repeated singletons, Host
+    missing on HTTP/1.1, repeated or invalid (RFC 9112 §3.2), a
+    Transfer-Encoding other than chunked or beside Content-Length (RFC 9112
+    §6.1, §6.3: HTTPChannel ignores "identity"), a Content-Length no body can
+    have, and, behind a trusted proxy, an invalid X-Forwarded-Host (it names
+    RetrieveURLs as Host does).
+    """
+    for name in SINGLETON_FIELDS:
+        values = headers.get(name)
+        if values is not None and len(values) > 1:
+            raise InvalidHeader(f"{name.decode()} appears {len(values)} times; it takes one value")
+    host = headers.get(b"host")
+    if host is None:
+        if http_version == b"HTTP/1.1":
+            raise InvalidHeader("an HTTP/1.1 request must carry Host (RFC 9112 §3.2)")
+    else:
+        problem = host_problem(host[0])
+        if problem is not None:
+            raise InvalidHeader(f"Host {_shown(host[0])} is invalid: {problem}")
+    if config.trust_forwarded_headers:
+        forwarded_host = first_token(headers, b"x-forwarded-host")
+        if forwarded_host is not None:
+            problem = host_problem(forwarded_host.encode("latin-1"))
+            if problem is not None:
+                raise InvalidHeader(f"X-Forwarded-Host {forwarded_host!r} is invalid: {problem}")
+    codings = headers.get(b"transfer-encoding")
+    if codings is not None:
+        if b"content-length" in headers:
+            raise InvalidHeader("Transfer-Encoding and Content-Length together (RFC 9112 §6.1)")
+        if [coding.strip().lower() for coding in codings] != [b"chunked"]:
+            raise InvalidHeader("the only transfer coding accepted is chunked (RFC 9112 §7)")
+    if length is not None and length > MAX_CONTENT_LENGTH:
+        raise InvalidHeader(f"Content-Length has {len(str(length))} digits; no body is that long")
+
+
+def refuse_unwanted_body(length: int | None, config: StowConfig) -> None:
+    """A request that announces a body its resource does not read: 413 or 400.
+
+    Refused from the headers: such a body would otherwise be read and
+    discarded outside the size, rate and idle limits of an upload.
+    """
+    limit = config.max_body_bytes
+    if length is not None and limit is not None and length > limit:
+        raise BodyTooLarge(f"Content-Length {length} exceeds this server's limit of {limit} bytes")
+    raise UnexpectedContent("this resource takes no request content")
+
+
+def _check_route_segments(target: Target) -> None:
+    """The workflow id and AE title of the URL: the start-up rule, or 400."""
+    if target.workflow_id is not None:
+        problem = workflow_id_problem(target.workflow_id)
+        if problem is not None:
+            raise InvalidRequestTarget(f"workflow id {_shown(target.workflow_id)}: {problem}")
+    if target.ae_title is not None:
+        problem = ae_title_problem(target.ae_title)
+        if problem is not None:
+            raise InvalidRequestTarget(f"AE title {_shown(target.ae_title)}: {problem}")
+
+
+# Names quoted in a problem document are cut: a 15,000-character id is not
+# worth echoing.
+_SHOWN_CHARS = 80
+
+
+def _shown(value: str | bytes) -> str:
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
 
 
 def _check_length(

@@ -23,6 +23,7 @@ from .deadlines import (
     DEFAULT_HEADER_TIMEOUT_SECONDS,
     DEFAULT_MIN_BODY_RATE_BYTES,
 )
+from .identifiers import workflow_id_problem
 from .policy import Duplicates, StudyMismatch
 from .uids import is_valid_uid
 
@@ -97,6 +98,9 @@ class StowConfig:
     amqp_url: str | None = None
     amqp_exchange: str = DEFAULT_AMQP_EXCHANGE
     amqp_routing_key: str = DEFAULT_AMQP_ROUTING_KEY
+    # --accept-leading-zero-uids: UID components such as "02" (PS3.5 §9.1
+    # forbids them) accepted in the URL and in the instances alike.
+    accept_leading_zero_uids: bool = False
 
     @property
     def workflow_spool_dir(self) -> Path:
@@ -112,9 +116,10 @@ def config_from_options(values: Mapping[str, Any]) -> StowConfig:
     ``values`` maps each option name (``"max-body-size"``) to its text, a
     list for the repeatable ones, or a flag's 0/1.
     """
+    leading_zeros = bool(values["accept-leading-zero-uids"])
     for option in ("sop-class", "transfer-syntax"):
         for uid in values[option]:
-            if not is_valid_uid(uid):
+            if not is_valid_uid(uid, accept_leading_zeros=leading_zeros):
                 raise ValueError(f"--{option}: {uid!r} is not a valid UID")
     rate_window = _seconds_or_none(values["body-rate-window"], "--body-rate-window")
     if rate_window is None:
@@ -154,6 +159,7 @@ def config_from_options(values: Mapping[str, Any]) -> StowConfig:
         amqp_url=values["amqp-url"],
         amqp_exchange=values["amqp-exchange"],
         amqp_routing_key=values["amqp-routing-key"],
+        accept_leading_zero_uids=leading_zeros,
     )
 
 
@@ -162,10 +168,12 @@ def _path_or_none(text: str | None) -> Path | None:
 
 
 def _check_workflows(allowed: list[str], defaults: list[str]) -> None:
-    """Workflow ids are one non-empty path segment; defaults must be allowed."""
-    for name in (*allowed, *defaults):
-        if not name or "/" in name or name.strip() != name:
-            raise ValueError(f"--workflow: {name!r} is not a workflow id (one URL path segment)")
+    """Workflow ids follow the URL's rule (``identifiers``); defaults must be allowed."""
+    for option, names in (("--workflow", allowed), ("--default-workflow", defaults)):
+        for name in names:
+            problem = workflow_id_problem(name)
+            if problem is not None:
+                raise ValueError(f"{option}: {name!r} is not a workflow id ({problem})")
     if allowed:
         for name in defaults:
             if name not in allowed:

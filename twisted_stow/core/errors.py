@@ -30,6 +30,9 @@ class StowError(Exception):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+        # RFC 9457 §3.2 extension members of the problem document (a 413
+        # mid-body names the instances it kept here).
+        self.extensions: dict[str, object] = {}
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         """Response headers this answer needs besides the problem document."""
@@ -65,7 +68,8 @@ class NoParts(StowError):
 
 
 class InvalidRequestTarget(StowError):
-    """The request path cannot be decoded (not UTF-8 after percent-decoding)."""
+    """The request path cannot be decoded (not UTF-8 after percent-decoding), or a
+    workflow id or AE title in it breaks its rule (``core/identifiers.py``)."""
 
     title = "Invalid request target"
 
@@ -210,5 +214,30 @@ class WorkflowNotRecorded(StowError):
 class MalformedRequest(StowError):
     """The request is not valid HTTP/1.1: its line, a header or the chunked
     framing (RFC 9112 §2.2, found by HTTPChannel itself)."""
+
+    title = "Bad Request"
+
+
+class RequestHeadTooLarge(StowError):
+    """A request head past Twisted's limits: its request line (414, RFC 9112 §3:
+    "a server ... MUST respond with a 414") or its header fields (431, RFC 6585 §5)."""
+
+    def __init__(self, detail: str, *, in_request_line: bool) -> None:
+        super().__init__(detail)
+        self.status, self.title = (
+            (414, "URI Too Long") if in_request_line else (431, "Request Header Fields Too Large")
+        )
+
+
+class InvalidHeader(StowError):
+    """A header field the server reads is repeated, conflicting or invalid
+    (RFC 9110 §5.3 singletons, §7.2 Host, §8.6 Content-Length; RFC 9112 §6.1)."""
+
+    title = "Invalid request header"
+
+
+class UnexpectedContent(StowError):
+    """A body on a request whose resource takes none (OPTIONS): refused from
+    the headers, so that no body escapes the size, rate and idle limits."""
 
     title = "Bad Request"

@@ -201,14 +201,22 @@ def render(model: Mapping[str, Any], media_type: str) -> bytes:
     return renderer(model)
 
 
-def problem_document(status: int, title: str, detail: str, instance: str | None = None) -> bytes:
+def problem_document(
+    status: int,
+    title: str,
+    detail: str,
+    instance: str | None = None,
+    extensions: Mapping[str, object] | None = None,
+) -> bytes:
     """Return an RFC 7807 ``application/problem+json`` body (compact UTF-8).
 
     ``type`` is ``about:blank``: the HTTP status says what kind of problem it
     is, ``detail`` says what happened to this request.  ``instance`` (a URI
-    reference for this occurrence) is included only when given.
+    reference for this occurrence) is included only when given, and so are
+    ``extensions`` (RFC 9457 §3.2 extension members; they never replace a
+    standard member).
     """
-    document: dict[str, str | int] = {
+    document: dict[str, object] = {
         "type": "about:blank",
         "title": title,
         "status": status,
@@ -216,12 +224,14 @@ def problem_document(status: int, title: str, detail: str, instance: str | None 
     }
     if instance is not None:
         document["instance"] = instance
+    for name, value in (extensions or {}).items():
+        document.setdefault(name, value)
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def problem_json(error: StowError, *, instance: str | None = None) -> bytes:
     """Return the RFC 7807 body for a request-level ``StowError``."""
-    return problem_document(error.status, error.title, error.detail, instance)
+    return problem_document(error.status, error.title, error.detail, instance, error.extensions)
 
 
 # --- model building --------------------------------------------------------

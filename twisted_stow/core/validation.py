@@ -50,6 +50,8 @@ class ValidationPolicy:
 
     allowed_sop_classes: frozenset[str]
     allowed_transfer_syntaxes: frozenset[str]
+    # --accept-leading-zero-uids: the one switch of uids.is_valid_uid.
+    accept_leading_zero_uids: bool = False
 
 
 def default_sop_classes() -> frozenset[str]:
@@ -139,14 +141,21 @@ def _judge(header: DicomHeader, policy: ValidationPolicy) -> InstanceRef | Faile
         ("Study Instance UID (0020,000D)", header.study),
         ("Series Instance UID (0020,000E)", header.series),
     )
+    lenient = policy.accept_leading_zero_uids
     problems = [
         f"{name} is missing" if not value else f"{name} is not a valid UID: {_quoted(value)}"
         for name, value in named
-        if not value or not is_valid_uid(value)
+        if not value or not is_valid_uid(value, accept_leading_zeros=lenient)
     ]
-    sop_class = header.sop_class if header.sop_class and is_valid_uid(header.sop_class) else None
+    sop_class = (
+        header.sop_class
+        if header.sop_class and is_valid_uid(header.sop_class, accept_leading_zeros=lenient)
+        else None
+    )
     sop_instance = (
-        header.sop_instance if header.sop_instance and is_valid_uid(header.sop_instance) else None
+        header.sop_instance
+        if header.sop_instance and is_valid_uid(header.sop_instance, accept_leading_zeros=lenient)
+        else None
     )
     study, series = header.study, header.series
     # problems is empty exactly when all four are valid; the other tests only

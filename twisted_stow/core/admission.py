@@ -64,6 +64,7 @@ class BodyLimits:
 
     max_body_bytes: int | None = None
     max_part_bytes: int | None = None
+    max_parts: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +105,7 @@ def admit(
         raise UnknownWorkflow(f"no workflow {target.workflow_id!r} on this server")
     reader = reader_for(first(headers, b"content-type"))
     response_type = negotiate(first(headers, b"accept"))
-    limits = BodyLimits(config.max_body_bytes, config.max_part_bytes)
+    limits = BodyLimits(config.max_body_bytes, config.max_part_bytes, config.max_parts)
     _check_length(length, b"content-length" in headers, reader, limits)
     policy = IngestPolicy(
         validation=validation,

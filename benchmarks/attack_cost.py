@@ -46,7 +46,9 @@ class Answer:
     seconds: float
 
 
-def post(port: int, body: bytes, path: str = "/studies", headers: dict[str, str] | None = None) -> Answer:
+def post(
+    port: int, body: bytes, path: str = "/studies", headers: dict[str, str] | None = None
+) -> Answer:
     """Blocking: POST ``body`` (multipart, boundary ``BOUNDARY``) and read the whole answer."""
     started = time.monotonic()
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT_SECONDS)
@@ -83,7 +85,9 @@ class Probe:
     def _run(self) -> None:
         while not self._stop.wait(PROBE_INTERVAL_SECONDS):
             started = time.monotonic()
-            connection = http.client.HTTPConnection("127.0.0.1", self._port, timeout=TIMEOUT_SECONDS)
+            connection = http.client.HTTPConnection(
+                "127.0.0.1", self._port, timeout=TIMEOUT_SECONDS
+            )
             try:
                 connection.request("OPTIONS", "/studies")
                 connection.getresponse().read()

@@ -280,6 +280,7 @@ def test_obs_fold_lines_are_joined() -> None:
 
 def test_header_lines_are_capped() -> None:
     """A header block of MAX_HEADER_LINES lines is read; one line more is HeaderBlockTooLarge."""
+
     def body(lines: int) -> bytes:
         return b"--b\r\n" + b"a:b\r\n" * lines + b"\r\np\r\n--b--"
 

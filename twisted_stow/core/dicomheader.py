@@ -75,6 +75,11 @@ MAX_CAPTURED_VALUE_BYTES = 1024
 # small input slice keeps the copy zlib makes of its unconsumed tail small.
 _INFLATE_INPUT_BYTES = 16 * 1024
 _INFLATE_OUTPUT_BYTES = 64 * 1024
+# What the capture copies and holds at most (``buffered_bytes``): an
+# undecided read (the 132-byte preamble, or a kept value), one inflated
+# slice, and the inflater's unconsumed input.  Bytes fed and not walked yet
+# are views of the caller's chunks, not copies, and do not count.
+MAX_BUFFERED_BYTES = MAX_CAPTURED_VALUE_BYTES + _INFLATE_OUTPUT_BYTES + _INFLATE_INPUT_BYTES
 # ``feed``/``run`` without ``max_steps``: walk everything fed.
 _UNLIMITED_STEPS = sys.maxsize
 
@@ -215,6 +220,12 @@ class HeaderCapture:
         """Whether bytes fed are still waiting to be walked (a step budget ran out)."""
         return self._verdict is None and bool(self._queue or self._inflated)
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes copied and held (at most ``MAX_BUFFERED_BYTES``)."""
+        tail = len(self._inflater.unconsumed_tail) if self._inflater is not None else 0
+        return len(self._pending) + (len(self._inflated) if self._inflated else 0) + tail
+
     def feed(self, data: bytes | memoryview, *, max_steps: int | None = None) -> int:
         """Walk the next bytes of the part; return the steps taken.
 
@@ -307,7 +318,11 @@ class HeaderCapture:
         ``_switched``: the rest then belongs to the data set.
         """
         kind, wanted = self._request
-        while self._verdict is None and self._steps_left > 0:
+        while self._verdict is None:
+            # The switch needs no bytes and costs no step: taken even when
+            # the budget is spent, or nothing would walk the bytes it pushes back.
+            if kind != _SWITCH and self._steps_left <= 0:
+                return view
             if kind == _READ:
                 if self._pending or len(view) < wanted:
                     need = wanted - len(self._pending)

@@ -63,7 +63,7 @@ CAPTURE_STEPS_PER_READ = 2048
 # runs slices of every upload in turn until its 10 ms per iteration are used.
 CAPTURE_STEPS_PER_SLICE = 1024
 
-Cooperate = Callable[[Iterator[None]], CooperativeTask]
+Cooperate = Callable[[Iterator[None]], CooperativeTask[Iterator[None]]]
 
 
 @dataclass(slots=True, eq=False)
@@ -122,7 +122,7 @@ class Ingest:
         # walking them (None: none behind).
         self._cooperate = cooperate
         self._behind: deque[_Behind] = deque()
-        self._task: CooperativeTask | None = None
+        self._task: CooperativeTask[Iterator[None]] | None = None
         self._read_steps = 0
 
     def handle(self, events: Iterable[Event]) -> None:

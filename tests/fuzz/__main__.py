@@ -119,9 +119,8 @@ def check_linear() -> bool:
         ratio = large / max(small, 1e-6)
         verdict = "ok" if ratio < LINEAR_FACTOR else "NOT LINEAR"
         ok &= ratio < LINEAR_FACTOR
-        print(
-            f"{name:45} n {small * 1000:8.2f} ms  4n {large * 1000:8.2f} ms  x{ratio:5.1f} {verdict}"
-        )
+        timings = f"n {small * 1000:8.2f} ms  4n {large * 1000:8.2f} ms"
+        print(f"{name:45} {timings}  x{ratio:5.1f} {verdict}")
     return ok
 
 

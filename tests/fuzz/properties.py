@@ -9,6 +9,7 @@ tests call these directly.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 from tests.helpers import coalesce
@@ -28,7 +29,7 @@ from twisted_stow.core.singlepart import SinglePartReader
 def pieces(data: bytes, cuts: Sequence[int]) -> list[bytes]:
     """``data`` split at ``cuts`` (any order, repeats and out-of-range ones allowed)."""
     points = sorted({min(max(cut, 0), len(data)) for cut in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:], strict=False) if b > a]
+    return [data[a:b] for a, b in itertools.pairwise(points) if b > a]
 
 
 def run_reader(

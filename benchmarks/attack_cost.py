@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks._server_usage import cpu_seconds, kernel_peak, reset_kernel_peak
+from benchmarks._server_usage import Periodic, cpu_seconds, kernel_peak, reset_kernel_peak
 from tests.attacks import bomb_body, empty_parts_body, many_header_lines_body
 from tests.dicom_files import CT, read
 from tests.helpers import build_multipart, multipart_content_type
@@ -64,39 +64,28 @@ def post(
         connection.close()
 
 
-class Probe:
+class Probe(Periodic):
     """OPTIONS every 10 ms in a thread; the slowest answer is the reactor's worst stall."""
 
     def __init__(self, port: int) -> None:
+        super().__init__(PROBE_INTERVAL_SECONDS)
         self._port = port
-        self._stop = threading.Event()
         self.worst = 0.0
         self.count = 0
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> Probe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(PROBE_INTERVAL_SECONDS):
-            started = time.monotonic()
-            connection = http.client.HTTPConnection(
-                "127.0.0.1", self._port, timeout=TIMEOUT_SECONDS
-            )
-            try:
-                connection.request("OPTIONS", "/studies")
-                connection.getresponse().read()
-            except (ConnectionError, http.client.HTTPException):
-                pass
-            finally:
-                connection.close()
-            self.worst = max(self.worst, time.monotonic() - started)
-            self.count += 1
+    def tick(self) -> bool:
+        started = time.monotonic()
+        connection = http.client.HTTPConnection("127.0.0.1", self._port, timeout=TIMEOUT_SECONDS)
+        try:
+            connection.request("OPTIONS", "/studies")
+            connection.getresponse().read()
+        except (ConnectionError, http.client.HTTPException):
+            pass
+        finally:
+            connection.close()
+        self.worst = max(self.worst, time.monotonic() - started)
+        self.count += 1
+        return True
 
 
 def attacks() -> dict[str, Callable[[int], list[Answer]]]:

@@ -11,23 +11,25 @@ import re
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import psutil
 
 SAMPLE_INTERVAL_SECONDS = 0.020
 
 
-class RssSampler:
-    """Samples a process's RSS every 20 ms in a thread; keeps the peak and the series."""
+class Periodic:
+    """Calls ``tick`` every ``interval`` seconds in a thread, from ``with`` until its end.
 
-    def __init__(self, pid: int, interval: float = SAMPLE_INTERVAL_SECONDS) -> None:
-        self._process = psutil.Process(pid)
+    ``tick`` returns False to stop early (the process it watches is gone).
+    """
+
+    def __init__(self, interval: float) -> None:
         self._interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
-        self.samples: list[tuple[float, int]] = []
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> Self:
         self._start = time.monotonic()
         self._thread.start()
         return self
@@ -36,15 +38,29 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
 
+    def tick(self) -> bool:
+        raise NotImplementedError
+
     def _run(self) -> None:
-        while True:
-            try:
-                rss = self._process.memory_info().rss
-            except psutil.NoSuchProcess:
-                return
-            self.samples.append((time.monotonic() - self._start, rss))
-            if self._stop.wait(self._interval):
-                return
+        while self.tick() and not self._stop.wait(self._interval):
+            pass
+
+
+class RssSampler(Periodic):
+    """Samples a process's RSS every 20 ms in a thread; keeps the peak and the series."""
+
+    def __init__(self, pid: int, interval: float = SAMPLE_INTERVAL_SECONDS) -> None:
+        super().__init__(interval)
+        self._process = psutil.Process(pid)
+        self.samples: list[tuple[float, int]] = []
+
+    def tick(self) -> bool:
+        try:
+            rss = self._process.memory_info().rss
+        except psutil.NoSuchProcess:
+            return False
+        self.samples.append((time.monotonic() - self._start, rss))
+        return True
 
     @property
     def peak(self) -> int:

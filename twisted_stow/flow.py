@@ -37,8 +37,10 @@ class Pausable(Protocol):
 class BytesInFlight:
     """Counts what storage has not finished; pauses the producer above a mark.
 
-    Two measures, either of which pauses: bytes accepted but not yet written,
-    and parts received whole but not yet validated and committed.  Bytes
+    Three measures, any of which pauses: bytes accepted but not yet written,
+    parts received whole but not yet validated and committed, and header
+    captures whose walk is behind the bytes received (``Ingest`` spreads a
+    long walk over reactor turns, and reading on would only queue more).  Bytes
     alone would let a body of many tiny parts queue unbounded per-part work
     (a file, an fsync and a validation each) while never crossing a byte mark.
     """
@@ -63,6 +65,9 @@ class BytesInFlight:
         self._low_parts = low_water_parts
         self.in_flight_bytes = 0
         self.pending_parts = 0
+        # Header captures with bytes still to walk (their walk was cut into
+        # steps): while any is behind, nothing more is read.
+        self.captures_behind = False
         self.paused = False
         self.pause_count = 0
 
@@ -86,12 +91,25 @@ class BytesInFlight:
         self.pending_parts -= 1
         self._update()
 
+    def captures_behind_changed(self, behind: bool) -> None:
+        """Header captures fell behind the bytes received (True) or caught up (False)."""
+        self.captures_behind = behind
+        self._update()
+
     def _update(self) -> None:
         if not self.paused:
-            if self.in_flight_bytes > self._high or self.pending_parts > self._high_parts:
+            if (
+                self.in_flight_bytes > self._high
+                or self.pending_parts > self._high_parts
+                or self.captures_behind
+            ):
                 self.paused = True
                 self.pause_count += 1
                 self._producer.pauseProducing()
-        elif self.in_flight_bytes < self._low and self.pending_parts < self._low_parts:
+        elif (
+            self.in_flight_bytes < self._low
+            and self.pending_parts < self._low_parts
+            and not self.captures_behind
+        ):
             self.paused = False
             self._producer.resumeProducing()

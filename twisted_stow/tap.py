@@ -14,6 +14,7 @@ from .core.config import (
     DEFAULT_AMQP_EXCHANGE,
     DEFAULT_AMQP_ROUTING_KEY,
     DEFAULT_IDLE_TIMEOUT_SECONDS,
+    DEFAULT_MAX_PARTS,
     DEFAULT_STORAGE,
     StowConfig,
     config_from_options,
@@ -127,6 +128,16 @@ class Options(usage.Options):
             (
                 "Largest instance (multipart part) accepted, e.g. 2G; a larger one stops the "
                 "request with 413 (instances already received stay stored). 0 means no limit."
+            ),
+        ],
+        [
+            "max-parts",
+            None,
+            str(DEFAULT_MAX_PARTS),
+            (
+                "Most parts (instances, empty ones included) in one request; the next one "
+                "stops the request with 413 (instances already received stay stored). "
+                "0 means no limit."
             ),
         ],
         [

@@ -34,7 +34,8 @@ class BodyPipeline:
     damage are delivered (a part completed earlier in the same chunk is
     stored), then the pipeline fails once and all later input is refused.
     Damage in the body itself (``MalformedMultipart``) is reported with the
-    outcomes once the body is in; a limit (``BodyTooLarge``,
+    outcomes once the body is in; a limit (``BodyTooLarge``: body, part size
+    or part count,
     ``InvalidChunkSize``) is also raised from ``feed``, for the request to
     answer at once.
     """
@@ -92,12 +93,17 @@ class BodyPipeline:
 
     def _check_part_size(self, event: Event) -> None:
         part_limit = self._limits.max_part_bytes
-        if part_limit is None:
-            return
         if isinstance(event, PartStarted):
             self._part_bytes = 0
             self._parts_started += 1
-        elif isinstance(event, PartData):
+            # Every part counts, empty or skipped ones too: each costs an
+            # outcome and a response item (issue 17 point 3).
+            max_parts = self._limits.max_parts
+            if max_parts is not None and self._parts_started > max_parts:
+                raise BodyTooLarge(
+                    f"the body has more than this server's limit of {max_parts} parts"
+                )
+        elif part_limit is not None and isinstance(event, PartData):
             self._part_bytes += len(event.data)
             if self._part_bytes > part_limit:
                 raise BodyTooLarge(

@@ -560,3 +560,68 @@ async def test_overwrite_after_a_concurrent_move_follows_the_index(
     entry = storage.index / INSTANCE.sop_instance_uid
     assert (storage.index / os.readlink(entry)).resolve() == storage.instance_path(INSTANCE)
     assert staged(storage) == []
+
+
+MOVED = InstanceRef(INSTANCE.sop_class_uid, INSTANCE.sop_instance_uid, "1.2.9", "1.2.9.1")
+
+
+def _fail_once(
+    monkeypatch: pytest.MonkeyPatch, name: str, matches: Callable[..., bool], nth: int = 1
+) -> list[int]:
+    """Make ``os.<name>`` raise ENOSPC on its ``nth`` call for which ``matches(*args)``."""
+    real = getattr(os, name)
+    seen: list[int] = []
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        if matches(*args):
+            seen.append(1)
+            if len(seen) == nth:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(filesystem.os, name, failing)
+    return seen
+
+
+def _index_entries(store: FilesystemStorage) -> list[str]:
+    return sorted(path.name for path in store.index.iterdir())
+
+
+# Each step of an overwrite across studies (FilesystemStorage._move), and how to hit it.
+_OVERWRITE_STEPS: dict[str, tuple[str, Callable[..., bool], int]] = {
+    "new index entry": ("symlink", lambda target, path: str(path).endswith(".tmp"), 1),
+    "entry to restore": ("symlink", lambda target, path: str(path).endswith(".tmp"), 2),
+    "file into place": ("replace", lambda src, dst: str(src).endswith(".part"), 1),
+    "index switch": ("replace", lambda src, dst: str(src).endswith(".tmp"), 1),
+    "old file removed": ("unlink", lambda path: str(path).endswith(".dcm"), 1),
+}
+
+
+@pytest.mark.parametrize("step", list(_OVERWRITE_STEPS))
+@pytest_twisted.ensureDeferred
+async def test_overwrite_failing_at_any_step_leaves_exactly_the_old_instance(
+    storage: FilesystemStorage, flow: BytesInFlight, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """--duplicates overwrite into another study, ENOSPC at each step: the old instance
+    alone, indexed, no temporary left (issue 17 point 7)."""
+    first = await write_part(storage, flow, b"original", 4)
+    await first.commit(INSTANCE, overwrite=False)
+    second = await write_part(storage, flow, b"replacement", 4)
+    name, matches, nth = _OVERWRITE_STEPS[step]
+    seen = _fail_once(monkeypatch, name, matches, nth)
+    with pytest.raises(StorageFull):
+        await second.commit(MOVED, overwrite=True)
+    monkeypatch.undo()
+    assert len(seen) >= nth  # the step was reached
+    assert storage.instance_path(INSTANCE).read_bytes() == b"original"
+    assert not storage.instance_path(MOVED).exists()
+    assert _index_entries(storage) == [INSTANCE.sop_instance_uid]
+    entry = storage.index / INSTANCE.sop_instance_uid
+    assert entry.resolve() == storage.instance_path(INSTANCE).resolve()
+    assert staged(storage) == []
+    # And the overwrite still works once there is room again.
+    third = await write_part(storage, flow, b"replacement", 4)
+    assert await third.commit(MOVED, overwrite=True) is CommitResult.OVERWRITTEN
+    assert storage.instance_path(MOVED).read_bytes() == b"replacement"
+    assert not storage.instance_path(INSTANCE).exists()
+    assert _index_entries(storage) == [INSTANCE.sop_instance_uid]

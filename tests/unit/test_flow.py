@@ -61,3 +61,15 @@ def test_marks_must_be_ordered() -> None:
         make(high_water_bytes=10, low_water_bytes=10)
     with pytest.raises(ValueError):
         make(high_water_parts=1, low_water_parts=2)
+
+
+def test_captures_behind_pause_and_hold_the_resume() -> None:
+    """Header captures behind pause at once; the resume waits for them even with bytes low."""
+    flow, producer = make(high_water_bytes=100, low_water_bytes=10)
+    flow.captures_behind_changed(True)
+    assert producer.calls == ["pause"]
+    flow.add(5)
+    flow.done(5)
+    assert producer.calls == ["pause"]
+    flow.captures_behind_changed(False)
+    assert producer.calls == ["pause", "resume"]

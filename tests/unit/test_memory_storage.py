@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred
 from zope.interface.verify import verifyObject
 
+from tests.attacks import item_bomb
 from tests.dicom_files import CT, read, uids
 from tests.fakes import RecordingProducer
+from twisted_stow.core.dicomheader import MAX_HEADER_ELEMENTS
 from twisted_stow.core.multipart import PartData, PartEnded, PartStarted
-from twisted_stow.core.outcomes import InstanceRef, Stored
+from twisted_stow.core.outcomes import Failed, InstanceRef, Stored
 from twisted_stow.core.policy import CommitResult, IngestPolicy
 from twisted_stow.core.validation import DEFAULT_POLICY
-from twisted_stow.ingest import Ingest
+from twisted_stow.ingest import CAPTURE_STEPS_PER_SLICE, Ingest
 from twisted_stow.interfaces import IPartWriter, IStorage
 from twisted_stow.storage.memory import MemoryPartWriter, MemoryStorage
 
@@ -172,3 +175,51 @@ def test_unparseable_part_content_type_is_0xc000() -> None:
     assert first.reason == second.reason == 0xC000
     assert "is not application/dicom" in first.detail
     assert storage.writers == []
+
+
+class ManualCooperator:
+    """Collects the iterators Ingest hands to its cooperator; the test runs them."""
+
+    def __init__(self) -> None:
+        self.tasks: list[Iterator[None]] = []
+
+    def __call__(self, work: Iterator[None]) -> Any:
+        self.tasks.append(work)
+        return object()
+
+    def run_slices(self) -> int:
+        slices = 0
+        for task in self.tasks:
+            for _ in task:
+                slices += 1
+        self.tasks.clear()
+        return slices
+
+
+def test_a_long_header_walk_continues_in_slices_with_the_request_paused() -> None:
+    """A bomb part: walked past this read's steps in cooperator slices, the producer paused
+    until they are done; the honest CT after it in the same read is judged in order."""
+    cooperator = ManualCooperator()
+    producer = RecordingProducer()
+    ingest = Ingest(MemoryStorage(), IngestPolicy(DEFAULT_POLICY), producer, cooperate=cooperator)
+    bomb_part = [PartStarted(()), PartData(item_bomb()), PartEnded()]
+    ingest.handle([*bomb_part, PartStarted(()), PartData(read(CT)), PartEnded()])
+    closed = ingest.close()
+    assert producer.calls == ["pause"]
+    assert not closed.called  # the bomb's walk is behind: nothing judged yet
+    slices = cooperator.run_slices()
+    assert slices > MAX_HEADER_ELEMENTS // CAPTURE_STEPS_PER_SLICE // 2
+    assert producer.calls == ["pause", "resume"]
+    bomb, ct = result(closed).outcomes
+    assert isinstance(bomb, Failed) and bomb.reason == 0xC000
+    assert f"more than {MAX_HEADER_ELEMENTS} elements" in bomb.detail
+    assert isinstance(ct, Stored)
+
+
+def test_empty_and_skipped_parts_pass_through_the_part_count() -> None:
+    """Empty and non-DICOM parts leave the flow's part count where it was, with their outcome."""
+    ingest = Ingest(MemoryStorage(), IngestPolicy(DEFAULT_POLICY), RecordingProducer())
+    ingest.handle([PartStarted(()), PartEnded()] * 100)
+    ingest.handle([PartStarted((("content-type", "text/plain"),)), PartData(b"x"), PartEnded()])
+    outcomes = result(ingest.close()).outcomes
+    assert len(outcomes) == 101 and ingest.flow.pending_parts == 0

@@ -21,6 +21,7 @@ from twisted_stow.core.errors import (
 from twisted_stow.core.multipart import (
     MAX_BOUNDARY_BYTES,
     MAX_HEADER_BLOCK_BYTES,
+    MAX_HEADER_LINES,
     MAX_TRANSPORT_PADDING_BYTES,
     BodyEnded,
     Event,
@@ -28,6 +29,8 @@ from twisted_stow.core.multipart import (
     PartData,
     PartEnded,
     PartStarted,
+    _parse_header_block,
+    _parse_header_lines,
 )
 
 BOUNDARY = "b0undary"
@@ -273,6 +276,51 @@ def test_obs_fold_lines_are_joined() -> None:
     assert parse(body, "b")[0] == PartStarted(
         (("content-type", "application/dicom; transfer-syntax=1.2"),)
     )
+
+
+def test_header_lines_are_capped() -> None:
+    """A header block of MAX_HEADER_LINES lines is read; one line more is HeaderBlockTooLarge."""
+
+    def body(lines: int) -> bytes:
+        return b"--b\r\n" + b"a:b\r\n" * lines + b"\r\np\r\n--b--"
+
+    assert len(parse(body(MAX_HEADER_LINES), "b")[0].headers) == MAX_HEADER_LINES  # type: ignore[union-attr]
+    with pytest.raises(HeaderBlockTooLarge, match=f"more than {MAX_HEADER_LINES} lines"):
+        parse(body(MAX_HEADER_LINES + 1), "b")
+
+
+def test_a_chain_of_folds_is_joined_once() -> None:
+    """Folds are joined at the end (linear), empty continuations add nothing."""
+    block = b"X: a\r\n" + b" b\r\n" * 50 + b" \r\nY: c"
+    assert _parse_header_block(block) == (("x", "a" + " b" * 50), ("y", "c"))
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([b"Content-Type", b"X-a", b"a", b" ", b"\t", b"bad name", b""]),
+            st.sampled_from([b":", b" :", b""]),
+            st.binary(max_size=6),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_fast_path_agrees_with_the_line_by_line_path(
+    lines: list[tuple[bytes, bytes, bytes]],
+) -> None:
+    """The one-pass parse gives what the line-by-line parse gives, or the same error type."""
+    block = b"\r\n".join(name + colon + value for name, colon, value in lines)
+    assume(block)  # an empty block is no lines, not one empty line
+    try:
+        fast: object = _parse_header_block(block)
+    except MalformedMultipart as error:
+        fast = type(error)
+    try:
+        slow: object = _parse_header_lines(block.split(b"\r\n"))
+    except MalformedMultipart as error:
+        slow = type(error)
+    assert fast == slow
 
 
 @pytest.mark.parametrize(

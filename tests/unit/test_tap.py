@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from twisted.python import usage
 
-from twisted_stow.core.config import StowConfig
+from twisted_stow.core.config import DEFAULT_MAX_PARTS, StowConfig
 from twisted_stow.core.policy import Duplicates, StudyMismatch
 from twisted_stow.tap import Options
 
@@ -197,3 +197,13 @@ def test_invalid_values_are_usage_errors(argv: list[str]) -> None:
     option = argv[0].split("=", 1)[0]
     with pytest.raises(usage.UsageError, match=option):
         parse(*argv)
+
+
+def test_max_parts_defaults_to_ten_thousand_and_zero_is_no_limit() -> None:
+    """--max-parts: 10,000 by default, 0 for no limit; anything but a whole number is refused."""
+    assert parse().max_parts == DEFAULT_MAX_PARTS == 10_000
+    assert parse("--max-parts=5").max_parts == 5
+    assert parse("--max-parts=0").max_parts is None
+    for bad in ("-1", "lots"):
+        with pytest.raises(usage.UsageError, match="--max-parts"):
+            parse(f"--max-parts={bad}")

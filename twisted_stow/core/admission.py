@@ -91,6 +91,7 @@ class BodyLimits:
 
     max_body_bytes: int | None = None
     max_part_bytes: int | None = None
+    max_parts: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +137,7 @@ def admit(
     # Accept is a list: several field lines are one list (RFC 9110 §5.3).
     accept = headers.get(b"accept")
     response_type = negotiate(b", ".join(accept).decode("latin-1") if accept else None)
-    limits = BodyLimits(config.max_body_bytes, config.max_part_bytes)
+    limits = BodyLimits(config.max_body_bytes, config.max_part_bytes, config.max_parts)
     _check_length(length, b"content-length" in headers, reader, limits)
     policy = IngestPolicy(
         validation=validation,

@@ -39,7 +39,9 @@ item delimiter (FFFE,E00D) at the top level ends the data set.
 from __future__ import annotations
 
 import struct
+import sys
 import zlib
+from collections import deque
 from collections.abc import Generator
 from dataclasses import dataclass
 
@@ -73,6 +75,13 @@ MAX_CAPTURED_VALUE_BYTES = 1024
 # small input slice keeps the copy zlib makes of its unconsumed tail small.
 _INFLATE_INPUT_BYTES = 16 * 1024
 _INFLATE_OUTPUT_BYTES = 64 * 1024
+# What the capture copies and holds at most (``buffered_bytes``): an
+# undecided read (the 132-byte preamble, or a kept value), one inflated
+# slice, and the inflater's unconsumed input.  Bytes fed and not walked yet
+# are views of the caller's chunks, not copies, and do not count.
+MAX_BUFFERED_BYTES = MAX_CAPTURED_VALUE_BYTES + _INFLATE_OUTPUT_BYTES + _INFLATE_INPUT_BYTES
+# ``feed``/``run`` without ``max_steps``: walk everything fed.
+_UNLIMITED_STEPS = sys.maxsize
 
 # PS3.10 §7.1: a 128-byte preamble, then the prefix "DICM".
 _PREAMBLE_BYTES = 128
@@ -166,8 +175,9 @@ class _Refused(Exception):
 class HeaderCapture:
     """Walks one part's header as its bytes arrive; see the module docstring.
 
-    ``feed`` each piece of the part in order (it keeps no reference to
-    them), then ``result()`` at the end of the part, or as soon as ``done``.
+    ``feed`` each piece of the part in order, then ``result()`` at the end
+    of the part, or as soon as ``done``.  Fed with a ``max_steps`` budget it
+    walks only that much and keeps the rest (``pending``) for ``run``.
     """
 
     def __init__(self) -> None:
@@ -185,6 +195,12 @@ class HeaderCapture:
         self._deflated = False
         self._inflater: zlib._Decompress | None = None
         self._in_data_set = False
+        # Input not walked yet: raw pieces fed (views, not copies) and the
+        # rest of one inflated slice.  Empty unless a step budget ran out.
+        self._queue: deque[memoryview] = deque()
+        self._inflated: memoryview | None = None
+        self._steps_left = 0
+        self._switched = False
         # Where a part that ends early ends: inside a sequence or encapsulated
         # value (unreadable, as pydicom finds it), or in the value being
         # captured (kept cut, so never a valid UID); anywhere else at the top
@@ -199,68 +215,121 @@ class HeaderCapture:
         """Whether the result is known (found, or refused); ``feed`` is free after."""
         return self._verdict is not None
 
-    def feed(self, data: bytes | memoryview) -> None:
-        """Walk the next bytes of the part."""
+    @property
+    def pending(self) -> bool:
+        """Whether bytes fed are still waiting to be walked (a step budget ran out)."""
+        return self._verdict is None and bool(self._queue or self._inflated)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes copied and held (at most ``MAX_BUFFERED_BYTES``)."""
+        tail = len(self._inflater.unconsumed_tail) if self._inflater is not None else 0
+        return len(self._pending) + (len(self._inflated) if self._inflated else 0) + tail
+
+    def feed(self, data: bytes | memoryview, *, max_steps: int | None = None) -> int:
+        """Walk the next bytes of the part; return the steps taken.
+
+        Without ``max_steps`` everything fed is walked now and no reference
+        to ``data`` is kept.  With it, at most ``max_steps`` steps are taken
+        (a step: one element header, value or item read or skipped, or one
+        slice inflated, each O(1) up to ``_INFLATE_OUTPUT_BYTES``); what is
+        left is kept, as a view of ``data``, until ``run`` walks it
+        (``pending``).  So a caller can spread one part's walk over many
+        turns of its event loop.
+        """
         if self._verdict is not None or not data:
-            return
+            return 0
         self._received += len(data)
+        self._queue.append(memoryview(data))
+        return self.run(max_steps)
+
+    def run(self, max_steps: int | None = None) -> int:
+        """Walk what is ``pending``, at most ``max_steps`` steps; return the steps taken."""
+        if self._verdict is not None:
+            return 0
+        budget = _UNLIMITED_STEPS if max_steps is None else max_steps
+        self._steps_left = budget
         try:
-            self._feed_raw(memoryview(data))
+            self._run()
         except _Refused as refusal:
             self._verdict = _cannot_understand(str(refusal.args[0]))
         except zlib.error as exc:
             self._verdict = _cannot_understand(f"deflated data set is corrupt: {exc}")
+        if self._verdict is not None:
+            self._queue.clear()
+            self._inflated = None
+        return budget - self._steps_left
 
     def result(self) -> DicomHeader | Failed:
         """The captured header, or why the part cannot be understood.
 
-        Called before ``done``, it takes the part to have ended there.
+        Called before ``done``, it takes the part to have ended there; what
+        is still ``pending`` is walked first, whatever it costs.
         """
+        if self._verdict is None:
+            self.run()
         if self._verdict is None:
             self._verdict = self._at_end()
         return self._verdict
 
     # --- the bytes ----------------------------------------------------------
 
-    def _feed_raw(self, view: memoryview) -> None:
-        rest: memoryview | None = view
-        while rest is not None and self._verdict is None:
-            if self._inflater is not None:
-                self._inflate(rest)
+    def _run(self) -> None:
+        queue = self._queue
+        while self._verdict is None and self._steps_left > 0:
+            if self._inflated is not None:
+                rest = self._consume(self._inflated)
+                self._inflated = rest if len(rest) else None
+                continue
+            if not queue:
                 return
-            rest = self._consume(rest)
-            if rest is not None:
+            view = queue.popleft()
+            inflater = self._inflater
+            if inflater is not None:
+                if inflater.eof:
+                    # The deflate stream ended: whatever follows is not data set.
+                    queue.clear()
+                    return
+                data = view[:_INFLATE_INPUT_BYTES]
+                inflated = inflater.decompress(data, _INFLATE_OUTPUT_BYTES)
+                self._steps_left -= 1
+                consumed = len(data) - len(inflater.unconsumed_tail)
+                if consumed < len(view):
+                    queue.appendleft(view[consumed:])
+                if inflated:
+                    self._inflated = memoryview(inflated)
+                continue
+            rest = self._consume(view)
+            if len(rest):
+                queue.appendleft(rest)
+            if self._switched:
                 # The File Meta ended: the bytes read too far (an element
                 # header) belong to the data set, deflated or not.
-                pushback, self._pushback = self._pushback, b""
+                self._switched = False
+                queue.appendleft(memoryview(self._pushback))
+                self._pushback = b""
                 if self._deflated:
                     self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-                self._feed_raw(memoryview(pushback))
 
-    def _inflate(self, view: memoryview) -> None:
-        inflater = self._inflater
-        assert inflater is not None
-        for start in range(0, len(view), _INFLATE_INPUT_BYTES):
-            data: bytes | memoryview = view[start : start + _INFLATE_INPUT_BYTES]
-            while data and self._verdict is None:
-                inflated = inflater.decompress(data, _INFLATE_OUTPUT_BYTES)
-                if inflated:
-                    self._consume(memoryview(inflated))
-                data = inflater.unconsumed_tail
-            if self._verdict is not None or inflater.eof:
-                return
+    def _consume(self, view: memoryview) -> memoryview:
+        """Answer the walk's requests from ``view`` while steps are left; return the rest.
 
-    def _consume(self, view: memoryview) -> memoryview | None:
-        """Answer the walk's requests from ``view``; the rest of it at the switch."""
+        At the switch from the File Meta to the data set it stops and sets
+        ``_switched``: the rest then belongs to the data set.
+        """
         kind, wanted = self._request
         while self._verdict is None:
+            # The switch needs no bytes and costs no step: taken even when
+            # the budget is spent, or nothing would walk the bytes it pushes back.
+            if kind != _SWITCH and self._steps_left <= 0:
+                return view
             if kind == _READ:
                 if self._pending or len(view) < wanted:
                     need = wanted - len(self._pending)
                     self._pending += view[:need]
                     view = view[need:]
                     if len(self._pending) < wanted:
-                        return None
+                        return view
                     chunk = bytes(self._pending)
                     self._pending.clear()
                 else:
@@ -270,6 +339,7 @@ class HeaderCapture:
                 answer: bytes | None = chunk
             elif kind == _SWITCH:
                 self._request = self._send(None)
+                self._switched = True
                 return view
             else:
                 step = min(wanted, len(view))
@@ -277,10 +347,11 @@ class HeaderCapture:
                 self._advance(step, counted=kind == _SKIP or self._inflater is not None)
                 if step < wanted:
                     self._request = (kind, wanted - step)
-                    return None
+                    return view
                 answer = None
+            self._steps_left -= 1
             kind, wanted = self._request = self._send(answer)
-        return None
+        return view
 
     def _advance(self, nbytes: int, *, counted: bool) -> None:
         self._offset += nbytes

@@ -64,6 +64,14 @@ _COMPARE_BLOCK_BYTES = 1024 * 1024
 _DURABLE_DIRS_MAX = 100_000
 
 
+def _unlink_quietly(path: Path) -> None:
+    """Remove ``path`` while undoing a failed step: a second error must not hide the first."""
+    try:
+        os.unlink(path)
+    except OSError:
+        log.warn("could not remove {path} while undoing a failed commit", path=path)
+
+
 def _same_contents(a: Path, b: Path) -> bool:
     if a.stat().st_size != b.stat().st_size:
         return False
@@ -313,9 +321,7 @@ class FilesystemStorage:
                     # set, so no comparison is needed.
                     if not overwrite:
                         return CommitResult.CONFLICTING_DUPLICATE, None
-                    os.replace(staged, final)
-                    self._point(entry, final)
-                    os.unlink(previous)
+                    self._move(staged, final, entry, previous)
                     return CommitResult.OVERWRITTEN, previous
                 # Index first: a crash between the two steps leaves a dangling
                 # entry, which reads as absent, never an instance that escapes
@@ -346,6 +352,61 @@ class FilesystemStorage:
                     os.replace(staged, final)
                     return CommitResult.OVERWRITTEN, None
 
+    def _move(self, staged: Path, final: Path, entry: Path, previous: Path) -> None:
+        """Overwrite ``previous`` (another study or series) with ``staged`` at ``final``.
+
+        All or nothing (issue 17 point 7): every step that can fail for lack
+        of space comes before the one step that switches instances, the
+        atomic rename of the index entry, and each failure undoes what came
+        before it.  So a failure leaves exactly the old instance, indexed,
+        or (past the switch) exactly the new one.  In order:
+
+        1. the new index entry, and the old one to restore, as temporary
+           symlinks (ENOSPC: nothing changed; undoing then needs no space);
+        2. the staged file moved to ``final`` (a stray file there, outside
+           the index, is replaced; failure: the temporaries are removed);
+        3. the switch: the new entry renamed over the old (failure: the new
+           file is removed, the old instance stays indexed);
+        4. the old file unlinked (failure: the old entry is renamed back and
+           the new file removed, so the old one stays the only one).
+
+        The caller then fsyncs the index, the new and the old directory.
+        """
+        switch = self._new_entry(entry, final)
+        try:
+            restore = self._new_entry(entry, previous)
+        except BaseException:
+            _unlink_quietly(switch)
+            raise
+        try:
+            os.replace(staged, final)
+        except BaseException:
+            _unlink_quietly(switch)
+            _unlink_quietly(restore)
+            raise
+        try:
+            os.replace(switch, entry)
+        except BaseException:
+            _unlink_quietly(switch)
+            _unlink_quietly(restore)
+            _unlink_quietly(final)
+            raise
+        try:
+            os.unlink(previous)
+        except BaseException:
+            try:
+                os.replace(restore, entry)
+                os.unlink(final)
+            except OSError as undo:
+                log.error(
+                    "overwrite of {previous} by {final} failed and could not be undone: {error}",
+                    previous=previous,
+                    final=final,
+                    error=undo,
+                )
+            raise
+        _unlink_quietly(restore)
+
     def _indexed(self, entry: Path) -> Path | None:
         """The stored file an index entry names, or None (no entry, dangling)."""
         try:
@@ -357,12 +418,21 @@ class FilesystemStorage:
 
     def _point(self, entry: Path, final: Path) -> None:
         """Make the index entry name ``final`` (atomically replacing any)."""
-        target = os.path.relpath(final, self.index)
         try:
-            if os.readlink(entry) == target:
+            if os.readlink(entry) == os.path.relpath(final, self.index):
                 return
         except FileNotFoundError:
             pass
+        temporary = self._new_entry(entry, final)
+        try:
+            os.replace(temporary, entry)
+        except BaseException:
+            _unlink_quietly(temporary)
+            raise
+
+    def _new_entry(self, entry: Path, final: Path) -> Path:
+        """A temporary symlink beside ``entry`` naming ``final``, to rename over it."""
+        target = os.path.relpath(final, self.index)
         temporary = entry.with_name(f"{entry.name}.{uuid.uuid4().hex}.tmp")
         try:
             os.symlink(target, temporary)
@@ -373,7 +443,7 @@ class FilesystemStorage:
             self.index.mkdir(exist_ok=True)
             fsync_directory(self.root)
             os.symlink(target, temporary)
-        os.replace(temporary, entry)
+        return temporary
 
     def _make_dirs(self, series_dir: Path) -> None:
         """Create the study and series directories; make their entries durable.

@@ -21,6 +21,7 @@ setup(
         "twisted_stow.storage",
         "twisted_stow.auth",
         "twisted_stow.workflow",
+        "twisted_stow.ops",
         "twisted_stow.client",
         "twisted.plugins",
     ],
@@ -42,6 +43,12 @@ setup(
         # stow-upload (twisted_stow/client): the HTTP client, and its progress bar.
         "treq>=24.9",
         "tqdm>=4.66",
+        # GET /metrics (--metrics-listen): the Prometheus text format, its
+        # Twisted resource, and the multiprocess mode workers will need
+        # (docs/OPERATIONS.md); the de-facto client, no other dependency.
+        "prometheus-client>=0.17",
+        # --config FILE: tomllib is in the standard library from 3.11 on.
+        "tomli>=1.1; python_version < '3.11'",
     ],
     entry_points={
         "console_scripts": [

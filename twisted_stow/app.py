@@ -59,6 +59,8 @@ from .deferreds import RunInThread, detached
 from .ingest import IngestResult
 from .interfaces import IStorage
 from .limits import UploadSlots
+from .ops.drain import Drain
+from .ops.health import ALIVE_BODY, FreeSpace, Readiness, readiness_answer
 from .twisted_private import request_version
 from .upload import Upload
 from .workflow.trigger import Submission, WorkflowTrigger, new_correlation_id
@@ -152,6 +154,11 @@ class StowService:
         self.reactor = reactor
         self._run_in_thread = run_in_thread
         self.slots = UploadSlots(config.max_requests, config.max_requests_per_peer)
+        # Operations (twisted_stow/ops): the uploads in flight and the drain,
+        # the free-space floor, the /readyz checks (set by site.make_site).
+        self.drain = Drain(reactor, config.drain_timeout_seconds)
+        self.space = FreeSpace(config.storage, config.min_free_bytes)
+        self.readiness: Readiness | None = None
         self._validation = ValidationPolicy(
             allowed_sop_classes=config.sop_classes or default_sop_classes(),
             allowed_transfer_syntaxes=config.transfer_syntaxes or default_transfer_syntaxes(),
@@ -180,6 +187,7 @@ class StowService:
         when the check answers, unless the request cancelled the Deferred
         meanwhile.
         """
+        self.drain.refuse_if_draining()
         headers = raw_headers(request)
         check_request_headers(headers, length, request_version(request.channel), self.config)
         stow_target = self._match(method, target, length)
@@ -204,8 +212,9 @@ class StowService:
             self.config,
             self._validation,
         )
+        self.space.check()
         # Last: a request refused for any other reason never holds a slot.
-        release = self.slots.acquire(_peer_host(request))
+        release = self.drain.track(request, self.slots.acquire(_peer_host(request)))
         return Upload(
             admission,
             release=release,
@@ -371,6 +380,25 @@ class StowService:
         for name, value in headers:
             request.setHeader(name, value)
         return b""
+
+    # Operations: liveness and readiness, no authentication (docs/OPERATIONS.md).
+
+    @_app.route("/healthz", methods=["GET", "HEAD"])
+    def healthz(self, request: Any) -> bytes:
+        """200 while the process serves."""
+        request.setHeader("Content-Type", "application/json")
+        request.setHeader("Cache-Control", "no-store")
+        return _sized(request, ALIVE_BODY)
+
+    @_app.route("/readyz", methods=["GET", "HEAD"])
+    async def readyz(self, request: Any) -> bytes:
+        """200 when the server can store now, else 503 naming the failed checks."""
+        results = await self.readiness.checks() if self.readiness is not None else {}
+        status, body = readiness_answer(results)
+        request.setResponseCode(status)
+        request.setHeader("Content-Type", "application/json")
+        request.setHeader("Cache-Control", "no-store")
+        return _sized(request, body)
 
     # Errors.
 

@@ -31,6 +31,7 @@ from .core.errors import (
     StowError,
 )
 from .core.response import PROBLEM_JSON, problem_json
+from .ops import observe
 from .twisted_private import (
     HookedHTTPChannel,
     header_limits_exceeded,
@@ -154,6 +155,7 @@ class StowChannel(HookedHTTPChannel):
         if self._draining or transport is None:
             return
         self._draining = True
+        observe.raw_answer(transport, error)
         self.persistent = False
         self._cancel_header_deadline()
         # The linger bounds the close; an idle timer must not cut it short.

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from .ops.metrics import STORAGE_PAUSES
+
 # Measured (docs/STREAMING.md, "Backpressure"): pausing above 8 MiB queued and resuming
 # below 2 MiB kept peak RSS flat (~80 MB) while a slow sink throttled a 1 GiB
 # upload to 20 MB/s, with 125 pauses over 54 s.
@@ -105,6 +107,7 @@ class BytesInFlight:
             ):
                 self.paused = True
                 self.pause_count += 1
+                STORAGE_PAUSES.inc()
                 self._producer.pauseProducing()
         elif (
             self.in_flight_bytes < self._low

@@ -28,6 +28,7 @@ reactor iteration in all), with the request paused meanwhile.  A real header
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ from .core.policy import CommitResult, Duplicates, IngestPolicy, StorageFull, St
 from .core.validation import validate_header
 from .flow import BytesInFlight, Pausable
 from .interfaces import IPartWriter, IStorage
+from .ops import observe
+from .ops.metrics import COMMIT_SECONDS, STORAGE_ERRORS
 
 log = Logger()
 
@@ -221,6 +224,7 @@ class Ingest:
 
     def _part_finished(self, outcome: Outcome) -> Outcome:
         self._flow.part_finished()
+        observe.outcome_known(outcome)
         return outcome
 
     async def _finish_part(self, writer: IPartWriter, capture: HeaderCapture) -> Outcome:
@@ -241,6 +245,7 @@ class Ingest:
             return Failed(FailureReason.OUT_OF_RESOURCES, f"storage full: {e}")
         except OSError as e:
             await writer.abort()
+            STORAGE_ERRORS.inc()
             log.error("storage error while staging a part: {error}", error=e)
             return Failed(FailureReason.PROCESSING_FAILURE, f"storage error: {e.strerror}")
         await self._caught_up(capture)
@@ -265,11 +270,14 @@ class Ingest:
             warning = WarningReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
 
         overwrite = self._policy.duplicates is Duplicates.OVERWRITE
+        committing = time.monotonic()
         try:
             result = await writer.commit(instance, overwrite=overwrite)
+            COMMIT_SECONDS.observe(time.monotonic() - committing)
         except StorageFull as e:
             return _failed(FailureReason.OUT_OF_RESOURCES, f"storage full: {e}", instance)
         except OSError as e:
+            STORAGE_ERRORS.inc()
             log.error("storage error while committing: {error}", error=e)
             return _failed(
                 FailureReason.PROCESSING_FAILURE, f"storage error: {e.strerror}", instance

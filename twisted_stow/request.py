@@ -38,6 +38,8 @@ from .core.errors import (
 from .core.outcomes import Stored
 from .deferreds import detached
 from .ingest import IngestResult
+from .ops import observe
+from .ops.metrics import RECEIVED_BYTES
 from .twisted_private import (
     announced_chunk_bytes,
     awaiting_response,
@@ -93,12 +95,15 @@ class StreamingRequest(Request):
     _received_early: tuple[bytes, bytes, bytes] | None = None
     _continue_wanted = False
     _timeout_while_deciding: float | None = None
+    # Body bytes received (metrics and the request.done log line).
+    body_bytes = 0
 
     def __init__(self, channel: StowChannel, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)
         # The service this request belongs to, kept as Request.process keeps
         # self.site.
         self.stow: StowService = channel.stow
+        self.stow_started: float = self.stow.reactor.seconds()
 
     @property
     def stow_channel(self) -> StowChannel:
@@ -154,6 +159,8 @@ class StreamingRequest(Request):
             return
         if self._rate is not None:
             self._rate.received(len(data))
+        self.body_bytes += len(data)
+        RECEIVED_BYTES.inc(len(data))
         try:
             upload.body.feed(data, announced_after)
         except (BodyTooLarge, InvalidChunkSize) as error:
@@ -188,6 +195,7 @@ class StreamingRequest(Request):
         # from inside finish(), and it must see this upload's slot free.
         if self.upload is not None:
             self.upload.release()
+        observe.request_finished(self)
         super().finish()
 
     def connectionLost(self, reason: Any) -> None:
@@ -201,6 +209,8 @@ class StreamingRequest(Request):
         if self.upload is not None:
             self.upload.abort()
             self.upload.release()
+            if not (self.finished or self._refused or self._refusing):
+                observe.disconnected(self)
         super().connectionLost(reason)
 
     # The decision that waits for a password check in a thread.
@@ -435,6 +445,8 @@ class StreamingRequest(Request):
             target=target,
             status=error.status,
             detail=error.detail,
+            stow_event="request.refused",
+            peer=str(getattr(self.getClientAddress(), "host", "")),
         )
         if self.upload is not None:
             # A refused upload must not keep its slot through the linger.

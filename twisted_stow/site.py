@@ -18,6 +18,8 @@ from .channel import StowChannel
 from .core.config import StowConfig
 from .deferreds import reactor_threads
 from .interfaces import IStorage
+from .ops import metrics
+from .ops.health import Readiness
 from .request import StreamingRequest
 from .storage.filesystem import FilesystemStorage
 from .workflow.amqp import AmqpPublisher
@@ -69,6 +71,14 @@ def make_site(
     (``make_services``).
     """
     service = StowService(config, storage, reactor, reactor_threads(reactor), workflows)
+    service.readiness = Readiness(
+        reactor_threads(reactor),
+        # The directory probe is the filesystem's check; other backends bring their own.
+        storage_dir=config.storage if isinstance(storage, FilesystemStorage) else None,
+        space=service.space,
+        draining=lambda: service.drain.draining,
+    )
+    metrics.watch_uploads(service.drain.uploads)
     return StowSite(service, timeout=config.idle_timeout_seconds)
 
 
@@ -91,6 +101,7 @@ def make_services(
         storage_root=config.storage,
         default_workflows=config.default_workflows,
     )
+    metrics.watch_spool(lambda: len(workflows.spool.pending()))
     top = MultiService()
     StorageService(storage).setServiceParent(top)
     SpoolService(workflows.spool).setServiceParent(top)

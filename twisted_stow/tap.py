@@ -2,28 +2,33 @@
 
 from __future__ import annotations
 
+import getopt
+import sys
+from pathlib import Path
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.defer import DeferredList
 from twisted.python import usage
 
 from .auth.guard import Guard
 from .core.config import (
     DEFAULT_AMQP_EXCHANGE,
     DEFAULT_AMQP_ROUTING_KEY,
+    DEFAULT_DRAIN_TIMEOUT_SECONDS,
     DEFAULT_IDLE_TIMEOUT_SECONDS,
     DEFAULT_MAX_PARTS,
     DEFAULT_STORAGE,
     StowConfig,
     config_from_options,
 )
+from .core.configfile import merge, read_config_file
 from .core.deadlines import (
     DEFAULT_BODY_RATE_WINDOW_SECONDS,
     DEFAULT_HEADER_TIMEOUT_SECONDS,
     DEFAULT_MIN_BODY_RATE_BYTES,
 )
+from .ops import startup
 from .site import make_services
 from .workflow.amqp import check_amqp_url
 
@@ -180,6 +185,34 @@ class Options(usage.Options):
         ["jwt-audience", None, None, "Required JWT 'aud' (needed with --jwt-key/--jwks)."],
         ["jwt-issuer", None, None, "Required JWT 'iss' (needed with --jwt-key/--jwks)."],
     ]
+    # Operations (docs/OPERATIONS.md).
+    optParameters += [
+        [
+            "config",
+            None,
+            None,
+            "TOML file of options under their long names; the command line overrides it.",
+        ],
+        [
+            "metrics-listen",
+            None,
+            None,
+            "Endpoint serving GET /metrics (Prometheus), e.g. tcp:9108:interface=127.0.0.1.",
+        ],
+        [
+            "drain-timeout",
+            None,
+            f"{DEFAULT_DRAIN_TIMEOUT_SECONDS:g}",
+            "Seconds SIGTERM lets uploads in flight finish before aborting them, then exits 0.",
+        ],
+        ["log-format", None, "text", "Log lines as 'text' or 'json' (one object per line)."],
+        [
+            "min-free-space",
+            None,
+            "0",
+            "Free space the storage must keep, e.g. 10G: below it uploads get 507. 0: off.",
+        ],
+    ]
     optFlags = [
         [
             "trust-forwarded-headers",
@@ -210,7 +243,8 @@ class Options(usage.Options):
         self["default-workflow"] = []
 
     def opt_listen(self, description: str) -> None:
-        """Endpoint to listen on (Twisted endpoint string, repeatable). Default: tcp:8080."""
+        """Endpoint to listen on (Twisted endpoint string, repeatable).
+        Default: tcp:8080:interface=127.0.0.1 (loopback only)."""
         self["listen"].append(description)
 
     def opt_cors_origin(self, origin: str) -> None:
@@ -239,15 +273,68 @@ class Options(usage.Options):
         Default: none."""
         self["default-workflow"].append(name)
 
+    def opt_version(self) -> None:
+        """Print this package's version and Twisted's, and exit."""
+        print(startup.versions())
+        sys.exit(0)
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """Parse; under twistd a bad option is one line and exit status 2, not the help."""
+        arguments = sys.argv[1:] if options is None else list(options)
+        self.given = self._given(arguments)
+        try:
+            super().parseOptions(arguments)
+        except usage.UsageError as e:
+            if self.parent is None:  # called directly (tests, tools): the error itself
+                raise
+            startup.fail(str(e))
+
+    def _given(self, arguments: list[str]) -> set[str]:
+        """The long names of the options on the command line (they override --config)."""
+        try:
+            found, _ = getopt.getopt(arguments, self.shortOpt, self.longOpt)
+        except getopt.error:
+            return set()  # parseOptions reports it
+        names = set()
+        for flag, _value in found:
+            name = flag.lstrip("-")
+            names.add(self.synonyms.get(name, self.synonyms.get(name.replace("-", "_"), name)))
+        return {name.replace("_", "-") for name in names}
+
     def postOptions(self) -> None:
         """Check each value and build ``self.config``; a bad value is a ``UsageError``."""
+        values: Any = self
         try:
-            self.config = config_from_options(self)
+            if self["config"]:
+                from_file = read_config_file(
+                    Path(self["config"]),
+                    parameters={str(option[0]) for option in self.optParameters},  # type: ignore[index]
+                    flags={str(option[0]) for option in self.optFlags},
+                    repeatable=REPEATABLE,
+                )
+                values = merge(from_file, dict(self), self.given)
+            self.config = config_from_options(values)
             if self.config.amqp_url is not None:
                 check_amqp_url(self.config.amqp_url)
         except ValueError as e:
             raise usage.UsageError(str(e)) from e
         _check_auth(self.config)
+        if self.config.log_format == "json" and self.parent is not None:
+            # twistd's one observer (its own lines included), resolved after
+            # this (TWISTED: --logger).
+            self.parent["logger"] = "twisted_stow.ops.logs.json_observer"
+
+
+# The options given once per value (their opt_* methods append).
+REPEATABLE = {
+    "listen",
+    "cors-origin",
+    "sop-class",
+    "transfer-syntax",
+    "jwt-algorithm",
+    "workflow",
+    "default-workflow",
+}
 
 
 def _check_auth(config: StowConfig) -> None:
@@ -272,8 +359,27 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
 
         reactor = default_reactor
     config: StowConfig = options.config
+    startup.check_storage(config.storage)
     top, site = make_services(config, reactor)
+    listeners = []
     for description in config.listen:
-        endpoint = serverFromString(reactor, description)
-        StreamServerEndpointService(endpoint, site).setServiceParent(top)
+        listener = startup.Listener(
+            startup.endpoint(reactor, description, "--listen"), site, "--listen", description
+        )
+        listener.setServiceParent(top)
+        listeners.append(listener)
+        startup.warn_if_exposed(description, authenticated=site.stow.guard is not None)
+    if config.metrics_listen is not None:
+        startup.Listener(
+            startup.endpoint(reactor, config.metrics_listen, "--metrics-listen"),
+            startup.metrics_site(),
+            "--metrics-listen",
+            config.metrics_listen,
+        ).setServiceParent(top)
+
+    def stop_listening() -> object:
+        return DeferredList([listener.stopService() for listener in listeners])
+
+    # After twistd's own handlers are installed (TWISTED: operations facts).
+    reactor.callWhenRunning(site.stow.drain.install, stop_listening)
     return top

@@ -26,10 +26,10 @@ def parse(*argv: str) -> StowConfig:
 
 
 def test_defaults_are_the_config_defaults() -> None:
-    """No arguments give exactly StowConfig's defaults (tcp:8080, ./stow-data, no limits)."""
+    """No arguments give exactly StowConfig's defaults (loopback :8080, ./stow-data, no limits)."""
     config = parse()
     assert config == StowConfig()
-    assert config.listen == ("tcp:8080",)
+    assert config.listen == ("tcp:8080:interface=127.0.0.1",)
     assert config.storage == Path("stow-data")
     assert config.idle_timeout_seconds == 60.0
 

@@ -27,7 +27,12 @@ from .identifiers import workflow_id_problem
 from .policy import Duplicates, StudyMismatch
 from .uids import is_valid_uid
 
-DEFAULT_LISTEN = "tcp:8080"
+# Loopback only (issue 16 point 7, like Orthanc's RemoteAccessAllowed: false):
+# serving other addresses takes an explicit --listen.
+DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
+# SIGTERM: how long uploads in flight may take to finish before they are aborted.
+DEFAULT_DRAIN_TIMEOUT_SECONDS = 60.0
+LOG_FORMATS = ("text", "json")
 DEFAULT_STORAGE = "stow-data"
 # twisted.web's own default is 12 hours; a client that sends nothing for a
 # minute is gone or hostile (time paused for storage does not count).
@@ -108,6 +113,12 @@ class StowConfig:
     # --accept-leading-zero-uids: UID components such as "02" (PS3.5 §9.1
     # forbids them) accepted in the URL and in the instances alike.
     accept_leading_zero_uids: bool = False
+    # Operations (twisted_stow/ops, docs/OPERATIONS.md).
+    metrics_listen: str | None = None  # --metrics-listen: GET /metrics there
+    drain_timeout_seconds: float = DEFAULT_DRAIN_TIMEOUT_SECONDS
+    log_format: str = "text"
+    # --min-free-space: below it uploads get 507 from the headers; None: off.
+    min_free_bytes: int | None = None
 
     @property
     def workflow_spool_dir(self) -> Path:
@@ -133,6 +144,15 @@ def config_from_options(values: Mapping[str, Any]) -> StowConfig:
         raise ValueError("--body-rate-window: must be a number of seconds above 0")
     _check_workflows(values["workflow"], values["default-workflow"])
     mismatch = values["study-mismatch"]
+    for description in values["listen"]:
+        check_endpoint(description, "--listen")
+    if values["metrics-listen"]:
+        check_endpoint(values["metrics-listen"], "--metrics-listen")
+    drain_timeout = _seconds_or_none(values["drain-timeout"], "--drain-timeout") or 0.0
+    if values["log-format"] not in LOG_FORMATS:
+        raise ValueError(
+            f"--log-format: {values['log-format']!r} is not one of {', '.join(LOG_FORMATS)}"
+        )
     return StowConfig(
         listen=tuple(values["listen"]) or (DEFAULT_LISTEN,),
         storage=Path(values["storage"]),
@@ -168,7 +188,23 @@ def config_from_options(values: Mapping[str, Any]) -> StowConfig:
         amqp_exchange=values["amqp-exchange"],
         amqp_routing_key=values["amqp-routing-key"],
         accept_leading_zero_uids=leading_zeros,
+        metrics_listen=values["metrics-listen"] or None,
+        drain_timeout_seconds=drain_timeout,
+        log_format=values["log-format"],
+        min_free_bytes=_size_or_none(values["min-free-space"], "--min-free-space"),
     )
+
+
+_ENDPOINT_TYPE = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)
+
+
+def check_endpoint(description: str, option: str) -> None:
+    """A Twisted endpoint description names its type first (``tcp:8080``)."""
+    if not _ENDPOINT_TYPE.match(description):
+        raise ValueError(
+            f"{option}: {description!r} is not a Twisted endpoint description "
+            "(e.g. tcp:8080:interface=127.0.0.1, ssl:8443:privateKey=key.pem:certKey=cert.pem)"
+        )
 
 
 def _path_or_none(text: str | None) -> Path | None:

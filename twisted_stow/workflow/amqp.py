@@ -23,6 +23,7 @@ from typing import Any
 
 import pika
 from pika.adapters.twisted_connection import TwistedProtocolConnection
+from pika.exceptions import UnroutableError
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
@@ -30,6 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..deferreds import RunInThread
+from ..ops import metrics
 from .request import decode
 from .spool import Spool
 
@@ -51,6 +53,9 @@ RESCAN_SECONDS = 5.0
 CONNECT_TIMEOUT_SECONDS = 10.0
 # After a polite AMQP close, the TCP connection is aborted if still open.
 CLOSE_GRACE_SECONDS = 2.0
+# A request the broker returned (no queue bound to the exchange and routing
+# key) stays in the spool and is published again this much later.
+UNROUTABLE_RETRY_SECONDS = 5.0
 MESSAGE_TYPE = "WorkflowRequestEvent"
 APP_ID = "twisted-stow"
 
@@ -179,6 +184,7 @@ class AmqpPublisher(Service):
             # A closed channel (broker gone, connection lost) ends the idle wait.
             channel.on_closed.addBoth(lambda _: self.wake())
             self.connected = True
+            metrics.AMQP_CONNECTED.set(1)
             log.info(
                 "AMQP publisher connected to {host}:{port}, exchange {exchange}",
                 host=self._parameters.host,
@@ -193,8 +199,10 @@ class AmqpPublisher(Service):
                 if not entries:
                     await self._idle(channel)
                     continue
-                await self._publish_batch(channel, entries[:BATCH_MESSAGES])
+                if await self._publish_batch(channel, entries[:BATCH_MESSAGES]):
+                    await self._sleep(UNROUTABLE_RETRY_SECONDS)
         finally:
+            metrics.AMQP_CONNECTED.set(0)
             self._connection = None
             self._drop(protocol)
 
@@ -212,8 +220,11 @@ class AmqpPublisher(Service):
         if transport is not None:
             self._reactor.callLater(CLOSE_GRACE_SECONDS, abort)
 
-    async def _publish_batch(self, channel: Any, entries: Sequence[Path]) -> None:
-        """Publish ``entries``, await their confirms, remove the confirmed ones."""
+    async def _publish_batch(self, channel: Any, entries: Sequence[Path]) -> bool:
+        """Publish ``entries``, await their confirms, remove the confirmed ones.
+
+        True when the broker returned some as unroutable (they stay spooled).
+        """
         loaded = await self._run_in_thread(_load_entries, self.spool, list(entries))
         publishes: list[Deferred[Any]] = []
         sent: list[Path] = []
@@ -233,6 +244,9 @@ class AmqpPublisher(Service):
                     routing_key=self.routing_key,
                     body=body,
                     properties=properties,
+                    # Returned (UnroutableError) when no queue is bound, rather
+                    # than confirmed and lost: the request stays in the spool.
+                    mandatory=True,
                 )
             )
             sent.append(entry)
@@ -241,12 +255,28 @@ class AmqpPublisher(Service):
         if confirmed:
             await self._run_in_thread(self.spool.remove, confirmed)
             self.published += len(confirmed)
+            metrics.AMQP_PUBLISHED.inc(len(confirmed))
             log.debug("published {count} workflow requests", count=len(confirmed))
-        for ok, value in results:
-            if not ok:
+        failures = [value for ok, value in results if not ok]
+        metrics.AMQP_FAILED.inc(len(failures))
+        returned = [f for f in failures if f.check(UnroutableError)]
+        if returned:
+            log.warn(
+                "{count} workflow requests returned unroutable by exchange {exchange!r} with "
+                "routing key {routing_key!r} (no queue bound): kept in the spool, retried in "
+                "{retry:g} s",
+                count=len(returned),
+                exchange=self.exchange,
+                routing_key=self.routing_key,
+                retry=UNROUTABLE_RETRY_SECONDS,
+                stow_event="workflow.unroutable",
+            )
+        for value in failures:
+            if value not in returned:
                 assert isinstance(value, Failure)
                 # Nacked, or the channel closed: reconnect and send the rest again.
                 value.raiseException()
+        return bool(returned)
 
     async def _idle(self, channel: Any) -> None:
         """Wait for a new entry, the rescan interval, or the channel closing."""

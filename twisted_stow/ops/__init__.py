@@ -1,0 +1,1 @@
+"""Operations: metrics, health and readiness, the JSON log observer, the drain on SIGTERM."""

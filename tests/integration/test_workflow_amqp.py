@@ -266,3 +266,39 @@ def test_exchange_routing_key_and_spool_options(broker: RabbitMQ, tmp_path: Path
         assert message[1]["workflows"] == ["any"]
     finally:
         twistd.stop()
+
+
+def test_unroutable_request_stays_in_the_spool(broker: RabbitMQ, tmp_path: Path) -> None:
+    """An exchange with no queue bound: the broker returns the (mandatory) request, which
+    stays spooled with a warning naming exchange and routing key; once a queue is bound
+    it is delivered."""
+    storage = tmp_path / "store"
+    twistd = Twistd(
+        storage,
+        "--listen",
+        LOOPBACK_ANY_PORT,
+        "--amqp-url",
+        broker.url,
+        "--amqp-exchange",
+        "stow-unbound-exchange",
+    )
+    try:
+        (port,) = twistd.ports(1)
+        assert wait_until(lambda: "AMQP publisher connected" in twistd.log()), twistd.log()
+        response = post(f"http://127.0.0.1:{port}/dicomweb/any/studies", [new_ct()])
+        assert response.status_code == 200
+        assert wait_until(lambda: "returned unroutable" in twistd.log()), twistd.log()
+        log = twistd.log()
+        assert "'stow-unbound-exchange'" in log and f"'{ROUTING_KEY}'" in log
+        spool = storage / ".workflow-spool"
+        assert [p for p in spool.iterdir() if p.suffix == ".json"]
+        with closing(pika.BlockingConnection(broker.parameters())) as connection:
+            channel = connection.channel()
+            channel.queue_declare("unroutable-test", durable=True)
+            channel.queue_bind("unroutable-test", "stow-unbound-exchange", routing_key="#")
+        # Published again after the retry delay, and now confirmed and removed.
+        assert wait_until(lambda: not [p for p in spool.iterdir() if p.suffix == ".json"])
+        (message,) = drain(broker, "unroutable-test")
+        assert message[1]["correlation_id"] == response.headers["X-Correlation-ID"]
+    finally:
+        twistd.stop()

@@ -4,9 +4,10 @@ A port already in use used to log ``CannotListenError`` and keep the
 process running while it listened on nothing (under systemd it looked
 healthy); a missing TLS key or a storage path that is a file gave a
 30-line traceback.  Each is now one line naming the option and the problem
-on standard error, and exit status 2 (the traceback is logged at debug
-level).  Also here: ``--version`` and the start-up warning about a listener
-on a non-loopback address without authentication or without TLS.
+on standard error, and exit status 2; twistd logs debug events too, so no
+traceback is logged at all (the error's own words name the cause).  Also
+here: ``--version`` and the start-up warning about a listener on a
+non-loopback address without authentication or without TLS.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.logger import Logger, LogLevel
-from twisted.python.failure import Failure
+from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -73,13 +73,6 @@ def endpoint(reactor: Any, description: str, option: str) -> Any:
     try:
         return serverFromString(reactor, description)
     except Exception as e:
-        log.failure(
-            "{option} {description}",
-            Failure(),
-            LogLevel.debug,
-            option=option,
-            description=description,
-        )
         fail(f"{option} {description}: {_describe(e)}")
 
 
@@ -105,7 +98,6 @@ class Listener(StreamServerEndpointService):
         try:
             super().privilegedStartService()
         except Exception as e:
-            log.failure("cannot listen", Failure(), LogLevel.debug)
             fail(f"{self._option} {self._description}: cannot listen: {_describe(e)}")
 
 

@@ -33,3 +33,13 @@ async def poll(condition: Callable[[], object], seconds: float = DEFAULT_POLL_SE
             return False
         await deferLater(reactor, POLL_INTERVAL_SECONDS, lambda: None)
     return True
+
+
+def wait_until(condition: Callable[[], object], seconds: float = DEFAULT_POLL_SECONDS) -> bool:
+    """Blocking poll (tests without a reactor): ``condition()`` held within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(POLL_INTERVAL_SECONDS)
+    return True

@@ -6,10 +6,9 @@ import json
 import re
 import signal
 import socket
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.dicom_files import CT, MR, SR, read, stored_path
 from tests.helpers import build_multipart
 from tests.integration.conftest import LOOPBACK_ANY_PORT, Twistd
-from tests.integration.observe import staging_files, stored_files
+from tests.integration.observe import staging_files, stored_files, wait_until
 from tests.integration.streaming import raw_exchange, raw_post, status_of
 
 BOUNDARY = "ops-test-boundary-0123456789"
@@ -26,16 +25,6 @@ METRICS_STARTED = re.compile(rb"MetricsSite starting on (\d+)")
 WAIT_SECONDS = 30.0
 # Exit status of a signalled process that did not drain (Popen: minus the signal).
 EXIT_SIGTERM = -signal.SIGTERM
-
-
-def wait_until(condition: Callable[[], object], seconds: float = WAIT_SECONDS) -> bool:
-    """Blocking poll: ``condition()`` held within ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def metrics_port(twistd: Twistd) -> int:

@@ -229,10 +229,10 @@ def test_help_lists_every_option() -> None:
 
 
 def test_option_defaults() -> None:
-    """No arguments: listen on tcp:8080, store under ./stow-data."""
+    """No arguments: listen on port 8080 of loopback only, store under ./stow-data."""
     options = Options()
     options.parseOptions([])
-    assert options.config.listen == ("tcp:8080",)
+    assert options.config.listen == ("tcp:8080:interface=127.0.0.1",)
     assert options.config.storage == Path("stow-data")
 
 

@@ -27,6 +27,7 @@ from pydicom.uid import generate_uid
 
 from tests.dicom_files import CT, MR, NO_META, SR, read, stored_path, uids
 from tests.helpers import build_multipart, multipart_content_type
+from tests.integration import observe
 from tests.integration.conftest import LOOPBACK_ANY_PORT, Twistd
 from tests.integration.rabbitmq import RabbitMQ
 
@@ -87,13 +88,20 @@ def gateway(broker: RabbitMQ, tmp_path_factory: pytest.TempPathFactory) -> Itera
         twistd.stop()
 
 
-def bind_queue(broker: RabbitMQ, queue: str) -> None:
-    """A durable queue on MONAI's exchange and routing key, as a consumer has."""
+def bind_queue(
+    broker: RabbitMQ, queue: str, exchange: str = EXCHANGE, routing_key: str = ROUTING_KEY
+) -> None:
+    """A durable queue on MONAI's exchange and routing key (or others), as a consumer has."""
     with closing(pika.BlockingConnection(broker.parameters())) as connection:
         channel = connection.channel()
-        channel.exchange_declare(EXCHANGE, exchange_type="topic", durable=True)
+        channel.exchange_declare(exchange, exchange_type="topic", durable=True)
         channel.queue_declare(queue, durable=True)
-        channel.queue_bind(queue, EXCHANGE, routing_key=ROUTING_KEY)
+        channel.queue_bind(queue, exchange, routing_key=routing_key)
+
+
+def publishing_twistd(storage: Path, broker: RabbitMQ, *options: str) -> Twistd:
+    """``twistd -n stow`` on loopback publishing to ``broker``, with ``options``."""
+    return Twistd(storage, "--listen", LOOPBACK_ANY_PORT, "--amqp-url", broker.url, *options)
 
 
 def drain(broker: RabbitMQ, queue: str) -> list[tuple[Any, dict[str, Any]]]:
@@ -109,12 +117,8 @@ def drain(broker: RabbitMQ, queue: str) -> list[tuple[Any, dict[str, Any]]]:
 
 
 def wait_until(condition: Callable[[], object], seconds: float = WAIT_SECONDS) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+    """``observe.wait_until`` with this module's longer default (a broker is slower)."""
+    return observe.wait_until(condition, seconds)
 
 
 def post(url: str, parts: list[bytes]) -> requests.Response:
@@ -235,12 +239,9 @@ def test_exchange_routing_key_and_spool_options(broker: RabbitMQ, tmp_path: Path
     twistd: the exchange is declared by the server (a fresh name works) and
     the spool is where the option says."""
     storage, spool = tmp_path / "store", tmp_path / "outbox"
-    twistd = Twistd(
+    twistd = publishing_twistd(
         storage,
-        "--listen",
-        LOOPBACK_ANY_PORT,
-        "--amqp-url",
-        broker.url,
+        broker,
         "--amqp-exchange",
         "stow-test-exchange",
         "--amqp-routing-key",
@@ -252,10 +253,7 @@ def test_exchange_routing_key_and_spool_options(broker: RabbitMQ, tmp_path: Path
         (port,) = twistd.ports(1)
         # The server declares its exchange on connecting; bind once it exists.
         assert wait_until(lambda: "AMQP publisher connected" in twistd.log()), twistd.log()
-        with closing(pika.BlockingConnection(broker.parameters())) as connection:
-            channel = connection.channel()
-            channel.queue_declare("options-test", durable=True)
-            channel.queue_bind("options-test", "stow-test-exchange", routing_key="stow.test.#")
+        bind_queue(broker, "options-test", "stow-test-exchange", "stow.test.#")
         response = post(f"http://127.0.0.1:{port}/dicomweb/any/studies", [read(CT)])
         assert response.status_code == 200
         assert spool.is_dir()
@@ -273,15 +271,7 @@ def test_unroutable_request_stays_in_the_spool(broker: RabbitMQ, tmp_path: Path)
     stays spooled with a warning naming exchange and routing key; once a queue is bound
     it is delivered."""
     storage = tmp_path / "store"
-    twistd = Twistd(
-        storage,
-        "--listen",
-        LOOPBACK_ANY_PORT,
-        "--amqp-url",
-        broker.url,
-        "--amqp-exchange",
-        "stow-unbound-exchange",
-    )
+    twistd = publishing_twistd(storage, broker, "--amqp-exchange", "stow-unbound-exchange")
     try:
         (port,) = twistd.ports(1)
         assert wait_until(lambda: "AMQP publisher connected" in twistd.log()), twistd.log()
@@ -292,10 +282,7 @@ def test_unroutable_request_stays_in_the_spool(broker: RabbitMQ, tmp_path: Path)
         assert "'stow-unbound-exchange'" in log and f"'{ROUTING_KEY}'" in log
         spool = storage / ".workflow-spool"
         assert [p for p in spool.iterdir() if p.suffix == ".json"]
-        with closing(pika.BlockingConnection(broker.parameters())) as connection:
-            channel = connection.channel()
-            channel.queue_declare("unroutable-test", durable=True)
-            channel.queue_bind("unroutable-test", "stow-unbound-exchange", routing_key="#")
+        bind_queue(broker, "unroutable-test", "stow-unbound-exchange", "#")
         # Published again after the retry delay, and now confirmed and removed.
         assert wait_until(lambda: not [p for p in spool.iterdir() if p.suffix == ".json"])
         (message,) = drain(broker, "unroutable-test")

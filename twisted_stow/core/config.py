@@ -108,6 +108,9 @@ class StowConfig:
     # --accept-leading-zero-uids: UID components such as "02" (PS3.5 §9.1
     # forbids them) accepted in the URL and in the instances alike.
     accept_leading_zero_uids: bool = False
+    # --verify-body-digest: with a body Content-Digest, commit no part before
+    # the whole body's digest is checked (docs/CONFORMANCE.md, "Digests").
+    verify_body_digest: bool = False
 
     @property
     def workflow_spool_dir(self) -> Path:
@@ -168,6 +171,7 @@ def config_from_options(values: Mapping[str, Any]) -> StowConfig:
         amqp_exchange=values["amqp-exchange"],
         amqp_routing_key=values["amqp-routing-key"],
         accept_leading_zero_uids=leading_zeros,
+        verify_body_digest=bool(values.get("verify-body-digest", 0)),
     )
 
 

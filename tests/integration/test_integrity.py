@@ -13,6 +13,7 @@ import hashlib
 import os
 import subprocess
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,11 @@ import pytest_twisted
 from twisted.internet.threads import deferToThread
 
 from tests.dicom_files import CT, MR, SR, read, stored_path, uids
-from tests.helpers import build_multipart, multipart_content_type
-from tests.integration.conftest import Server
+from tests.helpers import multipart_content_type
+from tests.integration.conftest import Server, serve_twistd
 from tests.integration.observe import staging_files, stored_files
 from tests.integration.streaming import failure_reasons, json_body, raw_exchange, status_of
+from tests.integration.test_bounded_work import _current_rss, peak_rss, reset_peak_rss
 from tests.integration.upload_folders import corpus
 from twisted_stow.core.config import StowConfig
 from twisted_stow.storage.staging import DIGEST_XATTR
@@ -76,7 +78,7 @@ def other_failure_details(model: dict[str, Any]) -> list[int]:
 
 @pytest_twisted.ensureDeferred
 async def test_matching_part_digests_store_and_the_digest_is_kept(stow_server: Server) -> None:
-    """sha-256, sha-512 and Content-MD5 per part, as hashlib computes them: stored, xattr = SHA-256."""
+    """sha-256, sha-512 and Content-MD5 per part as hashlib has them: stored, xattr = SHA-256."""
     ct, mr, sr = read(CT), read(MR), read(SR)
     body = body_of(
         part(ct, f"Content-Digest: sha-256=:{b64(hashlib.sha256(ct).digest())}:"),
@@ -124,7 +126,7 @@ async def test_a_wrong_part_digest_fails_that_instance_and_stores_nothing_of_it(
 
 @pytest_twisted.ensureDeferred
 async def test_body_digest_right_and_wrong(stow_server: Server) -> None:
-    """A matching body Content-Digest: 200; a wrong one: parts kept, 202 with the mismatch listed."""
+    """A matching body Content-Digest: 200; a wrong one: parts kept, 202 listing the mismatch."""
     body = body_of(part(read(CT)))
     good = f"Content-Digest: sha-256=:{b64(hashlib.sha256(body).digest())}:"
     answer = await exchange(stow_server, request(body, good))
@@ -256,3 +258,46 @@ def _console_script(name: str) -> str:
     import sys
 
     return str(Path(sys.executable).with_name(name))
+
+
+MIB = 1024 * 1024
+BOMB_LIMIT_BYTES = 256 * MIB
+# What the twistd process may grow by while refusing the bomb: a fraction of
+# the limit, so a server that inflated a read's worth at once would fail.
+BOMB_RSS_GROWTH_BYTES = 64 * MIB
+
+
+@pytest.fixture
+def twistd_with_limit(tmp_path: Path) -> Iterator[Server]:
+    """A real ``twistd -n stow`` with --max-body-size 256M."""
+    yield from serve_twistd(tmp_path, "--max-body-size", str(BOMB_LIMIT_BYTES))
+
+
+def gzip_bomb(decoded_bytes: int) -> bytes:
+    """A multipart body of one CT part padded with zeros, gzip-compressed as it is built."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    out = [compressor.compress(f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode())]
+    out.append(compressor.compress(read(CT)))
+    block = bytes(MIB)
+    for _ in range(decoded_bytes // MIB):
+        out.append(compressor.compress(block))
+    out.append(compressor.compress(f"\r\n--{BOUNDARY}--\r\n".encode()))
+    out.append(compressor.flush())
+    return b"".join(out)
+
+
+def test_a_gzip_bomb_is_refused_by_twistd_with_flat_rss(twistd_with_limit: Server) -> None:
+    """~1 MiB of gzip inflating to 1 GiB against a 256 MiB limit: 413, VmHWM grows < 64 MiB."""
+    server = twistd_with_limit
+    pid = server.handle.pid
+    warm = body_of(part(read(CT)))
+    assert status_of(raw_exchange(server.port, request(warm))) == 200
+    baseline = _current_rss(pid)
+    reset_peak_rss(pid)
+    bomb = gzip_bomb(1024 * MIB)
+    assert len(bomb) < 2 * MIB
+    answer = raw_exchange(server.port, request(bomb, "Content-Encoding: gzip"), read_timeout=120)
+    assert status_of(answer) == 413, answer
+    assert b"decoded body is larger" in answer
+    assert peak_rss(pid) - baseline < BOMB_RSS_GROWTH_BYTES
+    assert staging_files(server.storage) == []

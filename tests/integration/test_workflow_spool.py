@@ -8,7 +8,6 @@ stored nothing, was cut off or was refused by the --workflow allow-list.
 from __future__ import annotations
 
 import hashlib
-
 import json
 import shutil
 import socket

@@ -1,4 +1,4 @@
-"""core/digests.py: RFC 9530 Content-Digest and Want-Content-Digest, Content-MD5, against hashlib."""
+"""core/digests.py: RFC 9530 Content-Digest, Want-Content-Digest and Content-MD5, vs hashlib."""
 
 from __future__ import annotations
 

@@ -54,6 +54,7 @@ setup(
         "console_scripts": [
             "stow-passwd = twisted_stow.auth.command:main",
             "stow-upload = twisted_stow.client.command:main",
+            "stow-verify = twisted_stow.storage.verify:main",
         ]
     },
     extras_require={

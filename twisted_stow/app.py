@@ -300,14 +300,13 @@ class StowService:
             raise result.request_error
         if not result.outcomes:
             raise NoParts("the request body holds no part")
-        if len(result.outcomes) < RESPONSE_IN_THREAD_OUTCOMES:
-            response, body = build_and_render(
-                result.outcomes, upload.base_url, upload.response_type
-            )
+        outcomes = upload.outcomes(result)  # with a body Content-Digest mismatch
+        if len(outcomes) < RESPONSE_IN_THREAD_OUTCOMES:
+            response, body = build_and_render(outcomes, upload.base_url, upload.response_type)
         else:
             # Pure, and long for large studies: off the reactor (docs/DESIGN.md).
             response, body = await self._run_in_thread(
-                build_and_render, result.outcomes, upload.base_url, upload.response_type
+                build_and_render, outcomes, upload.base_url, upload.response_type
             )
         if submission is not None:
             # Answer only once the workflow request is durable (or known lost).
@@ -322,6 +321,9 @@ class StowService:
         request.setHeader("Content-Type", upload.response_type)
         if response.warning is not None:
             request.setHeader("Warning", warning_header_value(response.warning))
+        response_digest = upload.response_digest_header(body)
+        if response_digest is not None:
+            request.setHeader("Content-Digest", response_digest)
         self._set_cors(request)
         log.info(
             "stored {stored} of {parts} parts, status {status}, principal {principal}, "
@@ -349,7 +351,11 @@ class StowService:
         peer = _peer_host(request)
 
         def submit(result: IngestResult) -> Deferred[Submission]:
-            if workflows is None or result.request_error is not None:
+            if (
+                workflows is None
+                or result.request_error is not None
+                or upload.body.body_digest_mismatch is not None
+            ):
                 return succeed(Submission())
             return workflows.submit(
                 result.outcomes,

@@ -28,6 +28,7 @@ reactor iteration in all), with the request paused meanwhile.  A real header
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -40,12 +41,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .core.dicomheader import HeaderCapture
+from .core.digests import DigestFieldError, ExpectedDigest, part_digests
 from .core.errors import StowError, UnsupportedMediaType
 from .core.mediatype import DICOM, parse_media_type
 from .core.multipart import Event, PartData, PartEnded, PartStarted
 from .core.outcomes import Failed, FailureReason, InstanceRef, Outcome, Stored, WarningReason
 from .core.policy import CommitResult, Duplicates, IngestPolicy, StorageFull, StudyMismatch
 from .core.validation import validate_header
+from .deferreds import detached
 from .flow import BytesInFlight, Pausable
 from .interfaces import IPartWriter, IStorage
 from .ops import observe
@@ -67,6 +70,52 @@ CAPTURE_STEPS_PER_READ = 2048
 CAPTURE_STEPS_PER_SLICE = 1024
 
 Cooperate = Callable[[Iterator[None]], CooperativeTask[Iterator[None]]]
+
+
+@dataclass(slots=True, eq=False)
+class _PartClaims:
+    """The digests a part's headers claim, and the hashes computed here to check them.
+
+    SHA-256 comes from the writer (``IPartWriter.sha256``: computed where the
+    bytes are stored, off the reactor for the filesystem); only the other
+    algorithms a client names (sha-512, MD5) are hashed here, on the
+    reactor, and only for parts that ask.
+    """
+
+    expected: list[ExpectedDigest]
+    hashes: dict[str, Any]  # hashlib name → hash object, not sha256
+
+    @classmethod
+    def of(cls, expected: list[ExpectedDigest]) -> _PartClaims:
+        names = {claim.hash_name for claim in expected} - {"sha256"}
+        return cls(expected, {name: hashlib.new(name) for name in names})
+
+    def mismatch(self, sha256: bytes | None) -> str | None:
+        """The reason naming the first digest that does not match, or None."""
+        for claim in self.expected:
+            name = claim.hash_name
+            actual = sha256 if name == "sha256" else self.hashes[name].digest()
+            if actual is None:
+                return f"{claim.source} cannot be checked: the storage computed no SHA-256"
+            if actual != claim.value:
+                return claim.mismatch(actual)
+        return None
+
+
+_NO_CLAIMS = _PartClaims([], {})
+
+
+@dataclass(slots=True, eq=False)
+class _InFlow:
+    """A part counted in the flow's pending parts; leaves it once (outcome or held)."""
+
+    flow: BytesInFlight
+    counted: bool = True
+
+    def leave(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.flow.part_finished()
 
 
 @dataclass(slots=True, eq=False)
@@ -127,6 +176,10 @@ class Ingest:
         self._behind: deque[_Behind] = deque()
         self._task: CooperativeTask[Iterator[None]] | None = None
         self._read_steps = 0
+        self._claims = _NO_CLAIMS
+        # --verify-body-digest: commits wait for this verdict on the body's
+        # Content-Digest (None: it matched; else the reason it did not).
+        self.body_verdict: Deferred[str | None] | None = None
 
     def handle(self, events: Iterable[Event]) -> None:
         """Apply parser events in order (one call per socket read)."""
@@ -139,6 +192,8 @@ class Ingest:
                         self._writer = self._storage.open_writer()
                     self._write(self._writer, event.data)
                     self._walk(event.data)
+                    for digest in self._claims.hashes.values():
+                        digest.update(event.data)
             elif isinstance(event, PartStarted):
                 self._start_part(event.headers)
             elif isinstance(event, PartEnded):
@@ -193,6 +248,16 @@ class Ingest:
 
     def _start_part(self, headers: Sequence[tuple[str, str]]) -> None:
         self._capture = HeaderCapture()
+        self._claims = _NO_CLAIMS
+        try:
+            expected = part_digests(headers)
+        except DigestFieldError as e:
+            # A claim we cannot read is not a claim we can check: the part is
+            # not stored unverified.
+            self._skip_reason = Failed(FailureReason.CANNOT_UNDERSTAND, f"part digest field: {e}")
+            return
+        if expected:
+            self._claims = _PartClaims.of(expected)
         content_type = _header(headers, "content-type")
         try:
             essence = parse_media_type(content_type or DICOM).essence
@@ -209,27 +274,31 @@ class Ingest:
     def _end_part(self) -> None:
         writer, self._writer = self._writer, None
         skipped, self._skip_reason = self._skip_reason, None
+        claims, self._claims = self._claims, _NO_CLAIMS
         # Every part passes through the flow's part count, empty or skipped
         # ones too (they leave it at once): one budget for all parts.
         self._flow.part_started()
+        in_flow = _InFlow(self._flow)
         if skipped is not None:
-            self._pending.append(succeed(self._part_finished(skipped)))
+            self._pending.append(succeed(self._part_finished(skipped, in_flow)))
         elif writer is None:
             empty = Failed(FailureReason.CANNOT_UNDERSTAND, "empty part")
-            self._pending.append(succeed(self._part_finished(empty)))
+            self._pending.append(succeed(self._part_finished(empty, in_flow)))
         else:
-            outcome = ensureDeferred(self._finish_part(writer, self._capture))
-            outcome.addBoth(self._part_finished)
+            outcome = ensureDeferred(self._finish_part(writer, self._capture, claims, in_flow))
+            outcome.addBoth(self._part_finished, in_flow)
             self._pending.append(outcome)
 
-    def _part_finished(self, outcome: Outcome) -> Outcome:
-        self._flow.part_finished()
+    def _part_finished(self, outcome: Outcome, in_flow: _InFlow) -> Outcome:
+        in_flow.leave()
         observe.outcome_known(outcome)
         return outcome
 
-    async def _finish_part(self, writer: IPartWriter, capture: HeaderCapture) -> Outcome:
+    async def _finish_part(
+        self, writer: IPartWriter, capture: HeaderCapture, claims: _PartClaims, in_flow: _InFlow
+    ) -> Outcome:
         try:
-            return await self._store(writer, capture)
+            return await self._store(writer, capture, claims, in_flow)
         except Exception:
             # Anything unexpected stays with this one part (dcm4chee#3517:
             # one bad part must never turn the request into a 500).
@@ -237,7 +306,9 @@ class Ingest:
             await writer.abort()
             return Failed(FailureReason.PROCESSING_FAILURE, "internal error while storing")
 
-    async def _store(self, writer: IPartWriter, capture: HeaderCapture) -> Outcome:
+    async def _store(
+        self, writer: IPartWriter, capture: HeaderCapture, claims: _PartClaims, in_flow: _InFlow
+    ) -> Outcome:
         try:
             size = await writer.finish()
         except StorageFull as e:
@@ -255,6 +326,13 @@ class Ingest:
             await writer.abort()
             return verdict
         instance: InstanceRef = verdict
+        sha256: bytes | None = writer.sha256
+        # Before commit: a part whose bytes are not what its client hashed is
+        # never stored (RFC 9530 §2, RFC 1864).
+        mismatch = claims.mismatch(sha256)
+        if mismatch is not None:
+            await writer.abort()
+            return _failed(FailureReason.CANNOT_UNDERSTAND, mismatch, instance)
 
         warning: WarningReason | None = None
         detail = ""
@@ -269,6 +347,15 @@ class Ingest:
                 return _failed(FailureReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, detail, instance)
             warning = WarningReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS
 
+        if self.body_verdict is not None:
+            # Held until the body's digest is checked (--verify-body-digest):
+            # staged and judged, it no longer counts as pending work, or a
+            # body of more than HIGH_WATER_PARTS parts would pause forever.
+            in_flow.leave()
+            body_mismatch = await detached(self.body_verdict)
+            if body_mismatch is not None:
+                await writer.abort()
+                return _failed(FailureReason.CANNOT_UNDERSTAND, body_mismatch, instance)
         overwrite = self._policy.duplicates is Duplicates.OVERWRITE
         committing = time.monotonic()
         try:
@@ -288,7 +375,14 @@ class Ingest:
                 "SOP Instance UID already stored with different content",
                 instance,
             )
-        return Stored(instance, warning, detail, size_bytes=size)
+        digest = sha256.hex() if sha256 is not None else None
+        log.info(
+            "stored {sop_instance_uid} ({size} bytes, sha256 {sha256})",
+            sop_instance_uid=instance.sop_instance_uid,
+            size=size,
+            sha256=digest or "-",
+        )
+        return Stored(instance, warning, detail, size_bytes=size, sha256=digest)
 
     def fail_request(self, error: StowError) -> None:
         """The body cannot be read further (broken framing, too large).

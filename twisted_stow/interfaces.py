@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -28,7 +28,18 @@ class IPartWriter(Interface):
     captured header is validated, ``commit``.  ``abort`` may be called at any
     point, any number of times, and removes whatever was written.  Nothing is
     listed as stored before ``commit`` has fired.
+
+    Every byte passes once through the writer, so the writer computes the
+    part's SHA-256 where it handles the bytes (the filesystem in its writer
+    thread) and exposes it as ``sha256`` once ``finish`` has fired; it keeps
+    the digest with the instance when it commits (docs/DESIGN.md,
+    "Integrity").
     """
+
+    sha256 = Attribute(
+        "bytes | None: the SHA-256 (32 bytes) of every byte written, set before the "
+        "Deferred of ``finish`` fires; None until then."
+    )
 
     def write(data: bytes | memoryview) -> Deferred[None]:
         """Accept the next bytes of the part.

@@ -136,6 +136,8 @@ class StreamingRequest(Request):
     def _start_upload(self, upload: Upload | None) -> None:
         self.upload = upload
         if upload is not None:
+            # A limit met while a compressed body inflates behind the socket.
+            upload.body.on_limit = lambda error: self._limit_while_decoding(upload, error)
             # Larger reads roughly halve the receive path's CPU cost
             # (measured: 256 KiB-1 MiB was best).
             # The socket's transport: under TLS the wrapper ignores bufferSize.
@@ -392,6 +394,10 @@ class StreamingRequest(Request):
             call.cancel()
 
     # Refusing mid-body: say what was kept.
+
+    def _limit_while_decoding(self, upload: Upload, error: StowError) -> None:
+        if not (self._refused or self._refusing):
+            self._refuse_naming_what_was_kept(upload, error)
 
     def _refuse_naming_what_was_kept(self, upload: Upload, error: StowError) -> None:
         """Refuse once the parts received whole before ``error`` have their outcomes.

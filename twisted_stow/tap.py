@@ -230,6 +230,14 @@ class Options(usage.Options):
                 "some modalities emit, in the URL's study UID and in the instances alike."
             ),
         ],
+        [
+            "verify-body-digest",
+            None,
+            (
+                "With a request Content-Digest, store no instance before the whole body's "
+                "digest is checked (a mismatch then stores nothing)."
+            ),
+        ],
     ]
 
     def __init__(self) -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -63,6 +64,25 @@ def test_folder_stored_byte_identical_on_ours(twistd_server: Server, tmp_path: P
         assert stored_on_ours(twistd_server.storage, path) == path.read_bytes(), path
     outcomes = [line["outcome"] for line in report_lines(report)]
     assert outcomes.count("stored") == len(dicom) and outcomes.count("skipped") == junk
+
+
+def test_gzip_folder_stored_byte_identical_and_verified(
+    twistd_server: Server, tmp_path: Path
+) -> None:
+    """--gzip: the corpus sent compressed is stored byte-identical, and stow-verify passes."""
+    dicom, _ = build_folder(tmp_path / "in", studies=1, per_study=2)
+    done = upload(twistd_server.url, tmp_path / "in", "--gzip")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert summary_value(done.stdout, "stored") == str(len(dicom))
+    for path in dicom:
+        assert stored_on_ours(twistd_server.storage, path) == path.read_bytes(), path
+    verify = subprocess.run(
+        [str(Path(sys.executable).with_name("stow-verify")), str(twistd_server.storage)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
 def test_folder_stored_byte_identical_on_orthanc(orthanc: Orthanc, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ stored nothing, was cut off or was refused by the --workflow allow-list.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import socket
@@ -90,6 +91,8 @@ async def test_post_spools_one_request_with_every_stored_instance(
                 "sop_class_uid": sop_class,
                 "path": f"{study}/{series}/{sop}.dcm",
                 "size": len(read(f)),
+                # The digest computed as the instance streamed in: hashlib's.
+                "sha256": hashlib.sha256(read(f)).hexdigest(),
             }
         )
     assert request["payload"] == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from collections.abc import Callable
 from pathlib import Path
 
@@ -160,3 +161,30 @@ def test_boundaries_are_fresh(count: int) -> None:
     """Each body gets its own boundary (70 characters at most, RFC 2046)."""
     made = {boundary() for _ in range(count)}
     assert len(made) == count and all(len(b) <= 70 for b in made)
+
+
+def test_gzip_sends_the_same_body_compressed(tmp_path: Path) -> None:
+    """--gzip: one gzip stream of exactly the plain body is written; progress counts plain bytes."""
+    paths = files(tmp_path, [5000, 3 * PIECE + 7])
+    bodies: list[bytes] = []
+    counted: list[int] = []
+    for gzip_body in (False, True):
+        steps, consumer = Steps(), Consumer()
+        sent: list[int] = []
+        producer = MultipartFilesProducer(
+            paths,
+            "b",
+            piece_bytes=PIECE,
+            cooperator=steps.cooperator,
+            gzip=gzip_body,
+            on_bytes=sent.append,
+        )
+        producer.startProducing(consumer)
+        while steps.step():
+            pass
+        bodies.append(b"".join(consumer.writes))
+        counted.append(sum(sent))
+    plain, compressed = bodies
+    assert gzip.decompress(compressed) == plain
+    assert compressed[:2] == b"\x1f\x8b" and len(compressed) < len(plain)
+    assert counted == [len(plain), len(plain)]

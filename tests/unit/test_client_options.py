@@ -26,6 +26,8 @@ def test_defaults_and_target() -> None:
     assert settings.retries == 5 and settings.authorization is None
     study = settings_from(["http://h", "a", "--study", "1.2.3"], {}, prompt=never)
     assert study.target == "http://h/studies/1.2.3"
+    assert settings.gzip is False
+    assert settings_from(["http://h", "a", "--gzip"], {}, prompt=never).gzip is True
 
 
 def test_paths_from_stdin() -> None:

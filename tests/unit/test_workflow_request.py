@@ -42,7 +42,7 @@ CONTEXT = WorkflowContext(
 def test_request_lists_stored_instances_only() -> None:
     """Failed outcomes are left out; fields come from outcomes and context."""
     outcomes = [
-        Stored(A, size_bytes=100),
+        Stored(A, size_bytes=100, sha256="ab" * 32),
         Failed(FailureReason.CANNOT_UNDERSTAND, "bad"),
         Failed(FailureReason.DUPLICATE_SOP_INSTANCE, "dup", CT, "1.2.3.5"),
         Stored(B, WarningReason.DATA_SET_DOES_NOT_MATCH_SOP_CLASS, "other study", 50),
@@ -66,6 +66,7 @@ def test_request_lists_stored_instances_only() -> None:
         "sop_class_uid": CT,
         "path": "1.2.3/1.2.3.9/1.2.3.1.dcm",
         "size": 100,
+        "sha256": "ab" * 32,
     }
 
 

@@ -49,6 +49,7 @@ class Settings:
     quiet: bool = False
     authorization: str | None = None  # the Authorization header value
     cacert: Path | None = None
+    gzip: bool = False  # send bodies with Content-Encoding: gzip
 
     @property
     def target(self) -> str:
@@ -87,6 +88,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--password-file", type=Path, metavar="FILE")
     p.add_argument("--token-file", type=Path, metavar="FILE", help="Bearer token (or STOW_TOKEN)")
     p.add_argument("--cacert", type=Path, metavar="FILE", help="PEM CA certificates to trust")
+    p.add_argument(
+        "--gzip",
+        action="store_true",
+        help="compress each body as it is sent (Content-Encoding: gzip); for slow links",
+    )
     return p
 
 
@@ -172,4 +178,5 @@ def settings_from(
         quiet=args.quiet,
         authorization=authorization(args, environ, prompt),
         cacert=args.cacert,
+        gzip=args.gzip,
     )

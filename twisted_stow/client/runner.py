@@ -157,7 +157,10 @@ class Uploader:
 
         boundary_text = boundary()
         producer = MultipartFilesProducer(
-            [instance.path for instance in flight.instances], boundary_text, on_bytes=sent
+            [instance.path for instance in flight.instances],
+            boundary_text,
+            on_bytes=sent,
+            gzip=self.settings.gzip,
         )
         headers = Headers(
             {
@@ -166,6 +169,8 @@ class Uploader:
                 b"User-Agent": [USER_AGENT],
             }
         )
+        if self.settings.gzip:
+            headers.setRawHeaders(b"Content-Encoding", [b"gzip"])
         if self.settings.authorization is not None:
             headers.setRawHeaders(b"Authorization", [self.settings.authorization.encode("latin-1")])
         try:

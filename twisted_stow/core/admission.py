@@ -15,8 +15,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .config import StowConfig
+from .contentcoding import request_coding
+from .digests import DigestFieldError, ExpectedDigest, content_digests, wanted_algorithm
 from .errors import (
     BodyTooLarge,
+    InvalidDigestField,
     InvalidHeader,
     InvalidRequestTarget,
     InvalidStudyUID,
@@ -104,6 +107,14 @@ class Admission:
     policy: IngestPolicy
     base_url: str  # RetrieveURL base, fixed from the headers
     limits: BodyLimits
+    # Content-Encoding of the body (None: identity), decoded as it streams.
+    coding: str | None = None
+    # The body's Content-Digest (RFC 9530) claims we verify, and whether
+    # commits wait for that check (--verify-body-digest).
+    body_digests: tuple[ExpectedDigest, ...] = ()
+    hold_commits: bool = False
+    # Want-Content-Digest: the algorithm key for the response's Content-Digest.
+    response_digest: str | None = None
 
 
 def admit(
@@ -134,6 +145,9 @@ def admit(
     ):
         raise UnknownWorkflow(f"no workflow {target.workflow_id!r} on this server")
     reader = reader_for(first(headers, b"content-type"))
+    # A content coding we cannot decode is as unreadable as an unknown media
+    # type: 415, naming what we decode (RFC 9110 §15.5.16).
+    coding = request_coding(headers.get(b"content-encoding"))
     # Accept is a list: several field lines are one list (RFC 9110 §5.3).
     accept = headers.get(b"accept")
     response_type = negotiate(b", ".join(accept).decode("latin-1") if accept else None)
@@ -145,6 +159,10 @@ def admit(
         study_mismatch=config.study_mismatch or _STUDY_MISMATCH_DEFAULT[target.route_family],
         duplicates=config.duplicates,
     )
+    try:
+        body_digests = tuple(content_digests(_texts(headers.get(b"content-digest"))))
+    except DigestFieldError as e:
+        raise InvalidDigestField(f"Content-Digest: {e}") from None
     return Admission(
         target=target,
         reader=reader,
@@ -152,7 +170,15 @@ def admit(
         policy=policy,
         base_url=base_url(target, headers, reached, config),
         limits=limits,
+        coding=coding,
+        body_digests=body_digests,
+        hold_commits=config.verify_body_digest,
+        response_digest=wanted_algorithm(_texts(headers.get(b"want-content-digest"))),
     )
+
+
+def _texts(values: Sequence[bytes] | None) -> list[str]:
+    return [value.decode("latin-1") for value in values or ()]
 
 
 def check_request_headers(

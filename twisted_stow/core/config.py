@@ -119,6 +119,9 @@ class StowConfig:
     log_format: str = "text"
     # --min-free-space: below it uploads get 507 from the headers; None: off.
     min_free_bytes: int | None = None
+    # --verify-body-digest: with a body Content-Digest, commit no part before
+    # the whole body's digest is checked (docs/CONFORMANCE.md, "Digests").
+    verify_body_digest: bool = False
 
     @property
     def workflow_spool_dir(self) -> Path:
@@ -192,6 +195,7 @@ def config_from_options(values: Mapping[str, Any]) -> StowConfig:
         drain_timeout_seconds=drain_timeout,
         log_format=values["log-format"],
         min_free_bytes=_size_or_none(values["min-free-space"], "--min-free-space"),
+        verify_body_digest=bool(values.get("verify-body-digest", 0)),
     )
 
 

@@ -101,6 +101,36 @@ class UnsupportedMediaType(StowError):
     title = "Unsupported Media Type"
 
 
+class UnsupportedContentCoding(UnsupportedMediaType):
+    """The request's Content-Encoding is not one we decode (RFC 9110 §15.5.16).
+
+    The answer names what is decoded in ``Accept-Encoding`` (RFC 9110 §12.5.3).
+    """
+
+    def __init__(self, detail: str, supported: tuple[str, ...]) -> None:
+        super().__init__(detail)
+        self.supported = supported
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"Accept-Encoding", ", ".join(self.supported).encode("ascii"))]
+
+
+class InvalidContentCoding(MalformedMultipart):
+    """The gzip or deflate stream of the body is damaged or cut short.
+
+    Damage in the body like broken framing: the parts decoded whole before
+    it are stored (``upload.BodyPipeline``).
+    """
+
+    title = "Invalid content coding"
+
+
+class InvalidDigestField(StowError):
+    """A Content-Digest (or Want-Content-Digest) field is not RFC 9530 syntax."""
+
+    title = "Invalid digest field"
+
+
 class NotAcceptable(StowError):
     """The Accept header allows neither DICOM JSON nor DICOM XML."""
 

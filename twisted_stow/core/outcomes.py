@@ -54,6 +54,9 @@ class Stored:
     detail: str = ""
     # Bytes of the stored file, when the storage reports it (workflow requests list it).
     size_bytes: int | None = None
+    # SHA-256 of the stored bytes, hex, as the storage computed it while they
+    # streamed (the instance's log line and workflow request carry it).
+    sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

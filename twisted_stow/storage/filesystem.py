@@ -106,6 +106,8 @@ class FilesystemPartWriter:
         self._batch_bytes = 0
         self._finishing = False
         self._done = False  # committed or aborted: nothing more to do
+        self.sha256: bytes | None = None
+        """The part's SHA-256, once ``finish`` has fired (computed in the writer thread)."""
 
     def write(self, data: bytes | memoryview) -> Deferred[None]:
         if self._finishing or self._done:
@@ -138,7 +140,11 @@ class FilesystemPartWriter:
     def finish(self) -> Deferred[int]:
         self._finishing = True
         self._flush()
-        return self._queue.submit(self._sync_after_writes)
+        return self._queue.submit(self._sync_after_writes).addCallback(self._finished)
+
+    def _finished(self, size: int) -> int:
+        self.sha256 = self._file.sha256
+        return size
 
     def _sync_after_writes(self) -> int:
         # Runs after every queued write, in order; a failed write left its

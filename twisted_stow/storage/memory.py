@@ -57,6 +57,8 @@ class MemoryPartWriter:
         """Bytes whose write has completed (or been dropped by ``abort``)."""
         self.aborted = False
         self.committed: InstanceRef | None = None
+        self.sha256: bytes | None = None
+        """The part's SHA-256 once ``finish`` has fired (``IPartWriter.sha256``)."""
 
     @property
     def held(self) -> int:
@@ -105,6 +107,8 @@ class MemoryPartWriter:
                 written.callback(None)
         if not self._unwritten:
             finished, self._finished = self._finished, []
+            if finished:
+                self.sha256 = self._digest.digest()
             for waiter in finished:
                 waiter.callback(self.received)
 
@@ -112,6 +116,7 @@ class MemoryPartWriter:
         """Fires with the size once every write has completed (at once unless held)."""
         self._finishing = True
         if not self._unwritten:
+            self.sha256 = self._digest.digest()
             return succeed(self.received)
         waiter: Deferred[int] = Deferred()
         self._finished.append(waiter)

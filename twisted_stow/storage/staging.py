@@ -8,6 +8,7 @@ lock.  OS errors meaning "disk full" become ``StorageFull`` (FailureReason
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 from pathlib import Path
 
@@ -21,6 +22,16 @@ _JOIN_ABOVE_BUFFERS = 64
 # Errors that mean "the disk is full" rather than "storage is broken"; the
 # first maps to FailureReason 0xA700, everything else to 0x0110.
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+# The extended attribute holding a stored file's SHA-256 (32 raw bytes).  On
+# the inode rather than in a file of its own: it is made durable by the
+# staged file's fsync, and moves with the inode through every link and
+# replace of a commit, so no overwrite or crash can pair an instance with
+# another's digest.  ``stow-verify`` reads it.
+DIGEST_XATTR = "user.stow.sha256"
+# Filesystems without user extended attributes (some tmpfs, NFSv3): the
+# digest is still logged and in the workflow request, only not kept on disk.
+_NO_XATTR_ERRNOS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM})
 
 
 def _iov_max() -> int:
@@ -50,6 +61,12 @@ class StagingFile:
         self.path = path
         self.fd: int | None = None
         self.size = 0
+        # Fed in the writer thread, which touches every batch anyway: the
+        # digest costs no extra pass or thread hop, and hashlib releases the
+        # GIL for buffers above 2 KiB, so the reactor runs meanwhile.
+        self._sha256 = hashlib.sha256()
+        self.sha256: bytes | None = None  # set by sync_and_close
+        self.digest_kept = False  # whether the xattr was written
         # The first write error; later writes and the final sync re-raise it,
         # so a part with a hole in it can never be reported as staged.
         self.error: Exception | None = None
@@ -68,6 +85,8 @@ class StagingFile:
                 # ~50,000 in a batch): writev refuses more than IOV_MAX
                 # buffers with EINVAL, and one copy is cheaper anyway.
                 buffers = [b"".join(buffers)]
+            for buffer in buffers:
+                self._sha256.update(buffer)
             while buffers:
                 # Still capped: IOV_MAX may be below the join threshold.
                 written = os.writev(self.fd, buffers[:_IOV_MAX])
@@ -84,6 +103,9 @@ class StagingFile:
             if self.fd is None:  # an empty part still gets a (empty) file
                 self.write([])
             assert self.fd is not None
+            self.sha256 = self._sha256.digest()
+            self.digest_kept = _set_digest(self.fd, self.sha256)
+            # One fsync makes data and digest durable together.
             os.fsync(self.fd)
         except OSError as e:
             raise translate_os_error(e) from e
@@ -102,6 +124,17 @@ class StagingFile:
         if self.fd is not None:
             fd, self.fd = self.fd, None
             os.close(fd)
+
+
+def _set_digest(fd: int, digest: bytes) -> bool:
+    """Keep ``digest`` on the file; False where the filesystem has no user xattrs."""
+    try:
+        os.setxattr(fd, DIGEST_XATTR, digest)
+    except OSError as e:
+        if e.errno in _NO_XATTR_ERRNOS:
+            return False
+        raise
+    return True
 
 
 def _drop_written(buffers: list[bytes | memoryview], written: int) -> list[bytes | memoryview]:

@@ -67,6 +67,8 @@ def _instance_entry(outcome: Stored) -> dict[str, Any]:
         "sop_class_uid": instance.sop_class_uid,
         "path": instance_relative_path(instance),
         "size": outcome.size_bytes,
+        # Hex SHA-256 of the stored file (None if a backend reports none).
+        "sha256": outcome.sha256,
     }
 
 

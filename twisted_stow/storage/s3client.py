@@ -30,6 +30,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.session import Session
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 # Every S3 request gives up after this long (no hang when the store stops
@@ -105,7 +106,7 @@ def load_credentials(*, custom_endpoint: bool) -> Credentials | None:
         for name in ("iam-role", "container-role"):
             try:
                 resolver.remove(name)
-            except Exception:  # noqa: BLE001 - botocore versions differ in the names
+            except Exception:  # botocore versions differ in the names
                 pass
     credentials: Credentials | None = resolver.load_credentials()
     return credentials
@@ -208,12 +209,12 @@ class S3Client:
             response = await self._http.request(
                 method,
                 url,
-                headers={k: [v] for k, v in sent.items()},
+                headers=Headers({k: [v] for k, v in sent.items()}),
                 data=body if body or method in ("PUT", "POST") else None,
                 timeout=REQUEST_TIMEOUT_SECONDS,
             )
             content: bytes = await treq.content(response)
-        except Exception as e:  # noqa: BLE001 - any transport failure is a storage fault
+        except Exception as e:  # any transport failure is a storage fault
             raise S3Error(operation, 0, type(e).__name__, _reason(e)) from e
         answer = Response(
             response.code,

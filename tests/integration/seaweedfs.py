@@ -17,13 +17,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import boto3
 from botocore.config import Config
+
+from tests.launcher import wait_until_ready
 
 # S3 answers after ~4 s (measured); leave room for a loaded 2-core machine.
 START_TIMEOUT_SECONDS = 60.0
@@ -133,13 +134,8 @@ class SeaweedFS:
             cwd=self.base,
         )
         log.close()
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            if self.answers():
-                return
-            time.sleep(0.3)
+        if wait_until_ready(self.process, self.answers, START_TIMEOUT_SECONDS, 0.3):
+            return
         tail = (self.base / "weed.log").read_bytes()[-3000:].decode(errors="replace")
         self.stop()
         raise RuntimeError(f"SeaweedFS did not start on {self.endpoint}:\n{tail}")

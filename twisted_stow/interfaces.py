@@ -79,6 +79,21 @@ class IPartWriter(Interface):
         """
 
 
+class INamedPartWriter(IPartWriter):
+    """A writer that wants the instance's name while the part still streams.
+
+    An object store writes a large part at its final key (a multipart upload
+    cannot be renamed), so ``Ingest`` tells it as soon as the part's header
+    capture is done, which is within ``MAX_HEADER_READ_BYTES``.  Writers that
+    stage locally (filesystem, memory) do not provide it and are never told.
+    """
+
+    def named(instance: InstanceRef | None) -> None:
+        """The header is understood: ``instance`` will be ``commit``'s (None: the
+        part will not be stored, its bytes may be dropped).  Called at most once,
+        and maybe never (the part ended first); ``commit`` still names it."""
+
+
 class IStorage(Interface):
     """Where accepted instances are kept."""
 

@@ -15,13 +15,14 @@ from twisted.web.server import Site
 from .app import StowService
 from .auth.accesslog import access_log_line
 from .channel import StowChannel
-from .core.config import StowConfig
+from .core.config import S3Target, StowConfig
 from .deferreds import reactor_threads
 from .interfaces import IStorage
 from .ops import metrics
 from .ops.health import Readiness
 from .request import StreamingRequest
 from .storage.filesystem import FilesystemStorage
+from .storage.s3client import S3Location, default_endpoint
 from .workflow.amqp import AmqpPublisher
 from .workflow.spool import Spool
 from .workflow.trigger import WorkflowTrigger
@@ -93,12 +94,12 @@ def make_services(
     filesystem at ``config.storage``.
     """
     if storage is None:
-        storage = FilesystemStorage(config.storage, reactor)
+        storage = make_storage(config, reactor)
     run_in_thread = reactor_threads(reactor)
     workflows = WorkflowTrigger(
         Spool(config.workflow_spool_dir),
         run_in_thread,
-        storage_root=config.storage,
+        storage_root=config.storage_root,
         default_workflows=config.default_workflows,
     )
     metrics.watch_spool(lambda: len(workflows.spool.pending()))
@@ -119,6 +120,25 @@ def make_services(
     return top, make_site(config, storage, reactor, workflows)
 
 
+def s3_location(target: S3Target) -> S3Location:
+    """Where the S3 backend of ``--storage s3://...`` talks to."""
+    endpoint = target.endpoint or default_endpoint(target.region)
+    return S3Location(target.bucket, target.prefix, endpoint, target.region)
+
+
+def make_storage(config: StowConfig, reactor: Any) -> IStorage:
+    """The backend ``--storage`` names: an S3 bucket (``s3://``) or a directory."""
+    if config.s3 is None:
+        return FilesystemStorage(config.storage, reactor)
+    from .storage.s3 import S3Storage
+    from .storage.s3client import S3Client, load_credentials
+
+    credentials = load_credentials(custom_endpoint=config.s3.endpoint is not None)
+    if credentials is None:
+        raise ValueError("no S3 credentials (AWS_ACCESS_KEY_ID/AWS_PROFILE/shared files)")
+    return S3Storage(S3Client(s3_location(config.s3), credentials, reactor), reactor)
+
+
 class StorageService(Service):
     """Starts and stops the storage (directories, threads) with the application."""
 
@@ -130,8 +150,12 @@ class StorageService(Service):
         super().startService()
 
     def stopService(self) -> Any:
-        self.storage.stop()
-        return super().stopService()
+        # An object store's stop may return a Deferred (its last requests):
+        # twistd waits for it.
+        stop: Any = self.storage.stop
+        stopped = stop()
+        super().stopService()
+        return stopped
 
 
 class SpoolService(Service):

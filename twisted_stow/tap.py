@@ -43,7 +43,26 @@ class Options(usage.Options):
         "/aets/{AET}/rs/studies[/{study}]."
     )
     optParameters = [
-        ["storage", "s", DEFAULT_STORAGE, "Directory where instances are stored."],
+        [
+            "storage",
+            "s",
+            DEFAULT_STORAGE,
+            (
+                "Directory where instances are stored, or s3://BUCKET[/PREFIX] for an "
+                "S3-compatible object store (README 'Object storage (S3)')."
+            ),
+        ],
+        [
+            "s3-endpoint",
+            None,
+            None,
+            (
+                "S3 endpoint URL, http(s)://HOST[:PORT] (any S3-compatible store). Default: "
+                "AWS's for --s3-region. Credentials come from botocore's standard chain "
+                "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, shared files)."
+            ),
+        ],
+        ["s3-region", None, None, "S3 region (SigV4). Default: us-east-1."],
         [
             "public-url",
             None,
@@ -102,7 +121,7 @@ class Options(usage.Options):
             (
                 "Directory of the MONAI routes' workflow requests, one JSON file each "
                 "(docs/WORKFLOW.md); with --amqp-url the outbox. "
-                "Default: <storage>/.workflow-spool."
+                "Default: <storage>/.workflow-spool; with s3:// storage ./stow-workflow-spool."
             ),
         ],
         [
@@ -359,6 +378,21 @@ def _check_auth(config: StowConfig) -> None:
         raise usage.UsageError(str(e)) from e
 
 
+def _check_s3(config: StowConfig) -> None:
+    """Start-up: the bucket exists and the credentials can write, else exit with one line.
+
+    Blocking, before the reactor serves anything (the one S3 call off treq).
+    """
+    from .site import s3_location
+    from .storage.s3client import check_bucket, load_credentials
+
+    assert config.s3 is not None
+    credentials = load_credentials(custom_endpoint=config.s3.endpoint is not None)
+    problem = check_bucket(s3_location(config.s3), credentials)
+    if problem is not None:
+        startup.fail(problem)
+
+
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     """The server: storage, the workflow spool (and its AMQP publisher), plus
     one listening service per ``--listen``."""
@@ -367,7 +401,10 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
 
         reactor = default_reactor
     config: StowConfig = options.config
-    startup.check_storage(config.storage)
+    if config.s3 is not None:
+        _check_s3(config)
+    else:
+        startup.check_storage(config.storage)
     top, site = make_services(config, reactor)
     listeners = []
     for description in config.listen:

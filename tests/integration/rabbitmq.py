@@ -15,12 +15,13 @@ import os
 import signal
 import socket
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
 import pika
 import pytest
+
+from tests.launcher import wait_until_ready
 
 RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 EPMD = "epmd"
@@ -99,13 +100,8 @@ class RabbitMQ:
                 stderr=subprocess.STDOUT,
                 env=self._env(),
             )
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while time.monotonic() < deadline:
-            if self._server.poll() is not None:
-                break
-            if self.answers():
-                return
-            time.sleep(0.5)
+        if wait_until_ready(self._server, self.answers, START_TIMEOUT_SECONDS, 0.5):
+            return
         log = (self.base / "server.out").read_text(errors="replace")[-3000:]
         self.stop()
         pytest.fail(f"RabbitMQ did not start within {START_TIMEOUT_SECONDS} s:\n{log}")

@@ -50,6 +50,13 @@ DEFAULT_JWT_ALGORITHMS = ("RS256", "ES256")
 DEFAULT_MAX_PARTS = 10_000
 # A dot-directory is never a Study Instance UID, so never in the instance tree.
 DEFAULT_WORKFLOW_SPOOL_DIR_NAME = ".workflow-spool"
+# With s3:// storage the spool cannot live in the bucket: a local directory
+# relative to the working directory, as the default storage is.
+DEFAULT_S3_WORKFLOW_SPOOL = "stow-workflow-spool"
+DEFAULT_S3_REGION = "us-east-1"
+S3_SCHEME = "s3://"
+# S3 bucket names (the rules AWS and SeaweedFS share): 3-63 characters.
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNIT_BYTES = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
@@ -62,6 +69,21 @@ def parse_size(text: str) -> int:
         raise ValueError(f"not a size: {text!r} (use e.g. 1000, 512M, 2GiB)")
     number, unit = match.groups()
     return int(number) * _UNIT_BYTES[(unit or "")[:1].lower()]
+
+
+@dataclass(frozen=True)
+class S3Target:
+    """``--storage s3://BUCKET[/PREFIX]`` with ``--s3-endpoint`` and ``--s3-region``."""
+
+    bucket: str
+    prefix: str  # "" or "a/b/": always ends in "/"
+    endpoint: str | None  # None: AWS's endpoint of the region
+    region: str = DEFAULT_S3_REGION
+
+    @property
+    def uri(self) -> str:
+        """``s3://BUCKET/PREFIX`` (no trailing slash): the root object keys hang off."""
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -122,13 +144,24 @@ class StowConfig:
     # --verify-body-digest: with a body Content-Digest, commit no part before
     # the whole body's digest is checked (docs/CONFORMANCE.md, "Digests").
     verify_body_digest: bool = False
+    # --storage s3://...: the object store (None: the directory ``storage``).
+    s3: S3Target | None = None
 
     @property
     def workflow_spool_dir(self) -> Path:
         """Where workflow requests are spooled (outside the instance tree)."""
         if self.workflow_spool is not None:
             return self.workflow_spool
+        if self.s3 is not None:
+            return Path(DEFAULT_S3_WORKFLOW_SPOOL)
         return self.storage / DEFAULT_WORKFLOW_SPOOL_DIR_NAME
+
+    @property
+    def storage_root(self) -> str:
+        """What stored instances are named relative to: ``s3://BUCKET/PREFIX`` or a directory."""
+        if self.s3 is not None:
+            return self.s3.uri
+        return str(self.storage.absolute())
 
 
 def config_from_options(values: Mapping[str, Any]) -> StowConfig:
@@ -156,6 +189,11 @@ def config_from_options(values: Mapping[str, Any]) -> StowConfig:
         raise ValueError(
             f"--log-format: {values['log-format']!r} is not one of {', '.join(LOG_FORMATS)}"
         )
+    s3 = _s3_target(values["storage"], values.get("s3-endpoint"), values.get("s3-region"))
+    if s3 is not None and values["min-free-space"] not in ("0", 0, None):
+        # Free space is a local disk's notion; an object store reports quota
+        # errors per instance (0xA700) instead.
+        raise ValueError("--min-free-space: needs a local --storage directory, not s3://")
     return StowConfig(
         listen=tuple(values["listen"]) or (DEFAULT_LISTEN,),
         storage=Path(values["storage"]),
@@ -196,6 +234,7 @@ def config_from_options(values: Mapping[str, Any]) -> StowConfig:
         log_format=values["log-format"],
         min_free_bytes=_size_or_none(values["min-free-space"], "--min-free-space"),
         verify_body_digest=bool(values.get("verify-body-digest", 0)),
+        s3=s3,
     )
 
 
@@ -209,6 +248,55 @@ def check_endpoint(description: str, option: str) -> None:
             f"{option}: {description!r} is not a Twisted endpoint description "
             "(e.g. tcp:8080:interface=127.0.0.1, ssl:8443:privateKey=key.pem:certKey=cert.pem)"
         )
+
+
+def _s3_target(storage: str, endpoint: str | None, region: str | None) -> S3Target | None:
+    """``--storage s3://BUCKET[/PREFIX]`` and its ``--s3-*`` options, or None for a directory."""
+    if not storage.startswith(S3_SCHEME):
+        if endpoint or region:
+            raise ValueError("--s3-endpoint/--s3-region: need --storage s3://BUCKET[/PREFIX]")
+        return None
+    bucket, _, prefix = storage[len(S3_SCHEME) :].partition("/")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise ValueError(
+            f"--storage: {bucket!r} is not an S3 bucket name (3-63 of a-z, 0-9, '.', '-')"
+        )
+    segments = [segment for segment in prefix.split("/") if segment]
+    if any(segment in (".", "..") or segment.startswith(".") for segment in segments):
+        raise ValueError(f"--storage: prefix {prefix!r} has a segment starting with '.'")
+    if any(c.isspace() or c in "?#\\" for c in prefix):
+        raise ValueError(f"--storage: prefix {prefix!r} holds whitespace, '?', '#' or '\\'")
+    region = region or DEFAULT_S3_REGION
+    if not re.match(r"^[a-z0-9-]+$", region):
+        raise ValueError(f"--s3-region: {region!r} is not a region name (e.g. us-east-1)")
+    return S3Target(
+        bucket=bucket,
+        prefix="".join(f"{segment}/" for segment in segments),
+        endpoint=_s3_endpoint_or_none(endpoint),
+        region=region,
+    )
+
+
+def _s3_endpoint_or_none(text: str | None) -> str | None:
+    """``--s3-endpoint``: ``http(s)://host[:port]`` without path, query or credentials."""
+    if not text:
+        return None
+    problem = f"--s3-endpoint: {text!r} is not http(s)://HOST[:PORT] without a path"
+    try:
+        parts = urlsplit(text)
+        _ = parts.port
+    except ValueError as e:
+        raise ValueError(f"{problem} ({e})") from e
+    if (
+        parts.scheme.lower() not in ("http", "https")
+        or not parts.hostname
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username is not None
+    ):
+        raise ValueError(problem)
+    return f"{parts.scheme.lower()}://{parts.netloc}"
 
 
 def _path_or_none(text: str | None) -> Path | None:

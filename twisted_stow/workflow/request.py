@@ -32,8 +32,9 @@ class WorkflowContext:
 
     ``endpoint`` is the request path as received (no query); ``peer`` the
     client's address; ``principal`` who authenticated, or None;
-    ``storage_root`` the absolute directory that ``path`` fields are relative
-    to (our analogue of MONAI's ``bucket``).
+    ``storage_root`` the absolute directory, or ``s3://BUCKET/PREFIX``, that
+    ``path`` fields are relative to (our analogue of MONAI's ``bucket``; with
+    S3 each entry also has ``uri``, ``s3://BUCKET/KEY``).
     """
 
     payload_id: str
@@ -58,9 +59,9 @@ def instance_relative_path(instance: InstanceRef) -> str:
     )
 
 
-def _instance_entry(outcome: Stored) -> dict[str, Any]:
+def _instance_entry(outcome: Stored, storage_root: str) -> dict[str, Any]:
     instance = outcome.instance
-    return {
+    entry: dict[str, Any] = {
         "study_instance_uid": instance.study_instance_uid,
         "series_instance_uid": instance.series_instance_uid,
         "sop_instance_uid": instance.sop_instance_uid,
@@ -70,6 +71,10 @@ def _instance_entry(outcome: Stored) -> dict[str, Any]:
         # Hex SHA-256 of the stored file (None if a backend reports none).
         "sha256": outcome.sha256,
     }
+    if storage_root.startswith("s3://"):
+        # An object store: each object by its full name, s3://BUCKET/KEY.
+        entry["uri"] = f"{storage_root}/{entry['path']}"
+    return entry
 
 
 def format_timestamp(moment: datetime) -> str:
@@ -97,7 +102,7 @@ def build_workflow_request(
         if uid in seen:
             continue
         seen.add(uid)
-        entries.append(_instance_entry(outcome))
+        entries.append(_instance_entry(outcome, context.storage_root))
     if not entries:
         return None
     sizes = [entry["size"] for entry in entries]

@@ -52,13 +52,15 @@ class WorkflowTrigger:
         spool: Spool,
         run_in_thread: RunInThread,
         *,
-        storage_root: Path,
+        storage_root: Path | str,
         default_workflows: Sequence[str] = (),
         now_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         self.spool = spool
         self._run_in_thread = run_in_thread
-        self._storage_root = str(Path(storage_root).absolute())
+        # s3://BUCKET/PREFIX stays as it is; a directory is made absolute.
+        root = str(storage_root)
+        self._storage_root = root if "://" in root else str(Path(root).absolute())
         self.default_workflows = tuple(default_workflows)
         self._now_ns = now_ns
         self._listeners: list[Callable[[], None]] = []

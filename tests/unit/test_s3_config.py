@@ -1,0 +1,167 @@
+"""Issue 13: the s3:// options, the early-name hook in Ingest, and the S3 backend's interfaces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from tests.dicom_files import CT, read, uids
+from tests.fakes import RecordingProducer
+from twisted_stow.core.multipart import PartData, PartEnded, PartStarted
+from twisted_stow.core.outcomes import InstanceRef
+from twisted_stow.core.policy import IngestPolicy
+from twisted_stow.core.validation import DEFAULT_POLICY
+from twisted_stow.ingest import Ingest
+from twisted_stow.interfaces import INamedPartWriter, IPartWriter, IStorage
+from twisted_stow.storage.memory import MemoryPartWriter, MemoryStorage
+from twisted_stow.storage.s3 import ByteBudget, PartDigests, S3Storage
+from twisted_stow.storage.s3client import S3Client, S3Location, signed_headers
+from twisted_stow.tap import Options
+
+
+def parse(*argv: str) -> Options:
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+def test_s3_storage_option_sets_bucket_prefix_endpoint_region() -> None:
+    """``--storage s3://B/P/Q`` with endpoint and region lands in ``config.s3``."""
+    config = parse(
+        "--storage=s3://my-bucket/site/one/",
+        "--s3-endpoint=http://127.0.0.1:8333/",
+        "--s3-region=eu-west-1",
+    ).config
+    assert config.s3 is not None
+    assert (config.s3.bucket, config.s3.prefix) == ("my-bucket", "site/one/")
+    assert config.s3.endpoint == "http://127.0.0.1:8333"
+    assert config.s3.region == "eu-west-1"
+    assert config.storage_root == "s3://my-bucket/site/one"
+
+
+def test_s3_defaults_and_local_spool() -> None:
+    """No prefix, AWS endpoint, us-east-1; the workflow spool is a local directory."""
+    config = parse("--storage=s3://bucket").config
+    assert config.s3 is not None
+    assert (config.s3.prefix, config.s3.endpoint, config.s3.region) == ("", None, "us-east-1")
+    assert config.workflow_spool_dir == Path("stow-workflow-spool")
+    assert parse("--storage=dir").config.s3 is None
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [
+        (["--storage=s3://A_B"], "--storage"),
+        (["--storage=s3://ab"], "--storage"),
+        (["--storage=s3://bucket/.sop-index"], "--storage"),
+        (["--storage=s3://bucket", "--s3-endpoint=ftp://h"], "--s3-endpoint"),
+        (["--storage=s3://bucket", "--s3-endpoint=http://h/path"], "--s3-endpoint"),
+        (["--storage=s3://bucket", "--s3-region=EU WEST"], "--s3-region"),
+        (["--storage=dir", "--s3-endpoint=http://h"], "--s3-endpoint"),
+    ],
+)
+def test_bad_s3_values_are_usage_errors(argv: list[str], names: str) -> None:
+    """A bad bucket, prefix, endpoint or region is a usage error naming the option."""
+    with pytest.raises(usage.UsageError, match=names):
+        parse(*argv)
+
+
+def test_signing_covers_the_given_payload_hash() -> None:
+    """The signer signs the caller's payload SHA-256 as is (no second hash of the body)."""
+    from botocore.credentials import Credentials
+
+    credentials = Credentials("AK", "SK")
+    url = "http://127.0.0.1:1/b/k"
+    one = signed_headers(credentials, "us-east-1", "PUT", url, {}, "ab" * 32)
+    two = signed_headers(credentials, "us-east-1", "PUT", url, {}, "cd" * 32)
+    assert one["X-Amz-Content-SHA256"] == "ab" * 32
+    assert one["Authorization"] != two["Authorization"]
+
+
+def test_part_digests_one_pass() -> None:
+    """The instance digest covers every byte; each part digest only its own."""
+    digests = PartDigests()
+    digests.update(b"abc")
+    first = digests.cut()
+    digests.update(b"def")
+    import hashlib
+
+    assert first == hashlib.sha256(b"abc").digest()
+    assert digests.cut() == hashlib.sha256(b"def").digest()
+    assert digests.instance.digest() == hashlib.sha256(b"abcdef").digest()
+
+
+def test_budget_refuses_past_total_and_wakes_waiters() -> None:
+    """Past the total a reservation fails; a release wakes who waited."""
+    budget = ByteBudget(10)
+    woken: list[str] = []
+    assert budget.try_reserve(8)
+    assert not budget.try_reserve(5)
+    budget.wait(lambda: woken.append("w"))
+    budget.release(8)
+    assert woken == ["w"]
+    assert budget.try_reserve(10)
+
+
+def test_s3_storage_provides_interfaces() -> None:
+    """S3Storage and its writers implement IStorage, IPartWriter and INamedPartWriter."""
+    from botocore.credentials import Credentials
+
+    reactor = MemoryReactorClock()
+    location = S3Location("bucket", "p/", "http://127.0.0.1:1", "us-east-1")
+    storage = S3Storage(S3Client(location, Credentials("AK", "SK"), reactor), reactor)
+    verifyObject(IStorage, storage)
+    writer = storage.open_writer()
+    verifyObject(IPartWriter, writer)
+    verifyObject(INamedPartWriter, writer)
+
+
+@implementer(INamedPartWriter)
+class NamedMemoryWriter(MemoryPartWriter):
+    """A memory writer that also records what ``named`` told it."""
+
+    told: list[InstanceRef | None]
+
+    def named(self, instance: InstanceRef | None) -> None:
+        self.told.append(instance)
+
+
+class NamedMemoryStorage(MemoryStorage):
+    def open_writer(self) -> NamedMemoryWriter:
+        writer = NamedMemoryWriter(self)
+        writer.told = []
+        self.writers.append(writer)
+        return writer
+
+
+def test_ingest_names_the_writer_while_the_part_streams() -> None:
+    """A named writer learns its instance once the header is captured, before the part ends."""
+    storage = NamedMemoryStorage()
+    ingest = Ingest(storage, IngestPolicy(DEFAULT_POLICY), RecordingProducer())
+    data = read(CT)
+    ingest.handle([PartStarted([]), PartData(memoryview(data[:4096]))])
+    (writer,) = storage.writers
+    assert isinstance(writer, NamedMemoryWriter)
+    assert [ref.sop_instance_uid for ref in writer.told if ref] == [uids(CT)[1]]
+    ingest.handle([PartData(memoryview(data[4096:])), PartEnded()])
+    assert len(writer.told) == 1
+
+
+def test_ingest_tells_none_for_a_part_it_will_not_store() -> None:
+    """A header that fails validation tells the writer None (its bytes may be dropped)."""
+    storage = NamedMemoryStorage()
+    ingest = Ingest(storage, IngestPolicy(DEFAULT_POLICY), RecordingProducer())
+    ingest.handle([PartStarted([]), PartData(memoryview(b"\0" * 128 + b"NOPE" + b"\0" * 64))])
+    (writer,) = storage.writers
+    assert isinstance(writer, NamedMemoryWriter)
+    assert writer.told == [None]
+
+
+def test_plain_writers_are_never_named() -> None:
+    """The filesystem's and memory's writers do not provide the hook."""
+    assert not INamedPartWriter.providedBy(MemoryStorage().open_writer())

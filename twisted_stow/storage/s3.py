@@ -1,0 +1,690 @@
+"""Object storage: each part streams into S3 as it arrives, nothing on local disk.
+
+Layout (``PREFIX`` from ``--storage s3://BUCKET/PREFIX``):
+
+- ``PREFIX/<Study>/<Series>/<SOP>.dcm``: the instance, byte-identical to the
+  part, ``Content-Type: application/dicom``;
+- ``PREFIX/.sop-index/<SOP>``: the claim of a SOP Instance UID (its object's
+  key, SHA-256 and size), written with ``If-None-Match: *`` before the
+  instance becomes visible: SeaweedFS 4.48 honours that condition on
+  PutObject but not on CompleteMultipartUpload, so racing uploads of one UID
+  (on one server or several) are decided by the claim, never by the
+  completion;
+- ``PREFIX/.stow/runs/<run>``: this server run's heartbeat, and
+  ``PREFIX/.stow/uploads/<run>/<UploadId>``: each multipart upload it has
+  open (the object's key as body), so the sweep knows which uploads are whose
+  and aborts only those of runs whose heartbeat stopped.
+
+A part below ``MULTIPART_MIN_BYTES`` stays in memory and goes in one
+PutObject at ``commit``.  A larger one becomes a multipart upload at its final
+key as soon as its header names it (``INamedPartWriter.named``), parts cut at
+``PART_BYTES`` and sent one at a time as they fill; ``commit`` claims the UID
+and completes; ``abort`` aborts.  Every request carries the SHA-256 of its
+body, signed (SigV4 payload hash) and as ``x-amz-checksum-sha256``, so the
+store verifies what it got; the same pass feeds the instance's SHA-256
+(``PartDigests``).
+
+Flow: a writer accepts bytes ahead of the store (fires their write Deferreds
+at once) while it holds at most ``HOLD_BYTES`` and the process-wide
+``ByteBudget`` has room; past that the Deferreds wait for a part to be sent,
+so ``Ingest`` stops reading the socket when the store is slow.  Firing only
+once a part is sent would deadlock: ``Ingest`` resumes below 2 MiB in flight,
+and an S3 part needs 5 MiB.  Bytes beyond the budget are never needed to make
+progress (a writer with unaccepted bytes cuts a part at 5 MiB), so the budget
+bounds memory without a way to stall.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+from xml.sax.saxutils import escape
+
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ..core.dicomheader import MAX_HEADER_READ_BYTES
+from ..core.outcomes import InstanceRef
+from ..core.policy import CommitResult, StorageFull
+from ..deferreds import detached
+from ..interfaces import INamedPartWriter, IPartWriter, IStorage
+from .s3client import QUOTA_CODES, S3Client, S3Error, S3Location, find_all, text_of
+
+log = Logger()
+
+MiB = 1024 * 1024
+# S3's smallest part but the last: a part that ends below this goes in one PutObject.
+MULTIPART_MIN_BYTES = 5 * MiB
+# A multipart part is cut once this much has filled (parts are 8-16 MiB:
+# whatever filled while the previous part was sending goes with the next).
+PART_BYTES = 8 * MiB
+# S3 allows at most 10,000 parts: 8 MiB each bounds an instance at 78 GiB.
+MAX_PARTS = 10_000
+# Bytes one writer accepts ahead of the store (their write Deferreds fired).
+HOLD_BYTES = PART_BYTES
+# Bytes all writers of one process accept ahead of the store: only as many
+# uploads buffer a part at once as this allows, the rest wait with their
+# sockets paused (the workers issue's memory budget takes its place).
+DEFAULT_BUDGET_BYTES = 64 * MiB
+# A part whose header names no instance after this many bytes cannot be
+# named (HeaderCapture refuses past MAX_HEADER_READ_BYTES): it is dropped.
+UNNAMED_HOLD_BYTES = MAX_HEADER_READ_BYTES + PART_BYTES
+# How long a racing identical upload waits for the winner's object to appear.
+CLAIM_WAIT_SECONDS = 10.0
+_CLAIM_POLL_SECONDS = 0.25
+# Heartbeat of this run, and when another run counts as gone (its uploads swept).
+HEARTBEAT_SECONDS = 60.0
+RUN_STALE_SECONDS = 5 * HEARTBEAT_SECONDS
+SWEEP_SECONDS = 300.0
+# Any multipart upload under the prefix older than this is abandoned whoever
+# started it (one that crashed between CreateMultipartUpload and its marker).
+UPLOAD_MAX_AGE_SECONDS = 24 * 3600.0
+INDEX_DIR = ".sop-index/"
+STOW_DIR = ".stow/"
+DICOM_CONTENT_TYPE = "application/dicom"
+
+
+class PartDigests:
+    """One pass over a part's bytes: the instance's SHA-256 and the current S3 part's.
+
+    The one place the writer hashes (the integrity issue feeds its instance
+    digest from the same ``update``).
+    """
+
+    def __init__(self) -> None:
+        self.instance = hashlib.sha256()
+        self.part = hashlib.sha256()
+
+    def update(self, data: bytes | memoryview) -> None:
+        self.instance.update(data)
+        self.part.update(data)
+
+    def cut(self) -> bytes:
+        """The digest of the S3 part that ends here; the next starts empty."""
+        digest = self.part.digest()
+        self.part = hashlib.sha256()
+        return digest
+
+
+def checksum_headers(digest: bytes) -> dict[str, str]:
+    """What makes the store verify a body: its SHA-256 signed and as a checksum."""
+    return {
+        "X-Amz-Content-SHA256": digest.hex(),
+        "x-amz-checksum-sha256": base64.b64encode(digest).decode(),
+    }
+
+
+class ByteBudget:
+    """Bytes the writers of one process may accept ahead of the store."""
+
+    def __init__(self, total_bytes: int) -> None:
+        self.total_bytes = total_bytes
+        self.used_bytes = 0
+        self.peak_bytes = 0
+        self._waiting: deque[Callable[[], None]] = deque()
+
+    def try_reserve(self, nbytes: int) -> bool:
+        if self.used_bytes + nbytes > self.total_bytes and self.used_bytes > 0:
+            return False
+        self.used_bytes += nbytes
+        self.peak_bytes = max(self.peak_bytes, self.used_bytes)
+        return True
+
+    def wait(self, wake: Callable[[], None]) -> None:
+        if wake not in self._waiting:
+            self._waiting.append(wake)
+
+    def release(self, nbytes: int) -> None:
+        if nbytes <= 0:
+            return
+        self.used_bytes -= nbytes
+        waiting, self._waiting = self._waiting, deque()
+        for wake in waiting:
+            wake()
+
+
+def _storage_error(error: S3Error) -> OSError:
+    if error.code in QUOTA_CODES or error.status == 507:
+        return StorageFull(error.strerror)  # type: ignore[return-value]
+    return error
+
+
+@implementer(IPartWriter, INamedPartWriter)
+class S3PartWriter:
+    """One part on its way into S3; see ``IPartWriter`` and the module docstring.
+
+    Each write is an entry ``[nbytes, Deferred]`` of the buffer being filled;
+    accepting it ahead of the store reserves its bytes from the budget,
+    fires the Deferred and leaves ``[nbytes, None]``.  When a part is cut it
+    takes the buffer's chunks and entries along; once it is sent (or has
+    failed) its accepted bytes return to the budget and its other Deferreds
+    fire.
+    """
+
+    def __init__(self, storage: S3Storage) -> None:
+        self._storage = storage
+        self._client = storage.client
+        self._chunks: list[bytes | memoryview] = []
+        self._entries: list[list[Any]] = []
+        self._first_unaccepted = 0  # entries before it are accepted
+        self._filled = 0  # bytes in _chunks
+        self._reserved = 0  # accepted bytes of the buffer (budget held)
+        self._digests = PartDigests()
+        self.size = 0
+        self._key: str | None = None
+        self._named = False
+        self._dropping = False  # aborted, failed or not to be stored: bytes are dropped
+        self._failure: OSError | None = None
+        self._upload_id: str | None = None
+        self._creating = False
+        self._part_task = False
+        self._etags: list[str] = []
+        self._finishing = False
+        self._finished: list[Deferred[int]] = []
+        self._done = False  # committed or aborted
+        self._aborted: Deferred[None] | None = None
+        self._replaced: str | None = None
+
+    # IPartWriter
+
+    @property
+    def sha256(self) -> bytes | None:
+        """The instance's SHA-256 once ``finish`` has fired (the same pass that
+        feeds each S3 part's checksum); None before, or when bytes were dropped."""
+        if not self._finishing or self._dropping:
+            return None
+        return self._digests.instance.digest()
+
+    def write(self, data: bytes | memoryview) -> Deferred[None]:
+        if self._finishing or self._done:
+            raise RuntimeError("write after finish/abort")
+        written: Deferred[None] = Deferred()
+        self.size += len(data)
+        if self._dropping:
+            written.callback(None)
+            return written
+        self._digests.update(data)
+        self._chunks.append(data)
+        self._filled += len(data)
+        self._entries.append([len(data), written])
+        self._pump()
+        return written
+
+    def named(self, instance: InstanceRef | None) -> None:
+        if self._named:
+            return
+        self._named = True
+        if instance is None:
+            self._drop()  # it will not be stored: nothing to send
+        else:
+            self._key = self._storage.instance_key(instance)
+        self._pump()
+
+    def finish(self) -> Deferred[int]:
+        self._finishing = True
+        waiter: Deferred[int] = Deferred()
+        self._finished.append(waiter)
+        self._pump()
+        return waiter
+
+    def commit(self, instance: InstanceRef, *, overwrite: bool) -> Deferred[CommitResult]:
+        if self._failure is not None:
+            return ensureDeferred(self._raise(self._failure))
+        self._done = True
+        return ensureDeferred(self._commit(instance, overwrite))
+
+    def abort(self) -> Deferred[None]:
+        if self._aborted is not None:
+            return detached(self._aborted)
+        if self._done:
+            return succeed(None)
+        self._done = True
+        self._drop()
+        self._aborted = ensureDeferred(self._abort_upload())
+        return detached(self._aborted)
+
+    # flow
+
+    def _accept(self) -> None:
+        """Accept buffered writes ahead of the store while this writer and the budget allow."""
+        budget = self._storage.budget
+        limit = HOLD_BYTES if self._key is not None else UNNAMED_HOLD_BYTES
+        entries = self._entries
+        while self._first_unaccepted < len(entries):
+            entry = entries[self._first_unaccepted]
+            nbytes = entry[0]
+            if self._reserved and self._reserved + nbytes > limit:
+                return
+            if not budget.try_reserve(nbytes):
+                budget.wait(self._pump)
+                return
+            self._reserved += nbytes
+            self._first_unaccepted += 1
+            written, entry[1] = entry[1], None
+            written.callback(None)
+
+    def _pump(self) -> None:
+        """Decide what can happen now: accept bytes, open the upload, send a part, finish."""
+        if self._dropping:
+            self._fire_finished()
+            return
+        self._accept()
+        key = self._key
+        if key is None:
+            if not self._named and self._filled > UNNAMED_HOLD_BYTES:
+                self._fail(OSError(f"no instance named within {UNNAMED_HOLD_BYTES} bytes"))
+            elif self._finishing:
+                self._fire_finished()  # commit sends it: the data is complete in memory
+            return
+        if self._upload_id is None:
+            if not self._creating and self._filled >= MULTIPART_MIN_BYTES:
+                self._creating = True
+                ensureDeferred(self._create(key))
+            elif self._finishing and not self._creating:
+                self._fire_finished()  # small: one PutObject at commit
+            return
+        stalled = self._first_unaccepted < len(self._entries)
+        if not self._part_task and (
+            self._filled >= PART_BYTES
+            or (stalled and self._filled >= MULTIPART_MIN_BYTES)
+            or (self._finishing and self._filled > 0)
+        ):
+            self._part_task = True
+            ensureDeferred(self._send_part())
+        elif self._finishing and not self._part_task and self._filled == 0:
+            self._fire_finished()
+
+    async def _create(self, key: str) -> None:
+        storage = self._storage
+        try:
+            answer = await self._client.request(
+                "CreateMultipartUpload",
+                "POST",
+                key,
+                query={"uploads": ""},
+                headers={"Content-Type": DICOM_CONTENT_TYPE},
+            )
+            found = find_all(answer.body, "UploadId")
+            upload_id = found[0].text if found else None
+            if not upload_id:
+                raise S3Error("CreateMultipartUpload", answer.status, "NoUploadId", "")
+            self._upload_id = upload_id
+            # Registered for the sweep before any part is sent.
+            await self._client.request(
+                "PutObject", "PUT", storage.upload_marker(upload_id), body=key.encode()
+            )
+        except S3Error as e:
+            self._creating = False
+            self._fail(_storage_error(e))
+            return
+        self._creating = False
+        if self._aborted is not None:
+            # Aborted while creating: _abort_upload found no id then.
+            await self._abort_upload()
+            return
+        self._pump()
+
+    def _cut(self) -> tuple[list[bytes | memoryview], list[list[Any]], int, int]:
+        """Take the buffer: its chunks, entries, bytes and accepted bytes."""
+        taken = self._chunks, self._entries, self._filled, self._reserved
+        self._chunks, self._entries, self._filled, self._reserved = [], [], 0, 0
+        self._first_unaccepted = 0
+        return taken
+
+    def _settle(self, entries: list[list[Any]], reserved: int) -> None:
+        """Storage holds these bytes no longer: return the budget, fire the rest."""
+        self._storage.budget.release(reserved)
+        for entry in entries:
+            written, entry[1] = entry[1], None
+            if written is not None:
+                written.callback(None)
+
+    async def _send_part(self) -> None:
+        chunks, entries, _, reserved = self._cut()
+        body = b"".join(chunks)
+        del chunks
+        digest = self._digests.cut()
+        number = len(self._etags) + 1
+        try:
+            if number > MAX_PARTS:
+                raise S3Error("UploadPart", 0, "TooManyParts", f"more than {MAX_PARTS} parts")
+            assert self._upload_id is not None and self._key is not None
+            answer = await self._client.request(
+                "UploadPart",
+                "PUT",
+                self._key,
+                query={"partNumber": str(number), "uploadId": self._upload_id},
+                headers=checksum_headers(digest),
+                body=body,
+                payload_sha256=digest.hex(),
+            )
+            self._etags.append(answer.headers.get("etag", ""))
+        except S3Error as e:
+            self._fail(_storage_error(e))
+        finally:
+            del body
+            self._part_task = False
+            self._settle(entries, reserved)
+        self._pump()
+
+    def _fail(self, error: OSError) -> None:
+        if self._failure is None:
+            self._failure = error
+        self._drop()
+
+    def _drop(self) -> None:
+        """Hold no more bytes: fire every write, return the budget."""
+        self._dropping = True
+        _, entries, _, reserved = self._cut()
+        self._settle(entries, reserved)
+        self._fire_finished()
+
+    def _fire_finished(self) -> None:
+        if not self._finishing or self._creating or self._part_task:
+            return
+        finished, self._finished = self._finished, []
+        for waiter in finished:
+            if self._failure is not None:
+                waiter.errback(self._failure)
+            else:
+                waiter.callback(self.size)
+
+    # commit
+
+    async def _raise(self, error: OSError) -> CommitResult:
+        await self._abort_upload()
+        raise error
+
+    async def _commit(self, instance: InstanceRef, overwrite: bool) -> CommitResult:
+        storage = self._storage
+        key = storage.instance_key(instance)
+        sha = self._digests.instance.hexdigest()
+        index = storage.index_key(instance)
+        claim = f"{key}\n{sha}\n{self.size}\n".encode()
+        try:
+            result = await self._claim(index, claim, key, sha, overwrite)
+            if result in (CommitResult.IDENTICAL_DUPLICATE, CommitResult.CONFLICTING_DUPLICATE):
+                await self._abort_upload()
+                return result
+            try:
+                await self._write_object(key)
+            except S3Error:
+                if result is CommitResult.STORED:
+                    # Unclaim, so a retry is not taken for a duplicate of nothing.
+                    await storage.delete_quietly(index)
+                raise
+            return result
+        except S3Error as e:
+            await self._abort_upload()
+            raise _storage_error(e) from e
+        finally:
+            _, entries, _, reserved = self._cut()
+            self._settle(entries, reserved)
+
+    async def _claim(
+        self, index: str, claim: bytes, key: str, sha: str, overwrite: bool
+    ) -> CommitResult:
+        """Claim the SOP Instance UID, or say why not (identical, conflicting, overwritten)."""
+        client = self._client
+        answer = await client.request(
+            "PutObject (claim)",
+            "PUT",
+            index,
+            headers={"If-None-Match": "*"},
+            body=claim,
+            ok=(200, 409, 412),
+        )
+        if answer.status == 200:
+            return CommitResult.STORED
+        deadline = time.monotonic() + CLAIM_WAIT_SECONDS
+        while True:
+            current = await client.request("GetObject (claim)", "GET", index, ok=(200, 404))
+            if current.status == 404:
+                # Unclaimed meanwhile (a failed upload let go): try again.
+                return await self._claim(index, claim, key, sha, overwrite)
+            fields = current.body.decode(errors="replace").split("\n")
+            other_key, other_sha = [*fields, "", ""][:2]
+            if other_key == key and other_sha == sha:
+                head = await client.request("HeadObject", "HEAD", key, ok=(200, 404))
+                if head.status == 200 and head.headers.get("content-length") == str(self.size):
+                    return CommitResult.IDENTICAL_DUPLICATE
+                if time.monotonic() < deadline:
+                    # The claimant is completing its object (a racing retry).
+                    await self._storage.sleep(_CLAIM_POLL_SECONDS)
+                    continue
+                # The claimant never wrote it (crashed after claiming): ours now.
+                await client.request("PutObject (claim)", "PUT", index, body=claim)
+                return CommitResult.STORED
+            if not overwrite:
+                return CommitResult.CONFLICTING_DUPLICATE
+            await client.request("PutObject (claim)", "PUT", index, body=claim)
+            if other_key != key:
+                self._replaced = other_key
+            return CommitResult.OVERWRITTEN
+
+    async def _write_object(self, key: str) -> None:
+        """Make the object visible: complete the multipart upload, or one PutObject."""
+        client = self._client
+        if self._upload_id is not None:
+            parts = "".join(
+                f"<Part><PartNumber>{n}</PartNumber><ETag>{escape(etag)}</ETag></Part>"
+                for n, etag in enumerate(self._etags, start=1)
+            )
+            body = f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
+            answer = await client.request(
+                "CompleteMultipartUpload",
+                "POST",
+                key,
+                query={"uploadId": self._upload_id},
+                body=body,
+            )
+            # S3 may answer 200 with an error document once the completion started.
+            if b"<Error>" in answer.body[:512]:
+                raise S3Error("CompleteMultipartUpload", 200, "InternalError", "")
+            upload_id, self._upload_id = self._upload_id, None
+            await self._storage.delete_quietly(self._storage.upload_marker(upload_id))
+        else:
+            body = b"".join(self._chunks)
+            digest = self._digests.instance.digest()
+            await client.request(
+                "PutObject",
+                "PUT",
+                key,
+                headers={"Content-Type": DICOM_CONTENT_TYPE, **checksum_headers(digest)},
+                body=body,
+                payload_sha256=digest.hex(),
+            )
+        if self._replaced is not None:
+            # Overwritten in another study/series: the older copy goes.
+            await self._storage.delete_quietly(self._replaced)
+
+    async def _abort_upload(self) -> None:
+        upload_id, self._upload_id = self._upload_id, None
+        if upload_id is None or self._key is None:
+            return
+        storage = self._storage
+        try:
+            await self._client.request(
+                "AbortMultipartUpload",
+                "DELETE",
+                self._key,
+                query={"uploadId": upload_id},
+                ok=(200, 204, 404),
+            )
+            await storage.delete_quietly(storage.upload_marker(upload_id))
+        except S3Error as e:
+            # The sweep retries it once this run's heartbeat stops.
+            log.warn("could not abort multipart upload {key}: {error}", key=self._key, error=e)
+
+
+@implementer(IStorage)
+class S3Storage:
+    """Instances as objects in one bucket under one prefix; see the module docstring."""
+
+    def __init__(
+        self,
+        client: S3Client,
+        reactor: Any,
+        *,
+        budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    ) -> None:
+        self.client = client
+        self.location: S3Location = client.location
+        self.reactor = reactor
+        self.budget = ByteBudget(budget_bytes)
+        # Names this run's heartbeat and upload markers (the pid alone is
+        # reused by a restarted container).
+        self.run = f"{os.getpid()}-{secrets.token_hex(8)}"
+        self._heartbeat = LoopingCall(self._beat)
+        self._sweeper = LoopingCall(self._sweep_later)
+        self._heartbeat.clock = reactor
+        self._sweeper.clock = reactor
+        self.last_sweep: Deferred[int] | None = None
+
+    def start(self) -> None:
+        """Heartbeat now and then; sweep abandoned uploads now and then."""
+        self._heartbeat.start(HEARTBEAT_SECONDS, now=True)
+        self._sweeper.start(SWEEP_SECONDS, now=True)
+
+    def stop(self) -> Any:
+        for loop in (self._heartbeat, self._sweeper):
+            if loop.running:
+                loop.stop()
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        await self.delete_quietly(self.run_key(self.run))
+        await self.client.close()
+
+    def open_writer(self) -> S3PartWriter:
+        return S3PartWriter(self)
+
+    # names
+
+    def instance_key(self, instance: InstanceRef) -> str:
+        return self.location.key(
+            f"{instance.study_instance_uid}/{instance.series_instance_uid}/"
+            f"{instance.sop_instance_uid}.dcm"
+        )
+
+    def index_key(self, instance: InstanceRef) -> str:
+        return self.location.key(INDEX_DIR + instance.sop_instance_uid)
+
+    def run_key(self, run: str) -> str:
+        return self.location.key(f"{STOW_DIR}runs/{run}")
+
+    def upload_marker(self, upload_id: str) -> str:
+        return self.location.key(f"{STOW_DIR}uploads/{self.run}/{upload_id}")
+
+    # helpers
+
+    def sleep(self, seconds: float) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.reactor.callLater(seconds, d.callback, None)
+        return d
+
+    async def delete_quietly(self, key: str) -> None:
+        try:
+            await self.client.request("DeleteObject", "DELETE", key, ok=(200, 204, 404))
+        except S3Error as e:
+            log.warn("could not delete {key}: {error}", key=key, error=e)
+
+    def _beat(self) -> Deferred[None]:
+        d = ensureDeferred(
+            self.client.request("PutObject", "PUT", self.run_key(self.run), body=b"alive\n")
+        )
+        d.addErrback(lambda f: log.warn("S3 heartbeat failed: {error}", error=f.value))
+        return d.addCallback(lambda _: None)
+
+    def _sweep_later(self) -> None:
+        self.last_sweep = ensureDeferred(self.sweep())
+        self.last_sweep.addErrback(
+            lambda f: log.warn("S3 sweep of abandoned uploads failed: {error}", error=f.value)
+        )
+
+    async def _list(self, prefix: str) -> list[tuple[str, float]]:
+        """Keys under ``prefix`` and their LastModified (epoch seconds)."""
+        found: list[tuple[str, float]] = []
+        token: str | None = None
+        while True:
+            query = {"list-type": "2", "prefix": prefix}
+            if token:
+                query["continuation-token"] = token
+            answer = await self.client.request("ListObjectsV2", "GET", query=query)
+            for item in find_all(answer.body, "Contents"):
+                found.append((text_of(item, "Key"), _epoch(text_of(item, "LastModified"))))
+            tokens = find_all(answer.body, "NextContinuationToken")
+            token = tokens[0].text if tokens else None
+            if not token:
+                return found
+
+    async def sweep(self, *, now: float | None = None) -> int:
+        """Abort the multipart uploads of runs that stopped; returns how many were aborted.
+
+        A run is gone once its heartbeat is older than ``RUN_STALE_SECONDS``
+        (or missing); another live server's uploads are never touched.  Any
+        upload under the prefix older than ``UPLOAD_MAX_AGE_SECONDS`` goes too.
+        """
+        now = time.time() if now is None else now
+        runs_prefix = self.location.key(f"{STOW_DIR}runs/")
+        alive = {
+            key[len(runs_prefix) :]
+            for key, modified in await self._list(runs_prefix)
+            if now - modified < RUN_STALE_SECONDS
+        }
+        alive.add(self.run)
+        aborted = 0
+        uploads_prefix = self.location.key(f"{STOW_DIR}uploads/")
+        for marker, _ in await self._list(uploads_prefix):
+            run, _, upload_id = marker[len(uploads_prefix) :].partition("/")
+            if run in alive or not upload_id:
+                continue
+            answer = await self.client.request("GetObject", "GET", marker, ok=(200, 404))
+            if answer.status == 200:
+                key = answer.body.decode(errors="replace")
+                await self.client.request(
+                    "AbortMultipartUpload",
+                    "DELETE",
+                    key,
+                    query={"uploadId": upload_id},
+                    ok=(200, 204, 404),
+                )
+                aborted += 1
+            await self.delete_quietly(marker)
+            await self.delete_quietly(self.run_key(run))
+        answer = await self.client.request(
+            "ListMultipartUploads",
+            "GET",
+            query={"uploads": "", "prefix": self.location.prefix},
+        )
+        for upload in find_all(answer.body, "Upload"):
+            if now - _epoch(text_of(upload, "Initiated")) < UPLOAD_MAX_AGE_SECONDS:
+                continue
+            await self.client.request(
+                "AbortMultipartUpload",
+                "DELETE",
+                text_of(upload, "Key"),
+                query={"uploadId": text_of(upload, "UploadId")},
+                ok=(200, 204, 404),
+            )
+            aborted += 1
+        if aborted:
+            log.info("S3 sweep aborted {count} abandoned multipart uploads", count=aborted)
+        return aborted
+
+
+def _epoch(text: str) -> float:
+    """S3's ISO 8601 times (``2026-12-02T01:30:45.000Z``) as epoch seconds; 0 if unreadable."""
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0

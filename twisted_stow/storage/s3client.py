@@ -1,0 +1,297 @@
+"""A small S3 client on the reactor: botocore signs, treq sends.
+
+botocore gives the standard credential chain and SigV4; the HTTP goes
+through treq on one persistent ``HTTPConnectionPool`` per endpoint, so no
+request takes a thread and connections are kept alive (txaws is unmaintained,
+aiobotocore needs the asyncio reactor, boto3 blocks a thread per call).
+Requests are path-style (``ENDPOINT/BUCKET/KEY``), which every S3-compatible
+store accepts.  Each request's payload SHA-256 is computed by the caller (the
+same pass that gives the part's checksum) and signed as is, never re-hashed.
+
+``check_bucket`` is the one blocking call: the start-up check, run before the
+reactor serves anything (``tap.makeService``), over the standard library's
+``http.client`` with the same signer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from botocore.session import Session
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
+
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+# Every S3 request gives up after this long (no hang when the store stops
+# answering mid-request); the largest request is one part of at most
+# ``s3.MAX_PART_BYTES`` at a few MiB/s.
+REQUEST_TIMEOUT_SECONDS = 60.0
+# Connections kept open per endpoint: one per part in flight is enough, the
+# rest of the requests are small.
+POOL_CONNECTIONS_PER_HOST = 32
+# Start-up check: how long to wait for the endpoint.
+CHECK_TIMEOUT_SECONDS = 10.0
+_S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+# S3 error codes that mean "no room" (FailureReason 0xA700), not a fault.
+QUOTA_CODES = frozenset({"QuotaExceeded", "EntityTooLarge", "InsufficientStorage"})
+
+
+class S3Error(OSError):
+    """An S3 request failed: the store answered an error, or could not be reached.
+
+    An ``OSError`` so that ingest treats it as any other storage fault
+    (FailureReason 0x0110); ``code`` is S3's error code (``""`` when the
+    store was not reached), ``status`` the HTTP status (0 likewise).
+    """
+
+    def __init__(self, operation: str, status: int, code: str, message: str) -> None:
+        text = f"S3 {operation}: {status or 'unreachable'} {code} {message}".strip()
+        super().__init__(text)
+        self.strerror = text
+        self.status = status
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class S3Location:
+    """Where ``--storage s3://BUCKET[/PREFIX]`` and ``--s3-endpoint`` point."""
+
+    bucket: str
+    prefix: str  # "" or "a/b/" (always ends in "/")
+    endpoint: str  # scheme://host[:port], no path
+    region: str
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    def url(self, key: str = "", query: Mapping[str, str] | None = None) -> str:
+        path = "/" + quote(self.bucket, safe="")
+        if key:
+            path += "/" + quote(key, safe="/~")
+        if query:
+            # SigV4 wants the query sorted and %20-quoted; urlencode + sorted does both.
+            path += "?" + urlencode(sorted(query.items()), quote_via=quote, safe="~")
+        return self.endpoint + path
+
+    def uri(self, key: str) -> str:
+        """``s3://BUCKET/KEY``: how workflow requests and logs name an object."""
+        return f"s3://{self.bucket}/{key}"
+
+
+def default_endpoint(region: str) -> str:
+    return f"https://s3.{region}.amazonaws.com"
+
+
+def load_credentials(*, custom_endpoint: bool) -> Credentials | None:
+    """The standard chain (environment, ``AWS_PROFILE``, shared files, ...).
+
+    With a custom endpoint the instance-metadata and container providers are
+    dropped: they would send a request to an address the operator did not
+    configure (and are meaningless for a store that is not AWS).
+    """
+    session = Session()
+    resolver = session.get_component("credential_provider")
+    if custom_endpoint:
+        for name in ("iam-role", "container-role"):
+            try:
+                resolver.remove(name)
+            except Exception:  # botocore versions differ in the names
+                pass
+    credentials: Credentials | None = resolver.load_credentials()
+    return credentials
+
+
+class _PresignedPayload(S3SigV4Auth):
+    """SigV4 for S3 with the payload hash the caller already computed."""
+
+    def __init__(self, credentials: Any, region: str, payload_sha256: str) -> None:
+        super().__init__(credentials, "s3", region)
+        self._payload_sha256 = payload_sha256
+
+    def payload(self, request: Any) -> str:
+        return self._payload_sha256
+
+
+def signed_headers(
+    credentials: Credentials,
+    region: str,
+    method: str,
+    url: str,
+    headers: Mapping[str, str],
+    payload_sha256: str,
+) -> dict[str, str]:
+    """``headers`` plus the SigV4 ones (Authorization, X-Amz-Date, ...)."""
+    request = AWSRequest(method=method, url=url, headers=dict(headers))
+    _PresignedPayload(credentials.get_frozen_credentials(), region, payload_sha256).add_auth(
+        request
+    )
+    return {str(k): str(v) for k, v in request.headers.items()}
+
+
+def error_code(body: bytes) -> tuple[str, str]:
+    """S3's ``<Error><Code>`` and ``<Message>`` of an error body, or ``("", "")``."""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        return "", ""
+    code = root.findtext("Code") or root.findtext(f"{_S3_NS}Code") or ""
+    message = root.findtext("Message") or root.findtext(f"{_S3_NS}Message") or ""
+    return code, message
+
+
+def find_all(body: bytes, path: str) -> list[ET.Element]:
+    """Elements of an S3 XML answer, with or without the S3 namespace."""
+    root = ET.fromstring(body)
+    found = root.findall(path)
+    if not found:
+        found = root.findall("/".join(f"{_S3_NS}{p}" for p in path.split("/")))
+    return found
+
+
+def text_of(element: ET.Element, name: str) -> str:
+    return element.findtext(name) or element.findtext(f"{_S3_NS}{name}") or ""
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+
+
+class S3Client:
+    """Signed S3 requests over treq on ``reactor``, one keep-alive pool."""
+
+    def __init__(self, location: S3Location, credentials: Credentials, reactor: Any) -> None:
+        import treq.client  # twisted-side import; the module stays importable without a reactor
+
+        self.location = location
+        self._credentials = credentials
+        self._reactor = reactor
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.pool.maxPersistentPerHost = POOL_CONNECTIONS_PER_HOST
+        # Connections idle longer than this are closed (SeaweedFS keeps them ~2 min).
+        self.pool.cachedConnectionTimeout = 50
+        self._http = treq.client.HTTPClient(Agent(reactor, pool=self.pool))
+
+    async def request(
+        self,
+        operation: str,
+        method: str,
+        key: str = "",
+        *,
+        query: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+        payload_sha256: str | None = None,
+        ok: tuple[int, ...] = (200,),
+    ) -> Response:
+        """Send one request; an answer outside ``ok`` raises ``S3Error``."""
+        import treq
+
+        url = self.location.url(key, query)
+        sha = payload_sha256 or (hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256)
+        sent = signed_headers(
+            self._credentials, self.location.region, method, url, headers or {}, sha
+        )
+        try:
+            response = await self._http.request(
+                method,
+                url,
+                headers=Headers({k: [v] for k, v in sent.items()}),
+                data=body if body or method in ("PUT", "POST") else None,
+                timeout=REQUEST_TIMEOUT_SECONDS,
+            )
+            content: bytes = await treq.content(response)
+        except Exception as e:  # any transport failure is a storage fault
+            raise S3Error(operation, 0, type(e).__name__, _reason(e)) from e
+        answer = Response(
+            response.code,
+            {
+                k.decode().lower(): v[-1].decode(errors="replace")
+                for k, v in response.headers.getAllRawHeaders()
+            },
+            content,
+        )
+        if answer.status not in ok:
+            code, message = error_code(content)
+            raise S3Error(operation, answer.status, code, message)
+        return answer
+
+    def close(self) -> Any:
+        return self.pool.closeCachedConnections()
+
+
+def _reason(error: Exception) -> str:
+    text = str(error)
+    # Twisted's ResponseNeverReceived wraps the real reason in a list of Failures.
+    reasons = getattr(error, "reasons", None)
+    if reasons:
+        text = "; ".join(str(r.value) for r in reasons)
+    return text.replace("\n", " ")[:200]
+
+
+def check_bucket(location: S3Location, credentials: Credentials | None) -> str | None:
+    """Blocking start-up check: None, or one line saying what is wrong.
+
+    The bucket must exist and the credentials must be able to write to it
+    (a small probe object under the prefix is put and deleted).
+    """
+    where = f"s3://{location.bucket}/{location.prefix} at {location.endpoint}"
+    if credentials is None:
+        return (
+            f"no S3 credentials for {where}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+            "AWS_PROFILE or a shared credentials file"
+        )
+    probe = location.key(f".stow/probe-{os.getpid()}-{uuid.uuid4().hex}")
+    steps: list[tuple[str, str, str, bytes]] = [
+        ("bucket check", "HEAD", "", b""),
+        ("write check", "PUT", probe, b"stow start-up probe\n"),
+        ("write check", "DELETE", probe, b""),
+    ]
+    for what, method, key, body in steps:
+        try:
+            status, content = _blocking_request(location, credentials, method, key, body)
+        except OSError as e:
+            return f"S3 endpoint {location.endpoint} unreachable ({e}) for {where}"
+        if what == "bucket check" and status == 404:
+            return f"S3 bucket {location.bucket!r} does not exist at {location.endpoint}"
+        if status in (401, 403):
+            code, message = error_code(content)
+            detail = code or f"HTTP {status}"
+            return f"S3 credentials refused for {where} ({what}: {detail} {message})".strip()
+        if status >= 300:
+            code, message = error_code(content)
+            return f"S3 {what} failed for {where}: HTTP {status} {code} {message}".strip()
+    return None
+
+
+def _blocking_request(
+    location: S3Location, credentials: Credentials, method: str, key: str, body: bytes
+) -> tuple[int, bytes]:
+    url = location.url(key)
+    sha = hashlib.sha256(body).hexdigest()
+    headers = signed_headers(credentials, location.region, method, url, {}, sha)
+    parts = urlsplit(url)
+    connection_type = (
+        http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    )
+    connection = connection_type(parts.netloc, timeout=CHECK_TIMEOUT_SECONDS)
+    try:
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        connection.request(method, target, body=body or None, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()

@@ -26,6 +26,15 @@ HEADER_CAPTURE: list[tuple[bytes, list[int], list[int]]] = [
         [],
         [1, 1, 1, 1],
     ),
+    # Found by test_header_capture in CI: an empty wanted value (SOP Class UID,
+    # length 0) at the very end of a part, the step budget spent on its
+    # header, read as a cut value ("...") instead of "".
+    (
+        bytes(128) + b"DICM\x02\x00\x10\x00UI\x14\x001.2.840.10008.1.2.1\x00"
+        b"\x08\x00\x16\x00UI\x00\x00",
+        [],
+        [1, 1, 1, 1, 1],
+    ),
     # Deflated, then cut in the middle of the deflate stream.
     (item_bomb(items=40)[:180], [140, 150], [1, 1, 1, 1]),
 ]

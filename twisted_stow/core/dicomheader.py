@@ -282,6 +282,11 @@ class HeaderCapture:
                 self._inflated = rest if len(rest) else None
                 continue
             if not queue:
+                kind, wanted = self._request
+                if wanted == 0 and kind != _SWITCH:
+                    # A request for no bytes (an empty value) is answered now:
+                    # left waiting, a part ending here would be judged cut.
+                    self._consume(memoryview(b""))
                 return
             view = queue.popleft()
             inflater = self._inflater
@@ -471,9 +476,14 @@ class HeaderCapture:
         if tag not in wanted:
             yield (_SKIP_FREE if depth == 0 else _SKIP, length)
             return
+        if not length:
+            # Complete at once: never left "being captured" at a step boundary,
+            # where a part ending there would read it as cut ("...").
+            self._values[tag] = ""
+            return
         kept = min(length, MAX_CAPTURED_VALUE_BYTES)
         self._capturing = tag
-        raw = yield (_READ, kept) if kept else (_SKIP, 0)
+        raw = yield (_READ, kept)
         self._capturing = None
         text = _text(raw or b"")
         if kept < length:

@@ -189,7 +189,7 @@ def config_from_options(values: Mapping[str, Any]) -> StowConfig:
         raise ValueError(
             f"--log-format: {values['log-format']!r} is not one of {', '.join(LOG_FORMATS)}"
         )
-    s3 = _s3_target(values["storage"], values.get("s3-endpoint"), values.get("s3-region"))
+    s3 = s3_target(values["storage"], values.get("s3-endpoint"), values.get("s3-region"))
     if s3 is not None and values["min-free-space"] not in ("0", 0, None):
         # Free space is a local disk's notion; an object store reports quota
         # errors per instance (0xA700) instead.
@@ -250,7 +250,7 @@ def check_endpoint(description: str, option: str) -> None:
         )
 
 
-def _s3_target(storage: str, endpoint: str | None, region: str | None) -> S3Target | None:
+def s3_target(storage: str, endpoint: str | None, region: str | None) -> S3Target | None:
     """``--storage s3://BUCKET[/PREFIX]`` and its ``--s3-*`` options, or None for a directory."""
     if not storage.startswith(S3_SCHEME):
         if endpoint or region:

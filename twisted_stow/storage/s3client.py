@@ -317,17 +317,6 @@ class BlockingS3:
         self._connection.request(method, target, body=body or None, headers=headers)
         return self._connection.getresponse()
 
-    def request(
-        self,
-        method: str,
-        key: str = "",
-        *,
-        query: Mapping[str, str] | None = None,
-        body: bytes = b"",
-    ) -> tuple[int, bytes]:
-        response = self.open(method, key, query=query, body=body)
-        return response.status, response.read()
-
     def list_keys(self, prefix: str) -> list[str]:
         """Every key under ``prefix`` (ListObjectsV2, all pages); ``S3Error`` on a refusal."""
         keys: list[str] = []
@@ -336,7 +325,7 @@ class BlockingS3:
             query = {"list-type": "2", "prefix": prefix}
             if token:
                 query["continuation-token"] = token
-            status, body = self.request("GET", query=query)
+            status, body = answer_of(self.open("GET", query=query))
             if status != 200:
                 code, message = error_code(body)
                 raise S3Error("ListObjectsV2", status, code, message)
@@ -350,11 +339,16 @@ class BlockingS3:
         self._connection.close()
 
 
+def answer_of(response: http.client.HTTPResponse) -> tuple[int, bytes]:
+    """A blocking answer read to its end (so the connection can be reused): status and body."""
+    return response.status, response.read()
+
+
 def _blocking_request(
     location: S3Location, credentials: Credentials, method: str, key: str, body: bytes
 ) -> tuple[int, bytes]:
     client = BlockingS3(location, credentials)
     try:
-        return client.request(method, key, body=body)
+        return answer_of(client.open(method, key, body=body))
     finally:
         client.close()

@@ -139,10 +139,10 @@ def check_object(s3: BlockingS3, claim_key: str) -> Finding | None:
 
     Raises ``NotAnInstance`` when the claim or its object does not exist.
     """
-    from .s3client import error_code
+    from .s3client import answer_of, error_code
 
     location = s3.location
-    status, body = s3.request("GET", claim_key)
+    status, body = answer_of(s3.open("GET", claim_key))
     if status == 404:
         raise NotAnInstance(claim_key)
     if status != 200:

@@ -7,12 +7,14 @@ instances are just above the 5 MiB multipart minimum.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -278,6 +280,41 @@ def test_workflow_request_names_objects(server: S3Server) -> None:
     (mine,) = [r for r in requests_ if r["payload"][0]["sop_instance_uid"] == ds.SOPInstanceUID]
     assert mine["storage_root"] == f"s3://{server.bucket}/site/a"
     assert mine["payload"][0]["uri"] == f"s3://{server.bucket}/{server.key(ds)}"
+
+
+def test_stow_verify_reports_a_changed_object(seaweed: SeaweedFS, tmp_path: Path) -> None:
+    """stow-verify s3://: 0 while objects match their claims' SHA-256; 1 naming the changed one."""
+    running = start_server(seaweed, tmp_path)
+    try:
+        small_ds, small = new_instance(MR)
+        large_ds, large = new_instance(padding=LARGE_BYTES, seed=7)
+        assert post(running.url, [small, large])[0] == 200
+    finally:
+        running.stop()
+    command = [
+        str(Path(sys.executable).with_name("stow-verify")),
+        f"s3://{running.bucket}/site/a",
+        "--s3-endpoint",
+        seaweed.endpoint,
+    ]
+    env = {**os.environ, **credentials_env()}
+    clean = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert clean.returncode == 0, clean.stderr
+    assert "2 instances, 2 match, 0 problems" in clean.stderr
+    assert clean.stdout == ""
+    # Same length, one byte flipped, written behind the server's back.
+    changed = bytearray(large)
+    changed[-1] ^= 0xFF
+    running.s3.put_object(Bucket=running.bucket, Key=running.key(large_ds), Body=bytes(changed))
+    found = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    assert found.returncode == 1, found.stderr
+    uri = f"s3://{running.bucket}/{running.key(large_ds)}"
+    assert found.stdout == (
+        f"MISMATCH {uri} stored {hashlib.sha256(large).hexdigest()} "
+        f"now {hashlib.sha256(bytes(changed)).hexdigest()}\n"
+    )
+    assert "2 instances, 1 match, 1 problems" in found.stderr
+    assert running.key(small_ds) not in found.stdout
 
 
 def test_sweep_aborts_dead_runs_only(seaweed: SeaweedFS, tmp_path: Path) -> None:

@@ -147,3 +147,32 @@ def test_missing_path_is_skipped_not_raised(tmp_path: Path) -> None:
 def test_journal_key_is_absolute(path: Path) -> None:
     """Keys hold absolute paths, so a re-run from another folder matches."""
     assert Path(FileKey.of(path).path).is_absolute()
+
+
+def test_the_client_starts_without_importing_pydicom() -> None:
+    """stow-upload's modules import no pydicom (nor numpy): its start-up stays short."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, twisted_stow.client.command; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pydicom', 'numpy')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "[]"
+
+
+def test_the_pydicom_corpus_reads_as_pydicom_reads_it() -> None:
+    """Every corpus file the header walk reads as an Instance has pydicom's UIDs."""
+    compared = 0
+    for path in sorted(TEST_FILES.glob("*.dcm")):
+        found = read_instance(path)
+        if not isinstance(found, Instance):
+            continue
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        assert found.sop_instance_uid == str(ds.SOPInstanceUID).rstrip("\x00 "), path
+        assert found.study_instance_uid == str(ds.get("StudyInstanceUID", "")).rstrip("\x00 ")
+        compared += 1
+    assert compared >= 20

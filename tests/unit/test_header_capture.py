@@ -346,3 +346,10 @@ def test_an_item_delimiter_at_the_top_level_ends_the_data_set() -> None:
     outcome = capture_header(part(ui(0x00080016, CT_IMAGE_STORAGE) + ITEM_END + uids()))
     assert isinstance(outcome, DicomHeader)
     assert (outcome.sop_class, outcome.sop_instance) == (CT_IMAGE_STORAGE, None)
+
+
+def test_the_32_bit_length_vrs_are_pydicoms() -> None:
+    """The VRs spelled out as having a 32-bit length are exactly pydicom's EXPLICIT_VR_LENGTH_32."""
+    from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+
+    assert dicomheader._VR_LENGTH_32 == {str(vr).encode() for vr in EXPLICIT_VR_LENGTH_32}

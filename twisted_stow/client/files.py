@@ -1,37 +1,32 @@
 """Finding DICOM files by content and reading the few UIDs of their headers.
 
-Pure: the standard library and pydicom.  A file is DICOM when it is a PS3.10
-file: a 128-byte preamble, then ``DICM`` (PS3.10 §7.1); the name does not
-matter.  Only the header is read: pydicom stops before the pixel data and
-keeps only the UIDs asked for, so a 50 MiB file costs a few kilobytes of
-reading.
+Pure: the standard library and the server's own header walk
+(``core.dicomheader.HeaderCapture``), which imports no pydicom, so the client
+starts ~0.3 s sooner.  A file is DICOM when it is a PS3.10 file: a 128-byte
+preamble, then ``DICM`` (PS3.10 §7.1); the name does not matter.  Only the
+header is read: the walk is done at the first top-level element past Series
+Instance UID (0020,000E), long before the pixel data, so a 50 MiB file costs
+a few kilobytes of reading.
 """
 
 from __future__ import annotations
 
 import enum
 import os
-import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import pydicom
-from pydicom.errors import InvalidDicomError
-from pydicom.tag import Tag
+from ..core.dicomheader import DicomHeader, HeaderCapture
 
 PREAMBLE_BYTES = 128
 MAGIC = b"DICM"
 # PS3.4 Annex F / PS3.10: the SOP Class of a DICOMDIR (Media Storage Directory Storage).
 DICOMDIR_SOP_CLASS_UID = "1.2.840.10008.1.3.10"
-# Only these are read from the data set; every other element is skipped unread.
-_WANTED_TAGS = [
-    Tag("SOPClassUID"),
-    Tag("SOPInstanceUID"),
-    Tag("StudyInstanceUID"),
-]
-# Buffered reads of the header: small, a header is rarely larger.
+# Reads of the header: small, a header is rarely larger.
 _HEADER_BUFFER_BYTES = 16 * 1024
+# What the header's values are when a file declares one as a sequence.
+_SEQUENCE = "<Sequence>"
 
 
 class SkipReason(enum.Enum):
@@ -119,31 +114,34 @@ def read_instance(path: Path, key: FileKey | None = None) -> Instance | Skipped:
     """
     try:
         key = key or FileKey.of(path)
-        with open(path, "rb", buffering=_HEADER_BUFFER_BYTES) as file:
-            if not has_dicom_magic(file.read(PREAMBLE_BYTES + len(MAGIC))):
+        with open(path, "rb", buffering=0) as file:
+            head = file.read(_HEADER_BUFFER_BYTES)
+            if not has_dicom_magic(head):
                 return Skipped(path, SkipReason.NOT_DICOM)
-            file.seek(0)
-            # pydicom warns about oddities the server will judge; a warning
-            # per file would only garble the progress display.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                dataset = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=_WANTED_TAGS)
-    except (OSError, InvalidDicomError, ValueError, EOFError, KeyError) as error:
+            # The server's own header walk, fed until it has the UIDs: the
+            # file is judged as the server will read the part.
+            capture = HeaderCapture()
+            capture.feed(head)
+            while not capture.done and (data := file.read(_HEADER_BUFFER_BYTES)):
+                capture.feed(data)
+            header = capture.result()
+    except OSError as error:
         return Skipped(path, SkipReason.UNREADABLE, f"{type(error).__name__}: {error}")
-    meta = dataset.file_meta
-    if str(meta.get("MediaStorageSOPClassUID", "")) == DICOMDIR_SOP_CLASS_UID:
+    if not isinstance(header, DicomHeader):
+        return Skipped(path, SkipReason.UNREADABLE, header.detail)
+    if _text(header.media_storage_sop_class) == DICOMDIR_SOP_CLASS_UID:
         return Skipped(path, SkipReason.DICOMDIR)
-    sop_instance_uid = _text(dataset.get("SOPInstanceUID"))
+    sop_instance_uid = _text(header.sop_instance)
     if not sop_instance_uid:
         return Skipped(path, SkipReason.NO_SOP_INSTANCE_UID)
-    sop_class_uid = _text(dataset.get("SOPClassUID")) or _text(meta.get("MediaStorageSOPClassUID"))
-    study = _text(dataset.get("StudyInstanceUID"))
+    sop_class_uid = _text(header.sop_class) or _text(header.media_storage_sop_class)
+    study = _text(header.study)
     return Instance(key, sop_class_uid, sop_instance_uid, study)
 
 
-def _text(value: object) -> str:
-    """A UID value as text: trailing NUL/space padding removed (PS3.5 §6.2)."""
-    return "" if value is None else str(value).rstrip("\x00 ")
+def _text(value: str | None) -> str:
+    """A UID value as text ("" when absent or a sequence); the header strips its padding."""
+    return "" if value is None or value == _SEQUENCE else value
 
 
 @dataclass(frozen=True, slots=True)

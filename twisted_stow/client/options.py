@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ..core.config import parse_size
+from ..core.sizes import parse_size
 from .batching import DEFAULT_MAX_INSTANCES, DEFAULT_MAX_REQUEST_BYTES
 from .retry import DEFAULT_RETRIES
 

@@ -25,6 +25,7 @@ from .deadlines import (
 )
 from .identifiers import workflow_id_problem
 from .policy import Duplicates, StudyMismatch
+from .sizes import parse_size
 from .uids import is_valid_uid
 
 # Loopback only (issue 16 point 7, like Orthanc's RemoteAccessAllowed: false):
@@ -57,18 +58,6 @@ DEFAULT_S3_REGION = "us-east-1"
 S3_SCHEME = "s3://"
 # S3 bucket names (the rules AWS and SeaweedFS share): 3-63 characters.
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
-_UNIT_BYTES = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-
-
-def parse_size(text: str) -> int:
-    """``"2G"``, ``"512MiB"``, ``"1000"`` → bytes (binary units)."""
-    match = _SIZE.match(text)
-    if match is None:
-        raise ValueError(f"not a size: {text!r} (use e.g. 1000, 512M, 2GiB)")
-    number, unit = match.groups()
-    return int(number) * _UNIT_BYTES[(unit or "")[:1].lower()]
 
 
 @dataclass(frozen=True)
@@ -189,7 +178,7 @@ def config_from_options(values: Mapping[str, Any]) -> StowConfig:
         raise ValueError(
             f"--log-format: {values['log-format']!r} is not one of {', '.join(LOG_FORMATS)}"
         )
-    s3 = _s3_target(values["storage"], values.get("s3-endpoint"), values.get("s3-region"))
+    s3 = s3_target(values["storage"], values.get("s3-endpoint"), values.get("s3-region"))
     if s3 is not None and values["min-free-space"] not in ("0", 0, None):
         # Free space is a local disk's notion; an object store reports quota
         # errors per instance (0xA700) instead.
@@ -250,7 +239,7 @@ def check_endpoint(description: str, option: str) -> None:
         )
 
 
-def _s3_target(storage: str, endpoint: str | None, region: str | None) -> S3Target | None:
+def s3_target(storage: str, endpoint: str | None, region: str | None) -> S3Target | None:
     """``--storage s3://BUCKET[/PREFIX]`` and its ``--s3-*`` options, or None for a directory."""
     if not storage.startswith(S3_SCHEME):
         if endpoint or region:

@@ -8,9 +8,10 @@ Requests are path-style (``ENDPOINT/BUCKET/KEY``), which every S3-compatible
 store accepts.  Each request's payload SHA-256 is computed by the caller (the
 same pass that gives the part's checksum) and signed as is, never re-hashed.
 
-``check_bucket`` is the one blocking call: the start-up check, run before the
-reactor serves anything (``tap.makeService``), over the standard library's
-``http.client`` with the same signer.
+``check_bucket`` is the one blocking call of the server: the start-up check,
+run before the reactor serves anything (``tap.makeService``), over the
+standard library's ``http.client`` with the same signer (``BlockingS3``, which
+``stow-verify`` uses too).
 """
 
 from __future__ import annotations
@@ -277,21 +278,77 @@ def check_bucket(location: S3Location, credentials: Credentials | None) -> str |
     return None
 
 
+class BlockingS3:
+    """Signed S3 requests that block, over one kept-alive ``http.client`` connection.
+
+    For what runs without a reactor: the start-up check and ``stow-verify``.
+    Each answer must be read to its end before the next request (``http.client``
+    reuses the connection then).
+    """
+
+    def __init__(
+        self,
+        location: S3Location,
+        credentials: Credentials,
+        timeout: float = CHECK_TIMEOUT_SECONDS,
+    ) -> None:
+        self.location = location
+        self._credentials = credentials
+        parts = urlsplit(location.endpoint)
+        connection_type = (
+            http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        )
+        self._connection = connection_type(parts.netloc, timeout=timeout)
+
+    def open(
+        self,
+        method: str,
+        key: str = "",
+        *,
+        query: Mapping[str, str] | None = None,
+        body: bytes = b"",
+    ) -> http.client.HTTPResponse:
+        """Send one request; the caller reads the answer (and may stream it)."""
+        url = self.location.url(key, query)
+        sha = hashlib.sha256(body).hexdigest()
+        headers = signed_headers(self._credentials, self.location.region, method, url, {}, sha)
+        parts = urlsplit(url)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        self._connection.request(method, target, body=body or None, headers=headers)
+        return self._connection.getresponse()
+
+    def list_keys(self, prefix: str) -> list[str]:
+        """Every key under ``prefix`` (ListObjectsV2, all pages); ``S3Error`` on a refusal."""
+        keys: list[str] = []
+        token: str | None = None
+        while True:
+            query = {"list-type": "2", "prefix": prefix}
+            if token:
+                query["continuation-token"] = token
+            status, body = answer_of(self.open("GET", query=query))
+            if status != 200:
+                code, message = error_code(body)
+                raise S3Error("ListObjectsV2", status, code, message)
+            keys.extend(text_of(item, "Key") for item in find_all(body, "Contents"))
+            tokens = find_all(body, "NextContinuationToken")
+            token = tokens[0].text if tokens else None
+            if not token:
+                return keys
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+def answer_of(response: http.client.HTTPResponse) -> tuple[int, bytes]:
+    """A blocking answer read to its end (so the connection can be reused): status and body."""
+    return response.status, response.read()
+
+
 def _blocking_request(
     location: S3Location, credentials: Credentials, method: str, key: str, body: bytes
 ) -> tuple[int, bytes]:
-    url = location.url(key)
-    sha = hashlib.sha256(body).hexdigest()
-    headers = signed_headers(credentials, location.region, method, url, {}, sha)
-    parts = urlsplit(url)
-    connection_type = (
-        http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    )
-    connection = connection_type(parts.netloc, timeout=CHECK_TIMEOUT_SECONDS)
+    client = BlockingS3(location, credentials)
     try:
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
-        connection.request(method, target, body=body or None, headers=headers)
-        response = connection.getresponse()
-        return response.status, response.read()
+        return answer_of(client.open(method, key, body=body))
     finally:
-        connection.close()
+        client.close()

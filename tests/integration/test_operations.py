@@ -254,7 +254,7 @@ def _port_in_use(tmp_path: Path) -> tuple[list[str], socket.socket]:
         ("bare-port", "--listen: '8080' is not a Twisted endpoint"),
         ("storage-file", "is not a directory"),
         ("missing-tls-key", "No such file or directory: "),
-        ("missing-users", "No such file or directory"),
+        ("missing-users", "--users "),
         ("bad-config-key", "'max-body-sise' is not an option"),
         ("unknown-option", "option --bogus not recognized"),
     ],

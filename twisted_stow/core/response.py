@@ -316,7 +316,25 @@ def _warning_text(outcomes: Sequence[Outcome]) -> str | None:
             f"{warnings.total()} of {total} instances stored with warnings: "
             f"{_code_counts(warnings)}"
         )
+    unidentified = failed_parts_without_uids(outcomes)
+    if unidentified:
+        parts = ", ".join(f"{item['part']} ({item['failureReason']})" for item in unidentified)
+        clauses.append(f"parts failed without UIDs: {parts}")
     return "; ".join(clauses) or None
+
+
+# RFC 9457 extension member of a problem document: the parts that failed
+# before their UIDs were known, which nothing else identifies to the client.
+FAILED_PARTS_EXTENSION: Final = "failedPartsWithoutUIDs"
+
+
+def failed_parts_without_uids(outcomes: Sequence[Outcome]) -> list[dict[str, object]]:
+    """``{"part": n, "failureReason": "C000"}`` per part that failed without a SOP Instance UID."""
+    return [
+        {"part": o.part, "failureReason": f"{int(o.reason):04X}"}
+        for o in outcomes
+        if isinstance(o, Failed) and not o.sop_instance_uid and o.part is not None
+    ]
 
 
 def _code_counts(codes: Counter[int]) -> str:

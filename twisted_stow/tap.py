@@ -5,6 +5,7 @@ from __future__ import annotations
 import getopt
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from .core.deadlines import (
     DEFAULT_HEADER_TIMEOUT_SECONDS,
     DEFAULT_MIN_BODY_RATE_BYTES,
 )
-from .ops import startup
+from .ops import reload, startup
 from .site import make_services
 from .workflow.amqp import check_amqp_url
 
@@ -503,10 +504,13 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         startup.check_storage(config.storage)
     top, site = make_services(config, reactor)
     listeners = []
+    reloads: list[Callable[[], bool]] = [site.stow.reload_credentials]
     for description in config.listen:
-        listener = startup.Listener(
-            startup.endpoint(reactor, description, "--listen"), site, "--listen", description
-        )
+        endpoint = startup.endpoint(reactor, description, "--listen")
+        tls = reload.reloadable(reactor, endpoint, description)
+        if tls is not None:
+            reloads.append(tls.reload)
+        listener = startup.Listener(endpoint, site, "--listen", description)
         listener.setServiceParent(top)
         listeners.append(listener)
         startup.warn_if_exposed(description, authenticated=site.stow.guard is not None)
@@ -523,4 +527,5 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
 
     # After twistd's own handlers are installed (TWISTED: operations facts).
     reactor.callWhenRunning(site.stow.drain.install, stop_listening)
+    reactor.callWhenRunning(reload.install, reactor, reloads)
     return top

@@ -94,6 +94,12 @@ class Guard:
         )
         return cls(portal, factories, FailureThrottle(clock))
 
+    def take_credentials(self, fresh: Guard) -> None:
+        """Use ``fresh``'s portal and schemes (files reloaded); the throttle stays."""
+        self._portal = fresh._portal
+        self._factories = fresh._factories
+        self._schemes = fresh._schemes
+
     def challenges(self, bearer_error: bool = False) -> tuple[str, ...]:
         """WWW-Authenticate values, one per offered scheme (RFC 9110 §11.6.1)."""
         out = []

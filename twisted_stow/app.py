@@ -46,11 +46,10 @@ from .core.errors import (
 )
 from .core.outcomes import Outcome, Stored
 from .core.response import (
-    FAILED_PARTS_EXTENSION,
     PROBLEM_JSON,
     StoreResponse,
     build_store_response,
-    failed_parts_without_uids,
+    name_failed_parts,
     problem_document,
     problem_json,
     render,
@@ -321,7 +320,7 @@ class StowService:
         if result.request_error is not None and not result.stored_any:
             # Nothing stored and the body itself was broken: a syntax error
             # of the request (PS3.18 Table 10.5.3-1, 400).
-            _name_failed_parts(result.request_error, result.outcomes)
+            name_failed_parts(result.request_error, result.outcomes)
             raise result.request_error
         if not result.outcomes:
             raise NoParts("the request body holds no part")
@@ -497,13 +496,6 @@ class StowService:
     def _set_cors(self, request: Any) -> None:
         for name, value in self._cors_headers(request):
             request.setHeader(name, value)
-
-
-def _name_failed_parts(error: StowError, outcomes: list[Outcome]) -> None:
-    """Add the parts that failed without UIDs to ``error``'s problem document, if any."""
-    unidentified = failed_parts_without_uids(outcomes)
-    if unidentified:
-        error.extensions[FAILED_PARTS_EXTENSION] = unidentified
 
 
 def build_and_render(

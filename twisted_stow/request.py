@@ -36,7 +36,7 @@ from .core.errors import (
     StowError,
 )
 from .core.outcomes import Stored
-from .core.response import FAILED_PARTS_EXTENSION, failed_parts_without_uids
+from .core.response import name_failed_parts
 from .deferreds import detached
 from .ingest import IngestResult
 from .ops import observe
@@ -419,9 +419,7 @@ class StreamingRequest(Request):
                 error.extensions[STORED_EXTENSION] = [
                     o.instance.sop_instance_uid for o in result.outcomes if isinstance(o, Stored)
                 ]
-                unidentified = failed_parts_without_uids(result.outcomes)
-                if unidentified:
-                    error.extensions[FAILED_PARTS_EXTENSION] = unidentified
+                name_failed_parts(error, result.outcomes)
             else:
                 error.detail += (
                     "; the instances received whole before it were still being stored "

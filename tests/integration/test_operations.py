@@ -321,6 +321,7 @@ def test_part_numbers_of_failures_without_uids(tmp_path: Path, servers: list[Twi
     assert status_of(answer) == 400
     problem = json.loads(answer.split(b"\r\n\r\n", 1)[1])
     assert [item["part"] for item in problem["failedPartsWithoutUIDs"]] == [1]
+    assert problem["failedPartsWithoutUIDsCount"] == 1
     assert twistd.wait_for(lambda lines: sum(b'"request.done"' in x for x in lines) >= 2)
     records = [json.loads(line) for line in twistd.log().splitlines() if line]
     instances = [r for r in records if r["event"] in ("instance.stored", "instance.failed")]

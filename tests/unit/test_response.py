@@ -706,3 +706,13 @@ def test_warning_names_parts_failed_without_uids() -> None:
     assert response.warning is not None
     assert response.warning.endswith("; parts failed without UIDs: 2 (C000)")
     assert failed_parts_without_uids(outcomes) == [{"part": 2, "failureReason": "C000"}]
+
+
+def test_warning_names_at_most_ten_parts() -> None:
+    """Thousands of parts without UIDs: the Warning names the first ten and counts the rest."""
+    outcomes: list[Outcome] = [
+        Failed(FailureReason.CANNOT_UNDERSTAND, "empty part", part=n) for n in range(1, 3001)
+    ]
+    warning = build_store_response(outcomes, base_url="http://h").warning
+    assert warning is not None and len(warning) < 300
+    assert warning.endswith("9 (C000), 10 (C000) and 2990 more")

@@ -49,6 +49,7 @@ from .core.response import (
     PROBLEM_JSON,
     StoreResponse,
     build_store_response,
+    name_failed_parts,
     problem_document,
     problem_json,
     render,
@@ -166,9 +167,31 @@ class StowService:
         )
         # None while authentication is off (no --users, --tokens, --jwt-key, --jwks).
         # Password checks run in their own thread (auth/cred.py, KDF_THREADS).
-        self.guard = Guard.from_config(
-            config, reactor.seconds, run_kdf if run_kdf is not None else KdfThreads(reactor)
-        )
+        self._run_kdf = run_kdf if run_kdf is not None else KdfThreads(reactor)
+        self.guard = Guard.from_config(config, reactor.seconds, self._run_kdf)
+
+    def reload_credentials(self) -> bool:
+        """SIGHUP: read the users, tokens and JWT key files again; False if one is unusable.
+
+        The guard object stays (requests and the failure throttle keep it);
+        only its portal changes, so connections and uploads in flight go on.
+        A bad file keeps the previous credentials, in one log line.
+        """
+        if self.guard is None:
+            return True
+        try:
+            fresh = Guard.from_config(self.config, self.reactor.seconds, self._run_kdf)
+        except ValueError as e:
+            log.error(
+                "SIGHUP: {error}; the previous credentials stay in use",
+                error=str(e),
+                stow_event="reload.failed",
+            )
+            return False
+        assert fresh is not None  # the same options ask for a guard
+        self.guard.take_credentials(fresh)
+        log.info("SIGHUP: credentials reloaded", stow_event="reload.credentials")
+        return True
 
     # Header time.
 
@@ -297,6 +320,7 @@ class StowService:
         if result.request_error is not None and not result.stored_any:
             # Nothing stored and the body itself was broken: a syntax error
             # of the request (PS3.18 Table 10.5.3-1, 400).
+            name_failed_parts(result.request_error, result.outcomes)
             raise result.request_error
         if not result.outcomes:
             raise NoParts("the request body holds no part")

@@ -32,7 +32,7 @@ import hashlib
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, succeed
@@ -173,6 +173,7 @@ class Ingest:
         self._skip_reason: Failed | None = None
         self._pending: list[Deferred[Outcome]] = []
         self._request_error: StowError | None = None
+        self._parts_ended = 0
         # Header walks left behind, oldest first, and the cooperator task
         # walking them (None: none behind).
         self._cooperate = cooperate
@@ -295,18 +296,21 @@ class Ingest:
         # ones too (they leave it at once): one budget for all parts.
         self._flow.part_started()
         in_flow = _InFlow(self._flow)
+        self._parts_ended += 1
+        part = self._parts_ended
         if skipped is not None:
-            self._pending.append(succeed(self._part_finished(skipped, in_flow)))
+            self._pending.append(succeed(self._part_finished(skipped, in_flow, part)))
         elif writer is None:
             empty = Failed(FailureReason.CANNOT_UNDERSTAND, "empty part")
-            self._pending.append(succeed(self._part_finished(empty, in_flow)))
+            self._pending.append(succeed(self._part_finished(empty, in_flow, part)))
         else:
             outcome = ensureDeferred(self._finish_part(writer, self._capture, claims, in_flow))
-            outcome.addBoth(self._part_finished, in_flow)
+            outcome.addBoth(self._part_finished, in_flow, part)
             self._pending.append(outcome)
 
-    def _part_finished(self, outcome: Outcome, in_flow: _InFlow) -> Outcome:
+    def _part_finished(self, outcome: Outcome, in_flow: _InFlow, part: int) -> Outcome:
         in_flow.leave()
+        outcome = replace(outcome, part=part)
         observe.outcome_known(outcome)
         return outcome
 

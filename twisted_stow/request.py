@@ -36,6 +36,7 @@ from .core.errors import (
     StowError,
 )
 from .core.outcomes import Stored
+from .core.response import name_failed_parts
 from .deferreds import detached
 from .ingest import IngestResult
 from .ops import observe
@@ -418,6 +419,7 @@ class StreamingRequest(Request):
                 error.extensions[STORED_EXTENSION] = [
                     o.instance.sop_instance_uid for o in result.outcomes if isinstance(o, Stored)
                 ]
+                name_failed_parts(error, result.outcomes)
             else:
                 error.detail += (
                     "; the instances received whole before it were still being stored "

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import getopt
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from .core.deadlines import (
     DEFAULT_HEADER_TIMEOUT_SECONDS,
     DEFAULT_MIN_BODY_RATE_BYTES,
 )
-from .ops import startup
+from .ops import reload, startup
 from .site import make_services
 from .workflow.amqp import check_amqp_url
 
@@ -270,8 +272,7 @@ class Options(usage.Options):
         self["default-workflow"] = []
 
     def opt_listen(self, description: str) -> None:
-        """Endpoint to listen on (Twisted endpoint string, repeatable).
-        Default: tcp:8080:interface=127.0.0.1 (loopback only)."""
+        """Endpoint to listen on (repeatable). Default: tcp:8080:interface=127.0.0.1 (loopback)"""
         self["listen"].append(description)
 
     def opt_cors_origin(self, origin: str) -> None:
@@ -291,14 +292,43 @@ class Options(usage.Options):
         self["jwt-algorithm"].append(name)
 
     def opt_workflow(self, name: str) -> None:
-        """Allow this workflow id in /dicomweb/{workflow-id}/ (repeatable; others: 404).
-        Default: any."""
+        """Allow this workflow id in /dicomweb/{workflow-id}/ (repeatable; others: 404)."""
         self["workflow"].append(name)
 
     def opt_default_workflow(self, name: str) -> None:
-        """Workflow requested by POSTs to /dicomweb/studies without an id (repeatable).
-        Default: none."""
+        """Workflow requested by POSTs to /dicomweb/studies without an id (repeatable)."""
         self["default-workflow"].append(name)
+
+    def getUsage(self, width: int | None = None) -> str:
+        """twistd's option lines, grouped by topic (``HELP_GROUPS``) after a few examples.
+
+        twistd sorts every option alphabetically in one list; its chunks are
+        kept (same columns and wrapping) and only rearranged here.
+        """
+        text = super().getUsage(width)
+        head, _, rest = text.partition("Options:\n")
+        chunks: dict[str, str] = {}
+        tail = []
+        name = None
+        for line in rest.splitlines(keepends=True):
+            start = _OPTION_LINE.match(line)
+            if start is not None:
+                name = start.group(1)
+                chunks[name] = line
+            elif name is not None and line.startswith(" "):
+                chunks[name] += line
+            else:
+                name = None
+                tail.append(line)
+        sections = []
+        for title, names in HELP_GROUPS:
+            lines = "".join(chunks.pop(n) for n in names if n in chunks)
+            sections.append(f"{title}:\n{lines}")
+            if title == HELP_GROUPS[0][0]:
+                sections.append(HELP_EXAMPLES)
+        if chunks:  # an option no group names yet: still shown
+            sections.append("Other options:\n" + "".join(chunks.values()))
+        return head + "\n".join(sections) + "".join(tail)
 
     def opt_version(self) -> None:
         """Print this package's version and Twisted's, and exit."""
@@ -351,6 +381,73 @@ class Options(usage.Options):
             # this (TWISTED: --logger).
             self.parent["logger"] = "twisted_stow.ops.logs.json_observer"
 
+
+# A line of twistd's help that starts an option: "  -s, --storage=  ..." or "      --users=".
+_OPTION_LINE = re.compile(r"^  (?:-\w,|   ) --([\w-]+)=?\s")
+
+# --help's order (issue 16): where to listen and store first, then by topic.
+HELP_GROUPS: list[tuple[str, list[str]]] = [
+    ("Where to listen and store", ["listen", "storage"]),
+    (
+        "Limits",
+        [
+            "max-body-size",
+            "max-part-size",
+            "max-parts",
+            "max-requests",
+            "max-requests-per-peer",
+            "min-free-space",
+            "idle-timeout",
+            "header-timeout",
+            "min-body-rate",
+            "body-rate-window",
+        ],
+    ),
+    (
+        "Conformance",
+        [
+            "public-url",
+            "trust-forwarded-headers",
+            "study-mismatch",
+            "duplicates",
+            "sop-class",
+            "transfer-syntax",
+            "accept-leading-zero-uids",
+            "verify-body-digest",
+            "cors-origin",
+        ],
+    ),
+    (
+        "Authentication",
+        ["users", "tokens", "jwt-key", "jwks", "jwt-audience", "jwt-issuer", "jwt-algorithm"],
+    ),
+    (
+        "Workflows",
+        [
+            "workflow",
+            "default-workflow",
+            "workflow-spool",
+            "amqp-url",
+            "amqp-exchange",
+            "amqp-routing-key",
+        ],
+    ),
+    (
+        "Operations",
+        ["config", "metrics-listen", "drain-timeout", "log-format", "version", "help"],
+    ),
+    ("S3 storage (--storage s3://BUCKET[/PREFIX])", ["s3-endpoint", "s3-region"]),
+]
+
+HELP_EXAMPLES = """Examples:
+  twistd -n stow --storage /var/lib/dicom
+    on 127.0.0.1:8080 only (the default listener: loopback, no authentication)
+  twistd -n stow --listen ssl:8443:privateKey=key.pem:certKey=cert.pem \\
+    --users users.json --storage /var/lib/dicom
+    TLS and HTTP Basic on every interface (SIGHUP reloads users.json and the certificate)
+  twistd -n stow --storage s3://bucket/dicom --s3-endpoint http://127.0.0.1:9000
+  twistd -n stow --config /etc/twisted-stow/stow.toml
+"""
 
 # The options given once per value (their opt_* methods append).
 REPEATABLE = {
@@ -407,10 +504,13 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         startup.check_storage(config.storage)
     top, site = make_services(config, reactor)
     listeners = []
+    reloads: list[Callable[[], bool]] = [site.stow.reload_credentials]
     for description in config.listen:
-        listener = startup.Listener(
-            startup.endpoint(reactor, description, "--listen"), site, "--listen", description
-        )
+        endpoint = startup.endpoint(reactor, description, "--listen")
+        tls = reload.reloadable(reactor, endpoint, description)
+        if tls is not None:
+            reloads.append(tls.reload)
+        listener = startup.Listener(endpoint, site, "--listen", description)
         listener.setServiceParent(top)
         listeners.append(listener)
         startup.warn_if_exposed(description, authenticated=site.stow.guard is not None)
@@ -427,4 +527,5 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
 
     # After twistd's own handlers are installed (TWISTED: operations facts).
     reactor.callWhenRunning(site.stow.drain.install, stop_listening)
+    reactor.callWhenRunning(reload.install, reactor, reloads)
     return top

@@ -254,7 +254,7 @@ def _port_in_use(tmp_path: Path) -> tuple[list[str], socket.socket]:
         ("bare-port", "--listen: '8080' is not a Twisted endpoint"),
         ("storage-file", "is not a directory"),
         ("missing-tls-key", "No such file or directory: "),
-        ("missing-users", "No such file or directory"),
+        ("missing-users", "--users "),
         ("bad-config-key", "'max-body-sise' is not an option"),
         ("unknown-option", "option --bogus not recognized"),
     ],
@@ -292,3 +292,44 @@ def test_startup_failures_are_one_line(tmp_path: Path, case: str, expected: str)
     (line,) = [x for x in log.splitlines() if x.startswith("twistd stow: ")]
     assert expected in line, log
     assert "Run 'twistd stow --help' for the options." in log
+
+
+def _header(raw: bytes, name: bytes) -> str:
+    head = raw.split(b"\r\n\r\n", 1)[0]
+    (value,) = [
+        line.split(b":", 1)[1].strip()
+        for line in head.split(b"\r\n")[1:]
+        if line.split(b":", 1)[0].strip().lower() == name
+    ]
+    return value.decode()
+
+
+def test_part_numbers_of_failures_without_uids(tmp_path: Path, servers: list[Twistd]) -> None:
+    """A part that is not DICOM: its log line, the Warning header and the 400 problem
+    document name its part number; the stored parts' log lines name theirs."""
+    twistd = started(tmp_path / "store", "--log-format", "json")
+    servers.append(twistd)
+    (port,) = twistd.ports(1)
+    body = build_multipart([read(CT), b"no DICOM here", read(MR)], BOUNDARY)
+    answer = raw_exchange(port, raw_post(body, BOUNDARY))
+    assert status_of(answer) == 202
+    assert "parts failed without UIDs: 2 (" in _header(answer, b"warning")
+    # The body ends inside its second part, after a first that is no DICOM:
+    # nothing stored, 400, and the problem document still names part 1.
+    whole = build_multipart([b"no DICOM here", read(SR)], BOUNDARY)
+    answer = raw_exchange(port, raw_post(whole[: whole.index(read(SR)) + 100], BOUNDARY))
+    assert status_of(answer) == 400
+    problem = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert [item["part"] for item in problem["failedPartsWithoutUIDs"]] == [1]
+    assert problem["failedPartsWithoutUIDsCount"] == 1
+    assert twistd.wait_for(lambda lines: sum(b'"request.done"' in x for x in lines) >= 2)
+    records = [json.loads(line) for line in twistd.log().splitlines() if line]
+    instances = [r for r in records if r["event"] in ("instance.stored", "instance.failed")]
+    # Logged as each outcome is known: the failure may come before part 1's commit.
+    assert sorted((r["part"], r["event"]) for r in instances[:3]) == [
+        (1, "instance.stored"),
+        (2, "instance.failed"),
+        (3, "instance.stored"),
+    ]
+    (failed,) = [r for r in instances[:3] if r["event"] == "instance.failed"]
+    assert failed["message"].startswith("part 2: failed ")

@@ -3,6 +3,7 @@ exposure warning and the JSON log record."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,45 @@ def test_json_record_is_flat() -> None:
         "n": 3,
         "path": "/studies",
     }
+
+
+def _help_headings_and_options() -> tuple[list[str], list[str]]:
+    text = str(Options())
+    headings = [
+        line[:-1] for line in text.splitlines() if line[:1].isalpha() and line.endswith(":")
+    ]
+    options = re.findall(r"^  (?:-\w,|   ) --([\w-]+)", text, flags=re.MULTILINE)
+    return headings, options
+
+
+def test_help_starts_with_listen_and_storage_then_examples() -> None:
+    """--help: --listen and --storage first, examples next, then the topics in order."""
+    text = str(Options())
+    headings, options = _help_headings_and_options()
+    assert options[:2] == ["listen", "storage"]
+    assert headings[:2] == ["Where to listen and store", "Examples"]
+    assert [h.split(" (")[0] for h in headings[2:8]] == [
+        "Limits",
+        "Conformance",
+        "Authentication",
+        "Workflows",
+        "Operations",
+        "S3 storage",
+    ]
+    assert text.index("Examples:") < text.index("--max-body-size")
+    assert "twistd -n stow --storage" in text and "loopback" in text
+
+
+def test_help_shows_every_option_once_in_a_group() -> None:
+    """Every option twistd knows is listed once, none left to 'Other options'."""
+    headings, options = _help_headings_and_options()
+    known = {opt.rstrip("=") for opt in Options().longOpt}
+    assert sorted(options) == sorted(known)
+    assert "Other options" not in headings
+
+
+def test_missing_users_file_names_the_option(tmp_path: Path) -> None:
+    """A users file that does not exist: the usage error starts with --users and the path."""
+    missing = tmp_path / "no-users.json"
+    with pytest.raises(usage.UsageError, match=rf"^--users {re.escape(str(missing))}: "):
+        Options().parseOptions(["--users", str(missing)])

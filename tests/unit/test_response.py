@@ -35,6 +35,7 @@ from twisted_stow.core.response import (
     PROBLEM_JSON,
     StoreResponse,
     build_store_response,
+    failed_parts_without_uids,
     problem_document,
     problem_json,
     render,
@@ -691,3 +692,27 @@ def test_ps319_checker_rejects_broken_documents(document: str) -> None:
     """The PS3.19 checker used above is not vacuous: each structural defect fails it."""
     with pytest.raises(AssertionError):
         check_ps319(XML_DECLARATION + document.encode())
+
+
+def test_warning_names_parts_failed_without_uids() -> None:
+    """Failures without UIDs are listed by part number in the Warning text; a body failure
+    (no part) and a failure with a UID are not."""
+    outcomes: list[Outcome] = [
+        Failed(FailureReason.CANNOT_UNDERSTAND, "not DICOM", part=2),
+        Failed(FailureReason.CANNOT_UNDERSTAND, "framing"),
+        Failed(FailureReason.CANNOT_UNDERSTAND, "bad", "1.2.3", "1.2.3.4", part=4),
+    ]
+    response = build_store_response(outcomes, base_url="http://h")
+    assert response.warning is not None
+    assert response.warning.endswith("; parts failed without UIDs: 2 (C000)")
+    assert failed_parts_without_uids(outcomes) == [{"part": 2, "failureReason": "C000"}]
+
+
+def test_warning_names_at_most_ten_parts() -> None:
+    """Thousands of parts without UIDs: the Warning names the first ten and counts the rest."""
+    outcomes: list[Outcome] = [
+        Failed(FailureReason.CANNOT_UNDERSTAND, "empty part", part=n) for n in range(1, 3001)
+    ]
+    warning = build_store_response(outcomes, base_url="http://h").warning
+    assert warning is not None and len(warning) < 300
+    assert warning.endswith("9 (C000), 10 (C000) and 2990 more")

@@ -12,7 +12,8 @@ its socket paused.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from twisted.cred.error import LoginFailed
@@ -64,17 +65,22 @@ class Guard:
         ``run_kdf`` runs password checks: the server passes ``KdfThreads``;
         the default, in the calling thread, is for the files check at start-up.
         """
-        users = load_users(config.users_file) if config.users_file else None
-        tokens = load_tokens(config.tokens_file) if config.tokens_file else None
-        verifier = None
+        users = tokens = verifier = None
+        # Each message already names the file; the option is prefixed so the
+        # one start-up line (and a failed SIGHUP's) says which one.
+        with _naming("--users"):
+            users = load_users(config.users_file) if config.users_file else None
+        with _naming("--tokens"):
+            tokens = load_tokens(config.tokens_file) if config.tokens_file else None
         if config.jwt_key_file or config.jwks_file:
-            verifier = JWTVerifier.from_files(
-                key_file=config.jwt_key_file,
-                jwks_file=config.jwks_file,
-                audience=config.jwt_audience or "",
-                issuer=config.jwt_issuer or "",
-                algorithms=config.jwt_algorithms,
-            )
+            with _naming("--jwt-key" if config.jwt_key_file else "--jwks"):
+                verifier = JWTVerifier.from_files(
+                    key_file=config.jwt_key_file,
+                    jwks_file=config.jwks_file,
+                    audience=config.jwt_audience or "",
+                    issuer=config.jwt_issuer or "",
+                    algorithms=config.jwt_algorithms,
+                )
         if users is None and tokens is None and verifier is None:
             return None
         portal = build_portal(
@@ -87,6 +93,12 @@ class Guard:
             jwt=verifier is not None,
         )
         return cls(portal, factories, FailureThrottle(clock))
+
+    def take_credentials(self, fresh: Guard) -> None:
+        """Use ``fresh``'s portal and schemes (files reloaded); the throttle stays."""
+        self._portal = fresh._portal
+        self._factories = fresh._factories
+        self._schemes = fresh._schemes
 
     def challenges(self, bearer_error: bool = False) -> tuple[str, ...]:
         """WWW-Authenticate values, one per offered scheme (RFC 9110 §11.6.1)."""
@@ -185,6 +197,15 @@ class Guard:
                 peer=peer,
                 seconds=block,
             )
+
+
+@contextmanager
+def _naming(option: str) -> Iterator[None]:
+    """Re-raise a ``ValueError`` (same type) with ``option`` in front of its message."""
+    try:
+        yield
+    except ValueError as e:
+        raise type(e)(f"{option} {e}") from e
 
 
 def authorization_headers(request: Any) -> list[bytes] | None:

@@ -57,6 +57,9 @@ class Stored:
     # SHA-256 of the stored bytes, hex, as the storage computed it while they
     # streamed (the instance's log line and workflow request carry it).
     sha256: str | None = None
+    # 1-based position of its part in the body, set once the part ended (the
+    # log line names it; see ``Failed.part``).
+    part: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +76,10 @@ class Failed:
     detail: str
     sop_class_uid: str | None = None
     sop_instance_uid: str | None = None
+    # 1-based position of its part in the body; None for a failure of the body
+    # itself (broken framing, digest).  A failure without UIDs is only
+    # identifiable by it: the Warning header and problem documents name it.
+    part: int | None = None
 
 
 Outcome = Stored | Failed

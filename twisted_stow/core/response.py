@@ -316,7 +316,44 @@ def _warning_text(outcomes: Sequence[Outcome]) -> str | None:
             f"{warnings.total()} of {total} instances stored with warnings: "
             f"{_code_counts(warnings)}"
         )
+    unidentified = failed_parts_without_uids(outcomes)
+    if unidentified:
+        # A header line stays short (clients and proxies cap them): the first
+        # few parts, then how many more; the body's OtherFailuresSequence has all.
+        shown = unidentified[:WARNING_PARTS_SHOWN]
+        parts = ", ".join(f"{item['part']} ({item['failureReason']})" for item in shown)
+        more = len(unidentified) - len(shown)
+        clauses.append(
+            f"parts failed without UIDs: {parts}" + (f" and {more} more" if more else "")
+        )
     return "; ".join(clauses) or None
+
+
+# Parts named in the Warning header at most.
+WARNING_PARTS_SHOWN: Final = 10
+
+# RFC 9457 extension member of a problem document: the parts that failed
+# before their UIDs were known, which nothing else identifies to the client.
+FAILED_PARTS_EXTENSION: Final = "failedPartsWithoutUIDs"
+
+
+def name_failed_parts(error: StowError, outcomes: Sequence[Outcome]) -> None:
+    """Add the first parts that failed without UIDs, and their count, to ``error``'s
+    problem document (kept short: the answer to a body of 10,000 empty parts must
+    still be small enough to reach a client that is still sending)."""
+    unidentified = failed_parts_without_uids(outcomes)
+    if unidentified:
+        error.extensions[FAILED_PARTS_EXTENSION] = unidentified[:WARNING_PARTS_SHOWN]
+        error.extensions[FAILED_PARTS_EXTENSION + "Count"] = len(unidentified)
+
+
+def failed_parts_without_uids(outcomes: Sequence[Outcome]) -> list[dict[str, object]]:
+    """``{"part": n, "failureReason": "C000"}`` per part that failed without a SOP Instance UID."""
+    return [
+        {"part": o.part, "failureReason": f"{int(o.reason):04X}"}
+        for o in outcomes
+        if isinstance(o, Failed) and not o.sop_instance_uid and o.part is not None
+    ]
 
 
 def _code_counts(codes: Counter[int]) -> str:

@@ -113,8 +113,9 @@ def outcome_known(outcome: Outcome) -> None:
     if isinstance(outcome, Stored):
         ref = outcome.instance
         log.info(
-            "stored {sop_instance_uid} ({size} bytes){warning}",
+            "part {part}: stored {sop_instance_uid} ({size} bytes){warning}",
             stow_event="instance.stored",
+            part=outcome.part,
             sop_instance_uid=ref.sop_instance_uid,
             sop_class_uid=ref.sop_class_uid,
             study_instance_uid=ref.study_instance_uid,
@@ -127,8 +128,10 @@ def outcome_known(outcome: Outcome) -> None:
         )
     elif isinstance(outcome, Failed):
         log.info(
-            "failed {sop_instance_uid}: {reason} {reason_name}: {detail}",
+            "{where}: failed {sop_instance_uid}: {reason} {reason_name}: {detail}",
             stow_event="instance.failed",
+            where=f"part {outcome.part}" if outcome.part is not None else "request body",
+            part=outcome.part,
             sop_instance_uid=outcome.sop_instance_uid,
             sop_class_uid=outcome.sop_class_uid,
             reason=f"{outcome.reason:#06x}",

@@ -417,3 +417,79 @@ def test_store_stopped_mid_request(tmp_path: Path) -> None:
         if running is not None:
             running.stop()
         store.stop()
+
+
+def test_claim_of_dead_run_is_taken_over(server: S3Server) -> None:
+    """A claim with other bytes whose run died before its object existed is taken over;
+    the same claim of a live run still refuses the UID (0x0111)."""
+    s3 = server.s3
+    for run, alive, expected in (("crashed-run", False, 200), ("live-run-2", True, 409)):
+        ds, data = new_instance(MR)
+        if alive:
+            s3.put_object(Bucket=server.bucket, Key=f"{server.prefix}.stow/runs/{run}", Body=b"x")
+        claim = f"{server.key(ds)}\n{'0' * 64}\n123\n{run}\n".encode()
+        index = f"{server.prefix}.sop-index/{ds.SOPInstanceUID}"
+        s3.put_object(Bucket=server.bucket, Key=index, Body=claim)
+        code, model = post(server.url, [data])
+        assert code == expected, model
+        if alive:
+            assert failure_reasons(model) == [DUPLICATE_REJECTED]
+            assert s3.list_objects_v2(Bucket=server.bucket, Prefix=server.key(ds))["KeyCount"] == 0
+        else:
+            assert read_object(s3, server.bucket, server.key(ds))[0] == data
+            assert server.s3.get_object(Bucket=server.bucket, Key=index)["Body"].read() != claim
+
+
+def raw_post_headers(url: str, length: int) -> bytes:
+    """Send only a STOW POST's headers; what the server answers before any body byte."""
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=ANSWER_TIMEOUT_SECONDS) as sock:
+        sock.sendall(
+            (
+                f"POST /studies HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Content-Type: {multipart_content_type(BOUNDARY)}\r\n"
+                "Accept: application/dicom+json\r\n"
+                f"Content-Length: {length}\r\n\r\n"
+            ).encode()
+        )
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+        return answer
+
+
+def test_store_down_at_request_start(tmp_path: Path) -> None:
+    """SeaweedFS stopped: the next POST gets 503 + Retry-After from its headers (no body
+    sent); started again: uploads are served and stored."""
+    store = SeaweedFS(tmp_path / "seaweedfs")
+    store.start()
+    running: S3Server | None = None
+    try:
+        running = start_server(store, tmp_path / "stow")
+        store.stop()
+        # The health probe notices within a few of its periods; until then an
+        # upload is read and fails 0x0110.
+        _, probe = new_instance(MR)
+        deadline = time.monotonic() + 30
+        while post(running.url, [probe])[0] != 503 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        answer = raw_post_headers(running.url, 10 * MiB)
+        head = answer.split(b"\r\n\r\n", 1)[0].lower()
+        assert answer.startswith(b"HTTP/1.1 503"), answer[:300]
+        assert b"\r\nretry-after: " in head, head
+        store.start()
+        ds, data = new_instance(MR)
+        deadline = time.monotonic() + RESTART_READ_SECONDS + 30
+        code, model = post(running.url, [data])
+        while code != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            code, model = post(running.url, [data])
+        assert code == 200, model
+        assert read_after_restart(running, running.key(ds)) == data
+    finally:
+        if running is not None:
+            running.stop()
+        store.stop()

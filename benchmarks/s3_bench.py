@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=("full", "tiny"), default="full")
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--studies", nargs="+", choices=STUDIES, default=list(STUDIES))
     parser.add_argument("--out", type=Path, default=None, help="write results.json here")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                 ["--storage", f"s3://{server_bucket}/bench", "--s3-endpoint", store.endpoint],
                 env={**os.environ, **credentials_env()},
             )
-            for name in STUDIES:
+            for name in args.studies:
                 study = _studies.generate(work / "studies", name, specs[name])
                 for run in range(args.runs):
                     for target in TARGETS:
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             if server is not None:
                 server.stop()
             store.stop()
-    summary = _summary(runs)
+    summary = _summary(runs, args.studies)
     for line in summary["lines"]:
         print(line)
     if args.out is not None:
@@ -153,10 +154,10 @@ def _line(result: dict[str, Any]) -> str:
     )
 
 
-def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def _summary(runs: list[dict[str, Any]], studies: list[str]) -> dict[str, Any]:
     """Median MB/s per study and target, and ours / boto3."""
     summary: dict[str, Any] = {"studies": {}, "lines": []}
-    for name in STUDIES:
+    for name in studies:
         medians = {
             target: statistics.median(
                 r["mb_per_second"] for r in runs if r["study"] == name and r["target"] == target

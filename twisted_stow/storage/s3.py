@@ -75,7 +75,7 @@ HOLD_BYTES = PART_BYTES
 # Bytes all writers of one process accept ahead of the store: only as many
 # uploads buffer a part at once as this allows, the rest wait with their
 # sockets paused (the workers issue's memory budget takes its place).
-DEFAULT_BUDGET_BYTES = 64 * MiB
+DEFAULT_BUDGET_BYTES = 16 * MiB
 # A part whose header names no instance after this many bytes cannot be
 # named (HeaderCapture refuses past MAX_HEADER_READ_BYTES): it is dropped.
 UNNAMED_HOLD_BYTES = MAX_HEADER_READ_BYTES + PART_BYTES

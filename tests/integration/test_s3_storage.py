@@ -476,7 +476,7 @@ def raw_post_headers(url: str, length: int) -> bytes:
 
 def test_store_down_at_request_start(tmp_path: Path) -> None:
     """SeaweedFS stopped: the next POST gets 503 + Retry-After from its headers (no body
-    sent); started again: uploads are served and stored."""
+    sent) and /readyz names the storage; started again: uploads are served and stored."""
     store = SeaweedFS(tmp_path / "seaweedfs")
     store.start()
     running: S3Server | None = None
@@ -493,6 +493,9 @@ def test_store_down_at_request_start(tmp_path: Path) -> None:
         head = answer.split(b"\r\n\r\n", 1)[0].lower()
         assert answer.startswith(b"HTTP/1.1 503"), answer[:300]
         assert b"\r\nretry-after: " in head, head
+        ready = requests.get(running.url + "/readyz", timeout=ANSWER_TIMEOUT_SECONDS)
+        assert ready.status_code == 503
+        assert "does not answer" in ready.json()["checks"]["storage"]
         store.start()
         ds, data = new_instance(MR)
         deadline = time.monotonic() + RESTART_READ_SECONDS + 30
@@ -502,6 +505,8 @@ def test_store_down_at_request_start(tmp_path: Path) -> None:
             code, model = post(running.url, [data])
         assert code == 200, model
         assert read_after_restart(running, running.key(ds)) == data
+        ready = requests.get(running.url + "/readyz", timeout=ANSWER_TIMEOUT_SECONDS)
+        assert ready.json()["checks"]["storage"] == "ok"
     finally:
         if running is not None:
             running.stop()

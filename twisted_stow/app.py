@@ -41,6 +41,7 @@ from .core.errors import (
     MethodNotAllowed,
     NoParts,
     RouteNotFound,
+    ServiceUnavailable,
     StowError,
     WorkflowNotRecorded,
 )
@@ -81,6 +82,8 @@ CORRELATION_ID_HEADER = "X-Correlation-ID"
 # for 100.  Below it the work is shorter than the wait behind validation
 # jobs on the pool could be.
 RESPONSE_IN_THREAD_OUTCOMES = 50
+# Retry-After of a 503 while the storage is down: a few of its health probes.
+STORAGE_RETRY_AFTER_SECONDS = 5
 
 
 # The routes of StowService; module-level so decorators in its body can use it.
@@ -236,6 +239,11 @@ class StowService:
             self._validation,
         )
         self.space.check()
+        down = self.storage.unavailable()
+        if down is not None:
+            # Refused from the headers: reading the body only to fail every
+            # part with 0x0110 would cost the client the whole upload.
+            raise ServiceUnavailable(down, STORAGE_RETRY_AFTER_SECONDS)
         # Last: a request refused for any other reason never holds a slot.
         release = self.drain.track(request, self.slots.acquire(_peer_host(request)))
         return Upload(

@@ -105,3 +105,10 @@ class IStorage(Interface):
 
     def open_writer() -> IPartWriter:
         """A writer for one new part."""
+
+    def unavailable() -> str | None:
+        """Why the storage cannot take an upload now (a 503 from the headers), or None.
+
+        Cheap and answered from state the storage already keeps (no request
+        to the store): it runs on every STOW request at header time.
+        """

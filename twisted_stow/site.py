@@ -78,6 +78,7 @@ def make_site(
         storage_dir=config.storage if isinstance(storage, FilesystemStorage) else None,
         space=service.space,
         draining=lambda: service.drain.draining,
+        unavailable=storage.unavailable,
     )
     metrics.watch_uploads(service.drain.uploads)
     return StowSite(service, timeout=config.idle_timeout_seconds)

@@ -90,9 +90,12 @@ class Readiness:
         storage_dir: Path | None,
         space: FreeSpace,
         draining: Callable[[], bool],
+        unavailable: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._run_in_thread = run_in_thread
         self._storage_dir = storage_dir
+        # The other backends' check: their own cheap health (IStorage.unavailable).
+        self._unavailable = unavailable
         self._space = space
         self._draining = draining
 
@@ -102,6 +105,8 @@ class Readiness:
         results["draining"] = "the server is draining" if self._draining() else None
         if self._storage_dir is not None:
             results["storage"] = await self._run_in_thread(probe_writable, self._storage_dir)
+        else:
+            results["storage"] = self._unavailable()
         results["free_space"] = self._space.problem()
         return results
 

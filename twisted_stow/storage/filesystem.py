@@ -255,6 +255,10 @@ class FilesystemStorage:
             return len(fields) != 3 or fields[1] != self._run_token
         return not pid_alive(pid)
 
+    def unavailable(self) -> None:
+        """A local directory is never "down": its faults surface per write."""
+        return None
+
     def open_writer(self) -> FilesystemPartWriter:
         name = f"{os.getpid()}-{self._run_token}-{uuid.uuid4().hex}.part"
         return FilesystemPartWriter(self, self.staging / name)

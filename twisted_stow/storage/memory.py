@@ -158,6 +158,10 @@ class MemoryStorage:
     def stop(self) -> None:
         self.started = False
 
+    def unavailable(self) -> None:
+        """A local directory is never "down": its faults surface per write."""
+        return None
+
     def open_writer(self) -> MemoryPartWriter:
         writer = MemoryPartWriter(self)
         self.writers.append(writer)

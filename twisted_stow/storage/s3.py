@@ -37,6 +37,7 @@ bounds memory without a way to stall.
 from __future__ import annotations
 
 import base64
+import email.utils
 import hashlib
 import os
 import secrets
@@ -74,7 +75,7 @@ HOLD_BYTES = PART_BYTES
 # Bytes all writers of one process accept ahead of the store: only as many
 # uploads buffer a part at once as this allows, the rest wait with their
 # sockets paused (the workers issue's memory budget takes its place).
-DEFAULT_BUDGET_BYTES = 64 * MiB
+DEFAULT_BUDGET_BYTES = 16 * MiB
 # A part whose header names no instance after this many bytes cannot be
 # named (HeaderCapture refuses past MAX_HEADER_READ_BYTES): it is dropped.
 UNNAMED_HOLD_BYTES = MAX_HEADER_READ_BYTES + PART_BYTES
@@ -88,6 +89,13 @@ SWEEP_SECONDS = 300.0
 # Any multipart upload under the prefix older than this is abandoned whoever
 # started it (one that crashed between CreateMultipartUpload and its marker).
 UPLOAD_MAX_AGE_SECONDS = 24 * 3600.0
+# Health: the bucket is probed this often off the hot path (HEAD, short
+# timeout), and the store counts as down once this many requests in a row
+# (probes or uploads) got no answer at all.  One is not enough: a pooled
+# keep-alive connection the store closed fails one request of a healthy store.
+HEALTH_PROBE_SECONDS = 2.0
+HEALTH_PROBE_TIMEOUT_SECONDS = 2.0
+DOWN_AFTER_FAILURES = 2
 INDEX_DIR = ".sop-index/"
 STOW_DIR = ".stow/"
 DICOM_CONTENT_TYPE = "application/dicom"
@@ -409,7 +417,8 @@ class S3PartWriter:
         key = storage.instance_key(instance)
         sha = self._digests.instance.hexdigest()
         index = storage.index_key(instance)
-        claim = f"{key}\n{sha}\n{self.size}\n".encode()
+        # The owner run lets a claim its crashed run left be taken over (_abandoned).
+        claim = f"{key}\n{sha}\n{self.size}\n{storage.run}\n".encode()
         try:
             result = await self._claim(index, claim, key, sha, overwrite)
             if result in (CommitResult.IDENTICAL_DUPLICATE, CommitResult.CONFLICTING_DUPLICATE):
@@ -465,7 +474,12 @@ class S3PartWriter:
                 await client.request("PutObject (claim)", "PUT", index, body=claim)
                 return CommitResult.STORED
             if not overwrite:
-                return CommitResult.CONFLICTING_DUPLICATE
+                if not await self._storage.abandoned(fields, current.headers):
+                    return CommitResult.CONFLICTING_DUPLICATE
+                # Its run died before its object was complete: nothing
+                # stored to conflict with, and the UID must not stay blocked.
+                await client.request("PutObject (claim)", "PUT", index, body=claim)
+                return CommitResult.STORED
             await client.request("PutObject (claim)", "PUT", index, body=claim)
             if other_key != key:
                 self._replaced = other_key
@@ -546,17 +560,73 @@ class S3Storage:
         self.run = f"{os.getpid()}-{secrets.token_hex(8)}"
         self._heartbeat = LoopingCall(self._beat)
         self._sweeper = LoopingCall(self._sweep_later)
+        self._prober = LoopingCall(self._probe)
         self._heartbeat.clock = reactor
         self._sweeper.clock = reactor
+        self._prober.clock = reactor
+        self._probing = False
         self.last_sweep: Deferred[int] | None = None
 
     def start(self) -> None:
-        """Heartbeat now and then; sweep abandoned uploads now and then."""
+        """Heartbeat, sweep abandoned uploads and probe the store, each now and then."""
         self._heartbeat.start(HEARTBEAT_SECONDS, now=True)
         self._sweeper.start(SWEEP_SECONDS, now=True)
+        self._prober.start(HEALTH_PROBE_SECONDS, now=False)
+
+    def unavailable(self) -> str | None:
+        """Why the store is down (the last requests got no answer), or None."""
+        if self.client.transport_failures < DOWN_AFTER_FAILURES:
+            return None
+        return f"the object store does not answer ({self.client.last_transport_error})"
+
+    def _probe(self) -> None:
+        """HEAD the bucket, so the health follows the store while no upload runs
+        (and a store that came back is seen: a refused request sends nothing)."""
+        if self._probing:
+            return  # the previous probe still waits (a stalled store)
+        self._probing = True
+
+        async def probe() -> None:
+            try:
+                await self.client.request(
+                    "HeadBucket",
+                    "HEAD",
+                    ok=(200, 301, 403, 404),
+                    timeout=HEALTH_PROBE_TIMEOUT_SECONDS,
+                )
+            except S3Error:
+                pass  # counted by the client
+            finally:
+                self._probing = False
+
+        ensureDeferred(probe())
+
+    async def abandoned(self, fields: list[str], headers: dict[str, str]) -> bool:
+        """Whether a claim (``fields`` of its body) is left by a run that died
+        before its object was complete, so another upload may take it over.
+
+        A claim whose object is present with the claimed size stands whoever
+        made it; otherwise it is abandoned once its run's heartbeat is missing
+        or stale (a claim without a run, from before runs were recorded, once
+        it is ``RUN_STALE_SECONDS`` old).  This run's own claims are live.
+        """
+        key, _, size, run = [*fields, "", "", "", ""][:4]
+        if key:
+            head = await self.client.request("HeadObject", "HEAD", key, ok=(200, 404))
+            if head.status == 200 and head.headers.get("content-length") == size:
+                return False
+        now = time.time()
+        if not run:
+            return now - _http_date(headers.get("last-modified", "")) >= RUN_STALE_SECONDS
+        if run == self.run:
+            return False
+        beat = await self.client.request("HeadObject", "HEAD", self.run_key(run), ok=(200, 404))
+        if beat.status != 200:
+            return True
+        return now - _http_date(beat.headers.get("last-modified", "")) >= RUN_STALE_SECONDS
 
     def stop(self) -> Any:
-        for loop in (self._heartbeat, self._sweeper):
+        for loop in (self._heartbeat, self._sweeper, self._prober):
             if loop.running:
                 loop.stop()
         return ensureDeferred(self._stop())
@@ -680,6 +750,14 @@ class S3Storage:
         if aborted:
             log.info("S3 sweep aborted {count} abandoned multipart uploads", count=aborted)
         return aborted
+
+
+def _http_date(text: str) -> float:
+    """An HTTP date (``Last-Modified``) as epoch seconds; 0 if unreadable (counts as old)."""
+    try:
+        return email.utils.parsedate_to_datetime(text).timestamp()
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def _epoch(text: str) -> float:

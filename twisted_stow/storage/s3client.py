@@ -185,6 +185,10 @@ class S3Client:
         # Connections idle longer than this are closed (SeaweedFS keeps them ~2 min).
         self.pool.cachedConnectionTimeout = 50
         self._http = treq.client.HTTPClient(Agent(reactor, pool=self.pool))
+        # Requests in a row that got no answer at all (connection refused,
+        # reset, timed out), and the last one's reason: the storage's health.
+        self.transport_failures = 0
+        self.last_transport_error = ""
 
     async def request(
         self,
@@ -197,6 +201,7 @@ class S3Client:
         body: bytes = b"",
         payload_sha256: str | None = None,
         ok: tuple[int, ...] = (200,),
+        timeout: float = REQUEST_TIMEOUT_SECONDS,
     ) -> Response:
         """Send one request; an answer outside ``ok`` raises ``S3Error``."""
         import treq
@@ -212,11 +217,16 @@ class S3Client:
                 url,
                 headers=Headers({k: [v] for k, v in sent.items()}),
                 data=body if body or method in ("PUT", "POST") else None,
-                timeout=REQUEST_TIMEOUT_SECONDS,
+                timeout=timeout,
             )
             content: bytes = await treq.content(response)
         except Exception as e:  # any transport failure is a storage fault
-            raise S3Error(operation, 0, type(e).__name__, _reason(e)) from e
+            reason = _reason(e)
+            self.transport_failures += 1
+            self.last_transport_error = f"{type(e).__name__}: {reason}"
+            raise S3Error(operation, 0, type(e).__name__, reason) from e
+        # Any answer, even an error status, means the store is reachable.
+        self.transport_failures = 0
         answer = Response(
             response.code,
             {

@@ -155,7 +155,7 @@ class StowChannel(HookedHTTPChannel):
         if self._draining or transport is None:
             return
         self._draining = True
-        observe.raw_answer(transport, error)
+        observe.raw_answer(error)
         self.persistent = False
         self._cancel_header_deadline()
         # The linger bounds the close; an idle timer must not cut it short.

@@ -30,7 +30,9 @@ def _text(value: object) -> str:
     return value.decode("latin-1") if isinstance(value, bytes) else str(value)
 
 
-def _peer(transport: Any) -> str:
+def _peer(request: Any) -> str:
+    """The client's address, from ``request``'s connection (``None`` once it is gone)."""
+    transport = request.channel.transport if request.channel else None
     peer = getattr(transport, "getPeer", lambda: None)()
     return str(getattr(peer, "host", peer))
 
@@ -69,7 +71,7 @@ def request_finished(request: Any) -> None:
         path=_text(request.path),
         family=family,
         status=status,
-        peer=_peer(request.channel.transport if request.channel else None),
+        peer=_peer(request),
         principal=getattr(upload, "principal", None),
         correlation_id=_text(request.responseHeaders.getRawHeaders(b"x-correlation-id", [b""])[0])
         or None,
@@ -80,7 +82,7 @@ def request_finished(request: Any) -> None:
     )
 
 
-def raw_answer(transport: Any, error: StowError) -> None:
+def raw_answer(error: StowError) -> None:
     """``StowChannel.answer_and_close`` wrote ``error``: count it."""
     metrics.refused(error)
     metrics.REQUESTS.labels(UNKNOWN_FAMILY, str(error.status)).inc()
@@ -89,7 +91,7 @@ def raw_answer(transport: Any, error: StowError) -> None:
 def disconnected(request: Any) -> None:
     """The client went away mid-upload: log what was kept and what was dropped."""
     upload = request.upload
-    peer = _peer(request.channel.transport if request.channel else None)
+    peer = _peer(request)
 
     def report(result: Any) -> None:
         outcomes = getattr(result, "outcomes", [])

@@ -189,6 +189,7 @@ class UsersFileChecker:
         # The dearest entry's parameters; the default cost with no users at all.
         self.dummy_parameters = max(self._costs, key=self._costs.__getitem__, default=None)
         self._dummy = dummy_hash(self.dummy_parameters) if self.dummy_parameters else dummy_hash()
+        self._dummy_cost = max(self._costs.values(), default=0.0)
 
     def requestAvatarId(self, credentials: Any) -> Deferred[Any]:
         user: bytes = credentials.username
@@ -205,9 +206,8 @@ class UsersFileChecker:
         # An unknown user costs a KDF run too (the dearest one): timing must
         # not reveal names, nor the budget's 503 tell them apart.
         encoded = entry.password_hash if entry is not None else self._dummy
-        cost = self._costs.get(kdf_parameters(encoded)) if entry is not None else None
-        if cost is None:
-            cost = max(self._costs.values(), default=0.0)
+        # The dummy hash has the dearest entry's parameters, so it finds that cost.
+        cost = self._costs.get(kdf_parameters(encoded), self._dummy_cost)
         if not self._budget.take(cost):
             return fail(CheckerBusy("too many password checks at once"))
 

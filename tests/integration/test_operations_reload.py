@@ -103,6 +103,8 @@ def test_sighup_reloads_users_and_certificate(tmp_path: Path) -> None:
         key.unlink()
         twistd.process.send_signal(signal.SIGHUP)
         assert twistd.wait_for(lambda lines: any(b"previous certificate stays" in x for x in lines))
+        # Worded as at start-up: the error and the file it names.
+        assert f"No such file or directory: {key}" in twistd.log()
         failed = [x for x in twistd.log().splitlines() if "SIGHUP: --users" in x]
         assert len(failed) == 1 and "previous credentials stay" in failed[0]
         assert "Traceback" not in twistd.log()

@@ -23,6 +23,8 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from .startup import describe_error
+
 log = Logger()
 
 
@@ -46,7 +48,7 @@ class ReloadableTLS:
             log.error(
                 "SIGHUP: --listen {description}: {error}; the previous certificate stays",
                 description=self.description,
-                error=str(e) or type(e).__name__,
+                error=describe_error(e),
                 stow_event="reload.failed",
             )
             return False

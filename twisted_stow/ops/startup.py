@@ -73,10 +73,11 @@ def endpoint(reactor: Any, description: str, option: str) -> Any:
     try:
         return serverFromString(reactor, description)
     except Exception as e:
-        fail(f"{option} {description}: {_describe(e)}")
+        fail(f"{option} {description}: {describe_error(e)}")
 
 
-def _describe(error: BaseException) -> str:
+def describe_error(error: BaseException) -> str:
+    """An exception in a few words: a file error as ``strerror: filename``."""
     strerror = getattr(error, "strerror", None)
     filename = getattr(error, "filename", None)
     if strerror and filename:
@@ -98,7 +99,7 @@ class Listener(StreamServerEndpointService):
         try:
             super().privilegedStartService()
         except Exception as e:
-            fail(f"{self._option} {self._description}: cannot listen: {_describe(e)}")
+            fail(f"{self._option} {self._description}: cannot listen: {describe_error(e)}")
 
 
 def _interface(description: str) -> str | None:

@@ -37,7 +37,7 @@ MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 REQUESTS = Counter(
     "stow_requests",
-    "Requests answered, by route family (standard, monai, dcm4chee, ops, none) and status.",
+    "Requests answered, by route family (standard, monai, dcm4chee, ops, other, none) and status.",
     ["family", "status"],
 )
 REFUSALS = Counter(

@@ -28,8 +28,8 @@ EXIT_SIGTERM = -signal.SIGTERM
 
 
 def metrics_port(twistd: Twistd) -> int:
-    assert twistd.wait_for(lambda lines: any(METRICS_STARTED.search(x) for x in lines))
     """The port of the "MetricsSite starting on N" line."""
+    assert twistd.wait_for(lambda lines: any(METRICS_STARTED.search(x) for x in lines))
     (match,) = METRICS_STARTED.findall(twistd.log().encode())
     return int(match)
 

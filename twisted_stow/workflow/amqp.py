@@ -28,7 +28,6 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from ..deferreds import RunInThread
 from ..ops import metrics
@@ -271,11 +270,10 @@ class AmqpPublisher(Service):
                 retry=UNROUTABLE_RETRY_SECONDS,
                 stow_event="workflow.unroutable",
             )
-        for value in failures:
-            if value not in returned:
-                assert isinstance(value, Failure)
-                # Nacked, or the channel closed: reconnect and send the rest again.
-                value.raiseException()
+        lost = [f for f in failures if not f.check(UnroutableError)]
+        if lost:
+            # Nacked, or the channel closed: reconnect and send the rest again.
+            lost[0].raiseException()
         return bool(returned)
 
     async def _idle(self, channel: Any) -> None:

@@ -35,13 +35,15 @@ from pathlib import Path
 
 from benchmarks import _client, _servers, _studies
 from benchmarks._studies import KIB, MIB, Study
+from twisted_stow.client.batching import DEFAULT_MAX_INSTANCES, DEFAULT_MAX_REQUEST_BYTES
 
 # name → series (instances, bytes each): the two scenarios.
 FULL = {"ct": [(1000, 512 * KIB)], "large-4gib": [(82, 50 * MIB)]}
 TINY = {"ct": [(64, 32 * KIB)], "large-4gib": [(6, 2 * MIB)]}
 CONCURRENCY = 4
-MAX_INSTANCES = 100
-MAX_BYTES = 512 * MIB
+# stow-upload's own defaults, so both clients send the same requests.
+MAX_INSTANCES = DEFAULT_MAX_INSTANCES
+MAX_BYTES = DEFAULT_MAX_REQUEST_BYTES
 _SUMMARY_TIME = re.compile(r"^time\s+([\d.]+) s$", re.MULTILINE)
 # The client's target: under 120 MiB of peak RSS.
 RSS_LIMIT_BYTES = 120 * MIB

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
@@ -9,11 +10,13 @@ from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
+from twisted.internet.task import Clock
 
 from twisted_stow.client.answer import NOT_IN_ANSWER, UnreadableAnswer, Verdict, judge
 from twisted_stow.client.batching import group
 from twisted_stow.client.files import FileKey, Instance, SkipReason
 from twisted_stow.client.journal import Journal, journal_line, read_journal
+from twisted_stow.client.progress import LineProgress
 from twisted_stow.client.retry import (
     MAX_RETRY_AFTER_SECONDS,
     Backoff,
@@ -175,3 +178,17 @@ def test_summary_names_every_count() -> None:
         "2.00 s",
     ):
         assert expected in text, expected
+
+
+def test_plain_progress_line_counts_what_this_run_sends() -> None:
+    """The plain progress line: stored of those to send (the journal's excluded), MB and MB/s."""
+    clock = Clock()
+    tally = Tally(found=5, found_bytes=5_000_000, stored=2, stored_bytes=2_000_000)
+    tally.already_stored, tally.already_stored_bytes = 1, 1_000_000
+    out = io.StringIO()
+    progress = LineProgress(clock, tally, lambda: 500_000, out)
+    clock.advance(2.0)
+    progress.draw()
+    assert out.getvalue() == (
+        "stow-upload: 2/4 instances, 2.5/4.0 MB, 1.0 MB/s, 0 retries, 0 failed\n"
+    )

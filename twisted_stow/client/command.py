@@ -8,7 +8,6 @@ the summary on stdout and the exit status (docs/UPLOAD.md).
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import sys
@@ -99,9 +98,6 @@ def _run(reactor: Any, settings: Settings) -> Any:
 def main(argv: Sequence[str] | None = None) -> None:
     """The ``stow-upload`` console script; exits with the run's status."""
     arguments = sys.argv[1:] if argv is None else list(argv)
-    # pydicom logs its warnings about odd headers; the server judges those,
-    # and a line per file would garble the progress display.
-    logging.getLogger("pydicom").setLevel(logging.ERROR)
     try:
         settings = settings_from(arguments, os.environ, read_stdin=sys.stdin.read)
     except UsageError as error:

@@ -37,8 +37,8 @@ def describe(error: BaseException) -> str:
     causes = [e for e in inner if isinstance(e, BaseException)]
     # The body producer's TaskStopped is a consequence (the connection went);
     # the reason beside it (a TLS verification error) is the cause.
-    for cause in sorted(causes, key=lambda e: type(e).__name__ in _CONSEQUENCES):
-        return describe(cause)
+    if causes:
+        return describe(min(causes, key=lambda e: type(e).__name__ in _CONSEQUENCES))
     text = str(error).strip() or type(error).__name__
     # pyOpenSSL errors render as a list of (library, function, reason) tuples.
     args = getattr(error, "args", ())

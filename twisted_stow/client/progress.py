@@ -17,13 +17,12 @@ from tqdm import tqdm
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 
-from .summary import Tally
+from .summary import MB, Tally, rate
 
 # A bar redraws this often; tqdm itself would redraw on every update.
 BAR_REFRESH_SECONDS = 0.5
 # Without a terminal (a log, CI), one line this often.
 PLAIN_LINE_SECONDS = 5.0
-_MB = 1_000_000
 
 
 class Progress(Protocol):
@@ -58,7 +57,7 @@ class _Drawn:
         return self.tally.stored_bytes + self.tally.failed_bytes + self._inflight()
 
     def todo_bytes(self) -> int:
-        return self.tally.found_bytes - self.tally.already_stored_bytes
+        return self.tally.to_send_bytes
 
     def start(self) -> None:
         self._loop.start(self.interval, now=False)
@@ -98,7 +97,7 @@ class BarProgress(_Drawn):
         self._bar.total = max(self.todo_bytes(), 1)
         self._bar.n = min(self.done_bytes(), self._bar.total)
         self._bar.set_postfix_str(
-            f"{tally.stored}/{tally.found - tally.already_stored} instances, "
+            f"{tally.stored}/{tally.to_send} instances, "
             f"{tally.retries} retries, {tally.failed_total} failed",
             refresh=False,
         )
@@ -129,10 +128,10 @@ class LineProgress(_Drawn):
     def draw(self) -> None:
         tally = self.tally
         seconds = self._clock.seconds() - self._started
-        rate = tally.stored_bytes / _MB / seconds if seconds > 0 else 0.0
+        speed = rate(tally.stored_bytes / MB, seconds)
         self._out.write(
-            f"stow-upload: {tally.stored}/{tally.found - tally.already_stored} instances, "
-            f"{self.done_bytes() / _MB:.1f}/{self.todo_bytes() / _MB:.1f} MB, {rate:.1f} MB/s, "
+            f"stow-upload: {tally.stored}/{tally.to_send} instances, "
+            f"{self.done_bytes() / MB:.1f}/{self.todo_bytes() / MB:.1f} MB, {speed:.1f} MB/s, "
             f"{tally.retries} retries, {tally.failed_total} failed\n"
         )
         self._out.flush()

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from .answer import reason_text
 from .files import SkipReason
 
-_MB = 1_000_000  # MB/s in SI megabytes, as network rates are given
+MB = 1_000_000  # MB/s in SI megabytes, as network rates are given
 
 
 @dataclass
@@ -37,11 +37,16 @@ class Tally:
         return sum(self.skipped.values())
 
     @property
-    def done(self) -> int:
-        return self.stored + self.already_stored + self.failed_total
+    def to_send(self) -> int:
+        """Instances this run has to send: found, less those the journal skipped."""
+        return self.found - self.already_stored
+
+    @property
+    def to_send_bytes(self) -> int:
+        return self.found_bytes - self.already_stored_bytes
 
 
-def _rate(amount: float, seconds: float) -> float:
+def rate(amount: float, seconds: float) -> float:
     return amount / seconds if seconds > 0 else 0.0
 
 
@@ -49,7 +54,7 @@ def render_summary(tally: Tally, seconds: float) -> str:
     """The summary table: found, skipped, stored, already stored, failed by reason,
     bytes, time, MB/s and instances/s (rates of what this run stored)."""
     rows: list[tuple[str, str]] = [
-        ("found", f"{tally.found} DICOM files ({tally.found_bytes / _MB:.1f} MB)"),
+        ("found", f"{tally.found} DICOM files ({tally.found_bytes / MB:.1f} MB)"),
         ("skipped", str(tally.skipped_total)),
     ]
     rows += [(f"  {reason.value}", str(n)) for reason, n in sorted(tally.skipped.items(), key=str)]
@@ -66,14 +71,14 @@ def render_summary(tally: Tally, seconds: float) -> str:
     rows += [
         (
             "bytes",
-            f"{tally.stored_bytes / _MB:.1f} MB stored, {tally.sent_bytes / _MB:.1f} MB sent",
+            f"{tally.stored_bytes / MB:.1f} MB stored, {tally.sent_bytes / MB:.1f} MB sent",
         ),
         ("time", f"{seconds:.2f} s"),
         (
             "rate",
             (
-                f"{_rate(tally.stored_bytes / _MB, seconds):.1f} MB/s, "
-                f"{_rate(tally.stored, seconds):.1f} instances/s"
+                f"{rate(tally.stored_bytes / MB, seconds):.1f} MB/s, "
+                f"{rate(tally.stored, seconds):.1f} instances/s"
             ),
         ),
         ("retries", str(tally.retries)),

@@ -49,7 +49,7 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -657,9 +657,7 @@ class S3Storage:
     # helpers
 
     def sleep(self, seconds: float) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        self.reactor.callLater(seconds, d.callback, None)
-        return d
+        return deferLater(self.reactor, seconds, lambda: None)
 
     async def delete_quietly(self, key: str) -> None:
         try:

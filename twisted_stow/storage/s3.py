@@ -135,14 +135,12 @@ class ByteBudget:
     def __init__(self, total_bytes: int) -> None:
         self.total_bytes = total_bytes
         self.used_bytes = 0
-        self.peak_bytes = 0
         self._waiting: deque[Callable[[], None]] = deque()
 
     def try_reserve(self, nbytes: int) -> bool:
         if self.used_bytes + nbytes > self.total_bytes and self.used_bytes > 0:
             return False
         self.used_bytes += nbytes
-        self.peak_bytes = max(self.peak_bytes, self.used_bytes)
         return True
 
     def wait(self, wake: Callable[[], None]) -> None:

@@ -30,6 +30,7 @@ from pydicom.uid import generate_uid
 
 from tests.dicom_files import CT, MR, TEST_FILES, read
 from tests.helpers import build_multipart, multipart_content_type
+from tests.integration.observe import wait_until
 from tests.integration.seaweedfs import (
     SeaweedFS,
     credentials_env,
@@ -270,13 +271,9 @@ def test_disconnect_mid_part_leaves_nothing(server: S3Server) -> None:
         ).encode()
         sock.sendall(head + body[: 9 * MiB])
         # Let the server open the multipart upload and send a part.
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not open_uploads(server.s3, server.bucket):
-            time.sleep(0.1)
+        wait_until(lambda: open_uploads(server.s3, server.bucket))
         assert open_uploads(server.s3, server.bucket), "no multipart upload was opened"
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and open_uploads(server.s3, server.bucket):
-        time.sleep(0.1)
+    wait_until(lambda: not open_uploads(server.s3, server.bucket))
     assert open_uploads(server.s3, server.bucket) == []
     listed = server.s3.list_objects_v2(Bucket=server.bucket, Prefix=server.key(ds))
     assert listed.get("KeyCount", 0) == 0
@@ -343,13 +340,14 @@ def test_sweep_aborts_dead_runs_only(seaweed: SeaweedFS, tmp_path: Path) -> None
     s3.put_object(Bucket=bucket, Key=f"{prefix}.stow/runs/live-run", Body=b"alive\n")
     running = S3Server(seaweed, tmp_path, bucket, "--storage", f"s3://{bucket}/site/a")
     try:
-        deadline = time.monotonic() + 15
-        left = {u["UploadId"] for u in open_uploads(s3, bucket)}
-        while time.monotonic() < deadline and uploads["dead-run"] in left:
-            time.sleep(0.2)
-            left = {u["UploadId"] for u in open_uploads(s3, bucket)}
-        assert uploads["dead-run"] not in left
-        assert uploads["live-run"] in left
+
+        def left() -> set[str]:
+            return {u["UploadId"] for u in open_uploads(s3, bucket)}
+
+        wait_until(lambda: uploads["dead-run"] not in left(), 15)
+        remaining = left()
+        assert uploads["dead-run"] not in remaining
+        assert uploads["live-run"] in remaining
     finally:
         running.stop()
 
@@ -434,9 +432,7 @@ def test_store_stopped_mid_request(tmp_path: Path) -> None:
                 ).encode()
                 + body[:cut]
             )
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and not open_uploads(running.s3, running.bucket):
-                time.sleep(0.1)
+            wait_until(lambda: open_uploads(running.s3, running.bucket))
             assert open_uploads(running.s3, running.bucket), "no multipart upload opened"
             assert read_object(running.s3, running.bucket, running.key(first_ds))[0] == first
             assert store.process is not None

@@ -87,12 +87,13 @@ def test_part_digests_one_pass() -> None:
     """The instance digest covers every byte; each part digest only its own."""
     digests = PartDigests()
     digests.update(b"abc")
-    first = digests.cut()
-    digests.update(b"def")
+    first = digests.cut(b"abc")
+    digests.update(b"de")
+    digests.update(memoryview(b"f"))
     import hashlib
 
     assert first == hashlib.sha256(b"abc").digest()
-    assert digests.cut() == hashlib.sha256(b"def").digest()
+    assert digests.cut(b"def") == hashlib.sha256(b"def").digest()
     assert digests.instance.digest() == hashlib.sha256(b"abcdef").digest()
 
 

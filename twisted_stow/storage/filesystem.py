@@ -120,9 +120,14 @@ class FilesystemPartWriter:
             self._flush()
         return written
 
-    def _flush(self) -> None:
-        batch, written = self._batch, self._batch_written
+    def _take_batch(self) -> tuple[list[bytes | memoryview], list[Deferred[None]]]:
+        """The batch being gathered and its writes' Deferreds; the next starts empty."""
+        taken = self._batch, self._batch_written
         self._batch, self._batch_written, self._batch_bytes = [], [], 0
+        return taken
+
+    def _flush(self) -> None:
+        batch, written = self._take_batch()
         if not batch:
             return
         d = self._queue.submit(lambda: self._file.write(batch))
@@ -167,13 +172,7 @@ class FilesystemPartWriter:
             return succeed(None)
         self._done = True
         # Bytes never handed to the writer thread are dropped here and now.
-        written, self._batch, self._batch_written, self._batch_bytes = (
-            self._batch_written,
-            [],
-            [],
-            0,
-        )
-        _fire_all(written)
+        _fire_all(self._take_batch()[1])
         self._discarded = self._queue.submit(self._file.discard)
         self._discarded.addErrback(lambda f: log.failure("could not remove staging file", f))
         return detached(self._discarded)

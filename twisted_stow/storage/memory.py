@@ -159,7 +159,7 @@ class MemoryStorage:
         self.started = False
 
     def unavailable(self) -> None:
-        """A local directory is never "down": its faults surface per write."""
+        """Memory is never "down"."""
         return None
 
     def open_writer(self) -> MemoryPartWriter:

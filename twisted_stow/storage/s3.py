@@ -21,8 +21,8 @@ key as soon as its header names it (``INamedPartWriter.named``), parts cut at
 ``PART_BYTES`` and sent one at a time as they fill; ``commit`` claims the UID
 and completes; ``abort`` aborts.  Every request carries the SHA-256 of its
 body, signed (SigV4 payload hash) and as ``x-amz-checksum-sha256``, so the
-store verifies what it got; the same pass feeds the instance's SHA-256
-(``PartDigests``).
+store verifies what it got; the instance's SHA-256 is fed per chunk, each
+part's taken from its joined body (``PartDigests``).
 
 Flow: a writer accepts bytes ahead of the store (fires their write Deferreds
 at once) while it holds at most ``HOLD_BYTES`` and the process-wide
@@ -49,7 +49,7 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -102,25 +102,23 @@ DICOM_CONTENT_TYPE = "application/dicom"
 
 
 class PartDigests:
-    """One pass over a part's bytes: the instance's SHA-256 and the current S3 part's.
+    """The instance's SHA-256, fed per chunk, and each S3 part's, taken at its cut.
 
-    The one place the writer hashes (the integrity issue feeds its instance
-    digest from the same ``update``).
+    The one place the writer hashes.  Per chunk only the instance digest is
+    fed; an S3 part is hashed once, from the body already joined to send it
+    (one call over 8-16 MiB).  A part below ``MULTIPART_MIN_BYTES`` is never
+    cut: its PutObject carries the instance digest, so it is hashed once.
     """
 
     def __init__(self) -> None:
         self.instance = hashlib.sha256()
-        self.part = hashlib.sha256()
 
     def update(self, data: bytes | memoryview) -> None:
         self.instance.update(data)
-        self.part.update(data)
 
-    def cut(self) -> bytes:
-        """The digest of the S3 part that ends here; the next starts empty."""
-        digest = self.part.digest()
-        self.part = hashlib.sha256()
-        return digest
+    def cut(self, body: bytes) -> bytes:
+        """The digest of the S3 part ``body`` that ends here."""
+        return hashlib.sha256(body).digest()
 
 
 def checksum_headers(digest: bytes) -> dict[str, str]:
@@ -137,14 +135,12 @@ class ByteBudget:
     def __init__(self, total_bytes: int) -> None:
         self.total_bytes = total_bytes
         self.used_bytes = 0
-        self.peak_bytes = 0
         self._waiting: deque[Callable[[], None]] = deque()
 
     def try_reserve(self, nbytes: int) -> bool:
         if self.used_bytes + nbytes > self.total_bytes and self.used_bytes > 0:
             return False
         self.used_bytes += nbytes
-        self.peak_bytes = max(self.peak_bytes, self.used_bytes)
         return True
 
     def wait(self, wake: Callable[[], None]) -> None:
@@ -206,8 +202,8 @@ class S3PartWriter:
 
     @property
     def sha256(self) -> bytes | None:
-        """The instance's SHA-256 once ``finish`` has fired (the same pass that
-        feeds each S3 part's checksum); None before, or when bytes were dropped."""
+        """The instance's SHA-256 once ``finish`` has fired; None before, or
+        when bytes were dropped."""
         if not self._finishing or self._dropping:
             return None
         return self._digests.instance.digest()
@@ -216,14 +212,15 @@ class S3PartWriter:
         if self._finishing or self._done:
             raise RuntimeError("write after finish/abort")
         written: Deferred[None] = Deferred()
-        self.size += len(data)
+        nbytes = len(data)
+        self.size += nbytes
         if self._dropping:
             written.callback(None)
             return written
         self._digests.update(data)
         self._chunks.append(data)
-        self._filled += len(data)
-        self._entries.append([len(data), written])
+        self._filled += nbytes
+        self._entries.append([nbytes, written])
         self._pump()
         return written
 
@@ -360,7 +357,7 @@ class S3PartWriter:
         chunks, entries, _, reserved = self._cut()
         body = b"".join(chunks)
         del chunks
-        digest = self._digests.cut()
+        digest = self._digests.cut(body)
         number = len(self._etags) + 1
         try:
             if number > MAX_PARTS:
@@ -658,9 +655,7 @@ class S3Storage:
     # helpers
 
     def sleep(self, seconds: float) -> Deferred[None]:
-        d: Deferred[None] = Deferred()
-        self.reactor.callLater(seconds, d.callback, None)
-        return d
+        return deferLater(self.reactor, seconds, lambda: None)
 
     async def delete_quietly(self, key: str) -> None:
         try:

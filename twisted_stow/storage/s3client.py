@@ -6,7 +6,7 @@ request takes a thread and connections are kept alive (txaws is unmaintained,
 aiobotocore needs the asyncio reactor, boto3 blocks a thread per call).
 Requests are path-style (``ENDPOINT/BUCKET/KEY``), which every S3-compatible
 store accepts.  Each request's payload SHA-256 is computed by the caller (the
-same pass that gives the part's checksum) and signed as is, never re-hashed.
+same digest that is the part's checksum) and signed as is, never re-hashed.
 
 ``check_bucket`` is the one blocking call of the server: the start-up check,
 run before the reactor serves anything (``tap.makeService``), over the
@@ -35,8 +35,8 @@ from twisted.web.http_headers import Headers
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 # Every S3 request gives up after this long (no hang when the store stops
-# answering mid-request); the largest request is one part of at most
-# ``s3.MAX_PART_BYTES`` at a few MiB/s.
+# answering mid-request); the largest request is one part of
+# 8-16 MiB (``s3.PART_BYTES`` and what filled meanwhile) at a few MiB/s.
 REQUEST_TIMEOUT_SECONDS = 60.0
 # Connections kept open per endpoint: one per part in flight is enough, the
 # rest of the requests are small.

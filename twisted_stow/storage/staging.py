@@ -66,7 +66,6 @@ class StagingFile:
         # GIL for buffers above 2 KiB, so the reactor runs meanwhile.
         self._sha256 = hashlib.sha256()
         self.sha256: bytes | None = None  # set by sync_and_close
-        self.digest_kept = False  # whether the xattr was written
         # The first write error; later writes and the final sync re-raise it,
         # so a part with a hole in it can never be reported as staged.
         self.error: Exception | None = None
@@ -104,7 +103,7 @@ class StagingFile:
                 self.write([])
             assert self.fd is not None
             self.sha256 = self._sha256.digest()
-            self.digest_kept = _set_digest(self.fd, self.sha256)
+            _set_digest(self.fd, self.sha256)
             # One fsync makes data and digest durable together.
             os.fsync(self.fd)
         except OSError as e:
@@ -126,15 +125,13 @@ class StagingFile:
             os.close(fd)
 
 
-def _set_digest(fd: int, digest: bytes) -> bool:
-    """Keep ``digest`` on the file; False where the filesystem has no user xattrs."""
+def _set_digest(fd: int, digest: bytes) -> None:
+    """Keep ``digest`` on the file, unless the filesystem has no user xattrs."""
     try:
         os.setxattr(fd, DIGEST_XATTR, digest)
     except OSError as e:
-        if e.errno in _NO_XATTR_ERRNOS:
-            return False
-        raise
-    return True
+        if e.errno not in _NO_XATTR_ERRNOS:
+            raise
 
 
 def _drop_written(buffers: list[bytes | memoryview], written: int) -> list[bytes | memoryview]:

@@ -100,8 +100,12 @@ class IStorage(Interface):
     def start() -> None:
         """Prepare the storage (directories, threads, connections) before serving."""
 
-    def stop() -> None:
-        """Wait for queued operations and release what ``start`` took."""
+    def stop() -> Deferred[None] | None:
+        """Release what ``start`` took once queued operations are done.
+
+        May return a Deferred that fires when that is so (the S3 backend
+        closes its connections); the filesystem waits and returns None.
+        """
 
     def open_writer() -> IPartWriter:
         """A writer for one new part."""

@@ -152,9 +152,8 @@ class StorageService(Service):
 
     def stopService(self) -> Any:
         # An object store's stop may return a Deferred (its last requests):
-        # twistd waits for it.
-        stop: Any = self.storage.stop
-        stopped = stop()
+        # twistd waits for it (IStorage.stop).
+        stopped = self.storage.stop()
         super().stopService()
         return stopped
 

@@ -164,7 +164,6 @@ class Ingest:
         # Backpressure has one owner: this upload's ingest decides when the
         # request stops reading the socket.
         self.flow = BytesInFlight(producer)
-        self._flow = self.flow
         self._writer: IPartWriter | None = None
         self._capture = HeaderCapture()
         # The capture whose writer was told its instance (INamedPartWriter).
@@ -207,7 +206,7 @@ class Ingest:
     def _write(self, writer: IPartWriter, data: bytes | memoryview) -> None:
         """Hand ``data`` to ``writer``; it stays in flight until the write's Deferred fires."""
         nbytes = len(data)
-        self._flow.add(nbytes)
+        self.flow.add(nbytes)
         writer.write(data).addBoth(self._written, nbytes)
 
     def _walk(self, data: bytes | memoryview) -> None:
@@ -221,7 +220,7 @@ class Ingest:
         if capture.pending and not (self._behind and self._behind[-1].capture is capture):
             self._behind.append(_Behind(capture, self._writer))
             if self._task is None:
-                self._flow.captures_behind_changed(True)
+                self.flow.captures_behind_changed(True)
                 self._task = self._cooperate(self._catch_up())
 
     def _catch_up(self) -> Iterator[None]:
@@ -238,7 +237,7 @@ class Ingest:
                     waiter.callback(None)
             yield None
         self._task = None
-        self._flow.captures_behind_changed(False)
+        self.flow.captures_behind_changed(False)
 
     def _name(self, writer: IPartWriter | None, capture: HeaderCapture) -> None:
         """Tell a writer that wants it which instance its part is, once the header is known."""
@@ -257,7 +256,7 @@ class Ingest:
         return succeed(None)
 
     def _written(self, result: object, nbytes: int) -> None:
-        self._flow.done(nbytes)
+        self.flow.done(nbytes)
         if isinstance(result, Failure):
             # IPartWriter.write never fails; a writer that does must not
             # leave an unhandled error (its failure surfaces in finish()).
@@ -294,8 +293,8 @@ class Ingest:
         claims, self._claims = self._claims, _NO_CLAIMS
         # Every part passes through the flow's part count, empty or skipped
         # ones too (they leave it at once): one budget for all parts.
-        self._flow.part_started()
-        in_flow = _InFlow(self._flow)
+        self.flow.part_started()
+        in_flow = _InFlow(self.flow)
         self._parts_ended += 1
         part = self._parts_ended
         if skipped is not None:

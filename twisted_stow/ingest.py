@@ -214,9 +214,7 @@ class Ingest:
         capture = self._capture
         steps = 0 if self._behind else self._read_steps
         self._read_steps -= capture.feed(data, max_steps=steps)
-        if capture.done and self._named is not capture:
-            self._named = capture
-            self._name(self._writer, capture)
+        self._name(self._writer, capture)
         if capture.pending and not (self._behind and self._behind[-1].capture is capture):
             self._behind.append(_Behind(capture, self._writer))
             if self._task is None:
@@ -230,9 +228,7 @@ class Ingest:
             entry.capture.run(CAPTURE_STEPS_PER_SLICE)
             if not entry.capture.pending:
                 self._behind.popleft()
-                if entry.capture.done and self._named is not entry.capture:
-                    self._named = entry.capture
-                    self._name(entry.writer, entry.capture)
+                self._name(entry.writer, entry.capture)
                 for waiter in entry.waiters:
                     waiter.callback(None)
             yield None
@@ -240,7 +236,14 @@ class Ingest:
         self.flow.captures_behind_changed(False)
 
     def _name(self, writer: IPartWriter | None, capture: HeaderCapture) -> None:
-        """Tell a writer that wants it which instance its part is, once the header is known."""
+        """Tell a writer that wants it which instance its part is, once the header is known.
+
+        Once per capture: called after every walk, it acts on the first that
+        leaves ``capture`` done.
+        """
+        if not capture.done or self._named is capture:
+            return
+        self._named = capture
         if writer is None or not INamedPartWriter.providedBy(writer):
             return
         verdict = validate_header(capture.result(), self._policy.validation)

@@ -21,9 +21,10 @@ from .ops.metrics import STORAGE_PAUSES
 # upload to 20 MB/s, with 125 pauses over 54 s.
 HIGH_WATER_BYTES = 8 * 1024 * 1024
 LOW_WATER_BYTES = 2 * 1024 * 1024
-# Parts between "received whole" and "outcome known".  Each costs a worker
-# thread a few milliseconds (fsync, pydicom); 64 queued keeps every thread
-# busy for a 2,000-instance CT without letting tiny-part bodies pile up work.
+# Parts between "received whole" and "outcome known".  Each costs storage a
+# few milliseconds (the filesystem: an fsync on a writer thread; validation
+# is a few comparisons on the reactor); 64 queued keeps every thread busy
+# for a 2,000-instance CT without letting tiny-part bodies pile up work.
 HIGH_WATER_PARTS = 64
 LOW_WATER_PARTS = 16
 

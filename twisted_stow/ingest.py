@@ -164,7 +164,6 @@ class Ingest:
         # Backpressure has one owner: this upload's ingest decides when the
         # request stops reading the socket.
         self.flow = BytesInFlight(producer)
-        self._flow = self.flow
         self._writer: IPartWriter | None = None
         self._capture = HeaderCapture()
         # The capture whose writer was told its instance (INamedPartWriter).
@@ -207,7 +206,7 @@ class Ingest:
     def _write(self, writer: IPartWriter, data: bytes | memoryview) -> None:
         """Hand ``data`` to ``writer``; it stays in flight until the write's Deferred fires."""
         nbytes = len(data)
-        self._flow.add(nbytes)
+        self.flow.add(nbytes)
         writer.write(data).addBoth(self._written, nbytes)
 
     def _walk(self, data: bytes | memoryview) -> None:
@@ -215,13 +214,11 @@ class Ingest:
         capture = self._capture
         steps = 0 if self._behind else self._read_steps
         self._read_steps -= capture.feed(data, max_steps=steps)
-        if capture.done and self._named is not capture:
-            self._named = capture
-            self._name(self._writer, capture)
+        self._name(self._writer, capture)
         if capture.pending and not (self._behind and self._behind[-1].capture is capture):
             self._behind.append(_Behind(capture, self._writer))
             if self._task is None:
-                self._flow.captures_behind_changed(True)
+                self.flow.captures_behind_changed(True)
                 self._task = self._cooperate(self._catch_up())
 
     def _catch_up(self) -> Iterator[None]:
@@ -231,17 +228,22 @@ class Ingest:
             entry.capture.run(CAPTURE_STEPS_PER_SLICE)
             if not entry.capture.pending:
                 self._behind.popleft()
-                if entry.capture.done and self._named is not entry.capture:
-                    self._named = entry.capture
-                    self._name(entry.writer, entry.capture)
+                self._name(entry.writer, entry.capture)
                 for waiter in entry.waiters:
                     waiter.callback(None)
             yield None
         self._task = None
-        self._flow.captures_behind_changed(False)
+        self.flow.captures_behind_changed(False)
 
     def _name(self, writer: IPartWriter | None, capture: HeaderCapture) -> None:
-        """Tell a writer that wants it which instance its part is, once the header is known."""
+        """Tell a writer that wants it which instance its part is, once the header is known.
+
+        Once per capture: called after every walk, it acts on the first that
+        leaves ``capture`` done.
+        """
+        if not capture.done or self._named is capture:
+            return
+        self._named = capture
         if writer is None or not INamedPartWriter.providedBy(writer):
             return
         verdict = validate_header(capture.result(), self._policy.validation)
@@ -257,7 +259,7 @@ class Ingest:
         return succeed(None)
 
     def _written(self, result: object, nbytes: int) -> None:
-        self._flow.done(nbytes)
+        self.flow.done(nbytes)
         if isinstance(result, Failure):
             # IPartWriter.write never fails; a writer that does must not
             # leave an unhandled error (its failure surfaces in finish()).
@@ -294,8 +296,8 @@ class Ingest:
         claims, self._claims = self._claims, _NO_CLAIMS
         # Every part passes through the flow's part count, empty or skipped
         # ones too (they leave it at once): one budget for all parts.
-        self._flow.part_started()
-        in_flow = _InFlow(self._flow)
+        self.flow.part_started()
+        in_flow = _InFlow(self.flow)
         self._parts_ended += 1
         part = self._parts_ended
         if skipped is not None:

@@ -10,7 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from twisted_stow.core.contentcoding import BodyDecoder, request_coding
-from twisted_stow.core.errors import InvalidContentCoding, UnsupportedContentCoding
+from twisted_stow.core.errors import (
+    DETAIL_TEXT_CHARS,
+    InvalidContentCoding,
+    UnsupportedContentCoding,
+    shorten,
+)
 
 DATA = b"DICM" + bytes(range(256)) * 400 + bytes(100_000)
 
@@ -48,6 +53,16 @@ def test_unknown_or_stacked_codings_are_415_with_accept_encoding(values: list[by
         request_coding(values)
     assert raised.value.status == 415
     assert raised.value.headers() == [(b"Accept-Encoding", b"gzip, deflate")]
+
+
+@pytest.mark.parametrize("values", [[b"x" * 500], [b"gzip, " + b"y" * 500]])
+def test_a_long_coding_is_quoted_cut_as_every_client_text(values: list[bytes]) -> None:
+    """The refused coding is quoted through errors.shorten: cut, the cut marked."""
+    with pytest.raises(UnsupportedContentCoding) as raised:
+        request_coding(values)
+    named = values[0].decode()
+    assert repr(shorten(named)) in raised.value.detail
+    assert named[: DETAIL_TEXT_CHARS + 1] not in raised.value.detail
 
 
 @given(st.lists(st.integers(min_value=1, max_value=5000), min_size=1, max_size=20))

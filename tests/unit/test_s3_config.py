@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from io import BytesIO
 from pathlib import Path
+from typing import Any
 
+import pydicom
 import pytest
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from tests.attacks import item_bomb
 from tests.dicom_files import CT, read, uids
 from tests.fakes import RecordingProducer
 from twisted_stow.core.multipart import PartData, PartEnded, PartStarted
 from twisted_stow.core.outcomes import InstanceRef
 from twisted_stow.core.policy import IngestPolicy
 from twisted_stow.core.validation import DEFAULT_POLICY
-from twisted_stow.ingest import Ingest
+from twisted_stow.ingest import CAPTURE_STEPS_PER_READ, Ingest
 from twisted_stow.interfaces import INamedPartWriter, IPartWriter, IStorage
 from twisted_stow.storage.memory import MemoryPartWriter, MemoryStorage
 from twisted_stow.storage.s3 import ByteBudget, PartDigests, S3Storage
@@ -161,6 +166,32 @@ def test_ingest_tells_none_for_a_part_it_will_not_store() -> None:
     (writer,) = storage.writers
     assert isinstance(writer, NamedMemoryWriter)
     assert writer.told == [None]
+
+
+def test_ingest_names_the_writer_once_a_walk_left_behind_catches_up() -> None:
+    """A header walked in cooperator slices names its writer when the walk ends, once."""
+    tasks: list[Iterator[None]] = []
+
+    def cooperate(work: Iterator[None]) -> Any:
+        tasks.append(work)
+        return object()
+
+    storage = NamedMemoryStorage()
+    ingest = Ingest(storage, IngestPolicy(DEFAULT_POLICY), RecordingProducer(), cooperate=cooperate)
+    # Explicit VR, so the walk meets Series Number (0020,0011) past the UIDs and ends.
+    series_number = b"\x20\x00\x11\x00IS\x02\x001 "
+    data = item_bomb(items=4 * CAPTURE_STEPS_PER_READ, deflate=False) + series_number
+    ingest.handle([PartStarted(()), PartData(data)])
+    (writer,) = storage.writers
+    assert isinstance(writer, NamedMemoryWriter)
+    assert writer.told == [] and len(tasks) == 1  # behind: not known yet
+    for _ in tasks.pop():
+        pass
+    (told,) = writer.told
+    sop_instance_uid = pydicom.dcmread(BytesIO(data), stop_before_pixels=True).SOPInstanceUID
+    assert told is not None and told.sop_instance_uid == str(sop_instance_uid)
+    ingest.handle([PartData(memoryview(b"\0" * 64)), PartEnded()])
+    assert len(writer.told) == 1
 
 
 def test_plain_writers_are_never_named() -> None:

@@ -15,7 +15,7 @@ import zlib
 from collections import deque
 from collections.abc import Sequence
 
-from .errors import InvalidContentCoding, UnsupportedContentCoding
+from .errors import InvalidContentCoding, UnsupportedContentCoding, shorten
 
 GZIP, DEFLATE = "gzip", "deflate"
 # What Accept-Encoding names on a 415, in our order of preference.
@@ -52,13 +52,13 @@ def request_coding(values: Sequence[bytes] | None) -> str | None:
         return None
     if len(codings) > 1:
         raise UnsupportedContentCoding(
-            f"Content-Encoding {', '.join(codings)[:80]!r}: one coding at most is decoded",
+            f"Content-Encoding {shorten(', '.join(codings))!r}: one coding at most is decoded",
             SUPPORTED_CODINGS,
         )
     coding = _ALIASES.get(codings[0])
     if coding is None:
         raise UnsupportedContentCoding(
-            f"Content-Encoding {codings[0][:80]!r} is not one this server decodes",
+            f"Content-Encoding {shorten(codings[0])!r} is not one this server decodes",
             SUPPORTED_CODINGS,
         )
     return coding

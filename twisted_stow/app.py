@@ -9,7 +9,7 @@ and renders the Store Instances Response (PS3.18 10.5.3).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote_to_bytes
 
@@ -445,12 +445,9 @@ class StowService:
         """A request-level error: RFC 7807 problem document."""
         error = failure.value
         assert isinstance(error, StowError)
-        request.setResponseCode(error.status)
-        request.setHeader("Content-Type", PROBLEM_JSON)
-        for name, value in error.headers():
-            request.setHeader(name, value)
-        self._set_cors(request)
-        return _sized(request, problem_json(error, instance=_instance(request)))
+        return self._problem(
+            request, error.status, problem_json(error, instance=_instance(request)), error.headers()
+        )
 
     @app.handle_errors(HTTPException)
     def http_error(self, request: Any, failure: Failure) -> bytes:
@@ -458,29 +455,37 @@ class StowService:
         error = failure.value
         assert isinstance(error, HTTPException)
         status = error.code or 500
-        request.setResponseCode(status)
-        request.setHeader("Content-Type", PROBLEM_JSON)
+        headers: list[tuple[str, str]] = []
         if isinstance(error, WerkzeugMethodNotAllowed) and error.valid_methods:
-            request.setHeader("Allow", ", ".join(sorted(error.valid_methods)))
-        self._set_cors(request)
-        return _sized(
-            request,
-            problem_document(status, error.name, error.description or "", _instance(request)),
-        )
+            headers.append(("Allow", ", ".join(sorted(error.valid_methods))))
+        body = problem_document(status, error.name, error.description or "", _instance(request))
+        return self._problem(request, status, body, headers)
 
     @app.handle_errors(Exception)
     def internal_error(self, request: Any, failure: Failure) -> bytes:
         """Anything unforeseen: 500, logged with its traceback."""
         log.failure("unhandled error in {uri}", failure, uri=request.uri)
-        request.setResponseCode(500)
-        request.setHeader("Content-Type", PROBLEM_JSON)
-        self._set_cors(request)
         body = problem_document(
             500,
             "Internal Server Error",
             "the server failed to process the request",
             _instance(request),
         )
+        return self._problem(request, 500, body)
+
+    def _problem(
+        self,
+        request: Any,
+        status: int,
+        body: bytes,
+        headers: Sequence[tuple[str | bytes, str | bytes]] = (),
+    ) -> bytes:
+        """Answer with the problem document ``body``: the one shape of every error handler."""
+        request.setResponseCode(status)
+        request.setHeader("Content-Type", PROBLEM_JSON)
+        for name, value in headers:
+            request.setHeader(name, value)
+        self._set_cors(request)
         return _sized(request, body)
 
     # URLs and CORS.

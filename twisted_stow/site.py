@@ -71,9 +71,10 @@ def make_site(
     trigger nothing).  Starting storage and the spool is their services' job
     (``make_services``).
     """
-    service = StowService(config, storage, reactor, reactor_threads(reactor), workflows)
+    run_in_thread = reactor_threads(reactor)
+    service = StowService(config, storage, reactor, run_in_thread, workflows)
     service.readiness = Readiness(
-        reactor_threads(reactor),
+        run_in_thread,
         # The directory probe is the filesystem's check; other backends bring their own.
         storage_dir=config.storage if isinstance(storage, FilesystemStorage) else None,
         space=service.space,

@@ -263,13 +263,8 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
-        self["listen"] = []
-        self["cors-origin"] = []
-        self["sop-class"] = []
-        self["transfer-syntax"] = []
-        self["jwt-algorithm"] = []
-        self["workflow"] = []
-        self["default-workflow"] = []
+        for name in REPEATABLE:
+            self[name] = []
 
     def opt_listen(self, description: str) -> None:
         """Endpoint to listen on (repeatable). Default: tcp:8080:interface=127.0.0.1 (loopback)"""

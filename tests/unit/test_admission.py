@@ -21,6 +21,7 @@ from twisted_stow.core.admission import (
 )
 from twisted_stow.core.config import StowConfig
 from twisted_stow.core.errors import (
+    DETAIL_TEXT_CHARS,
     BodyTooLarge,
     InvalidHeader,
     InvalidRequestTarget,
@@ -385,6 +386,15 @@ def test_bad_route_segments_are_400(target: Target) -> None:
     """A workflow id or AE title outside its rule: InvalidRequestTarget (400)."""
     with pytest.raises(InvalidRequestTarget):
         admit(target, HEADERS, 10, REACHED, StowConfig(), DEFAULT_POLICY)
+
+
+def test_a_long_route_name_is_cut_in_the_detail() -> None:
+    """A 15,000-character workflow id is quoted cut to errors.shorten's length, not echoed."""
+    target = Target("/x", workflow_id="w" * 15_000)
+    with pytest.raises(InvalidRequestTarget) as raised:
+        admit(target, HEADERS, 10, REACHED, StowConfig(), DEFAULT_POLICY)
+    quoted = "'" + "w" * (DETAIL_TEXT_CHARS - 1) + "..."
+    assert raised.value.detail == f"workflow id {quoted}: a workflow id has 1 to 64 characters"
 
 
 def test_leading_zero_study_needs_the_option() -> None:

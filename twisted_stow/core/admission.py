@@ -27,6 +27,7 @@ from .errors import (
     NoParts,
     UnexpectedContent,
     UnknownWorkflow,
+    shorten,
 )
 from .identifiers import ae_title_problem, host_problem, workflow_id_problem
 from .mediatype import negotiate, reader_for
@@ -245,14 +246,9 @@ def _check_route_segments(target: Target) -> None:
             raise InvalidRequestTarget(f"AE title {_shown(target.ae_title)}: {problem}")
 
 
-# Names quoted in a problem document are cut: a 15,000-character id is not
-# worth echoing.
-_SHOWN_CHARS = 80
-
-
 def _shown(value: str | bytes) -> str:
-    text = repr(value)
-    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
+    """A name quoted in a problem document: a 15,000-character id is not worth echoing."""
+    return shorten(repr(value))
 
 
 def _check_length(

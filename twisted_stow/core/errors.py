@@ -195,8 +195,6 @@ class RequestTimeout(StowError):
 class InvalidChunkSize(StowError):
     """A chunk-size no body could have (RFC 9112 §7.1: guard against overflow)."""
 
-    title = "Bad Request"
-
 
 class Unauthorized(StowError):
     """No usable credentials (RFC 9110 §15.5.2); ``challenges`` feed WWW-Authenticate."""
@@ -245,8 +243,6 @@ class MalformedRequest(StowError):
     """The request is not valid HTTP/1.1: its line, a header or the chunked
     framing (RFC 9112 §2.2, found by HTTPChannel itself)."""
 
-    title = "Bad Request"
-
 
 class RequestHeadTooLarge(StowError):
     """A request head past Twisted's limits: its request line (414, RFC 9112 §3:
@@ -269,5 +265,3 @@ class InvalidHeader(StowError):
 class UnexpectedContent(StowError):
     """A body on a request whose resource takes none (OPTIONS): refused from
     the headers, so that no body escapes the size, rate and idle limits."""
-
-    title = "Bad Request"

@@ -142,22 +142,18 @@ def _judge(header: DicomHeader, policy: ValidationPolicy) -> InstanceRef | Faile
         ("Series Instance UID (0020,000E)", header.series),
     )
     lenient = policy.accept_leading_zero_uids
+
+    def valid(value: str | None) -> str | None:
+        return value if value and is_valid_uid(value, accept_leading_zeros=lenient) else None
+
+    # Each UID checked once: (name, value as captured, value if valid else None).
+    checked = [(name, value, valid(value)) for name, value in named]
     problems = [
         f"{name} is missing" if not value else f"{name} is not a valid UID: {_quoted(value)}"
-        for name, value in named
-        if not value or not is_valid_uid(value, accept_leading_zeros=lenient)
+        for name, value, ok in checked
+        if ok is None
     ]
-    sop_class = (
-        header.sop_class
-        if header.sop_class and is_valid_uid(header.sop_class, accept_leading_zeros=lenient)
-        else None
-    )
-    sop_instance = (
-        header.sop_instance
-        if header.sop_instance and is_valid_uid(header.sop_instance, accept_leading_zeros=lenient)
-        else None
-    )
-    study, series = header.study, header.series
+    sop_class, sop_instance, study, series = (ok for _, _, ok in checked)
     # problems is empty exactly when all four are valid; the other tests only
     # tell the type checker so.
     if problems or sop_class is None or sop_instance is None or not study or not series:

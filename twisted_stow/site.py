@@ -86,14 +86,20 @@ def make_site(
 
 
 def make_services(
-    config: StowConfig, reactor: Any, storage: IStorage | None = None
+    config: StowConfig,
+    reactor: Any,
+    storage: IStorage | None = None,
+    *,
+    in_worker: bool = False,
 ) -> tuple[MultiService, StowSite]:
     """The server's object graph: its services and the Site they serve.
 
     The services start storage, open the workflow spool and run the AMQP
     publisher (with ``--amqp-url``), in that order, and stop them in reverse;
     the caller adds the listening endpoints.  ``storage`` defaults to the
-    filesystem at ``config.storage``.
+    filesystem at ``config.storage``.  ``in_worker``: a worker process of
+    ``--workers``, whose main process runs the one publisher over the shared
+    spool and reports its depth (``twisted_stow/workers``).
     """
     if storage is None:
         storage = make_storage(config, reactor)
@@ -104,22 +110,30 @@ def make_services(
         storage_root=config.storage_root,
         default_workflows=config.default_workflows,
     )
-    metrics.watch_spool(lambda: len(workflows.spool.pending()))
     top = MultiService()
     StorageService(storage).setServiceParent(top)
     SpoolService(workflows.spool).setServiceParent(top)
-    if config.amqp_url is not None:
-        publisher = AmqpPublisher(
-            workflows.spool,
-            config.amqp_url,
-            exchange=config.amqp_exchange,
-            routing_key=config.amqp_routing_key,
-            reactor=reactor,
-            run_in_thread=run_in_thread,
-        )
-        workflows.on_spooled(publisher.wake)
-        publisher.setServiceParent(top)
+    if not in_worker:
+        metrics.watch_spool(lambda: len(workflows.spool.pending()))
+        publisher = make_publisher(config, workflows.spool, reactor)
+        if publisher is not None:
+            workflows.on_spooled(publisher.wake)
+            publisher.setServiceParent(top)
     return top, make_site(config, storage, reactor, workflows)
+
+
+def make_publisher(config: StowConfig, spool: Spool, reactor: Any) -> AmqpPublisher | None:
+    """The AMQP publisher of the workflow spool (``--amqp-url``), or None without a broker."""
+    if config.amqp_url is None:
+        return None
+    return AmqpPublisher(
+        spool,
+        config.amqp_url,
+        exchange=config.amqp_exchange,
+        routing_key=config.amqp_routing_key,
+        reactor=reactor,
+        run_in_thread=reactor_threads(reactor),
+    )
 
 
 def s3_location(target: S3Target) -> S3Location:
@@ -128,10 +142,14 @@ def s3_location(target: S3Target) -> S3Location:
     return S3Location(target.bucket, target.prefix, endpoint, target.region)
 
 
-def make_storage(config: StowConfig, reactor: Any) -> IStorage:
-    """The backend ``--storage`` names: an S3 bucket (``s3://``) or a directory."""
+def make_storage(config: StowConfig, reactor: Any, *, run_token: str | None = None) -> IStorage:
+    """The backend ``--storage`` names: an S3 bucket (``s3://``) or a directory.
+
+    ``run_token``: names this run's staging files (a worker's main process
+    picks it, to sweep them once the worker is gone).
+    """
     if config.s3 is None:
-        return FilesystemStorage(config.storage, reactor)
+        return FilesystemStorage(config.storage, reactor, run_token=run_token)
     from .storage.s3 import S3Storage
     from .storage.s3client import S3Client, load_credentials
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getopt
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -21,8 +22,10 @@ from .core.config import (
     DEFAULT_IDLE_TIMEOUT_SECONDS,
     DEFAULT_MAX_PARTS,
     DEFAULT_STORAGE,
+    WORKERS_AUTO,
     StowConfig,
     config_from_options,
+    worker_count,
 )
 from .core.configfile import merge, read_config_file
 from .core.deadlines import (
@@ -233,6 +236,15 @@ class Options(usage.Options):
             "0",
             "Free space the storage must keep, e.g. 10G: below it uploads get 507. 0: off.",
         ],
+        [
+            "workers",
+            None,
+            WORKERS_AUTO,
+            (
+                "Worker processes sharing the listening sockets, supervised by the main "
+                "process; 'auto' is one per CPU, 1 a single process (docs/OPERATIONS.md)."
+            ),
+        ],
     ]
     optFlags = [
         [
@@ -333,6 +345,8 @@ class Options(usage.Options):
     def parseOptions(self, options: list[str] | None = None) -> None:
         """Parse; under twistd a bad option is one line and exit status 2, not the help."""
         arguments = sys.argv[1:] if options is None else list(options)
+        # What a worker process parses again (twisted_stow/workers/child.py).
+        self.arguments = arguments
         self.given = self._given(arguments)
         try:
             super().parseOptions(arguments)
@@ -429,7 +443,7 @@ HELP_GROUPS: list[tuple[str, list[str]]] = [
     ),
     (
         "Operations",
-        ["config", "metrics-listen", "drain-timeout", "log-format", "version", "help"],
+        ["config", "workers", "metrics-listen", "drain-timeout", "log-format", "version", "help"],
     ),
     ("S3 storage (--storage s3://BUCKET[/PREFIX])", ["s3-endpoint", "s3-region"]),
 ]
@@ -485,6 +499,28 @@ def _check_s3(config: StowConfig) -> None:
         startup.fail(problem)
 
 
+def _workers(config: StowConfig, reactor: Any) -> int:
+    """How many worker processes; one when a ``--listen`` kind cannot be handed over."""
+    from .workers import handover
+
+    count = worker_count(config.workers, len(os.sched_getaffinity(0)))
+    if count == 1:
+        return 1
+    for description in config.listen:
+        problem = handover.problem(startup.endpoint(reactor, description, "--listen"))
+        if problem is None:
+            continue
+        if config.workers is not None:
+            startup.fail(f"--workers {config.workers}: --listen {description}: {problem}")
+        startup.log.info(
+            "--listen {description}: {problem}: running one process",
+            description=description,
+            problem=problem,
+        )
+        return 1
+    return count
+
+
 def makeService(options: Options, reactor: Any = None) -> MultiService:
     """The server: storage, the workflow spool (and its AMQP publisher), plus
     one listening service per ``--listen``."""
@@ -497,6 +533,11 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         _check_s3(config)
     else:
         startup.check_storage(config.storage)
+    workers = _workers(config, reactor)
+    if workers > 1:
+        from .workers.main import make_main_services
+
+        return make_main_services(config, reactor, options.arguments, workers)
     top, site = make_services(config, reactor)
     listeners = []
     reloads: list[Callable[[], bool]] = [site.stow.reload_credentials]

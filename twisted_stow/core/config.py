@@ -55,6 +55,10 @@ DEFAULT_WORKFLOW_SPOOL_DIR_NAME = ".workflow-spool"
 # relative to the working directory, as the default storage is.
 DEFAULT_S3_WORKFLOW_SPOOL = "stow-workflow-spool"
 DEFAULT_S3_REGION = "us-east-1"
+# --workers: "auto" is one worker process per CPU this process may run on.
+WORKERS_AUTO = "auto"
+# More processes than this would only cost memory: each holds its own pools.
+MAX_WORKERS = 256
 S3_SCHEME = "s3://"
 # S3 bucket names (the rules AWS and SeaweedFS share): 3-63 characters.
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -135,6 +139,9 @@ class StowConfig:
     verify_body_digest: bool = False
     # --storage s3://...: the object store (None: the directory ``storage``).
     s3: S3Target | None = None
+    # --workers: how many worker processes share the listening sockets;
+    # None: one per CPU (``worker_count``), 1: a single process, no workers.
+    workers: int | None = None
 
     @property
     def workflow_spool_dir(self) -> Path:
@@ -224,7 +231,28 @@ def config_from_options(values: Mapping[str, Any]) -> StowConfig:
         min_free_bytes=_size_or_none(values["min-free-space"], "--min-free-space"),
         verify_body_digest=bool(values.get("verify-body-digest", 0)),
         s3=s3,
+        workers=_workers(values.get("workers")),
     )
+
+
+def worker_count(workers: int | None, cpus: int) -> int:
+    """The worker processes to run: ``--workers``, or one per CPU when it is "auto"."""
+    if workers is not None:
+        return workers
+    return max(1, min(cpus, MAX_WORKERS))
+
+
+def _workers(text: str | int | None) -> int | None:
+    """``--workers``: "auto" (None: one per CPU) or a whole number from 1 to ``MAX_WORKERS``."""
+    if text is None or str(text).strip().lower() in ("", WORKERS_AUTO):
+        return None
+    try:
+        value = int(str(text))
+    except ValueError:
+        raise ValueError(f"--workers: {text!r} is not a whole number or 'auto'") from None
+    if not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"--workers: {text!r} must be from 1 to {MAX_WORKERS}, or 'auto'")
+    return value
 
 
 _ENDPOINT_TYPE = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)

@@ -11,9 +11,10 @@ instances they sent whole stay stored) and stops the reactor itself, so
 twistd exits 0.  A second signal ends the wait at once: the same abort, the
 same orderly stop.
 
-Designed for workers: the set of uploads in flight and the ``draining`` flag
-are per process, and ``begin`` is what a worker's main process would call in
-each worker (by signalling it) after closing the shared listening sockets.
+With worker processes (``--workers``) the set of uploads in flight and the
+``draining`` flag are per worker: the main process closes the shared
+listening sockets and has each worker ``begin`` (``workers/supervisor.py``),
+then exits once every worker has.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Drain:
         self._stop_listening: Callable[[], object] = lambda: None
         self._done: Deferred[None] | None = None
         self._timer: Any = None
+        self._stopping = False
 
     @property
     def in_flight(self) -> int:
@@ -151,8 +153,10 @@ class Drain:
             self._finish()
 
     def _finish(self) -> None:
-        if self._done is None or self._done.called:
+        if self._done is None or self._done.called or self._stopping:
             return
+        # Once: an abort right after the last release would schedule a second stop.
+        self._stopping = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None

@@ -8,10 +8,16 @@ low-cardinality (route family, status, cause, outcome, reason code), never a
 UID or a peer.
 
 One process, one registry (prometheus-client's default, which also carries
-the process and platform collectors).  With several workers each would set
-``PROMETHEUS_MULTIPROC_DIR`` and the metrics listener would serve the
-``MultiProcessCollector`` of that directory, summing over the workers; the
-gauges declare their ``multiprocess_mode`` for that (docs/OPERATIONS.md).
+the process and platform collectors).  With worker processes (``--workers``)
+the main process creates a directory and gives it to each worker as
+``PROMETHEUS_MULTIPROC_DIR``, so prometheus-client keeps every worker's
+values in files there; the main process serves ``--metrics-listen`` once,
+from ``workers_registry``: the ``MultiProcessCollector`` of that directory
+(summed over the workers, the gauges by their ``multiprocess_mode``) plus
+the families the main process itself owns (``MAIN_FAMILIES``: the one AMQP
+publisher, the shared spool, the drain).  Gauges read at scrape time from a
+callback cannot be in those files: a worker writes them when the main
+process asks, just before it collects (``refresh_gauges``).
 """
 
 from __future__ import annotations
@@ -124,11 +130,45 @@ def outcome_known(outcome: Outcome) -> None:
         INSTANCES.labels("failed", f"{outcome.reason:#06x}").inc()
 
 
+# In a worker process: each gauge read from a callback, and that callback.
+_REFRESHED: list[tuple[Gauge, Callable[[], float]]] = []
+# The families a multi-worker main process serves from its own registry,
+# not from the workers' files (it runs the publisher and owns the drain).
+MAIN_FAMILIES = frozenset(
+    {
+        "stow_amqp_connected",
+        "stow_amqp_published",
+        "stow_amqp_failed",
+        "stow_workflow_spool_depth",
+        "stow_draining",
+    }
+)
+
+
+def in_worker_process() -> bool:
+    """Whether this process keeps its metrics in a multiprocess directory."""
+    return bool(os.environ.get(MULTIPROCESS_ENV))
+
+
+def _watch(gauge: Gauge, read: Callable[[], float]) -> None:
+    if in_worker_process():
+        # A callback is never written to the worker's files: refresh_gauges does it.
+        _REFRESHED.append((gauge, read))
+    else:
+        gauge.set_function(read)
+
+
+def refresh_gauges() -> None:
+    """In a worker: write each callback gauge's value now (a scrape is coming)."""
+    for gauge, read in _REFRESHED:
+        gauge.set(read())
+
+
 def watch_uploads(uploads: Callable[[], list[Any]]) -> None:
     """The upload gauges, from ``uploads()`` (each an ``Upload``) at scrape time."""
-    UPLOADS_IN_FLIGHT.set_function(lambda: len(uploads()))
-    UPLOADS_PAUSED.set_function(lambda: sum(1 for u in uploads() if u.flow.paused))
-    BYTES_IN_FLIGHT.set_function(lambda: sum(u.flow.in_flight_bytes for u in uploads()))
+    _watch(UPLOADS_IN_FLIGHT, lambda: len(uploads()))
+    _watch(UPLOADS_PAUSED, lambda: sum(1 for u in uploads() if u.flow.paused))
+    _watch(BYTES_IN_FLIGHT, lambda: sum(u.flow.in_flight_bytes for u in uploads()))
 
 
 def watch_spool(depth: Callable[[], int]) -> None:
@@ -153,3 +193,34 @@ def registry() -> Any:
     merged = CollectorRegistry()
     multiprocess.MultiProcessCollector(merged, path=directory)  # type: ignore[no-untyped-call]
     return merged
+
+
+class _WorkersCollector:
+    """The workers' files, and the families the main process owns from its own registry."""
+
+    def __init__(self, directory: str) -> None:
+        from prometheus_client import multiprocess
+
+        self._files = multiprocess.MultiProcessCollector(None, path=directory)  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Any:
+        for family in self._files.collect():  # type: ignore[no-untyped-call]
+            if family.name not in MAIN_FAMILIES:
+                yield family
+        for family in REGISTRY.collect():
+            if family.name in MAIN_FAMILIES:
+                yield family
+
+
+def workers_registry(directory: str) -> CollectorRegistry:
+    """What a multi-worker main process serves: see the module docstring."""
+    merged = CollectorRegistry(auto_describe=False)
+    merged.register(_WorkersCollector(directory))  # type: ignore[arg-type]
+    return merged
+
+
+def worker_ended(directory: str, pid: int) -> None:
+    """A worker is gone: its live gauges leave the sums (prometheus-client's own clean-up)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]

@@ -26,10 +26,13 @@ token: in a container the server is often pid 1 after every restart.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import secrets
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -180,6 +183,28 @@ class FilesystemPartWriter:
     _discarded: Deferred[None] | None = None
 
 
+def sweep_run_staging(root: Path, run_token: str) -> int:
+    """Blocking: remove the staging files of the run ``run_token``; how many.
+
+    A worker's main process calls it once the worker has exited, so its
+    half-received parts go at once and by name (a pid may be reused, and a
+    zombie looks alive), not at the next start-up's sweep.
+    """
+    removed = 0
+    staging = Path(root).absolute() / STAGING_DIR_NAME
+    try:
+        entries = list(staging.iterdir())
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        fields = entry.name.split("-")
+        if len(fields) == 3 and fields[1] == run_token:
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+                removed += 1
+    return removed
+
+
 def _fire_all(written: list[Deferred[None]]) -> None:
     """Tell each write's caller that storage no longer holds its bytes."""
     for d in written:
@@ -196,6 +221,7 @@ class FilesystemStorage:
         reactor: IReactorFromThreads,
         *,
         writer_threads: int = DEFAULT_WRITER_THREADS,
+        run_token: str | None = None,
     ) -> None:
         self.root = Path(root).absolute()
         self.staging = self.root / STAGING_DIR_NAME
@@ -203,6 +229,10 @@ class FilesystemStorage:
         # Check-and-link of one SOP Instance UID must not interleave with
         # another commit of the same UID (two uploads to two studies).
         self._index_lock = threading.Lock()
+        # The same across processes (worker processes share the storage): an
+        # flock on the root directory, taken inside the thread lock (flock
+        # belongs to the open file, which this process's threads share).
+        self._root_fd: int | None = None
         # Study and series directories whose entry in their parent this
         # process has fsynced.  Added to only after the fsync, so a thread
         # that finds a directory here may rely on it; two threads that both
@@ -210,8 +240,9 @@ class FilesystemStorage:
         # atomic, no lock needed.)
         self._durable_dirs: set[Path] = set()
         # Tells this run's staging files from an earlier run's with the same
-        # pid (a restarted container); see _staging_is_stale.
-        self._run_token = secrets.token_hex(8)
+        # pid (a restarted container); see _staging_is_stale.  A worker's
+        # main process chooses it, to sweep the files of a worker that died.
+        self._run_token = run_token or secrets.token_hex(8)
         self.reactor = reactor
         self.pool = ThreadPool(minthreads=0, maxthreads=writer_threads, name="stow-storage")
         self.jobs = Jobs(self.pool)
@@ -228,6 +259,25 @@ class FilesystemStorage:
         """Wait for queued operations and stop the threads."""
         self.jobs.close()
         self.pool.stop()
+        if self._root_fd is not None:
+            os.close(self._root_fd)
+            self._root_fd = None
+
+    @contextlib.contextmanager
+    def _commit_lock(self) -> Iterator[None]:
+        """Blocking: no other commit, in this process or another, checks the index meanwhile.
+
+        Without the flock, two worker processes storing one SOP Instance UID
+        under two studies could both find the index empty and both store it.
+        """
+        with self._index_lock:
+            if self._root_fd is None:
+                self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fcntl.flock(self._root_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._root_fd, fcntl.LOCK_UN)
 
     def _sweep_stale_staging(self) -> None:
         # Files of a run that no longer exists are leftovers of a crash (their
@@ -322,7 +372,7 @@ class FilesystemStorage:
         """
         entry = self.index / instance.sop_instance_uid
         while True:
-            with self._index_lock:
+            with self._commit_lock():
                 previous = self._indexed(entry)
                 if previous is not None and previous != final:
                     # The same SOP Instance UID stored under another
@@ -352,7 +402,7 @@ class FilesystemStorage:
                 return CommitResult.IDENTICAL_DUPLICATE, None
             if not overwrite:
                 return CommitResult.CONFLICTING_DUPLICATE, None
-            with self._index_lock:
+            with self._commit_lock():
                 # Replacing the same path is atomic by itself, but a
                 # concurrent overwrite may have moved the instance to another
                 # study while we compared: replacing then would leave a second

@@ -1,0 +1,241 @@
+"""A worker process: ``python -m twisted_stow.workers.child``, started by the main process.
+
+The main process (``supervisor.py``) passes, in the ``STOW_WORKER``
+environment variable, the worker's number and run token, its own pid and
+the ``twistd stow`` arguments; at ``CONTROL_FD`` its end of the control
+socketpair, from ``FIRST_LISTEN_FD`` on the listening sockets in
+``--listen`` order.  The worker parses the same options, builds the same
+object graph as a single process (``site.make_services``), adopts the
+sockets and reports ``Ready``; its log lines go to the main process's
+standard output, each naming the worker.
+
+It never outlives the main process: ``PR_SET_PDEATHSIG`` has the kernel
+SIGKILL it when the main process ends, however it ends, and ``getppid``
+checked right after catches a main process that died before the call.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from typing import IO, Any
+
+SPEC_ENV = "STOW_WORKER"
+# <linux/prctl.h>
+_PR_SET_PDEATHSIG = 1
+# Status of a worker that cannot start (as the single process's start-up failures).
+STARTUP_FAILURE_STATUS = 2
+# The "starting on" lines of adopted ports: the main process logs one per
+# port for the whole server (tests/launcher.py reads it), so the workers' own
+# would be N more of the same.
+_PORT_STARTED = re.compile(r"^StowSite (\(TLS\) )?starting on \d+$")
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGKILL this process when ``parent`` ends; exit now if it already has."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    # The parent may have died between fork and prctl: we were reparented.
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+class WorkerLog:
+    """The worker's log observer: every line names the worker; some are held back.
+
+    ``quiet`` drops the reload lines while a SIGHUP reload runs in a worker
+    that is not the one reporting it (the main process has one worker speak,
+    so each outcome is logged once).
+    """
+
+    def __init__(self, out: IO[str], worker_id: int, log_format: str) -> None:
+        from twisted.logger import FileLogObserver, formatEventAsClassicLogText
+
+        from ..ops.logs import JsonLineObserver
+
+        self.worker_id = worker_id
+        self.pid = os.getpid()
+        self.quiet = False
+        self._json = log_format == "json"
+        self._observer: Callable[[dict[str, Any]], None]
+        if self._json:
+            self._observer = JsonLineObserver(out)
+        else:
+            self._observer = FileLogObserver(out, formatEventAsClassicLogText)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        from twisted.logger import formatEvent
+
+        from ..ops.logs import EVENT_KEY
+
+        if self.quiet and str(event.get(EVENT_KEY, "")).startswith("reload."):
+            return
+        if _PORT_STARTED.match(formatEvent(event)):
+            return
+        event = dict(event)
+        if self._json:
+            event["worker"] = self.worker_id
+            event["pid"] = self.pid
+        else:
+            event["log_system"] = f"worker {self.worker_id} pid {self.pid} {_system(event)}"
+        self._observer(event)
+
+
+def _system(event: dict[str, Any]) -> str:
+    """The ``[system]`` twisted's classic text format would show."""
+    system = event.get("log_system")
+    if system is not None:
+        return str(system)
+    level = event.get("log_level")
+    return f"{event.get('log_namespace', '-')}#{getattr(level, 'name', '-')}"
+
+
+class Worker:
+    """One worker's services, sockets and control connection."""
+
+    def __init__(self, spec: dict[str, Any], config: Any, reactor: Any, log: WorkerLog) -> None:
+        self.spec = spec
+        self.config = config
+        self.reactor = reactor
+        self.log = log
+        self.control: Any = None
+        self.site: Any = None
+        self.reloads: list[Callable[[], bool]] = []
+
+    def start(self) -> None:
+        """Build, start, adopt the sockets, report Ready; one line and exit 2 on failure."""
+        from twisted.internet.protocol import Factory
+        from twisted.logger import Logger
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        from ..ops import metrics, reload, startup
+        from ..site import make_services, make_storage
+        from .handover import KIND_TLS
+        from .supervision import CONTROL_FD, Ready, Spooled, WorkerSide
+
+        log = Logger()
+        reactor = self.reactor
+        try:
+            storage = make_storage(self.config, reactor, run_token=self.spec["token"])
+            top, site = make_services(self.config, reactor, storage, in_worker=True)
+            self.site = site
+            self.reloads = [site.stow.reload_credentials]
+            top.privilegedStartService()
+            top.startService()
+            reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
+            ports = []
+            for listen in self.spec["listen"]:
+                factory: Any = site
+                if listen["kind"] == KIND_TLS:
+                    # The TLS options are the worker's own, parsed from the same
+                    # description, so SIGHUP reloads them here (ops/reload.py).
+                    endpoint = startup.endpoint(reactor, listen["description"], "--listen")
+                    tls = reload.reloadable(reactor, endpoint, listen["description"])
+                    assert tls is not None
+                    self.reloads.append(tls.reload)
+                    factory = TLSMemoryBIOFactory(tls, False, site)
+                ports.append(reactor.adoptStreamPort(listen["fd"], listen["family"], factory))
+                os.close(listen["fd"])
+        except SystemExit:
+            raise
+        except Exception as e:
+            stream = sys.__stderr__ or sys.stderr
+            stream.write(
+                f"twistd stow: worker {self.spec['id']}: cannot start: "
+                f"{startup.describe_error(e)}\n"
+            )
+            stream.flush()
+            os._exit(STARTUP_FAILURE_STATUS)
+
+        def stop_listening() -> object:
+            from twisted.internet.defer import DeferredList
+
+            return DeferredList([port.stopListening() for port in ports])
+
+        site.stow.drain.install(stop_listening)
+        # A signal to the whole process group (a terminal's Ctrl-C, ``kill
+        # -- -PGID``) reaches the main process too, which forwards it: here
+        # SIGTERM only begins the drain (a second one from the main process
+        # aborts), SIGINT and SIGHUP are left to the main process.
+        signal.signal(
+            signal.SIGTERM,
+            lambda number, frame: reactor.callFromThread(self._drain, False),
+        )
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        self.control = WorkerSide(
+            drain=self._drain,
+            reload=self._reload,
+            refresh_gauges=metrics.refresh_gauges,
+            lost=self._main_gone,
+        )
+        if site.stow.workflows is not None:
+            site.stow.workflows.on_spooled(lambda: self.control.callRemote(Spooled))
+        reactor.adoptStreamConnection(
+            CONTROL_FD, socket.AF_UNIX, Factory.forProtocol(lambda: self.control)
+        )
+        os.close(CONTROL_FD)
+        self.control.callRemote(Ready, pid=os.getpid())
+        log.info(
+            "worker {worker} (pid {pid}) serving",
+            worker=self.spec["id"],
+            pid=os.getpid(),
+            stow_event="worker.ready",
+        )
+
+    def _drain(self, abort: bool) -> None:
+        drain = self.site.stow.drain
+        if abort or not drain.draining:
+            # A second begin aborts the uploads still in flight (ops/drain.py).
+            drain.begin("SIGTERM")
+
+    def _reload(self, quiet: bool) -> bool:
+        self.log.quiet = quiet
+        try:
+            return all([reload() for reload in self.reloads])
+        finally:
+            self.log.quiet = False
+
+    def _main_gone(self) -> None:
+        # The main process closed the channel without a SIGKILL (which the
+        # kernel would have answered): nobody supervises us any more.
+        drain = self.site.stow.drain
+        if not drain.draining:
+            drain.begin("control channel closed")
+
+
+def main() -> None:
+    spec = json.loads(os.environ.pop(SPEC_ENV))
+    die_with_parent(spec["parent"])
+    # Until the drain takes them over: the main process decides.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner
+    from twisted.python import usage
+
+    from .. import tap
+    from ..ops import startup
+
+    options = tap.Options()
+    try:
+        options.parseOptions(spec["arguments"])
+    except usage.UsageError as e:
+        startup.fail(str(e))
+    config = options.config
+    log = WorkerLog(sys.stdout, spec["id"], config.log_format)
+    globalLogBeginner.beginLoggingTo([log], redirectStandardIO=False)
+    worker = Worker(spec, config, reactor, log)
+    reactor.callWhenRunning(worker.start)
+    reactor.run()  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    main()

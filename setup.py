@@ -22,6 +22,7 @@ setup(
         "twisted_stow.auth",
         "twisted_stow.workflow",
         "twisted_stow.ops",
+        "twisted_stow.workers",
         "twisted_stow.client",
         "twisted.plugins",
     ],

@@ -8,6 +8,7 @@ socketpairs in this test's reactor, and the HTTP client a real socket.
 
 from __future__ import annotations
 
+import base64
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
@@ -25,12 +26,16 @@ from tests.helpers import build_multipart
 from tests.integration.control_pairs import Pair, connect
 from tests.integration.observe import poll
 from tests.integration.streaming import json_body, raw_exchange, raw_post, status_of
+from twisted_stow.auth.files import entry_with_grant, write_atomically
+from twisted_stow.auth.grants import EVERYTHING
+from twisted_stow.auth.passwords import hash_password
 from twisted_stow.core.config import StowConfig
 from twisted_stow.site import StowSite, make_services
 from twisted_stow.workers.shared import SharedState
 
 BOUNDARY = "control-site-boundary"
 EXPECT = b"Expect: 100-continue\r\n"
+PASSWORD = "alice-pw"
 
 
 @dataclass
@@ -50,6 +55,11 @@ async def worker(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterato
 
     config: StowConfig = getattr(request, "param", StowConfig(max_requests=1))
     config = replace(config, storage=tmp_path / "store")
+    if config.users_file is not None:
+        users = tmp_path / "users.json"
+        entry = entry_with_grant({"password": hash_password(PASSWORD.encode(), n=16)}, EVERYTHING)
+        write_atomically(users, {"alice": entry})
+        config = replace(config, users_file=users)
     shared = SharedState(config, reactor.seconds)
     this, other = connect(reactor, shared, "1"), connect(reactor, shared, "2")
     services, site = make_services(config, reactor, control=this.worker)
@@ -65,10 +75,13 @@ async def worker(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterato
                 pair.worker.transport.loseConnection()
 
 
-def ct_upload(*, expect: bool = False) -> tuple[bytes, bytes]:
+def ct_upload(*, expect: bool = False, password: str | None = None) -> tuple[bytes, bytes]:
     """Head and body of a one-instance upload, the head asking to close after it."""
     request = raw_post(build_multipart([read(CT)], BOUNDARY), BOUNDARY)
     head, _, body = request.partition(b"\r\n\r\n")
+    if password is not None:
+        secret = base64.b64encode(f"alice:{password}".encode())
+        head += b"\r\nAuthorization: Basic " + secret
     return head + b"\r\n" + (EXPECT if expect else b"") + b"\r\n", body
 
 
@@ -169,3 +182,38 @@ async def test_without_caps_the_slots_stay_local(worker: Worker) -> None:
     assert worker.site.stow.slots.active == 1 and worker.shared.slots.active == 0
     channel.connectionLost(Failure(ConnectionError("client went away")))
     assert worker.site.stow.slots.active == 0
+
+
+# Authentication on (the fixture writes alice's users file), no upload caps.
+WITH_USERS = StowConfig(users_file=Path("users.json"))
+
+
+@pytest.mark.parametrize("worker", [WITH_USERS], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_a_peer_blocked_through_the_other_worker_gets_429_here(worker: Worker) -> None:
+    """Five failures of 127.0.0.1 reported through the other worker: the main process blocks
+    it and tells this worker, which answers 429 + Retry-After from the headers, even with the
+    right password; another address is still served, its password checked against the main
+    process's budget."""
+    for _ in range(5):
+        worker.other.worker.throttle.failed("127.0.0.1")
+    assert await poll(lambda: worker.site.stow.throttle.retry_after("127.0.0.1") is not None)
+    head, body = ct_upload(expect=True, password=PASSWORD)
+    raw = await deferToThread(head_only_exchange, worker.port, head)
+    assert status_of(raw) == 429
+    assert b"\r\nRetry-After: 10\r\n" in raw or b"\r\nRetry-After: 9\r\n" in raw
+    raw = await deferToThread(raw_exchange, worker.port, head + body, source="127.0.0.2")
+    assert status_of(raw) == 200
+
+
+@pytest.mark.parametrize("worker", [WITH_USERS], indirect=True)
+@pytest_twisted.ensureDeferred
+async def test_a_wrong_password_here_counts_for_the_whole_server(worker: Worker) -> None:
+    """Wrong passwords sent to this worker are counted by the main process: after five, the
+    other worker refuses the address too."""
+    head, _ = ct_upload(password="wrong")
+    for _ in range(5):
+        raw = await deferToThread(raw_exchange, worker.port, head, source="127.0.0.3")
+        assert status_of(raw) == 401
+    assert await poll(lambda: worker.shared.throttle.retry_after("127.0.0.3") is not None)
+    assert await poll(lambda: worker.other.worker.throttle.retry_after("127.0.0.3") is not None)

@@ -4,7 +4,11 @@
 extra options, environment, working directory, or a different program in
 front of twistd's arguments, as ``benchmarks/backpressure.py`` uses to slow
 ``os.writev`` down), reads its log in a thread and learns its listening
-ports from the "StowSite starting on N" lines.  ``ServerProcess`` is the part
+ports from the "StowSite starting on N" lines (with worker processes, the
+main process logs one per port once every worker serves).  ``tree`` and its
+helpers see the main process and its workers together: what a test measures
+of the server (RSS, descriptors) is the sum over them, and a signal meant for
+the server goes to the main process (``pid``).  ``ServerProcess`` is the part
 that is not twistd-specific (Orthanc and the discard sink in ``benchmarks/``
 use it too): start a command, keep its whole output, wait for a condition on
 it, and stop the process by its PID with SIGTERM, then SIGKILL after a
@@ -24,6 +28,10 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import psutil
 
 # Every address the tests and benchmarks listen on: loopback only, a free port.
 LOOPBACK_ANY_PORT = "tcp:0:interface=127.0.0.1"
@@ -124,6 +132,28 @@ class ServerProcess:
                 self._changed.wait(0.2)
             return True
 
+    def tree(self) -> list[psutil.Process]:
+        """The process and every descendant still running (a server's workers)."""
+        import psutil
+
+        try:
+            top = psutil.Process(self.process.pid)
+            return [top, *top.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def children_pids(self) -> list[int]:
+        """The pids of the processes this one started (a server's workers)."""
+        return [p.pid for p in self.tree()[1:]]
+
+    def tree_rss(self) -> int:
+        """Resident memory of the whole process tree, in bytes."""
+        return sum(_quietly(lambda p=p: p.memory_info().rss) for p in self.tree())
+
+    def tree_fds(self) -> int:
+        """Open descriptors of the whole process tree."""
+        return sum(_quietly(lambda p=p: p.num_fds()) for p in self.tree())
+
     def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> int:
         """SIGTERM the process by its PID and wait; SIGKILL after ``timeout``.
 
@@ -136,6 +166,16 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             os.kill(self.process.pid, signal.SIGKILL)
             return self.process.wait()
+
+
+def _quietly(read: Callable[[], int]) -> int:
+    """A figure of a process that may have exited meanwhile (then 0)."""
+    import psutil
+
+    try:
+        return read()
+    except psutil.NoSuchProcess:
+        return 0
 
 
 def _started_ports(lines: list[bytes]) -> list[int]:

@@ -10,7 +10,7 @@ and renders the Store Instances Response (PS3.18 10.5.3).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, unquote_to_bytes
 
 from klein import Klein
@@ -21,12 +21,14 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
 from werkzeug.routing import RequestRedirect
 
-from .auth.cred import KdfThreads, RunKdf
+from .auth.cred import KdfAllowance, KdfThreads, RunKdf
 from .auth.guard import Guard, authorization_headers
+from .auth.throttle import FailureThrottle, KdfBudget, Throttle
 from .core.admission import (
     DCM4CHEE,
     MONAI,
     STANDARD,
+    Admission,
     RawHeaders,
     Reached,
     Target,
@@ -60,12 +62,15 @@ from .core.validation import ValidationPolicy, default_sop_classes, default_tran
 from .deferreds import RunInThread, detached
 from .ingest import IngestResult
 from .interfaces import IStorage
-from .limits import UploadSlots
+from .limits import Release, Slots, UploadSlots
 from .ops.drain import Drain
 from .ops.health import ALIVE_BODY, FreeSpace, Readiness, readiness_answer
 from .twisted_private import request_version
 from .upload import Upload
 from .workflow.trigger import Submission, WorkflowTrigger, new_correlation_id
+
+if TYPE_CHECKING:
+    from .workers.control import WorkerControl
 
 log = Logger()
 
@@ -150,6 +155,7 @@ class StowService:
         run_in_thread: RunInThread,
         workflows: WorkflowTrigger | None = None,
         run_kdf: RunKdf | None = None,
+        control: WorkerControl | None = None,
     ) -> None:
         self.config = config
         # The MONAI routes' workflow requests; None: they trigger nothing.
@@ -157,7 +163,24 @@ class StowService:
         self.storage = storage
         self.reactor = reactor
         self._run_in_thread = run_in_thread
-        self.slots = UploadSlots(config.max_requests, config.max_requests_per_peer)
+        # The server-wide limits: this process's own, or, in a worker process
+        # (``control``: its connection to the main process), the main
+        # process's, so they hold across all workers (docs/DESIGN.md, "Shared
+        # state across workers").  Without a cap there is nothing to share
+        # and the slots stay local and synchronous in a worker too.
+        self.slots: Slots
+        self.throttle: Throttle
+        self.kdf_budget: KdfAllowance
+        capped = config.max_requests is not None or config.max_requests_per_peer is not None
+        if control is not None and capped:
+            self.slots = control.slots
+        else:
+            self.slots = UploadSlots(config.max_requests, config.max_requests_per_peer)
+        if control is not None:
+            self.throttle, self.kdf_budget = control.throttle, control.kdf_budget
+        else:
+            self.throttle = FailureThrottle(reactor.seconds)
+            self.kdf_budget = KdfBudget(reactor.seconds)
         # Operations (twisted_stow/ops): the uploads in flight and the drain,
         # the free-space floor, the /readyz checks (set by site.make_site).
         self.drain = Drain(reactor, config.drain_timeout_seconds)
@@ -171,7 +194,7 @@ class StowService:
         # None while authentication is off (no --users, --tokens, --jwt-key, --jwks).
         # Password checks run in their own thread (auth/cred.py, KDF_THREADS).
         self._run_kdf = run_kdf if run_kdf is not None else KdfThreads(reactor)
-        self.guard = Guard.from_config(config, reactor.seconds, self._run_kdf)
+        self.guard = self._guard_from_config()
 
     def reload_credentials(self) -> bool:
         """SIGHUP: read the users, tokens and JWT key files again; False if one is unusable.
@@ -183,7 +206,7 @@ class StowService:
         if self.guard is None:
             return True
         try:
-            fresh = Guard.from_config(self.config, self.reactor.seconds, self._run_kdf)
+            fresh = self._guard_from_config()
         except ValueError as e:
             log.error(
                 "SIGHUP: {error}; the previous credentials stay in use",
@@ -195,6 +218,16 @@ class StowService:
         self.guard.take_credentials(fresh)
         log.info("SIGHUP: credentials reloaded", stow_event="reload.credentials")
         return True
+
+    def _guard_from_config(self) -> Guard | None:
+        # The throttle and the budget outlive a reload, as the counts they keep must.
+        return Guard.from_config(
+            self.config,
+            self.reactor.seconds,
+            self._run_kdf,
+            throttle=self.throttle,
+            kdf_budget=self.kdf_budget,
+        )
 
     # Header time.
 
@@ -208,10 +241,11 @@ class StowService:
         steps, in the order of docs/CONFORMANCE.md §3.1: match the route,
         authorize, ``admit`` (pure), take the slot, open the upload; the
         framing and identity headers (``check_request_headers``) before all.
-        While a password is checked in a thread, a Deferred of the Upload
-        (failing with the ``StowError``); the steps after authorization run
-        when the check answers, unless the request cancelled the Deferred
-        meanwhile.
+        While a password is checked in a thread, or a worker process asks
+        the main process for the slot, a Deferred of the Upload (failing with
+        the ``StowError``); the steps after it run when it answers, unless the
+        request cancelled the Deferred meanwhile (a slot granted after that
+        is freed at once).
         """
         self.drain.refuse_if_draining()
         headers = raw_headers(request)
@@ -228,8 +262,11 @@ class StowService:
 
     def _open_upload(
         self, request: Any, stow_target: Target, length: int | None, principal: str | None
-    ) -> Upload:
-        """After authorization: ``admit``, take the slot, open the upload."""
+    ) -> Upload | Deferred[Upload]:
+        """After authorization: ``admit``, take the slot, open the upload.
+
+        A Deferred when the slot is the main process's (worker processes).
+        """
         admission = admit(
             stow_target,
             raw_headers(request),
@@ -245,14 +282,30 @@ class StowService:
             # part with 0x0110 would cost the client the whole upload.
             raise ServiceUnavailable(down, STORAGE_RETRY_AFTER_SECONDS)
         # Last: a request refused for any other reason never holds a slot.
-        release = self.drain.track(request, self.slots.acquire(_peer_host(request)))
-        return Upload(
-            admission,
-            release=release,
-            storage=self.storage,
-            producer=request,
-            principal=principal,
-        )
+        taken = self.slots.acquire(_peer_host(request))
+        if isinstance(taken, Deferred):
+            return taken.addCallback(
+                lambda release: self._with_slot(request, admission, principal, release)
+            )
+        return self._with_slot(request, admission, principal, taken)
+
+    def _with_slot(
+        self, request: Any, admission: Admission, principal: str | None, release: Release
+    ) -> Upload:
+        """The upload of an admitted request holding its slot (``release`` frees it)."""
+        tracked = self.drain.track(request, release)
+        try:
+            return Upload(
+                admission,
+                release=tracked,
+                storage=self.storage,
+                producer=request,
+                principal=principal,
+            )
+        except BaseException:
+            # No upload will ever release it: free it now.
+            tracked()
+            raise
 
     def _match(self, method: bytes, target: bytes, length: int | None) -> Target | None:
         """The STOW target of a request line; None when Klein should answer it.

@@ -11,12 +11,32 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 from .core.errors import ServiceUnavailable
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
 
 # What we ask a refused client to wait: long enough for an upload slot to
 # free up on a busy server, short enough not to stall a modality's queue.
 RETRY_AFTER_SECONDS = 5
+
+
+# Frees one slot; calling it again does nothing.
+Release = Callable[[], None]
+
+
+class Slots(Protocol):
+    """What ``StowService`` takes a slot from: these local ``UploadSlots``, or a
+    worker's slots kept by the main process (``workers.control.RemoteSlots``),
+    whose answer is a Deferred (firing with the release, failing with
+    ``ServiceUnavailable``).  ``active``: the slots held through this object."""
+
+    @property
+    def active(self) -> int: ...
+
+    def acquire(self, peer: str) -> Release | Deferred[Release]: ...
 
 
 class UploadSlots:
@@ -35,7 +55,7 @@ class UploadSlots:
         self.active = 0
         self.per_peer: Counter[str] = Counter()
 
-    def acquire(self, peer: str) -> Callable[[], None]:
+    def acquire(self, peer: str) -> Release:
         """Take a slot for ``peer``; returns its idempotent release function.
 
         Raises ``ServiceUnavailable`` when a cap is reached.

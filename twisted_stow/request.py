@@ -7,9 +7,12 @@ alone in ``gotLength`` (before the ``100 Continue``), feeds each body chunk to
 the upload's reader as it arrives, and pauses the socket while storage lags.
 The Klein route runs, as usual, once the body is complete.
 
-A decision that needs a password checked in a thread arrives later: the
-request then pauses the socket, holds what the same read already brought
-(at most one read), and sends ``100 Continue`` itself once admitted.
+A decision that needs a password checked in a thread, or (in a worker
+process) an upload slot from the main process, arrives later: the request
+then pauses the socket, holds what the same read already brought (at most
+one read), and sends ``100 Continue`` itself once admitted; a refusal is
+answered before any ``100 Continue``.  A client that goes away meanwhile
+cancels the decision, which frees a slot granted after it.
 """
 
 from __future__ import annotations
@@ -86,10 +89,11 @@ class StreamingRequest(Request):
     # The request line as gotLength saw it: HTTPChannel forgets it once the
     # body is in, which may happen while the decision is pending.
     _request_line: tuple[bytes, bytes] = (b"", b"")
-    # While a password is checked in a thread: the decision to come, the body
-    # pieces that arrived meanwhile (with what their chunk still announced),
-    # the request line if the body is complete already, whether the client
-    # asked for 100 Continue, and the idle timeout to restore.
+    # While a password is checked in a thread or the main process is asked for
+    # the slot: the decision to come, the body pieces that arrived meanwhile
+    # (with what their chunk still announced), the request line if the body
+    # is complete already, whether the client asked for 100 Continue, and the
+    # idle timeout to restore.
     _deciding: Deferred[Upload] | None = None
     _held: list[tuple[bytes, int]] | None = None
     _held_bytes = 0
@@ -206,7 +210,8 @@ class StreamingRequest(Request):
         deciding, self._deciding = self._deciding, None
         if deciding is not None:
             # The check itself goes on (its failure still counts against the
-            # peer); what this request would have done with the answer is dropped.
+            # peer); what this request would have done with the answer is
+            # dropped, and a slot granted after now is freed (RemoteSlots).
             self._held, self._received_early = None, None
             deciding.cancel()
         if self.upload is not None:
@@ -216,7 +221,8 @@ class StreamingRequest(Request):
                 observe.disconnected(self)
         super().connectionLost(reason)
 
-    # The decision that waits for a password check in a thread.
+    # The decision that waits for a password check in a thread, or for the
+    # main process's upload slot.
 
     def _await_decision(self, decision: Deferred[Upload]) -> None:
         """Hold the request, its socket paused, until ``decision`` answers."""
@@ -232,8 +238,9 @@ class StreamingRequest(Request):
         self.requestHeaders.removeHeader(b"expect")
         transport: Any = channel.transport
         transport.pauseProducing()
-        # Waiting for the KDF is not the client being idle (the same reason
-        # as pauseProducing below); the header deadline ended with the headers.
+        # Waiting for the KDF or the slot is not the client being idle (the
+        # same reason as pauseProducing below); the header deadline ended with
+        # the headers.
         self._timeout_while_deciding = channel.setTimeout(None)
         decision.addCallbacks(self._admitted, self._not_admitted).addErrback(self._broke)
 
@@ -246,7 +253,7 @@ class StreamingRequest(Request):
             self._held = None
             self.refuse(
                 ServiceUnavailable(
-                    "the request body arrived before its credentials were checked",
+                    "the request body arrived before the request was admitted",
                     retry_after_seconds=1,
                 )
             )

@@ -7,7 +7,7 @@ anything about a request.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import MultiService, Service
 from twisted.web.server import Site
@@ -26,6 +26,9 @@ from .storage.s3client import S3Location, default_endpoint
 from .workflow.amqp import AmqpPublisher
 from .workflow.spool import Spool
 from .workflow.trigger import WorkflowTrigger
+
+if TYPE_CHECKING:
+    from .workers.control import WorkerControl
 
 
 class StowSite(Site):
@@ -64,15 +67,18 @@ def make_site(
     storage: IStorage,
     reactor: Any,
     workflows: WorkflowTrigger | None = None,
+    *,
+    control: WorkerControl | None = None,
 ) -> StowSite:
     """The Site serving ``config`` with ``storage`` on ``reactor``; opens nothing.
 
     ``workflows``: where the MONAI routes' workflow requests go (None: they
     trigger nothing).  Starting storage and the spool is their services' job
-    (``make_services``).
+    (``make_services``).  ``control``: a worker process's connection to the
+    main process, whose server-wide limits the service then uses.
     """
     run_in_thread = reactor_threads(reactor)
-    service = StowService(config, storage, reactor, run_in_thread, workflows)
+    service = StowService(config, storage, reactor, run_in_thread, workflows, control=control)
     service.readiness = Readiness(
         run_in_thread,
         # The directory probe is the filesystem's check; other backends bring their own.
@@ -91,6 +97,7 @@ def make_services(
     storage: IStorage | None = None,
     *,
     in_worker: bool = False,
+    control: WorkerControl | None = None,
 ) -> tuple[MultiService, StowSite]:
     """The server's object graph: its services and the Site they serve.
 
@@ -99,7 +106,11 @@ def make_services(
     the caller adds the listening endpoints.  ``storage`` defaults to the
     filesystem at ``config.storage``.  ``in_worker``: a worker process of
     ``--workers``, whose main process runs the one publisher over the shared
-    spool and reports its depth (``twisted_stow/workers``).
+    spool and reports its depth (``twisted_stow/workers``).  ``control``: in
+    a worker process, its end of the AMP connection to the main process
+    (``workers.control.worker_side()``): upload slots, the authentication
+    throttle and the password budget are then the main process's,
+    server-wide; None keeps them in this process.
     """
     if storage is None:
         storage = make_storage(config, reactor)
@@ -119,7 +130,7 @@ def make_services(
         if publisher is not None:
             workflows.on_spooled(publisher.wake)
             publisher.setServiceParent(top)
-    return top, make_site(config, storage, reactor, workflows)
+    return top, make_site(config, storage, reactor, workflows, control=control)
 
 
 def make_publisher(config: StowConfig, spool: Spool, reactor: Any) -> AmqpPublisher | None:

@@ -18,7 +18,7 @@ import re
 import statistics
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.cred.checkers import ICredentialsChecker
 from twisted.cred.credentials import ICredentials, IUsernamePassword
@@ -133,6 +133,14 @@ class KdfThreads:
         return result
 
 
+class KdfAllowance(Protocol):
+    """The KDF budget a checker spends: this process's ``KdfBudget`` (answers at
+    once), or a worker's share of the main process's one
+    (``workers.control.RemoteKdfBudget``: a Deferred, one round trip)."""
+
+    def take(self, cost_seconds: float) -> bool | Deferred[bool]: ...
+
+
 class CheckerBusy(Exception):
     """Too many password checks this second: try again shortly (503, not 401)."""
 
@@ -173,7 +181,7 @@ class UsersFileChecker:
         self,
         users: Mapping[str, UserEntry],
         cache: VerifiedCache[Identity],
-        budget: KdfBudget,
+        budget: KdfAllowance,
         *,
         kdf_cost: Callable[[str], float] = measure_kdf_seconds,
         run_kdf: RunKdf = run_here,
@@ -208,8 +216,6 @@ class UsersFileChecker:
         encoded = entry.password_hash if entry is not None else self._dummy
         # The dummy hash has the dearest entry's parameters, so it finds that cost.
         cost = self._costs.get(kdf_parameters(encoded), self._dummy_cost)
-        if not self._budget.take(cost):
-            return fail(CheckerBusy("too many password checks at once"))
 
         def judged(matched: bool) -> Identity:
             if entry is None or not matched or name is None:
@@ -218,8 +224,17 @@ class UsersFileChecker:
             self._cache.put(key, identity)
             return identity
 
-        checked: Deferred[bool] = self._run_kdf(verify_password, password, encoded)
-        return checked.addCallback(judged)
+        def check(allowed: bool) -> Deferred[Identity]:
+            if not allowed:
+                return fail(CheckerBusy("too many password checks at once"))
+            checked: Deferred[bool] = self._run_kdf(verify_password, password, encoded)
+            return checked.addCallback(judged)
+
+        allowed = self._budget.take(cost)
+        if isinstance(allowed, Deferred):
+            # The budget is the main process's (worker processes): one round trip first.
+            return allowed.addCallback(check)
+        return check(allowed)
 
 
 @implementer(ICredentialsChecker)
@@ -275,17 +290,20 @@ def build_portal(
     clock: Callable[[], float],
     kdf_cost: Callable[[str], float] = measure_kdf_seconds,
     run_kdf: RunKdf = run_here,
+    kdf_budget: KdfAllowance | None = None,
 ) -> Portal:
     """A portal with a checker for each configured credential kind.
 
     ``kdf_cost`` times one password check per parameter set (tests pass a
     fixed cost, as they pass a clock); ``run_kdf`` runs the checks (the
-    server passes ``KdfThreads``).
+    server passes ``KdfThreads``); ``kdf_budget`` is the budget they share
+    (default: a new ``KdfBudget`` on ``clock``).
     """
     portal = Portal(StowRealm())
     if users is not None:
+        budget = kdf_budget if kdf_budget is not None else KdfBudget(clock)
         checker = UsersFileChecker(
-            users, VerifiedCache(clock), KdfBudget(clock), kdf_cost=kdf_cost, run_kdf=run_kdf
+            users, VerifiedCache(clock), budget, kdf_cost=kdf_cost, run_kdf=run_kdf
         )
         portal.registerChecker(checker)
     if tokens is not None:

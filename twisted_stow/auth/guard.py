@@ -27,11 +27,19 @@ from ..core.admission import Target
 from ..core.config import StowConfig
 from ..core.errors import Forbidden, ServiceUnavailable, TooManyRequests, Unauthorized
 from ..deferreds import now_or_later
-from .cred import CheckerBusy, IPrincipal, RunKdf, build_portal, credential_factories, run_here
+from .cred import (
+    CheckerBusy,
+    IPrincipal,
+    KdfAllowance,
+    RunKdf,
+    build_portal,
+    credential_factories,
+    run_here,
+)
 from .files import load_tokens, load_users
 from .grants import Identity
 from .jwt_verify import JWTVerifier
-from .throttle import FailureThrottle
+from .throttle import FailureThrottle, Throttle
 
 log = Logger()
 
@@ -45,7 +53,7 @@ class Guard:
         self,
         portal: Portal,
         factories: Sequence[ICredentialFactory],
-        throttle: FailureThrottle,
+        throttle: Throttle,
         realm: str = REALM,
     ) -> None:
         self._portal = portal
@@ -56,7 +64,13 @@ class Guard:
 
     @classmethod
     def from_config(
-        cls, config: StowConfig, clock: Callable[[], float], run_kdf: RunKdf = run_here
+        cls,
+        config: StowConfig,
+        clock: Callable[[], float],
+        run_kdf: RunKdf = run_here,
+        *,
+        throttle: Throttle | None = None,
+        kdf_budget: KdfAllowance | None = None,
     ) -> Guard | None:
         """The guard ``config`` asks for, or None when authentication is off.
 
@@ -64,6 +78,9 @@ class Guard:
         subclasses (``BadCredentialsFile``, ``BadJWTConfig``) when one is unusable.
         ``run_kdf`` runs password checks: the server passes ``KdfThreads``;
         the default, in the calling thread, is for the files check at start-up.
+        ``throttle`` and ``kdf_budget``: the failure throttle and the password
+        budget to use (a worker process passes the main process's, through
+        ``workers.control``); new local ones by default.
         """
         users = tokens = verifier = None
         # Each message already names the file; the option is prefixed so the
@@ -84,7 +101,12 @@ class Guard:
         if users is None and tokens is None and verifier is None:
             return None
         portal = build_portal(
-            users=users, tokens=tokens, jwt=verifier, clock=clock, run_kdf=run_kdf
+            users=users,
+            tokens=tokens,
+            jwt=verifier,
+            clock=clock,
+            run_kdf=run_kdf,
+            kdf_budget=kdf_budget,
         )
         factories = credential_factories(
             REALM.encode(),
@@ -92,7 +114,7 @@ class Guard:
             bearer=tokens is not None,
             jwt=verifier is not None,
         )
-        return cls(portal, factories, FailureThrottle(clock))
+        return cls(portal, factories, throttle if throttle is not None else FailureThrottle(clock))
 
     def take_credentials(self, fresh: Guard) -> None:
         """Use ``fresh``'s portal and schemes (files reloaded); the throttle stays."""

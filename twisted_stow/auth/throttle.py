@@ -15,6 +15,7 @@ import math
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 # Five tries a minute lets a person mistype; it makes guessing hopeless.
 DEFAULT_MAX_FAILURES = 5
@@ -23,6 +24,17 @@ DEFAULT_BASE_BLOCK_SECONDS = 10.0
 DEFAULT_MAX_BLOCK_SECONDS = 3600.0
 # Bounded memory whatever the number of peers: the least recently failed go first.
 DEFAULT_MAX_PEERS = 10_000
+
+
+class Throttle(Protocol):
+    """What the guard asks: this process's ``FailureThrottle``, or a worker's
+    ``ThrottleMirror`` of the one the main process keeps."""
+
+    def retry_after(self, peer: str) -> int | None: ...
+
+    def failed(self, peer: str) -> int | None: ...
+
+    def __len__(self) -> int: ...
 
 
 @dataclass
@@ -62,6 +74,23 @@ class FailureThrottle:
         remaining = record.blocked_until - self._clock()
         return math.ceil(remaining) if remaining > 0 else None
 
+    def blocked_for(self, peer: str) -> float | None:
+        """Seconds (not rounded) until ``peer``'s block ends; None when it is not blocked."""
+        record = self._peers.get(peer)
+        if record is None:
+            return None
+        remaining = record.blocked_until - self._clock()
+        return remaining if remaining > 0 else None
+
+    def blocks(self) -> list[tuple[str, float]]:
+        """Every peer blocked now, with the seconds its block still lasts."""
+        now = self._clock()
+        return [
+            (peer, record.blocked_until - now)
+            for peer, record in self._peers.items()
+            if record.blocked_until > now
+        ]
+
     def failed(self, peer: str) -> int | None:
         """Record a failure; the block in seconds when this one starts a block."""
         now = self._clock()
@@ -90,6 +119,57 @@ class FailureThrottle:
 
     def __len__(self) -> int:
         return len(self._peers)
+
+
+class ThrottleMirror:
+    """A worker process's copy of the blocks the main process's ``FailureThrottle`` decided.
+
+    ``retry_after`` answers from the copy at once, as the throttle itself
+    does; ``failed`` only reports the failure (``report(peer)``, a message to
+    the main process) and decides nothing, so the count of a peer's failures
+    is one across all workers.  ``block(peer, seconds)`` is the main
+    process's broadcast.  The copy lags the decision by one message, and
+    forgets a block once it is over; it holds at most ``max_peers`` blocks,
+    the oldest dropped first (the main process bounds its own list alike).
+    """
+
+    def __init__(
+        self,
+        report: Callable[[str], object],
+        clock: Callable[[], float],
+        *,
+        max_peers: int = DEFAULT_MAX_PEERS,
+    ) -> None:
+        self._report = report
+        self._clock = clock
+        self.max_peers = max_peers
+        self._until: OrderedDict[str, float] = OrderedDict()
+
+    def retry_after(self, peer: str) -> int | None:
+        """Whole seconds until ``peer`` may try again, or None when it is not blocked."""
+        until = self._until.get(peer)
+        if until is None:
+            return None
+        remaining = until - self._clock()
+        if remaining <= 0:
+            del self._until[peer]
+            return None
+        return math.ceil(remaining)
+
+    def failed(self, peer: str) -> int | None:
+        """Report a failure to the owner of the count; the block, if any, arrives as ``block``."""
+        self._report(peer)
+        return None
+
+    def block(self, peer: str, seconds: float) -> None:
+        """The main process blocked ``peer`` for ``seconds`` from now."""
+        self._until[peer] = self._clock() + seconds
+        self._until.move_to_end(peer)
+        while len(self._until) > self.max_peers:
+            self._until.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._until)
 
 
 # Seconds of password KDF per second of wall time, all peers together: a

@@ -36,6 +36,11 @@ DEFAULT_DRAIN_TIMEOUT_SECONDS = 60.0
 # instance, or this one restarted).
 DRAIN_RETRY_AFTER_SECONDS = 5
 DRAIN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# The answers of the last uploads are in their connections' write buffers
+# when the drain ends; stopping the reactor then would drop them.  They get
+# this long to be sent before the process stops anyway.
+FLUSH_TIMEOUT_SECONDS = 5.0
+_FLUSH_POLL_SECONDS = 0.01
 
 
 class Draining(ServiceUnavailable):
@@ -57,6 +62,9 @@ class Drain:
         self._done: Deferred[None] | None = None
         self._timer: Any = None
         self._stopping = False
+        # Connections of uploads answered during the drain, closing once
+        # their answer is written (see _closing_after_answer).
+        self._closing: list[Any] = []
 
     @property
     def in_flight(self) -> int:
@@ -69,8 +77,10 @@ class Drain:
 
         def released() -> None:
             if self._in_flight.pop(key, None) is not None:
-                if self.draining and not self._in_flight:
-                    self._finish()
+                if self.draining:
+                    self._close_after_answer(request)
+                    if not self._in_flight:
+                        self._finish()
             release()
 
         return released
@@ -152,6 +162,18 @@ class Drain:
         if not self._in_flight:
             self._finish()
 
+    def _close_after_answer(self, request: Any) -> None:
+        """Close the connection once the answer being finished is written (a draining
+        server keeps no connection alive), and have the stop wait for it."""
+        transport = getattr(getattr(request, "channel", None), "transport", None)
+        if transport is None:
+            return
+        self._closing.append(transport)
+        # On a later turn: the slot is released before the last bytes of
+        # the answer are written (request.finish); loseConnection then
+        # sends everything buffered before it closes.
+        self._reactor.callLater(0, transport.loseConnection)
+
     def _finish(self) -> None:
         if self._done is None or self._done.called or self._stopping:
             return
@@ -163,9 +185,27 @@ class Drain:
         log.info("drained: stopping", stow_event="server.drained")
         done = self._done
         # On a later turn: the last request's response is still being written.
-        self._reactor.callLater(0, self._stop, done)
+        deadline = self._reactor.seconds() + FLUSH_TIMEOUT_SECONDS
+        self._reactor.callLater(0, self._stop_once_sent, done, deadline)
+
+    def _stop_once_sent(self, done: Deferred[None], deadline: float) -> None:
+        self._closing = [t for t in self._closing if not _closed(t)]
+        if self._closing and self._reactor.seconds() < deadline:
+            self._reactor.callLater(_FLUSH_POLL_SECONDS, self._stop_once_sent, done, deadline)
+            return
+        self._stop(done)
 
     def _stop(self, done: Deferred[None]) -> None:
         if self._reactor.running:
             self._reactor.stop()
         done.callback(None)
+
+
+def _closed(transport: Any) -> bool:
+    """Whether a connection closed (TCP: ``disconnected``; TLS: its TCP transport's)."""
+    inner = getattr(transport, "transport", None)
+    if inner is not None and not hasattr(transport, "disconnected"):
+        transport = inner
+    return bool(getattr(transport, "disconnected", False)) or not getattr(
+        transport, "connected", True
+    )

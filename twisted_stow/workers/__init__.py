@@ -2,7 +2,10 @@
 
 ``main`` builds the main process's services, ``handover`` binds the
 listening sockets it passes on, ``supervisor`` starts, restarts and drains
-the workers, ``supervision`` holds the control channel's messages,
+the workers, ``supervision`` adds its messages to the control channel,
 ``child`` is a worker's entry point, ``scrape`` serves ``--metrics-listen``
-for all of them.  docs/OPERATIONS.md ("Worker processes") says who owns what.
+for all of them.  ``shared`` holds what the whole server counts once (upload
+slots, the authentication throttle, the password-check budget); ``control``
+carries it over each worker's AMP connection to the main process.
+docs/OPERATIONS.md ("Worker processes") says who owns what.
 """

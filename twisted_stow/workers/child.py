@@ -118,13 +118,18 @@ class Worker:
         from ..ops import metrics, reload, startup
         from ..site import make_services, make_storage
         from .handover import KIND_TLS
+        from .control import worker_side
         from .supervision import CONTROL_FD, Ready, Spooled, WorkerSide
 
         log = Logger()
         reactor = self.reactor
+        control = worker_side(reactor, protocol=WorkerSide)
+        self.control = control
         try:
             storage = make_storage(self.config, reactor, run_token=self.spec["token"])
-            top, site = make_services(self.config, reactor, storage, in_worker=True)
+            top, site = make_services(
+                self.config, reactor, storage, in_worker=True, control=control
+            )
             self.site = site
             self.reloads = [site.stow.reload_credentials]
             top.privilegedStartService()
@@ -170,19 +175,17 @@ class Worker:
         )
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        self.control = WorkerSide(
-            drain=self._drain,
-            reload=self._reload,
-            refresh_gauges=metrics.refresh_gauges,
-            lost=self._main_gone,
-        )
+        control.on_drain = self._drain
+        control.on_reload = self._reload
+        control.on_refresh_gauges = metrics.refresh_gauges
+        control.on_lost = self._main_gone
         if site.stow.workflows is not None:
-            site.stow.workflows.on_spooled(lambda: self.control.callRemote(Spooled))
+            site.stow.workflows.on_spooled(lambda: control.send(Spooled))
         reactor.adoptStreamConnection(
-            CONTROL_FD, socket.AF_UNIX, Factory.forProtocol(lambda: self.control)
+            CONTROL_FD, socket.AF_UNIX, Factory.forProtocol(lambda: control)
         )
         os.close(CONTROL_FD)
-        self.control.callRemote(Ready, pid=os.getpid())
+        control.callRemote(Ready, pid=os.getpid())
         log.info(
             "worker {worker} (pid {pid}) serving",
             worker=self.spec["id"],

@@ -20,6 +20,7 @@ from ..site import SpoolService, make_publisher
 from ..workflow.spool import Spool
 from . import handover
 from .scrape import workers_metrics_site
+from .shared import SharedState
 from .supervisor import Supervisor
 
 
@@ -55,6 +56,7 @@ def make_main_services(
     publisher = make_publisher(config, spool, reactor)
     supervisor = Supervisor(
         reactor=reactor,
+        shared=SharedState(config, reactor.seconds),
         arguments=arguments,
         ports=ports,
         count=count,

@@ -3,8 +3,8 @@
 One AMP connection per worker over a UNIX socketpair (the control
 channel).  The main process creates the pair, keeps one end and passes the
 other to the worker at a fixed descriptor (``CONTROL_FD``).  These are the
-messages the supervision needs; the server-wide limits ride the same
-connection (``control.py``).
+messages the supervision needs, added to the server-wide limits' protocol
+of ``control.py`` by subclassing (AMP finds responders on the class).
 
 Worker → main: ``Ready`` once it serves (its start-up is over), ``Spooled``
 when it wrote a workflow request (the main process runs the one AMQP
@@ -18,6 +18,9 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.protocols import amp
+
+from .control import MainControl, WorkerControl
+from .shared import SharedState
 
 # The worker's end of the control socketpair: the first descriptor after
 # stdin, stdout and stderr; its listening sockets follow it.
@@ -60,65 +63,54 @@ class RefreshGauges(amp.Command):
     response: list[tuple[bytes, amp.Argument]] = []
 
 
-class MainSide(amp.AMP):
-    """The main process's end of one worker's control connection."""
+class MainSide(MainControl):
+    """The main process's end of one worker's control connection.
 
-    def __init__(
-        self,
-        ready: Callable[[int], None],
-        spooled: Callable[[], None],
-        lost: Callable[[], None],
-    ) -> None:
-        super().__init__()
-        self._ready = ready
-        self._spooled = spooled
-        self._lost = lost
+    The server-wide limits' commands come from ``MainControl``; the
+    supervisor sets the callables before the worker can speak.
+    """
+
+    def __init__(self, shared: SharedState, worker_id: str) -> None:
+        super().__init__(shared, worker_id)
+        self.on_ready: Callable[[int], None] = lambda pid: None
+        self.on_spooled: Callable[[], None] = lambda: None
 
     @Ready.responder
     def ready(self, pid: int) -> dict[str, Any]:
-        self._ready(pid)
+        self.on_ready(pid)
         return {}
 
     @Spooled.responder
     def spooled(self) -> dict[str, Any]:
-        self._spooled()
+        self.on_spooled()
         return {}
 
-    def connectionLost(self, reason: Any) -> None:
-        super().connectionLost(reason)
-        self._lost()
 
+class WorkerSide(WorkerControl):
+    """The worker's end: the limits' commands (``WorkerControl``), and what the
+    main process may ask of it; the worker sets the callables before it connects."""
 
-class WorkerSide(amp.AMP):
-    """The worker's end: what the main process may ask of it."""
-
-    def __init__(
-        self,
-        drain: Callable[[bool], None],
-        reload: Callable[[bool], bool],
-        refresh_gauges: Callable[[], None],
-        lost: Callable[[], None],
-    ) -> None:
-        super().__init__()
-        self._drain = drain
-        self._reload = reload
-        self._refresh_gauges = refresh_gauges
-        self._lost = lost
+    def __init__(self, clock: Any = None) -> None:
+        super().__init__(clock)
+        self.on_drain: Callable[[bool], None] = lambda abort: None
+        self.on_reload: Callable[[bool], bool] = lambda quiet: True
+        self.on_refresh_gauges: Callable[[], None] = lambda: None
+        self.on_lost: Callable[[], None] = lambda: None
 
     @Drain.responder
     def drain(self, abort: bool) -> dict[str, Any]:
-        self._drain(abort)
+        self.on_drain(abort)
         return {}
 
     @Reload.responder
     def reload(self, quiet: bool) -> dict[str, Any]:
-        return {"ok": self._reload(quiet)}
+        return {"ok": self.on_reload(quiet)}
 
     @RefreshGauges.responder
     def refresh_gauges(self) -> dict[str, Any]:
-        self._refresh_gauges()
+        self.on_refresh_gauges()
         return {}
 
     def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)
-        self._lost()
+        self.on_lost()

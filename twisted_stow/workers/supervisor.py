@@ -42,7 +42,9 @@ from twisted.python.failure import Failure
 
 from ..ops import metrics
 from .child import SPEC_ENV
+from .control import main_side
 from .handover import HandedPort
+from .shared import SharedState
 from .supervision import CONTROL_FD, FIRST_LISTEN_FD, Drain, MainSide, RefreshGauges, Reload
 
 log = Logger()
@@ -92,6 +94,7 @@ class Supervisor(Service):
         self,
         *,
         reactor: Any,
+        shared: SharedState,
         arguments: list[str],
         ports: list[HandedPort],
         count: int,
@@ -100,6 +103,8 @@ class Supervisor(Service):
         spooled: Callable[[], None] = lambda: None,
     ) -> None:
         self.reactor = reactor
+        # The server-wide limits, kept once here for every worker (shared.py).
+        self.shared = shared
         self.arguments = arguments
         self.ports = ports
         self.slots = [WorkerSlot(number) for number in range(1, count + 1)]
@@ -142,11 +147,9 @@ class Supervisor(Service):
         slot.ready = False
         slot.ended = Deferred()
         main_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        control = MainSide(
-            ready=lambda pid: self._ready(slot, pid),
-            spooled=self._spooled,
-            lost=lambda: None,
-        )
+        control = main_side(self.shared, str(slot.number), protocol=MainSide)
+        control.on_ready = lambda pid: self._ready(slot, pid)
+        control.on_spooled = self._spooled
         slot.control = control
         self.reactor.adoptStreamConnection(
             main_end.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: control)

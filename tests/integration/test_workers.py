@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 from pydicom.uid import generate_uid
 
-from tests.dicom_files import CT, MR, read
+from tests.dicom_files import CT, MR
 from tests.helpers import build_multipart, multipart_content_type
 from tests.integration.crafted import instance, stored_location
 from tests.integration.observe import staging_files, stored_files, wait_until
@@ -259,9 +259,7 @@ def test_a_worker_failing_at_start_up_stops_the_server(tmp_path: Path) -> None:
 
 def test_an_endpoint_that_cannot_be_handed_over_refuses_workers(tmp_path: Path) -> None:
     """--workers 2 with a UNIX socket listener: one start-up line, exit 2."""
-    twistd = Twistd(
-        tmp_path / "store", "--listen", f"unix:{tmp_path / 'stow.sock'}", *WORKERS
-    )
+    twistd = Twistd(tmp_path / "store", "--listen", f"unix:{tmp_path / 'stow.sock'}", *WORKERS)
     assert twistd.process.wait(timeout=60) == 2
     log = twistd.log()
     assert "--workers 2: --listen unix:" in log and "cannot be shared" in log, log
@@ -313,8 +311,7 @@ def test_sigterm_drains_uploads_on_both_workers_and_exits_0(tmp_path: Path) -> N
         data = [instance(CT), instance(MR)]
         bodies = [build_multipart([x], BOUNDARY) for x in data]
         socks = [
-            on_worker(twistd, port, pid, len(body))
-            for pid, body in zip(pids, bodies, strict=True)
+            on_worker(twistd, port, pid, len(body)) for pid, body in zip(pids, bodies, strict=True)
         ]
         for sock, body in zip(socks, bodies, strict=True):
             sock.sendall(body[:-100])

@@ -215,7 +215,7 @@ class _WorkersCollector:
 def workers_registry(directory: str) -> CollectorRegistry:
     """What a multi-worker main process serves: see the module docstring."""
     merged = CollectorRegistry(auto_describe=False)
-    merged.register(_WorkersCollector(directory))  # type: ignore[arg-type]
+    merged.register(_WorkersCollector(directory))
     return merged
 
 

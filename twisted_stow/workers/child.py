@@ -24,7 +24,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, Any, cast
 
 SPEC_ENV = "STOW_WORKER"
 # <linux/prctl.h>
@@ -118,12 +118,12 @@ class Worker:
         from ..ops import metrics, reload, startup
         from ..site import make_services, make_storage
         from .handover import KIND_TLS
-        from .control import worker_side
         from .supervision import CONTROL_FD, Ready, Spooled, WorkerSide
 
         log = Logger()
         reactor = self.reactor
-        control = worker_side(reactor, protocol=WorkerSide)
+        # control.worker_side(protocol=WorkerSide), typed as what it is.
+        control = WorkerSide(reactor)
         self.control = control
         try:
             storage = make_storage(self.config, reactor, run_token=self.spec["token"])
@@ -221,7 +221,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     from twisted.internet import reactor
-    from twisted.logger import globalLogBeginner
+    from twisted.logger import ILogObserver, globalLogBeginner
     from twisted.python import usage
 
     from .. import tap
@@ -234,10 +234,10 @@ def main() -> None:
         startup.fail(str(e))
     config = options.config
     log = WorkerLog(sys.stdout, spec["id"], config.log_format)
-    globalLogBeginner.beginLoggingTo([log], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo([cast(ILogObserver, log)], redirectStandardIO=False)
     worker = Worker(spec, config, reactor, log)
     reactor.callWhenRunning(worker.start)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 
 from ..core.config import StowConfig
 from ..ops import metrics, startup
@@ -24,17 +24,27 @@ from .shared import SharedState
 from .supervisor import Supervisor
 
 
-def bind_ports(config: StowConfig, reactor: Any) -> list[handover.HandedPort]:
-    """Every ``--listen`` socket, bound now; a port that cannot be opened ends start-up."""
-    ports = []
-    for description in config.listen:
-        endpoint = startup.endpoint(reactor, description, "--listen")
-        try:
-            ports.append(handover.bind(description, endpoint))
-        except OSError as e:
-            startup.fail(f"--listen {description}: cannot listen: {startup.describe_error(e)}")
-        startup.warn_if_exposed(description, authenticated=_authenticated(config))
-    return ports
+class BoundPorts(Service):
+    """Binds every ``--listen`` socket when the application starts, as a listener would
+    (before twistd drops privileges); a port that cannot be opened ends start-up."""
+
+    def __init__(self, config: StowConfig, reactor: Any) -> None:
+        self._config = config
+        # Parsed now: a bad description or TLS file is a start-up line at once.
+        self._endpoints = [
+            (description, startup.endpoint(reactor, description, "--listen"))
+            for description in config.listen
+        ]
+        self.ports: list[handover.HandedPort] = []
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        for description, endpoint in self._endpoints:
+            try:
+                self.ports.append(handover.bind(description, endpoint))
+            except OSError as e:
+                startup.fail(f"--listen {description}: cannot listen: {startup.describe_error(e)}")
+            startup.warn_if_exposed(description, authenticated=_authenticated(self._config))
 
 
 def _authenticated(config: StowConfig) -> bool:
@@ -49,7 +59,8 @@ def make_main_services(
 ) -> MultiService:
     """The main process's services; the workers build theirs (``child.py``)."""
     top = MultiService()
-    ports = bind_ports(config, reactor)
+    bound = BoundPorts(config, reactor)
+    bound.setServiceParent(top)
     spool = Spool(config.workflow_spool_dir)
     SpoolService(spool).setServiceParent(top)
     metrics.watch_spool(lambda: len(spool.pending()))
@@ -58,7 +69,7 @@ def make_main_services(
         reactor=reactor,
         shared=SharedState(config, reactor.seconds),
         arguments=arguments,
-        ports=ports,
+        ports=bound.ports,
         count=count,
         storage_dir=config.storage if config.s3 is None else None,
         drain_timeout_seconds=config.drain_timeout_seconds,

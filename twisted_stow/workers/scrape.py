@@ -30,7 +30,7 @@ class WorkersMetrics(Resource):
         self._directory = directory
         self._refresh = refresh
 
-    def render_GET(self, request: Any) -> Any:  # noqa: N802 (twisted.web's name)
+    def render_GET(self, request: Any) -> Any:
         def render(_: object) -> None:
             # A few small files read with mmap: cheap enough for the reactor.
             body = generate_latest(metrics.workers_registry(self._directory))

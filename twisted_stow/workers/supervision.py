@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 
 from .control import MainControl, WorkerControl
 from .shared import SharedState
@@ -32,13 +33,13 @@ class Ready(amp.Command):
     """The worker adopted its listening sockets and started its services."""
 
     arguments = [(b"pid", amp.Integer())]
-    response: list[tuple[bytes, amp.Argument]] = []
+    response = []
 
 
 class Spooled(amp.Command):
     """The worker wrote a workflow request into the shared spool."""
 
-    arguments: list[tuple[bytes, amp.Argument]] = []
+    arguments = []
     requiresAnswer = False
 
 
@@ -46,7 +47,7 @@ class Drain(amp.Command):
     """Begin the drain (``abort``: a second SIGTERM, abort the uploads now)."""
 
     arguments = [(b"abort", amp.Boolean())]
-    response: list[tuple[bytes, amp.Argument]] = []
+    response = []
 
 
 class Reload(amp.Command):
@@ -59,8 +60,8 @@ class Reload(amp.Command):
 class RefreshGauges(amp.Command):
     """Write the gauges read at scrape time into the multiprocess files now."""
 
-    arguments: list[tuple[bytes, amp.Argument]] = []
-    response: list[tuple[bytes, amp.Argument]] = []
+    arguments = []
+    response = []
 
 
 class MainSide(MainControl):
@@ -111,6 +112,6 @@ class WorkerSide(WorkerControl):
         self.on_refresh_gauges()
         return {}
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         super().connectionLost(reason)
         self.on_lost()

@@ -42,7 +42,6 @@ from twisted.python.failure import Failure
 
 from ..ops import metrics
 from .child import SPEC_ENV
-from .control import main_side
 from .handover import HandedPort
 from .shared import SharedState
 from .supervision import CONTROL_FD, FIRST_LISTEN_FD, Drain, MainSide, RefreshGauges, Reload
@@ -74,7 +73,7 @@ class _WorkerProcess(ProcessProtocol):
     def __init__(self, ended: Callable[[Failure], None]) -> None:
         self._ended = ended
 
-    def processEnded(self, reason: Failure) -> None:  # noqa: N802 (Twisted's name)
+    def processEnded(self, reason: Failure) -> None:
         self._ended(reason)
 
 
@@ -122,7 +121,7 @@ class Supervisor(Service):
 
     # start
 
-    def startService(self) -> None:  # noqa: N802
+    def startService(self) -> None:
         super().startService()
         self.reactor.callWhenRunning(self._install_signals)
         for slot in self.slots:
@@ -147,7 +146,8 @@ class Supervisor(Service):
         slot.ready = False
         slot.ended = Deferred()
         main_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        control = main_side(self.shared, str(slot.number), protocol=MainSide)
+        # control.main_side(..., protocol=MainSide), typed as what it is.
+        control = MainSide(self.shared, str(slot.number))
         control.on_ready = lambda pid: self._ready(slot, pid)
         control.on_spooled = self._spooled
         slot.control = control
@@ -162,7 +162,12 @@ class Supervisor(Service):
             fd = FIRST_LISTEN_FD + index
             child_fds[fd] = port.sock.fileno()
             listen.append(
-                {"fd": fd, "family": port.family, "kind": port.kind, "description": port.description}
+                {
+                    "fd": fd,
+                    "family": port.family,
+                    "kind": port.kind,
+                    "description": port.description,
+                }
             )
         spec = {
             "id": slot.number,
@@ -333,7 +338,7 @@ class Supervisor(Service):
         if self.reactor.running:
             self.reactor.callLater(0, self.reactor.stop)
 
-    def stopService(self) -> Any:  # noqa: N802
+    def stopService(self) -> Any:
         super().stopService()
         # twistd stops without a drain only on an error of its own: the
         # workers go now (the kernel would SIGKILL them as we exit anyway).
@@ -360,7 +365,8 @@ class Supervisor(Service):
 
         def speak(_: object) -> Deferred[Any]:
             assert speaker.control is not None
-            return speaker.control.callRemote(Reload, quiet=False)
+            spoken: Deferred[Any] = speaker.control.callRemote(Reload, quiet=False)
+            return spoken
 
         d = quietly().addCallback(speak)
         d.addErrback(lambda f: log.failure("SIGHUP: a worker did not reload", f))

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
+
 from tests.attacks import bomb_body, empty_parts_body, many_header_lines_body
 from tests.dicom_files import CT, read
 from tests.helpers import build_multipart
@@ -37,16 +39,29 @@ def _status_file(pid: int) -> Path:
     return Path(f"/proc/{pid}/status")
 
 
-def peak_rss(pid: int) -> int:
-    """The kernel's high-water mark of the process's RSS (``VmHWM``), in bytes."""
-    match = re.search(r"^VmHWM:\s+(\d+) kB", _status_file(pid).read_text(), re.MULTILINE)
+def server_tree(pid: int) -> list[int]:
+    """The server's processes: ``pid`` and its workers (``--workers``), measured together."""
+    return [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+
+
+def _status_kib(pid: int, field: str) -> int:
+    match = re.search(rf"^{field}:\s+(\d+) kB", _status_file(pid).read_text(), re.MULTILINE)
     assert match is not None
     return int(match.group(1)) * 1024
 
 
+def peak_rss(pid: int) -> int:
+    """The kernel's high-water marks of RSS (``VmHWM``) over the server's processes, in bytes.
+
+    A sum of peaks: at least the peak of the sum, so a growth bound on it holds for the
+    whole server whichever worker served."""
+    return sum(_status_kib(p, "VmHWM") for p in server_tree(pid))
+
+
 def reset_peak_rss(pid: int) -> None:
-    """Set ``VmHWM`` back to the current RSS (Linux ≥ 4.0)."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    """Set ``VmHWM`` back to the current RSS in each of the server's processes (Linux ≥ 4.0)."""
+    for p in server_tree(pid):
+        Path(f"/proc/{p}/clear_refs").write_text("5")
 
 
 class Exchange(threading.Thread):
@@ -94,9 +109,8 @@ def attack_with_honest_upload(
 
 
 def _current_rss(pid: int) -> int:
-    match = re.search(r"^VmRSS:\s+(\d+) kB", _status_file(pid).read_text(), re.MULTILINE)
-    assert match is not None
-    return int(match.group(1)) * 1024
+    """RSS of the server's processes together, in bytes."""
+    return sum(_status_kib(p, "VmRSS") for p in server_tree(pid))
 
 
 def _other_failure_reasons(answer: bytes) -> list[int]:

@@ -334,3 +334,35 @@ def test_sigterm_drains_uploads_on_both_workers_and_exits_0(tmp_path: Path) -> N
             raise AssertionError("the port still accepts after the drain")
     finally:
         twistd.stop()
+
+
+def test_upload_limits_hold_for_the_whole_server(tmp_path: Path) -> None:
+    """--max-requests 1 and --max-requests-per-peer 1 with two workers: an upload held
+    open on one worker makes an upload on the other get 503 + Retry-After; once it is
+    answered, the other worker stores."""
+    for option in ("--max-requests", "--max-requests-per-peer"):
+        (tmp_path / option.strip("-")).mkdir()
+        twistd = Twistd(
+            tmp_path / option.strip("-") / "store",
+            "--listen",
+            LOOPBACK_ANY_PORT,
+            option,
+            "1",
+            *WORKERS,
+        )
+        try:
+            (port,) = twistd.ports(1)
+            holder_pid, other_pid = workers_of(twistd)
+            body = build_multipart([instance(CT)], BOUNDARY)
+            held = on_worker(twistd, port, holder_pid, len(body))
+            with only(twistd, other_pid):
+                refused = raw_exchange(port, upload_request([instance(MR)], BOUNDARY))
+            assert status_of(refused) == 503, (option, refused)
+            assert b"\r\nRetry-After: " in refused
+            held.sendall(body)
+            assert status_of(read_all(held)) == 200
+            with only(twistd, other_pid):
+                stored = raw_exchange(port, upload_request([instance(MR)], BOUNDARY))
+            assert status_of(stored) == 200, (option, stored)
+        finally:
+            assert twistd.stop() == 0

@@ -253,7 +253,14 @@ class FilesystemStorage:
         self.index.mkdir(exist_ok=True)
         fsync_directory(self.root)
         self._sweep_stale_staging()
+        self._open_root()
         self.pool.start()
+
+    def _open_root(self) -> int:
+        """The root directory's descriptor, which the commit lock flocks (opened once)."""
+        if self._root_fd is None:
+            self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        return self._root_fd
 
     def stop(self) -> None:
         """Wait for queued operations and stop the threads."""
@@ -271,13 +278,12 @@ class FilesystemStorage:
         under two studies could both find the index empty and both store it.
         """
         with self._index_lock:
-            if self._root_fd is None:
-                self._root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            fcntl.flock(self._root_fd, fcntl.LOCK_EX)
+            root = self._open_root()
+            fcntl.flock(root, fcntl.LOCK_EX)
             try:
                 yield
             finally:
-                fcntl.flock(self._root_fd, fcntl.LOCK_UN)
+                fcntl.flock(root, fcntl.LOCK_UN)
 
     def _sweep_stale_staging(self) -> None:
         # Files of a run that no longer exists are leftovers of a crash (their

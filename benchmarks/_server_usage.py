@@ -3,6 +3,10 @@ high-water mark (``VmHWM``) and CPU seconds, read with psutil and /proc.
 
 Sampling every 20 ms can miss a short spike; ``VmHWM``, reset before a run
 through ``/proc/PID/clear_refs``, cannot, so the reports show the larger.
+
+Each figure is of the process *tree*: a server with worker processes
+(``--workers``) is its main process and every worker, summed (for ``VmHWM``
+a sum of peaks, an upper bound of the tree's peak).
 """
 
 from __future__ import annotations
@@ -16,6 +20,15 @@ from typing import Self
 import psutil
 
 SAMPLE_INTERVAL_SECONDS = 0.020
+
+
+def tree(pid: int) -> list[psutil.Process]:
+    """``pid`` and its descendants still running (a server's workers); [] once it is gone."""
+    try:
+        top = psutil.Process(pid)
+        return [top, *top.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
 
 
 class Periodic:
@@ -51,14 +64,19 @@ class RssSampler(Periodic):
 
     def __init__(self, pid: int, interval: float = SAMPLE_INTERVAL_SECONDS) -> None:
         super().__init__(interval)
-        self._process = psutil.Process(pid)
+        self._pid = pid
         self.samples: list[tuple[float, int]] = []
 
     def tick(self) -> bool:
-        try:
-            rss = self._process.memory_info().rss
-        except psutil.NoSuchProcess:
+        processes = tree(self._pid)
+        if not processes:
             return False
+        rss = 0
+        for process in processes:
+            try:
+                rss += process.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
         self.samples.append((time.monotonic() - self._start, rss))
         return True
 
@@ -70,23 +88,35 @@ class RssSampler(Periodic):
 def reset_kernel_peak(pid: int) -> bool:
     """Reset VmHWM to the current RSS (Linux ≥ 4.0); False where unsupported."""
     try:
-        Path(f"/proc/{pid}/clear_refs").write_text("5")
+        for process in tree(pid):
+            Path(f"/proc/{process.pid}/clear_refs").write_text("5")
         return True
     except OSError:
         return False
 
 
 def kernel_peak(pid: int) -> int | None:
-    """VmHWM of ``pid`` in bytes, or None off Linux."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
-    return int(match.group(1)) * 1024 if match else None
+    """VmHWM of ``pid``'s tree in bytes, or None off Linux."""
+    total = 0
+    for process in tree(pid) or [psutil.Process(pid)]:
+        try:
+            status = Path(f"/proc/{process.pid}/status").read_text()
+        except OSError:
+            return None
+        match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
+        if match is None:
+            return None
+        total += int(match.group(1)) * 1024
+    return total
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds ``pid`` has used so far."""
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
+    """User + system CPU seconds ``pid``'s tree has used so far (workers still running)."""
+    total = 0.0
+    for process in tree(pid):
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total

@@ -60,7 +60,14 @@ run()
 
 def start_server(workdir: Path, disk_rate: float) -> Ours:
     env = {**os.environ, DISK_RATE_ENV: str(disk_rate)}
-    return Ours(workdir, env=env, runner=[sys.executable, "-c", _THROTTLED_TWISTD])
+    # --workers 1: the throttled os.writev exists in this one interpreter only;
+    # a worker process would be a fresh one, writing at the disk's own speed.
+    return Ours(
+        workdir,
+        ["--workers", "1"],
+        env=env,
+        runner=[sys.executable, "-c", _THROTTLED_TWISTD],
+    )
 
 
 def staged_bytes(storage: Path) -> int:

@@ -50,7 +50,13 @@ import psutil
 
 from benchmarks import _client
 from benchmarks._dicom import MAX_PART_BYTES, Part, framing_bytes, plan_request
-from benchmarks._server_usage import RssSampler, cpu_seconds, kernel_peak, reset_kernel_peak
+from benchmarks._server_usage import (
+    RssSampler,
+    cpu_seconds,
+    kernel_peak,
+    reset_kernel_peak,
+    tree,
+)
 from benchmarks._servers import Ours
 from tests.helpers import iter_multipart, multipart_content_type
 from twisted_stow.core.config import parse_size
@@ -208,7 +214,8 @@ def run_once(
     parts = plan_request(size, part_count(size, part_size))
     body = request_body(parts)
     time.sleep(0.5)  # let the server settle after the previous run
-    baseline = psutil.Process(server.pid).memory_info().rss
+    # The whole server: its main process and every worker.
+    baseline = sum(p.memory_info().rss for p in tree(server.pid))
     has_kernel_peak = reset_kernel_peak(server.pid)
     cpu_before = cpu_seconds(server.pid)
     with RssSampler(server.pid) as sampler:

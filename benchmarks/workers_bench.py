@@ -32,11 +32,19 @@ _ACCESS = re.compile(r"\[worker \d+ pid (\d+) [^\]]*\] .*\"POST /studies HTTP/1.
 
 
 def one_run(
-    workdir: Path, study: _studies.Study, workers: str, per_request: int
+    workdir: Path,
+    study: _studies.Study,
+    warm: _studies.Study,
+    workers: str,
+    per_request: int,
 ) -> dict[str, object]:
     options = [] if workers == "default" else ["--workers", workers]
     server = Ours(workdir, options)
     try:
+        # Warm every worker up (first directories, threads, allocations), uncounted.
+        warm_requests = warm.split(max(1, len(warm.instances) // per_request))
+        _client.run_clients(server.port, "/studies", warm_requests, CLIENTS, chunked=False)
+        before = Counter(_ACCESS.findall(server.log()))
         requests = study.split(max(1, len(study.instances) // per_request))
         cpu_before = cpu_seconds(server.pid)
         batch = _client.run_clients(server.port, "/studies", requests, CLIENTS, chunked=False)
@@ -44,6 +52,7 @@ def one_run(
         stored = sum(r.instances for r in batch.replies if r.status == 200 and r.problem is None)
         problems = sorted({r.problem for r in batch.replies if r.problem})
         spread = Counter(_ACCESS.findall(server.log()))
+        spread.subtract(before)
     finally:
         server.stop()
     return {
@@ -52,7 +61,7 @@ def one_run(
         "seconds": round(batch.seconds, 3),
         "instances_per_second": round(stored / batch.seconds, 1),
         "cpu_seconds": round(cpu, 2),
-        "requests_per_worker": sorted(spread.values(), reverse=True),
+        "requests_per_worker": sorted((n for n in spread.values() if n), reverse=True),
         "problems": problems,
     }
 
@@ -68,10 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="workers-bench-") as temp:
         root = Path(temp)
         study = _studies.generate(root / "studies", "ct", [(args.instances, args.size)])
+        warm = _studies.generate(root / "studies", "warm", [(4 * CLIENTS, args.size)])
         tags = itertools.count(1)
         for run, workers in itertools.product(range(args.runs), ("1", "default")):
             result = one_run(
-                root / f"{workers}-{run}", study.variant(next(tags)), workers, args.per_request
+                root / f"{workers}-{run}",
+                study.variant(next(tags)),
+                warm.variant(next(tags)),
+                workers,
+                args.per_request,
             )
             print(json.dumps(result), flush=True)
             results.append(result)

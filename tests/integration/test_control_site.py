@@ -19,6 +19,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import maybeDeferred
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
@@ -34,6 +35,8 @@ from twisted_stow.auth.files import entry_with_grant, write_atomically
 from twisted_stow.auth.grants import EVERYTHING
 from twisted_stow.auth.passwords import hash_password
 from twisted_stow.core.config import StowConfig
+from twisted_stow.ops.drain import Drain
+from twisted_stow.ops.metrics import DRAINING
 from twisted_stow.site import StowSite, make_services
 from twisted_stow.storage.memory import MemoryStorage
 from twisted_stow.workers.shared import SharedState
@@ -239,7 +242,7 @@ class Held:
         self.pair = connect(reactor, self.shared, "1")
         self.threads = HeldThreads()
         self.storage = MemoryStorage()
-        service = StowService(
+        self.service = service = StowService(
             config,
             self.storage,
             reactor,
@@ -309,3 +312,26 @@ async def test_gone_after_the_password_while_the_slot_is_asked_for(held: Held) -
     release = await held.pair.worker.slots.acquire("127.0.0.1")
     assert held.shared.slots.active == 1 and held.transport.value() == b""
     release()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_drain_begun_while_the_slot_is_asked_for_refuses_the_request(
+    held: Held,
+) -> None:
+    """SIGTERM arrives while the main process's answer is awaited: the slot it grants is
+    freed and the request refused (503) as if it had come after the drain began."""
+    held.service.drain = Drain(Clock())  # its end would stop this test's reactor
+    head, _ = ct_upload(expect=True, password=PASSWORD)
+    held.channel.dataReceived(head)
+    assert await poll(lambda: held.threads.jobs)
+    held.main_reads(False)
+    held.threads.run_all()
+    try:
+        held.service.drain.begin()
+        held.main_reads(True)
+        assert await poll(lambda: held.transport.value() != b"")
+    finally:
+        DRAINING.set(0)
+    assert held.transport.value().startswith(b"HTTP/1.1 503 ")
+    assert b"shutting down" in held.transport.value()
+    assert await poll(lambda: held.shared.slots.active == 0)

@@ -293,6 +293,11 @@ class StowService:
         self, request: Any, admission: Admission, principal: str | None, release: Release
     ) -> Upload:
         """The upload of an admitted request holding its slot (``release`` frees it)."""
+        if self.drain.draining:
+            # The drain began while the password check or the main process's
+            # answer was awaited: the request is refused as it would have been.
+            release()
+            self.drain.refuse_if_draining()
         tracked = self.drain.track(request, release)
         try:
             return Upload(

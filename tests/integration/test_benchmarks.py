@@ -125,3 +125,11 @@ def test_s3_bench_tiny_runs_ours_and_boto3_on_large_and_ct(tmp_path: Path) -> No
     for study in ("large", "ct"):
         figures = results["summary"]["studies"][study]
         assert figures["ratio"] > 0 and figures["ours_peak_rss_mib"] > 0
+
+
+def test_control_cost_tiny_measures_all_three_ways() -> None:
+    """benchmarks.control_cost at a tiny count: a row for local, one reactor and two processes,
+    the child main process stopped by the run itself."""
+    done = _run("-m", "benchmarks.control_cost", "--count", "20", "--batches", "1")
+    rows = {line.split()[0] for line in done.stdout.splitlines()[2:]}
+    assert rows == {"local", "one", "two"}, done.stdout

@@ -10,27 +10,35 @@ from __future__ import annotations
 
 import base64
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
 from tests.dicom_files import CT, read
+from tests.fakes import HeldThreads
 from tests.helpers import build_multipart
 from tests.integration.control_pairs import Pair, connect
 from tests.integration.observe import poll
 from tests.integration.streaming import json_body, raw_exchange, raw_post, status_of
+from twisted_stow.app import StowService
 from twisted_stow.auth.files import entry_with_grant, write_atomically
 from twisted_stow.auth.grants import EVERYTHING
 from twisted_stow.auth.passwords import hash_password
 from twisted_stow.core.config import StowConfig
+from twisted_stow.ops.drain import Drain
+from twisted_stow.ops.metrics import DRAINING
 from twisted_stow.site import StowSite, make_services
+from twisted_stow.storage.memory import MemoryStorage
 from twisted_stow.workers.shared import SharedState
 
 BOUNDARY = "control-site-boundary"
@@ -217,3 +225,113 @@ async def test_a_wrong_password_here_counts_for_the_whole_server(worker: Worker)
         assert status_of(raw) == 401
     assert await poll(lambda: worker.shared.throttle.retry_after("127.0.0.3") is not None)
     assert await poll(lambda: worker.other.worker.throttle.retry_after("127.0.0.3") is not None)
+
+
+class Held:
+    """A worker's service with a password check held (``threads``) and a real control
+    connection whose main end can be made to read nothing for a while."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        from twisted.internet import reactor
+
+        users = tmp_path / "users.json"
+        entry = entry_with_grant({"password": hash_password(PASSWORD.encode(), n=16)}, EVERYTHING)
+        write_atomically(users, {"alice": entry})
+        config = StowConfig(max_requests=1, users_file=users, storage=tmp_path / "store")
+        self.shared = SharedState(config, reactor.seconds)
+        self.pair = connect(reactor, self.shared, "1")
+        self.threads = HeldThreads()
+        self.storage = MemoryStorage()
+        self.service = service = StowService(
+            config,
+            self.storage,
+            reactor,
+            lambda f, *a: maybeDeferred(f, *a),
+            run_kdf=self.threads,
+            control=self.pair.worker,
+        )
+        channel = StowSite(service, timeout=30).buildProtocol(
+            IPv4Address("TCP", "127.0.0.1", 40000)
+        )
+        self.channel: Any = channel
+        self.transport = StringTransport()
+        self.channel.makeConnection(self.transport)
+
+    def main_reads(self, reading: bool) -> None:
+        transport: Any = self.pair.main.transport
+        if reading:
+            transport.resumeProducing()
+        else:
+            transport.pauseProducing()
+
+    def close(self) -> None:
+        if self.pair.worker.transport is not None:
+            self.pair.worker.transport.loseConnection()
+
+
+@pytest.fixture
+def held(tmp_path: Path) -> Iterator[Held]:
+    built = Held(tmp_path)
+    yield built
+    built.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_password_then_slot_then_100_continue(held: Held) -> None:
+    """Three waits in a row, the main process's KDF budget, the password check and then the
+    main process's slot: the socket
+    stays paused and nothing is written until both answered, then 100 Continue and the body
+    is stored."""
+    head, body = ct_upload(expect=True, password=PASSWORD)
+    held.channel.dataReceived(head)
+    # The KDF runs once the main process's budget said yes.
+    assert await poll(lambda: held.threads.jobs)
+    held.threads.run_all()
+    assert held.transport.value() == b"" and held.transport.producerState == "paused"
+    assert await poll(lambda: held.transport.value() != b"")
+    assert held.transport.value() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert held.shared.slots.active == 1
+    held.channel.dataReceived(body)
+    assert await poll(lambda: b"200 OK" in held.transport.value())
+    assert await poll(lambda: held.shared.slots.active == 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_gone_after_the_password_while_the_slot_is_asked_for(held: Held) -> None:
+    """The password was checked, the slot is asked for, and the client goes before the main
+    process has even read the question: the cancel reaches the slot's Deferred through the
+    authorization's, so the release follows the acquire, and the main process, once it
+    reads both, holds no slot (the worker's next acquire gets the only one)."""
+    head, _ = ct_upload(expect=True, password=PASSWORD)
+    held.channel.dataReceived(head)
+    assert await poll(lambda: held.threads.jobs)
+    held.main_reads(False)
+    held.threads.run_all()
+    held.channel.connectionLost(Failure(ConnectionError("client went away")))
+    held.main_reads(True)
+    release = await held.pair.worker.slots.acquire("127.0.0.1")
+    assert held.shared.slots.active == 1 and held.transport.value() == b""
+    release()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_drain_begun_while_the_slot_is_asked_for_refuses_the_request(
+    held: Held,
+) -> None:
+    """SIGTERM arrives while the main process's answer is awaited: the slot it grants is
+    freed and the request refused (503) as if it had come after the drain began."""
+    held.service.drain = Drain(Clock())  # its end would stop this test's reactor
+    head, _ = ct_upload(expect=True, password=PASSWORD)
+    held.channel.dataReceived(head)
+    assert await poll(lambda: held.threads.jobs)
+    held.main_reads(False)
+    held.threads.run_all()
+    try:
+        held.service.drain.begin()
+        held.main_reads(True)
+        assert await poll(lambda: held.transport.value() != b"")
+    finally:
+        DRAINING.set(0)
+    assert held.transport.value().startswith(b"HTTP/1.1 503 ")
+    assert b"shutting down" in held.transport.value()
+    assert await poll(lambda: held.shared.slots.active == 0)

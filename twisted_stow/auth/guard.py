@@ -143,7 +143,9 @@ class Guard:
         budget.  A password that misses the cache is checked in a thread:
         then a Deferred that fires with the principal or fails with the same
         errors.  Cancelling it (the client went away) does not stop the
-        check, whose failure still counts against ``peer``.
+        check, whose failure still counts against ``peer``.  In a worker
+        process the budget is the main process's: asking it is part of that
+        wait, so over budget is then a Deferred failing with 503 too.
         """
         retry_after = self.throttle.retry_after(peer)
         if retry_after is not None:

@@ -36,6 +36,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -112,7 +113,7 @@ class MainControl(amp.AMP):
         super().connectionMade()
         self.holdings = self.shared.attach(self.worker_id, self._tell_block)
 
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         holdings, self.holdings = self.holdings, None
         if holdings is not None:
             # The worker died (or its connection broke): whatever it held is
@@ -286,7 +287,7 @@ class WorkerControl(amp.AMP):
         super().connectionMade()
         self.connected = True
 
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         was_connected, self.connected = self.connected, False
         if was_connected:
             log.error(

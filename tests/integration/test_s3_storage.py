@@ -513,7 +513,10 @@ def test_store_down_at_request_start(tmp_path: Path) -> None:
     store.start()
     running: S3Server | None = None
     try:
-        running = start_server(store, tmp_path / "stow")
+        # --workers 1: the store's health is each worker's own (its probe and its
+        # requests), so "the next POST" after one worker noticed may land on a worker
+        # that notices a probe period later; one process makes the sequence exact.
+        running = start_server(store, tmp_path / "stow", "--workers", "1")
         store.stop()
         # The health probe notices within a few of its periods; until then an
         # upload is read and fails 0x0110.

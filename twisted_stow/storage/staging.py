@@ -95,12 +95,13 @@ class StagingFile:
             self.error = translate_os_error(e)
             raise self.error from e
 
-    def sync_and_close(self) -> int:
+    def sync_and_close(self, last: list[bytes | memoryview] | None = None) -> int:
+        """Write ``last`` (the part's final batch), set the digest, fsync, close."""
         try:
             if self.error is not None:
                 raise self.error
-            if self.fd is None:  # an empty part still gets a (empty) file
-                self.write([])
+            if last or self.fd is None:  # an empty part still gets a (empty) file
+                self.write(last or [])
             assert self.fd is not None
             self.sha256 = self._sha256.digest()
             _set_digest(self.fd, self.sha256)

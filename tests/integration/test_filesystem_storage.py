@@ -128,15 +128,16 @@ async def test_file_and_every_changed_directory_are_synced_before_commit_returns
 
     final = storage.instance_path(INSTANCE)
     series_dir, study_dir = final.parent, final.parent.parent
-    # The root gained the study directory and the study directory the series
-    # directory (both synced as soon as they exist); the index gained its
-    # entry and the series directory the file, in that order, so a crash
-    # between the two leaves at worst a dangling index entry.
+    # The file is synced before its link.  Then every directory the commit
+    # changed, before it returns: the root gained the study directory and the
+    # study directory the series directory; the index gained its entry and
+    # the series directory the file, in that order, so a crash between the
+    # two leaves at worst a dangling index entry.
     assert events == [
         ("fsync", staged_name),
+        ("link", str(final)),
         ("fsync", str(storage.root)),
         ("fsync", str(study_dir)),
-        ("link", str(final)),
         ("fsync", str(storage.index)),
         ("fsync", str(series_dir)),
     ]

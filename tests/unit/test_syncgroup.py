@@ -39,68 +39,89 @@ class GatedFsync:
         self.gates[index].set()
 
 
-def start(groups: SyncGroups, directory: Path, results: list[object]) -> threading.Thread:
-    def run() -> None:
-        try:
-            groups.sync(directory)
-            results.append("ok")
-        except OSError as e:
-            results.append(e.errno)
+class Recorder:
+    """A ``done`` callback: each member's result, in the order they finished."""
 
-    thread = threading.Thread(target=run, daemon=True)
+    def __init__(self) -> None:
+        self.results: list[object] = []
+        self.finished = threading.Semaphore(0)
+
+    def __call__(self, error: OSError | None) -> None:
+        self.results.append("ok" if error is None else error.errno)
+        self.finished.release()
+
+    def wait(self, count: int) -> None:
+        for _ in range(count):
+            assert self.finished.acquire(timeout=WAIT)
+
+
+def lead(groups: SyncGroups, directories: list[Path], done: Recorder) -> threading.Thread:
+    """``submit`` from a thread of its own (it may become the directory's owner)."""
+    thread = threading.Thread(target=groups.submit, args=(directories, done), daemon=True)
     thread.start()
     return thread
 
 
-def wait_for_waiters(groups: SyncGroups, joined: int) -> None:
-    """Until ``joined`` syncs have been asked for (the threads are inside sync)."""
-    for _ in range(1000):
-        if groups.joined >= joined:
-            return
-        threading.Event().wait(0.005)
-    raise AssertionError(f"only {groups.joined} joined")
-
-
 def test_members_joining_during_an_fsync_share_the_next_one() -> None:
-    """One leader's fsync runs; three commits arriving meanwhile get one fsync together."""
+    """One fsync runs; three commits arriving meanwhile return at once and share the next."""
     fsync = GatedFsync()
     groups = SyncGroups(fsync)
-    first: list[object] = []
-    later: list[object] = []
-    leader = start(groups, DIR, first)
+    first, later = Recorder(), Recorder()
+    owner = lead(groups, [DIR], first)
     assert fsync.entered.acquire(timeout=WAIT)
-    followers = [start(groups, DIR, later) for _ in range(3)]
-    wait_for_waiters(groups, 4)
+    for _ in range(3):
+        groups.submit([DIR], later)  # returns at once: the directory has an owner
     # The running fsync may have begun before their entries were made: it
     # must not answer them.
     fsync.release(0)
-    leader.join(WAIT)
-    assert first == ["ok"]
-    assert fsync.entered.acquire(timeout=WAIT)  # the next generation started
-    assert later == []
+    first.wait(1)
+    assert first.results == ["ok"]
+    assert fsync.entered.acquire(timeout=WAIT)  # the owner runs the next generation
+    assert later.results == []
     fsync.release(1)
-    for follower in followers:
-        follower.join(WAIT)
-    assert later == ["ok"] * 3
+    later.wait(3)
+    owner.join(WAIT)
+    assert later.results == ["ok"] * 3
     assert fsync.calls == [DIR, DIR]
     assert (groups.joined, groups.fsyncs) == (4, 2)
+    assert groups._groups == {}
+
+
+def test_a_commits_directories_are_synced_in_order() -> None:
+    """The next directory's fsync begins only after the previous one succeeded."""
+    fsync = GatedFsync()
+    groups = SyncGroups(fsync)
+    done = Recorder()
+    owner = lead(groups, [Path("/index"), DIR], done)
+    assert fsync.entered.acquire(timeout=WAIT)
+    assert fsync.calls == [Path("/index")]
+    assert not fsync.entered.acquire(timeout=0.05)  # the series waits for the index
+    fsync.release(0)
+    assert fsync.entered.acquire(timeout=WAIT)
+    assert fsync.calls == [Path("/index"), DIR]
+    assert done.results == []
+    fsync.release(1)
+    done.wait(1)
+    owner.join(WAIT)
+    assert done.results == ["ok"]
 
 
 def test_directories_are_grouped_separately() -> None:
     """An fsync of one directory never answers a commit waiting for another."""
     fsync = GatedFsync()
     groups = SyncGroups(fsync)
-    results: list[object] = []
-    a = start(groups, Path("/a"), results)
+    done = Recorder()
+    a = lead(groups, [Path("/a")], done)
     assert fsync.entered.acquire(timeout=WAIT)
-    b = start(groups, Path("/b"), results)
+    b = lead(groups, [Path("/b")], done)
     assert fsync.entered.acquire(timeout=WAIT)  # /b does not wait for /a
     assert sorted(map(str, fsync.calls)) == ["/a", "/b"]
     fsync.release(0)
     fsync.release(1)
+    done.wait(2)
     a.join(WAIT)
     b.join(WAIT)
-    assert results == ["ok", "ok"]
+    assert done.results == ["ok", "ok"]
 
 
 def test_a_failed_fsync_fails_each_of_its_members_and_only_them() -> None:
@@ -108,26 +129,27 @@ def test_a_failed_fsync_fails_each_of_its_members_and_only_them() -> None:
     fsync = GatedFsync()
     fsync.fail_call = 1
     groups = SyncGroups(fsync)
-    first: list[object] = []
-    failed: list[object] = []
-    leader = start(groups, DIR, first)
+    first, failed = Recorder(), Recorder()
+    owner = lead(groups, [DIR], first)
     assert fsync.entered.acquire(timeout=WAIT)
-    members = [start(groups, DIR, failed) for _ in range(2)]
-    wait_for_waiters(groups, 3)
+    groups.submit([DIR, Path("/never")], failed)
+    groups.submit([DIR], failed)
     fsync.release(0)
     assert fsync.entered.acquire(timeout=WAIT)
     fsync.release(1)
-    for thread in [leader, *members]:
-        thread.join(WAIT)
-    assert first == ["ok"]
-    assert failed == [errno.EIO, errno.EIO]
+    failed.wait(2)
+    owner.join(WAIT)
+    assert first.results == ["ok"]
+    assert failed.results == [errno.EIO, errno.EIO]
+    assert Path("/never") not in fsync.calls  # a failed step ends the commit
     # Nothing of the failure stays behind: a later commit gets its own fsync.
-    after: list[object] = []
-    later = start(groups, DIR, after)
+    after = Recorder()
+    later = lead(groups, [DIR], after)
     assert fsync.entered.acquire(timeout=WAIT)
     fsync.release(2)
+    after.wait(1)
     later.join(WAIT)
-    assert after == ["ok"]
+    assert after.results == ["ok"]
     assert groups._groups == {}
 
 

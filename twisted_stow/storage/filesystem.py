@@ -37,6 +37,7 @@ import os
 import secrets
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -171,9 +172,24 @@ class FilesystemPartWriter:
         if self._failure is not None:
             return fail(self._failure)
         self._done = True
-        return self._queue.submit(
-            lambda: self._storage.link_into_place(self._file.path, instance, overwrite=overwrite)
+        # The link runs as the part's last queued job; the answer comes once
+        # the directories are synced, maybe in another thread's group fsync
+        # (one callFromThread either way).
+        answer: Deferred[CommitResult] = Deferred()
+        reactor = self._storage.reactor
+
+        def settle(result: CommitResult | Exception) -> None:
+            if isinstance(result, Exception):
+                reactor.callFromThread(answer.errback, Failure(result))
+            else:
+                reactor.callFromThread(answer.callback, result)
+
+        linked = self._queue.submit(
+            lambda: self._storage.place(self._file.path, instance, overwrite=overwrite, then=settle)
         )
+        # A link that failed: ``settle`` is never called.
+        linked.addErrback(answer.errback)
+        return answer
 
     def abort(self) -> Deferred[None]:
         if self._discarded is not None:
@@ -286,30 +302,40 @@ class FilesystemStorage:
     def link_into_place(
         self, staged: Path, instance: InstanceRef, *, overwrite: bool
     ) -> CommitResult:
-        """Blocking: move ``staged`` to its final name durably.
+        """Blocking: ``place``, then wait for its directory fsyncs."""
+        finished = threading.Event()
+        results: list[CommitResult | Exception] = []
 
-        A SOP Instance UID is unique across studies, so the duplicate check
-        goes through the index (``.sop-index/<SOPInstanceUID>``, a symlink to
-        the stored file), not only through the instance's own path.
+        def then(result: CommitResult | Exception) -> None:
+            results.append(result)
+            finished.set()
+
+        self.place(staged, instance, overwrite=overwrite, then=then)
+        finished.wait()
+        if isinstance(results[0], Exception):
+            raise results[0]
+        return results[0]
+
+    def place(
+        self,
+        staged: Path,
+        instance: InstanceRef,
+        *,
+        overwrite: bool,
+        then: Callable[[CommitResult | Exception], None],
+    ) -> None:
+        """Blocking: move ``staged`` to its final name; ``then`` gets the result
+        once every directory it created or changed is synced (or the error).
+
+        Raises, without calling ``then``, when the link itself fails.  A SOP
+        Instance UID is unique across studies, so the duplicate check goes
+        through the index (``.sop-index/<SOPInstanceUID>``, a symlink to the
+        stored file), not only through the instance's own path.
         """
         final = self.instance_path(instance)
         try:
-            self._make_dirs(final.parent)
+            new_dirs = self._make_dirs(final.parent)
             result, elsewhere = self._place(staged, final, instance, overwrite=overwrite)
-            if result is not CommitResult.CONFLICTING_DUPLICATE:
-                # Also for an identical duplicate: a retry racing the original
-                # commit (between its link and its fsyncs) must not be told
-                # "stored" before the entries are durable.  The index goes
-                # first, so a crash between the two fsyncs leaves at worst a
-                # dangling entry (reads as absent), not a stored file that
-                # escapes the index.  (The kernel may still write the link
-                # earlier on its own; excluding that would need an fsync
-                # between index and link, under the process-wide lock.)
-                changed_dirs = [self.index, final.parent]
-                if elsewhere is not None:
-                    changed_dirs.append(elsewhere.parent)
-                for directory in changed_dirs:
-                    self.syncs.sync(directory)
         except OSError as e:
             raise translate_os_error(e) from e
         finally:
@@ -319,7 +345,34 @@ class FilesystemStorage:
                 os.unlink(staged)
             except FileNotFoundError:
                 pass
-        return result
+        if result is CommitResult.CONFLICTING_DUPLICATE:
+            then(result)
+            return
+        # Also for an identical duplicate: a retry racing the original
+        # commit (between its link and its fsyncs) must not be told "stored"
+        # before the entries are durable.  New directories' parents first
+        # (root before study), then the index, then the series: a crash
+        # between the index and the series fsyncs leaves at worst a dangling
+        # entry (reads as absent), not a stored file that escapes the index.
+        # (The kernel may still write the link earlier on its own; excluding
+        # that would need an fsync between index and link, under the lock.)
+        changed_dirs = [directory.parent for directory in new_dirs]
+        changed_dirs += [self.index, final.parent]
+        if elsewhere is not None:
+            changed_dirs.append(elsewhere.parent)
+
+        def synced(error: OSError | None) -> None:
+            if error is not None:
+                then(translate_os_error(error))
+                return
+            # Known durable only now, so a commit that finds one in the set
+            # may rely on it.
+            if len(self._durable_dirs) + len(new_dirs) > _DURABLE_DIRS_MAX:
+                self._durable_dirs.clear()
+            self._durable_dirs.update(new_dirs)
+            then(result)
+
+        self.syncs.submit(changed_dirs, synced)
 
     def _place(
         self, staged: Path, final: Path, instance: InstanceRef, *, overwrite: bool
@@ -474,22 +527,23 @@ class FilesystemStorage:
             os.symlink(target, temporary)
         return temporary
 
-    def _make_dirs(self, series_dir: Path) -> None:
-        """Create the study and series directories; make their entries durable.
+    def _make_dirs(self, series_dir: Path) -> list[Path]:
+        """Create the study and series directories; return those whose entry
+        in their parent the commit must sync.
 
         Not only when this commit created them: a commit that created them
         and then failed, or a concurrent commit that has created them but
         not synced their parents yet, would otherwise leave a later instance
         reported stored under a directory whose entry a crash can lose.  So
         each directory not yet known durable in this process gets its parent
-        fsynced, whoever made it.  The directory itself is synced later,
+        fsynced, whoever made it (with the commit's other directories, after
+        the link and before the answer).  The directory itself is synced
         with the file it receives.
         """
+        not_durable: list[Path] = []
         for directory in (series_dir.parent, series_dir):
             if directory in self._durable_dirs:
                 continue
             directory.mkdir(exist_ok=True)
-            self.syncs.sync(directory.parent)
-            if len(self._durable_dirs) >= _DURABLE_DIRS_MAX:
-                self._durable_dirs.clear()
-            self._durable_dirs.add(directory)
+            not_durable.append(directory)
+        return not_durable

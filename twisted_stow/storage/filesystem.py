@@ -33,6 +33,7 @@ token: in a container the server is often pid 1 after every restart.
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import threading
@@ -107,6 +108,12 @@ class FilesystemPartWriter:
     def __init__(self, storage: FilesystemStorage, staged_path: Path) -> None:
         self._storage = storage
         self._queue = SerialQueue(storage.jobs, storage.reactor)
+        # The part's SHA-256 runs on a queue of its own once the part spans
+        # batches, so hashing a batch and writing it go on in two threads at
+        # once (hashlib and writev both release the GIL): a large upload's
+        # one writer thread, hashing and writing in turn, was its limit.  A
+        # part of one batch is hashed inline in finish's one job.
+        self._hash_queue: SerialQueue | None = None
         self._file = StagingFile(staged_path)
         self.staged_path = staged_path
         """Where the part is staged (for the storage's own tests and sweeps)."""
@@ -139,15 +146,25 @@ class FilesystemPartWriter:
         batch, written = self._take_batch()
         if not batch:
             return
-        d = self._queue.submit(lambda: self._file.write(batch))
-        # Released whether the write worked or not: failures surface in
-        # finish(); the upload's flow must never stay paused on them.
-        d.addBoth(self._release, written)
+        if self._hash_queue is None:
+            self._hash_queue = SerialQueue(self._storage.jobs, self._storage.reactor)
+        # Released once both threads are done with the batch, whether the
+        # write worked or not: failures surface in finish(); the upload's
+        # flow must never stay paused on them.
+        users = [2]
+        self._queue.submit(lambda: self._file.write(batch, hash=False)).addBoth(
+            self._release, written, users
+        )
+        self._hash_queue.submit(lambda: self._file.hash(batch)).addBoth(
+            self._release, written, users
+        )
 
-    def _release(self, result: object, written: list[Deferred[None]]) -> None:
+    def _release(self, result: object, written: list[Deferred[None]], users: list[int]) -> None:
         if isinstance(result, Failure):
             self._failure = result
-        _fire_all(written)
+        users[0] -= 1
+        if not users[0]:
+            _fire_all(written)
 
     _failure: Failure | None = None
 
@@ -158,9 +175,17 @@ class FilesystemPartWriter:
         # after every queued write, in order; a failed write left its
         # Failure on the reactor side, but this thread sees the same file
         # state (StagingFile.error re-raised).
-        batch, written = self._take_batch()
-        d = self._queue.submit(lambda: self._file.sync_and_close(batch))
-        return d.addBoth(self._finished, written)
+        if self._hash_queue is None:
+            batch, written = self._take_batch()
+            d = self._queue.submit(lambda: self._file.sync_and_close(batch))
+            return d.addBoth(self._finished, written)
+        # Several batches: the sync (which stores the digest) waits for the
+        # hash queue's last batch; the write queue keeps its order by itself.
+        self._flush()
+        sync = self._queue.submit
+        hashed = self._hash_queue.submit(lambda: None)
+        d = hashed.addCallback(lambda _: sync(self._file.sync_and_close))
+        return d.addBoth(self._finished, [])
 
     def _finished(self, result: int | Failure, written: list[Deferred[None]]) -> int | Failure:
         _fire_all(written)
@@ -199,8 +224,14 @@ class FilesystemPartWriter:
         self._done = True
         # Bytes never handed to the writer thread are dropped here and now.
         _fire_all(self._take_batch()[1])
-        self._discarded = self._queue.submit(self._file.discard)
-        self._discarded.addErrback(lambda f: log.failure("could not remove staging file", f))
+        discarded = self._queue.submit(self._file.discard)
+        discarded.addErrback(lambda f: log.failure("could not remove staging file", f))
+        if self._hash_queue is not None:
+            # Batches still being hashed are released (their writes' Deferreds
+            # fired) only when the hash thread is done with them.
+            hashed = self._hash_queue.submit(lambda: None)
+            discarded.addCallback(lambda _: hashed)
+        self._discarded = discarded
         return detached(self._discarded)
 
     _discarded: Deferred[None] | None = None
@@ -240,6 +271,7 @@ class FilesystemStorage:
         # Tells this run's staging files from an earlier run's with the same
         # pid (a restarted container); see _staging_is_stale.
         self._run_token = secrets.token_hex(8)
+        self._staging_names = itertools.count()
         self.reactor = reactor
         self.pool = ThreadPool(minthreads=0, maxthreads=writer_threads, name="stow-storage")
         self.jobs = Jobs(self.pool)
@@ -287,7 +319,10 @@ class FilesystemStorage:
         return None
 
     def open_writer(self) -> FilesystemPartWriter:
-        name = f"{os.getpid()}-{self._run_token}-{uuid.uuid4().hex}.part"
+        # A counter, not a random name: the run token already tells runs
+        # apart, and O_EXCL refuses a collision anyway (uuid4 cost a
+        # getrandom syscall on the reactor per part).
+        name = f"{os.getpid()}-{self._run_token}-{next(self._staging_names)}.part"
         return FilesystemPartWriter(self, self.staging / name)
 
     def instance_path(self, instance: InstanceRef) -> Path:

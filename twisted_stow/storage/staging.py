@@ -70,7 +70,16 @@ class StagingFile:
         # so a part with a hole in it can never be reported as staged.
         self.error: Exception | None = None
 
-    def write(self, buffers: list[bytes | memoryview]) -> None:
+    def hash(self, buffers: list[bytes | memoryview]) -> None:
+        """Feed the digest (a part's own hash queue, in batch order)."""
+        if len(buffers) > _JOIN_ABOVE_BUFFERS:
+            buffers = [b"".join(buffers)]  # one call, not thousands (tiny chunks)
+        for buffer in buffers:
+            self._sha256.update(buffer)
+
+    def write(self, buffers: list[bytes | memoryview], *, hash: bool = True) -> None:
+        """Append ``buffers``; feed the digest too unless ``hash`` is False (the
+        caller hashes them on another queue)."""
         if self.error is not None:
             raise self.error
         try:
@@ -84,8 +93,9 @@ class StagingFile:
                 # ~50,000 in a batch): writev refuses more than IOV_MAX
                 # buffers with EINVAL, and one copy is cheaper anyway.
                 buffers = [b"".join(buffers)]
-            for buffer in buffers:
-                self._sha256.update(buffer)
+            if hash:
+                for buffer in buffers:
+                    self._sha256.update(buffer)
             while buffers:
                 # Still capped: IOV_MAX may be below the join threshold.
                 written = os.writev(self.fd, buffers[:_IOV_MAX])

@@ -209,11 +209,13 @@ class FilesystemPartWriter:
             else:
                 reactor.callFromThread(answer.callback, result)
 
-        linked = self._queue.submit(
-            lambda: self._storage.place(self._file.path, instance, overwrite=overwrite, then=settle)
-        )
-        # A link that failed: ``settle`` is never called.
-        linked.addErrback(answer.errback)
+        def link() -> None:
+            try:
+                self._storage.place(self._file.path, instance, overwrite=overwrite, then=settle)
+            except Exception as e:  # the link failed: ``then`` is never called
+                settle(e)
+
+        self._queue.submit_reporting(link)
         return answer
 
     def abort(self) -> Deferred[None]:

@@ -124,6 +124,9 @@ class StagingFile:
         return self.size
 
     def discard(self) -> None:
+        # Anything queued behind the discard (a sync waiting for the hash
+        # queue) must fail, not recreate the file under its staging name.
+        self.error = OSError(errno.ECANCELED, "the part was discarded", str(self.path))
         self._close()
         try:
             os.unlink(self.path)

@@ -150,21 +150,29 @@ class FilesystemPartWriter:
             self._hash_queue = SerialQueue(self._storage.jobs, self._storage.reactor)
         # Released once both threads are done with the batch, whether the
         # write worked or not: failures surface in finish(); the upload's
-        # flow must never stay paused on them.
-        users = [2]
-        self._queue.submit(lambda: self._file.write(batch, hash=False)).addBoth(
-            self._release, written, users
-        )
-        self._hash_queue.submit(lambda: self._file.hash(batch)).addBoth(
-            self._release, written, users
-        )
+        # flow must never stay paused on them.  The thread that finishes
+        # second reports, so a batch still costs one callFromThread.
+        done = _BatchUsers(self._storage.reactor, self._release, written)
 
-    def _release(self, result: object, written: list[Deferred[None]], users: list[int]) -> None:
-        if isinstance(result, Failure):
-            self._failure = result
-        users[0] -= 1
-        if not users[0]:
-            _fire_all(written)
+        def write() -> None:
+            try:
+                self._file.write(batch, hash=False)
+            except Exception:
+                done.finished(Failure())
+            else:
+                done.finished(None)
+
+        def hash_batch() -> None:
+            self._file.hash(batch)
+            done.finished(None)
+
+        self._queue.submit_reporting(write)
+        self._hash_queue.submit_reporting(hash_batch)
+
+    def _release(self, failure: Failure | None, written: list[Deferred[None]]) -> None:
+        if failure is not None:
+            self._failure = failure
+        _fire_all(written)
 
     _failure: Failure | None = None
 
@@ -237,6 +245,35 @@ class FilesystemPartWriter:
         return detached(self._discarded)
 
     _discarded: Deferred[None] | None = None
+
+
+class _BatchUsers:
+    """The two threads using one batch (write and hash); the second to finish reports."""
+
+    __slots__ = ("_failure", "_left", "_lock", "_reactor", "_release", "_written")
+
+    def __init__(
+        self,
+        reactor: IReactorFromThreads,
+        release: Callable[[Failure | None, list[Deferred[None]]], None],
+        written: list[Deferred[None]],
+    ) -> None:
+        self._reactor = reactor
+        self._release = release
+        self._written = written
+        self._lock = threading.Lock()
+        self._left = 2
+        self._failure: Failure | None = None
+
+    def finished(self, failure: Failure | None) -> None:
+        """Called in a writer thread once this user is done with the batch."""
+        with self._lock:
+            self._left -= 1
+            if failure is not None:
+                self._failure = failure
+            last = not self._left
+        if last:
+            self._reactor.callFromThread(self._release, self._failure, self._written)
 
 
 def _fire_all(written: list[Deferred[None]]) -> None:

@@ -9,6 +9,14 @@ before the clock starts) and the figures are per GB of decoded bytes.
 
     python3 -m benchmarks.integrity_cost                 # 3 runs, plain and gzip
     python3 -m benchmarks.integrity_cost --size tiny     # seconds
+    python3 -m benchmarks.integrity_cost --study ct \
+        --compare before=/path/to/old/checkout --compare after=.   # side by side
+
+``--compare NAME=CHECKOUT`` (repeatable) starts one server per checkout
+(``PYTHONPATH=CHECKOUT``, so its ``twisted_stow`` is imported) and POSTs the
+study to each in turn, ``--runs`` rounds, so every code tree meets the same
+load from the machine's other work; it reports medians of CPU-s/GB, CPU-ms
+per instance and MB/s per tree (plain bodies only).
 
 Run it on the commit before issue 19 (``PYTHONPATH=<that checkout>``) for
 the "before" figures; docs/DESIGN.md ("Integrity") quotes both.
@@ -85,8 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--no-gzip", action="store_true", help="plain bodies only")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--study", default="large", help="a study of _studies.FULL")
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME=CHECKOUT",
+        help="a code tree to measure side by side (repeatable)",
+    )
     args = parser.parse_args(argv)
-    spec = (_studies.FULL if args.size == "full" else _studies.TINY)["large"]
+    spec = (_studies.FULL if args.size == "full" else _studies.TINY)[args.study]
+    if args.compare:
+        return compare(args, spec)
     with tempfile.TemporaryDirectory(dir=args.workdir, prefix="integrity-cost-") as tmp:
         work = Path(tmp)
         study = _studies.generate(work / "studies", "large", spec)
@@ -137,6 +155,59 @@ def main(argv: list[str] | None = None) -> int:
             f"{mode}: {statistics.median(cpu_per_gb):.2f} CPU-s/GB "
             f"(runs {', '.join(f'{c:.2f}' for c in cpu_per_gb)}), "
             f"{statistics.median(rate):.0f} MB/s (runs {', '.join(f'{r:.0f}' for r in rate)})"
+        )
+    return 0
+
+
+def compare(args: argparse.Namespace, spec: list[tuple[int, int]]) -> int:
+    """One server per ``--compare`` checkout, the study POSTed to each in turn."""
+    trees = [tuple(item.split("=", 1)) for item in args.compare]
+    with tempfile.TemporaryDirectory(dir=args.workdir, prefix="integrity-cost-") as tmp:
+        work = Path(tmp)
+        study = _studies.generate(work / "studies", args.study, spec)
+        servers: dict[str, Ours] = {}
+        figures: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _ in trees}
+        try:
+            for name, checkout in trees:
+                env = dict(os.environ, PYTHONPATH=str(Path(checkout).absolute()))
+                servers[name] = Ours(work / f"server-{name}", env=env)
+                warm = study.variant(900 + len(servers))
+                _client.post_instances(
+                    servers[name].port, "/studies", warm.instances, chunked=False
+                )
+                servers[name].release_space()
+            for run in range(args.runs):
+                for offset, (name, _) in enumerate(trees):
+                    server = servers[name]
+                    variant = study.variant(100 * run + offset)
+                    cpu = cpu_seconds(server.pid)
+                    reply = _client.post_instances(
+                        server.port, "/studies", variant.instances, chunked=False
+                    )
+                    used = cpu_seconds(server.pid) - cpu
+                    if reply.problem:
+                        print(f"{name} run {run}: {reply.problem}", file=sys.stderr)
+                        return 1
+                    figures[name].append(
+                        (
+                            used / (study.bytes / GB),
+                            1000 * used / len(study.instances),
+                            study.bytes / reply.seconds / 1e6,
+                        )
+                    )
+                    print(f"{name} run {run}: {figures[name][-1]}", flush=True)
+                    server.release_space()
+        finally:
+            for server in servers.values():
+                server.stop()
+    print(f"{args.study}: {len(study.instances)} instances, {study.bytes / 1e6:.0f} MB")
+    for name, values in figures.items():
+        cpu_gb, cpu_ms, rate = (sorted(v[i] for v in values) for i in range(3))
+        print(
+            f"{name}: {statistics.median(cpu_gb):.2f} CPU-s/GB "
+            f"({', '.join(f'{c:.2f}' for c in cpu_gb)}), "
+            f"{statistics.median(cpu_ms):.2f} CPU-ms/instance, "
+            f"{statistics.median(rate):.0f} MB/s ({', '.join(f'{r:.0f}' for r in rate)})"
         )
     return 0
 

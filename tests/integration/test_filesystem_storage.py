@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -128,15 +129,16 @@ async def test_file_and_every_changed_directory_are_synced_before_commit_returns
 
     final = storage.instance_path(INSTANCE)
     series_dir, study_dir = final.parent, final.parent.parent
-    # The root gained the study directory and the study directory the series
-    # directory (both synced as soon as they exist); the index gained its
-    # entry and the series directory the file, in that order, so a crash
-    # between the two leaves at worst a dangling index entry.
+    # The file is synced before its link.  Then every directory the commit
+    # changed, before it returns: the root gained the study directory and the
+    # study directory the series directory; the index gained its entry and
+    # the series directory the file, in that order, so a crash between the
+    # two leaves at worst a dangling index entry.
     assert events == [
         ("fsync", staged_name),
+        ("link", str(final)),
         ("fsync", str(storage.root)),
         ("fsync", str(study_dir)),
-        ("link", str(final)),
         ("fsync", str(storage.index)),
         ("fsync", str(series_dir)),
     ]
@@ -625,3 +627,32 @@ async def test_overwrite_failing_at_any_step_leaves_exactly_the_old_instance(
     assert storage.instance_path(MOVED).read_bytes() == b"replacement"
     assert not storage.instance_path(INSTANCE).exists()
     assert _index_entries(storage) == [INSTANCE.sop_instance_uid]
+
+
+@pytest_twisted.ensureDeferred
+async def test_abort_while_a_large_part_finishes_leaves_no_file(
+    storage: FilesystemStorage, flow: BytesInFlight
+) -> None:
+    """A part of several batches syncs only after its hash queue: an abort queued
+    before that sync makes it fail, and no staging file is recreated."""
+    writer = storage.open_writer()
+    send(flow, writer, os.urandom(2 * BATCH_BYTES + 5))
+    finishing = writer.finish()
+    await writer.abort()
+    with pytest.raises(OSError):
+        await finishing
+    assert staged(storage) == []
+    assert flow.in_flight_bytes == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_part_hashed_beside_its_writes_has_the_right_digest(
+    storage: FilesystemStorage, flow: BytesInFlight
+) -> None:
+    """Batches hashed on their own queue, in order: the digest is the whole part's."""
+    data = os.urandom(3 * BATCH_BYTES + 4321)
+    writer = await write_part(storage, flow, data, 200 * 1024 + 3)
+    assert writer.sha256 == hashlib.sha256(data).digest()
+    assert await writer.commit(INSTANCE, overwrite=False) is CommitResult.STORED
+    stored = storage.instance_path(INSTANCE)
+    assert os.getxattr(stored, staging.DIGEST_XATTR) == writer.sha256

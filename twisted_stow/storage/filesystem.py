@@ -18,6 +18,13 @@ A commit is reported only once everything leading to the file is durable:
 the staged file is fsynced before it is linked; the parent of a study or
 series directory is fsynced the first time this process meets the directory,
 whoever created it; then the index directory, then the series directory.
+Directory fsyncs are shared (``syncgroup``): one fsync of a directory
+answers every commit that linked into it before the fsync began, so
+concurrent commits into one series, and every commit's index entry, cost
+one fsync per group instead of one each (docs/STORAGE.md).
+
+A small part (one batch) costs two pool jobs: its last batch is written,
+hashed and synced in ``finish``'s one job, and ``commit`` is the other.
 
 Staging names are ``<pid>-<run token>-<random>.part``.  Start-up removes the
 files of processes that are gone, and those with our pid but another run's
@@ -28,11 +35,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import secrets
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -49,6 +57,7 @@ from ..durable import fsync_directory, pid_alive
 from ..interfaces import IPartWriter, IStorage
 from .serial import Jobs, SerialQueue
 from .staging import StagingFile, translate_os_error
+from .syncgroup import SyncGroups
 
 log = Logger()
 
@@ -101,6 +110,12 @@ class FilesystemPartWriter:
     def __init__(self, storage: FilesystemStorage, staged_path: Path) -> None:
         self._storage = storage
         self._queue = SerialQueue(storage.jobs, storage.reactor)
+        # The part's SHA-256 runs on a queue of its own once the part spans
+        # batches, so hashing a batch and writing it go on in two threads at
+        # once (hashlib and writev both release the GIL): a large upload's
+        # one writer thread, hashing and writing in turn, was its limit.  A
+        # part of one batch is hashed inline in finish's one job.
+        self._hash_queue: SerialQueue | None = None
         self._file = StagingFile(staged_path)
         self.staged_path = staged_path
         """Where the part is staged (for the storage's own tests and sweeps)."""
@@ -133,40 +148,85 @@ class FilesystemPartWriter:
         batch, written = self._take_batch()
         if not batch:
             return
-        d = self._queue.submit(lambda: self._file.write(batch))
-        # Released whether the write worked or not: failures surface in
-        # finish(); the upload's flow must never stay paused on them.
-        d.addBoth(self._release, written)
+        if self._hash_queue is None:
+            self._hash_queue = SerialQueue(self._storage.jobs, self._storage.reactor)
+        # Released once both threads are done with the batch, whether the
+        # write worked or not: failures surface in finish(); the upload's
+        # flow must never stay paused on them.  The thread that finishes
+        # second reports, so a batch still costs one callFromThread.
+        done = _BatchUsers(self._storage.reactor, self._release, written)
 
-    def _release(self, result: object, written: list[Deferred[None]]) -> None:
-        if isinstance(result, Failure):
-            self._failure = result
+        def write() -> None:
+            try:
+                self._file.write(batch, hash=False)
+            except Exception:
+                done.finished(Failure())
+            else:
+                done.finished(None)
+
+        def hash_batch() -> None:
+            self._file.hash(batch)
+            done.finished(None)
+
+        self._queue.submit_reporting(write)
+        self._hash_queue.submit_reporting(hash_batch)
+
+    def _release(self, failure: Failure | None, written: list[Deferred[None]]) -> None:
+        if failure is not None:
+            self._failure = failure
         _fire_all(written)
 
     _failure: Failure | None = None
 
     def finish(self) -> Deferred[int]:
         self._finishing = True
-        self._flush()
-        return self._queue.submit(self._sync_after_writes).addCallback(self._finished)
-
-    def _finished(self, size: int) -> int:
-        self.sha256 = self._file.sha256
-        return size
-
-    def _sync_after_writes(self) -> int:
-        # Runs after every queued write, in order; a failed write left its
+        # The last batch goes with the sync, in one job: a part of one batch
+        # (most instances) costs one thread hop here, not two.  It runs
+        # after every queued write, in order; a failed write left its
         # Failure on the reactor side, but this thread sees the same file
-        # state: a missing fd after a failed open means nothing to sync.
-        return self._file.sync_and_close()
+        # state (StagingFile.error re-raised).
+        if self._hash_queue is None:
+            batch, written = self._take_batch()
+            d = self._queue.submit(lambda: self._file.sync_and_close(batch))
+            return d.addBoth(self._finished, written)
+        # Several batches: the sync (which stores the digest) waits for the
+        # hash queue's last batch; the write queue keeps its order by itself.
+        self._flush()
+        sync = self._queue.submit
+        hashed = self._hash_queue.submit(lambda: None)
+        d = hashed.addCallback(lambda _: sync(self._file.sync_and_close))
+        return d.addBoth(self._finished, [])
+
+    def _finished(self, result: int | Failure, written: list[Deferred[None]]) -> int | Failure:
+        _fire_all(written)
+        if not isinstance(result, Failure):
+            self.sha256 = self._file.sha256
+        return result
 
     def commit(self, instance: InstanceRef, *, overwrite: bool) -> Deferred[CommitResult]:
         if self._failure is not None:
             return fail(self._failure)
         self._done = True
-        return self._queue.submit(
-            lambda: self._storage.link_into_place(self._file.path, instance, overwrite=overwrite)
-        )
+        # The link runs as the part's last queued job; the answer comes once
+        # the directories are synced, maybe in another thread's group fsync
+        # (one callFromThread either way).
+        answer: Deferred[CommitResult] = Deferred()
+        reactor = self._storage.reactor
+
+        def settle(result: CommitResult | Exception) -> None:
+            if isinstance(result, Exception):
+                reactor.callFromThread(answer.errback, Failure(result))
+            else:
+                reactor.callFromThread(answer.callback, result)
+
+        def link() -> None:
+            try:
+                self._storage.place(self._file.path, instance, overwrite=overwrite, then=settle)
+            except Exception as e:  # the link failed: ``then`` is never called
+                settle(e)
+
+        self._queue.submit_reporting(link)
+        return answer
 
     def abort(self) -> Deferred[None]:
         if self._discarded is not None:
@@ -176,8 +236,14 @@ class FilesystemPartWriter:
         self._done = True
         # Bytes never handed to the writer thread are dropped here and now.
         _fire_all(self._take_batch()[1])
-        self._discarded = self._queue.submit(self._file.discard)
-        self._discarded.addErrback(lambda f: log.failure("could not remove staging file", f))
+        discarded = self._queue.submit(self._file.discard)
+        discarded.addErrback(lambda f: log.failure("could not remove staging file", f))
+        if self._hash_queue is not None:
+            # Batches still being hashed are released (their writes' Deferreds
+            # fired) only when the hash thread is done with them.
+            hashed = self._hash_queue.submit(lambda: None)
+            discarded.addCallback(lambda _: hashed)
+        self._discarded = discarded
         return detached(self._discarded)
 
     _discarded: Deferred[None] | None = None
@@ -203,6 +269,35 @@ def sweep_run_staging(root: Path, run_token: str) -> int:
                 entry.unlink()
                 removed += 1
     return removed
+
+
+class _BatchUsers:
+    """The two threads using one batch (write and hash); the second to finish reports."""
+
+    __slots__ = ("_failure", "_left", "_lock", "_reactor", "_release", "_written")
+
+    def __init__(
+        self,
+        reactor: IReactorFromThreads,
+        release: Callable[[Failure | None, list[Deferred[None]]], None],
+        written: list[Deferred[None]],
+    ) -> None:
+        self._reactor = reactor
+        self._release = release
+        self._written = written
+        self._lock = threading.Lock()
+        self._left = 2
+        self._failure: Failure | None = None
+
+    def finished(self, failure: Failure | None) -> None:
+        """Called in a writer thread once this user is done with the batch."""
+        with self._lock:
+            self._left -= 1
+            if failure is not None:
+                self._failure = failure
+            last = not self._left
+        if last:
+            self._reactor.callFromThread(self._release, self._failure, self._written)
 
 
 def _fire_all(written: list[Deferred[None]]) -> None:
@@ -239,10 +334,13 @@ class FilesystemStorage:
         # miss it both fsync, which is harmless.  (Single set operations are
         # atomic, no lock needed.)
         self._durable_dirs: set[Path] = set()
+        # Directory fsyncs shared between concurrent commits.
+        self.syncs = SyncGroups()
         # Tells this run's staging files from an earlier run's with the same
         # pid (a restarted container); see _staging_is_stale.  A worker's
         # main process chooses it, to sweep the files of a worker that died.
         self._run_token = run_token or secrets.token_hex(8)
+        self._staging_names = itertools.count()
         self.reactor = reactor
         self.pool = ThreadPool(minthreads=0, maxthreads=writer_threads, name="stow-storage")
         self.jobs = Jobs(self.pool)
@@ -315,7 +413,10 @@ class FilesystemStorage:
         return None
 
     def open_writer(self) -> FilesystemPartWriter:
-        name = f"{os.getpid()}-{self._run_token}-{uuid.uuid4().hex}.part"
+        # A counter, not a random name: the run token already tells runs
+        # apart, and O_EXCL refuses a collision anyway (uuid4 cost a
+        # getrandom syscall on the reactor per part).
+        name = f"{os.getpid()}-{self._run_token}-{next(self._staging_names)}.part"
         return FilesystemPartWriter(self, self.staging / name)
 
     def instance_path(self, instance: InstanceRef) -> Path:
@@ -330,30 +431,40 @@ class FilesystemStorage:
     def link_into_place(
         self, staged: Path, instance: InstanceRef, *, overwrite: bool
     ) -> CommitResult:
-        """Blocking: move ``staged`` to its final name durably.
+        """Blocking: ``place``, then wait for its directory fsyncs."""
+        finished = threading.Event()
+        results: list[CommitResult | Exception] = []
 
-        A SOP Instance UID is unique across studies, so the duplicate check
-        goes through the index (``.sop-index/<SOPInstanceUID>``, a symlink to
-        the stored file), not only through the instance's own path.
+        def then(result: CommitResult | Exception) -> None:
+            results.append(result)
+            finished.set()
+
+        self.place(staged, instance, overwrite=overwrite, then=then)
+        finished.wait()
+        if isinstance(results[0], Exception):
+            raise results[0]
+        return results[0]
+
+    def place(
+        self,
+        staged: Path,
+        instance: InstanceRef,
+        *,
+        overwrite: bool,
+        then: Callable[[CommitResult | Exception], None],
+    ) -> None:
+        """Blocking: move ``staged`` to its final name; ``then`` gets the result
+        once every directory it created or changed is synced (or the error).
+
+        Raises, without calling ``then``, when the link itself fails.  A SOP
+        Instance UID is unique across studies, so the duplicate check goes
+        through the index (``.sop-index/<SOPInstanceUID>``, a symlink to the
+        stored file), not only through the instance's own path.
         """
         final = self.instance_path(instance)
         try:
-            self._make_dirs(final.parent)
+            new_dirs = self._make_dirs(final.parent)
             result, elsewhere = self._place(staged, final, instance, overwrite=overwrite)
-            if result is not CommitResult.CONFLICTING_DUPLICATE:
-                # Also for an identical duplicate: a retry racing the original
-                # commit (between its link and its fsyncs) must not be told
-                # "stored" before the entries are durable.  The index goes
-                # first, so a crash between the two fsyncs leaves at worst a
-                # dangling entry (reads as absent), not a stored file that
-                # escapes the index.  (The kernel may still write the link
-                # earlier on its own; excluding that would need an fsync
-                # between index and link, under the process-wide lock.)
-                changed_dirs = [self.index, final.parent]
-                if elsewhere is not None:
-                    changed_dirs.append(elsewhere.parent)
-                for directory in changed_dirs:
-                    fsync_directory(directory)
         except OSError as e:
             raise translate_os_error(e) from e
         finally:
@@ -363,7 +474,34 @@ class FilesystemStorage:
                 os.unlink(staged)
             except FileNotFoundError:
                 pass
-        return result
+        if result is CommitResult.CONFLICTING_DUPLICATE:
+            then(result)
+            return
+        # Also for an identical duplicate: a retry racing the original
+        # commit (between its link and its fsyncs) must not be told "stored"
+        # before the entries are durable.  New directories' parents first
+        # (root before study), then the index, then the series: a crash
+        # between the index and the series fsyncs leaves at worst a dangling
+        # entry (reads as absent), not a stored file that escapes the index.
+        # (The kernel may still write the link earlier on its own; excluding
+        # that would need an fsync between index and link, under the lock.)
+        changed_dirs = [directory.parent for directory in new_dirs]
+        changed_dirs += [self.index, final.parent]
+        if elsewhere is not None:
+            changed_dirs.append(elsewhere.parent)
+
+        def synced(error: OSError | None) -> None:
+            if error is not None:
+                then(translate_os_error(error))
+                return
+            # Known durable only now, so a commit that finds one in the set
+            # may rely on it.
+            if len(self._durable_dirs) + len(new_dirs) > _DURABLE_DIRS_MAX:
+                self._durable_dirs.clear()
+            self._durable_dirs.update(new_dirs)
+            then(result)
+
+        self.syncs.submit(changed_dirs, synced)
 
     def _place(
         self, staged: Path, final: Path, instance: InstanceRef, *, overwrite: bool
@@ -391,7 +529,10 @@ class FilesystemStorage:
                 # Index first: a crash between the two steps leaves a dangling
                 # entry, which reads as absent, never an instance that escapes
                 # the index.
-                self._point(entry, final)
+                if previous is None:
+                    self._point(entry, final)
+                # else the entry names ``final`` already (an identical
+                # retry, or a stray file at ``final``): nothing to change.
                 try:
                     # link() is a rename that refuses to replace: atomic like
                     # rename(), but an instance already stored is never
@@ -482,12 +623,17 @@ class FilesystemStorage:
         return target if target.exists() else None
 
     def _point(self, entry: Path, final: Path) -> None:
-        """Make the index entry name ``final`` (atomically replacing any)."""
+        """Make the index entry name ``final``, where ``_indexed`` found none.
+
+        Usually there is no entry at all, and the symlink is made under its
+        own name, atomically, in one syscall.  A dangling one (its file gone)
+        is replaced atomically through a temporary name.
+        """
         try:
-            if os.readlink(entry) == os.path.relpath(final, self.index):
-                return
-        except FileNotFoundError:
-            pass
+            os.symlink(os.path.relpath(final, self.index), entry)
+            return
+        except (FileExistsError, FileNotFoundError):
+            pass  # dangling entry, or the index directory is gone: the slow way
         temporary = self._new_entry(entry, final)
         try:
             os.replace(temporary, entry)
@@ -506,26 +652,27 @@ class FilesystemStorage:
             # operator's clean-up): recreate it rather than fail every store,
             # and make its entry in the root durable before any entry in it.
             self.index.mkdir(exist_ok=True)
-            fsync_directory(self.root)
+            self.syncs.sync(self.root)
             os.symlink(target, temporary)
         return temporary
 
-    def _make_dirs(self, series_dir: Path) -> None:
-        """Create the study and series directories; make their entries durable.
+    def _make_dirs(self, series_dir: Path) -> list[Path]:
+        """Create the study and series directories; return those whose entry
+        in their parent the commit must sync.
 
         Not only when this commit created them: a commit that created them
         and then failed, or a concurrent commit that has created them but
         not synced their parents yet, would otherwise leave a later instance
         reported stored under a directory whose entry a crash can lose.  So
         each directory not yet known durable in this process gets its parent
-        fsynced, whoever made it.  The directory itself is synced later,
+        fsynced, whoever made it (with the commit's other directories, after
+        the link and before the answer).  The directory itself is synced
         with the file it receives.
         """
+        not_durable: list[Path] = []
         for directory in (series_dir.parent, series_dir):
             if directory in self._durable_dirs:
                 continue
             directory.mkdir(exist_ok=True)
-            fsync_directory(directory.parent)
-            if len(self._durable_dirs) >= _DURABLE_DIRS_MAX:
-                self._durable_dirs.clear()
-            self._durable_dirs.add(directory)
+            not_durable.append(directory)
+        return not_durable

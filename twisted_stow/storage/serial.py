@@ -61,12 +61,27 @@ class SerialQueue:
     def __init__(self, jobs: Jobs, reactor: IReactorFromThreads) -> None:
         self._jobs = jobs
         self._reactor = reactor
-        self._ops: deque[tuple[Callable[[], Any], Deferred[Any]]] = deque()
+        # An operation and its Deferred; None for one that reports its own
+        # result (``submit_reporting``).
+        self._ops: deque[tuple[Callable[[], Any], Deferred[Any] | None]] = deque()
         self._lock = threading.Lock()
         self._running = False
 
     def submit(self, op: Callable[[], T]) -> Deferred[T]:
         d: Deferred[T] = Deferred()
+        self._queue(op, d)
+        return d
+
+    def submit_reporting(self, op: Callable[[], None]) -> None:
+        """Queue ``op``, which reports its own outcome (it must not raise).
+
+        For an operation whose answer comes later from another thread (a
+        commit waiting for its group fsync): no Deferred, and no
+        ``callFromThread`` of a result nobody wants.
+        """
+        self._queue(op, None)
+
+    def _queue(self, op: Callable[[], Any], d: Deferred[Any] | None) -> None:
         with self._lock:
             self._ops.append((op, d))
             start = not self._running
@@ -75,18 +90,20 @@ class SerialQueue:
             # Refused only after stop(): as with ThreadPool itself, nothing
             # submitted after that runs (start-up sweeps what it leaves).
             self._jobs.submit(self._run_one)
-        return d
 
     def _run_one(self) -> None:
         while True:
             with self._lock:
                 op, d = self._ops.popleft()
-            try:
-                result = op()
-            except BaseException:
-                self._reactor.callFromThread(d.errback, Failure())
+            if d is None:
+                op()
             else:
-                self._reactor.callFromThread(d.callback, result)
+                try:
+                    result = op()
+                except BaseException:
+                    self._reactor.callFromThread(d.errback, Failure())
+                else:
+                    self._reactor.callFromThread(d.callback, result)
             with self._lock:
                 if not self._ops:
                     self._running = False

@@ -70,7 +70,16 @@ class StagingFile:
         # so a part with a hole in it can never be reported as staged.
         self.error: Exception | None = None
 
-    def write(self, buffers: list[bytes | memoryview]) -> None:
+    def hash(self, buffers: list[bytes | memoryview]) -> None:
+        """Feed the digest (a part's own hash queue, in batch order)."""
+        if len(buffers) > _JOIN_ABOVE_BUFFERS:
+            buffers = [b"".join(buffers)]  # one call, not thousands (tiny chunks)
+        for buffer in buffers:
+            self._sha256.update(buffer)
+
+    def write(self, buffers: list[bytes | memoryview], *, hash: bool = True) -> None:
+        """Append ``buffers``; feed the digest too unless ``hash`` is False (the
+        caller hashes them on another queue)."""
         if self.error is not None:
             raise self.error
         try:
@@ -84,8 +93,9 @@ class StagingFile:
                 # ~50,000 in a batch): writev refuses more than IOV_MAX
                 # buffers with EINVAL, and one copy is cheaper anyway.
                 buffers = [b"".join(buffers)]
-            for buffer in buffers:
-                self._sha256.update(buffer)
+            if hash:
+                for buffer in buffers:
+                    self._sha256.update(buffer)
             while buffers:
                 # Still capped: IOV_MAX may be below the join threshold.
                 written = os.writev(self.fd, buffers[:_IOV_MAX])
@@ -95,12 +105,13 @@ class StagingFile:
             self.error = translate_os_error(e)
             raise self.error from e
 
-    def sync_and_close(self) -> int:
+    def sync_and_close(self, last: list[bytes | memoryview] | None = None) -> int:
+        """Write ``last`` (the part's final batch), set the digest, fsync, close."""
         try:
             if self.error is not None:
                 raise self.error
-            if self.fd is None:  # an empty part still gets a (empty) file
-                self.write([])
+            if last or self.fd is None:  # an empty part still gets a (empty) file
+                self.write(last or [])
             assert self.fd is not None
             self.sha256 = self._sha256.digest()
             _set_digest(self.fd, self.sha256)
@@ -113,6 +124,9 @@ class StagingFile:
         return self.size
 
     def discard(self) -> None:
+        # Anything queued behind the discard (a sync waiting for the hash
+        # queue) must fail, not recreate the file under its staging name.
+        self.error = OSError(errno.ECANCELED, "the part was discarded", str(self.path))
         self._close()
         try:
             os.unlink(self.path)

@@ -23,6 +23,7 @@ setup(
         "twisted_stow.workflow",
         "twisted_stow.ops",
         "twisted_stow.client",
+        "twisted_stow.cluster",
         "twisted.plugins",
     ],
     package_dir={"twisted.plugins": "plugins"},

@@ -5,20 +5,26 @@ package, which .ci/run installs when missing). ``initdb`` refuses to run as
 root, so as root the cluster directory is chowned to the ``postgres`` user
 and ``initdb``/``postgres`` run as that user (``setpriv``, which execs, so
 the PID held is the postmaster's); otherwise as the
-current user. The Unix socket goes into the temp dir too, so nothing touches
-the machine's own /var/run/postgresql. Started and stopped by PID (other
-engineers run PostgreSQL too); ``stop`` then ``start`` again keeps the data,
-which is how the tests restart the database under a running server. If it
-cannot start, the tests that need it fail: they never skip.
+current user. The cluster lives in a directory of its own under the system
+temp dir, not under pytest's (pytest resets its per-user root to 0700 in
+every session, which would lock the postgres user out of a running cluster
+while other sessions start); its Unix socket goes there too, so nothing
+touches the machine's own /var/run/postgresql; ``close`` removes it.
+Started and stopped by PID (other engineers run PostgreSQL too); ``stop``
+then ``start`` again keeps the data, which is how the tests restart the
+database under a running server. If it cannot start, the tests that need it
+fail: they never skip.
 """
 
 from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -62,8 +68,10 @@ class PostgreSQL:
 
     def __init__(self, base: Path) -> None:
         self.base = base
-        self.data = base / "data"
-        self.sockets = base / "run"
+        base.mkdir(parents=True, exist_ok=True)
+        self.home = Path(tempfile.mkdtemp(prefix="stow-postgres-"))
+        self.data = self.home / "data"
+        self.sockets = self.home / "run"
         self.port = free_port()
         self.url = f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{DATABASE}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -84,20 +92,10 @@ class PostgreSQL:
 
     def _initdb(self) -> None:
         binaries = bin_dir()
-        for path in (self.base, self.data, self.sockets):
+        for path in (self.data, self.sockets):
             path.mkdir(parents=True, exist_ok=True)
-        self.base.chmod(0o755)
         self.data.chmod(0o700)
-        self._own(self.data, self.sockets)
-        # Its parents must be traversable by the postgres user (pytest's temp
-        # dirs are 0700 under root's).
-        if self._as_root:
-            for parent in self.base.parents:
-                if parent == Path("/"):
-                    break
-                mode = parent.stat().st_mode
-                if not mode & 0o001:
-                    parent.chmod(mode | 0o001)
+        self._own(self.home, self.data, self.sockets)
         result = subprocess.run(
             self._command(
                 str(binaries / "initdb"),
@@ -202,3 +200,8 @@ class PostgreSQL:
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
         while (self.data / "postmaster.pid").exists() and time.monotonic() < deadline:
             time.sleep(0.1)
+
+    def close(self) -> None:
+        """Stop, and remove the cluster's directory."""
+        self.stop()
+        shutil.rmtree(self.home, ignore_errors=True)

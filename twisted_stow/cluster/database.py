@@ -21,6 +21,7 @@ caller as ``IndexUnavailable`` (an ``OSError``, so ingest fails the one part
 from __future__ import annotations
 
 import errno
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -143,7 +144,7 @@ class Database:
     def _call(self, work: Callable[..., T], *args: Any) -> T:
         """In a pool thread: this thread's connection (opened on demand), then ``work``."""
         conn: psycopg.Connection[Any] | None = getattr(self._local, "conn", None)
-        if conn is not None and (conn.closed or conn.broken):
+        if conn is not None and (conn.closed or conn.broken or _hung_up(conn)):
             self._forget(conn)
             conn = None
         if conn is None:
@@ -187,6 +188,17 @@ class Database:
                 log.info("index probe took {s:.1f} s", s=time.monotonic() - started)
 
         self._probing.addBoth(done)
+
+
+def _hung_up(conn: psycopg.Connection[Any]) -> bool:
+    """An idle connection with something to read has been closed by the server
+    (a restart sends its FATAL notice and hangs up): do not send the next
+    part's claim into it only to fail that part 0x0110. No round trip."""
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return True
+    return bool(readable)
 
 
 def _select_one(conn: psycopg.Connection[Any]) -> None:

@@ -119,9 +119,7 @@ def test_a_killed_node_s_request_is_relayed_by_another(
             assert [row[1] for row in outbox_rows(postgres, url)] == [correlation]
         finally:
             first.kill()
-        second = Node(
-            tmp_path / "b", url, "--amqp-url", broker.url, seaweed=seaweed, bucket=bucket
-        )
+        second = Node(tmp_path / "b", url, "--amqp-url", broker.url, seaweed=seaweed, bucket=bucket)
         try:
             ((properties, body),) = collect(broker, queue, 1)
             assert observe.wait_until(lambda: outbox_rows(postgres, url) == [], WAIT_SECONDS)
@@ -181,11 +179,11 @@ def test_claims_of_a_dead_relay_expire_and_live_claims_are_skipped(
             (expired_id, "now() - interval '1 minute'"),
             (live_id, "now() + interval '1 hour'"),
         ):
-            body = json.dumps({"payload_id": payload_id, "correlation_id": "c"}).encode()
+            document = json.dumps({"payload_id": payload_id, "correlation_id": "c"}).encode()
             conn.execute(
                 "INSERT INTO stow_outbox (payload_id, correlation_id, body, claimed_by, "
                 f"claimed_until, attempts) VALUES (%s, 'c', %s, 'dead-relay', {until}, 1)",
-                (payload_id, body),
+                (payload_id, document),
             )
     relay = Node(tmp_path / "relay", url, "--amqp-url", broker.url)
     try:

@@ -62,7 +62,7 @@ def bind_queue(broker: RabbitMQ) -> str:
 
 
 def drain(broker: RabbitMQ, queue: str) -> list[tuple[Any, dict[str, Any]]]:
-    messages = []
+    messages: list[tuple[Any, dict[str, Any]]] = []
     with closing(pika.BlockingConnection(broker.parameters())) as connection:
         channel = connection.channel()
         while True:

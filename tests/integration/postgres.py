@@ -66,8 +66,11 @@ class PostgreSQL:
     need no password, and the server never puts one on its command line.
     """
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, *, fsync: bool = False) -> None:
         self.base = base
+        # Off for tests (see start); benchmarks turn it on to measure what a
+        # real, durable commit costs.
+        self.fsync = fsync
         base.mkdir(parents=True, exist_ok=True)
         self.home = Path(tempfile.mkdtemp(prefix="stow-postgres-"))
         self.data = self.home / "data"
@@ -136,7 +139,7 @@ class PostgreSQL:
                 # not what is tested (the server's answers are), and fsync
                 # would cost every test seconds on this shared disk.
                 "-c",
-                "fsync=off",
+                f"fsync={'on' if self.fsync else 'off'}",
                 "-c",
                 "max_connections=100",
             ),

@@ -195,3 +195,45 @@ def test_claims_of_a_dead_relay_expire_and_live_claims_are_skipped(
         relay.stop()
     assert properties.message_id == body["payload_id"] == expired_id
     assert drain(broker, queue) == []
+
+
+def test_outbox_lost_after_the_instances_were_stored_is_a_503(
+    postgres: PostgreSQL, tmp_path: Path
+) -> None:
+    """The database connection dies just as the workflow request is written
+    (a trigger terminates the writing backend): the answer is 503 with
+    Retry-After, never a 500; the instances stay stored, and once the outage
+    is over the same POST succeeds (identical instances) with its request."""
+    url = postgres.new_database()
+    node = Node(tmp_path / "node", url)
+    try:
+        with postgres.connect(url.rsplit("/", 1)[1]) as conn:
+            conn.execute(
+                "CREATE FUNCTION stow_test_die() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM pg_terminate_backend(pg_backend_pid()); RETURN NEW; END $$"
+            )
+            conn.execute(
+                "CREATE TRIGGER stow_test_die BEFORE INSERT ON stow_outbox "
+                "FOR EACH ROW EXECUTE FUNCTION stow_test_die()"
+            )
+        ds, data = new_instance()
+        answer = node.post([data], "/dicomweb/studies")
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["Retry-After"].isdigit()
+        assert answer.headers["Content-Type"] == "application/problem+json"
+        with postgres.connect(url.rsplit("/", 1)[1]) as conn:
+            stored = conn.execute(
+                "SELECT state FROM stow_instances WHERE sop_instance_uid = %s",
+                (ds.SOPInstanceUID,),
+            ).fetchall()
+            assert stored == [("stored",)]
+            assert conn.execute("SELECT count(*) FROM stow_outbox").fetchone() == (0,)
+            conn.execute("DROP TRIGGER stow_test_die ON stow_outbox")
+
+        def retried() -> bool:
+            return node.post([data], "/dicomweb/studies").status_code == 200
+
+        assert observe.wait_until(retried, WAIT_SECONDS)
+        assert len(outbox_rows(postgres, url)) >= 1
+    finally:
+        node.stop()

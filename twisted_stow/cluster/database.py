@@ -56,6 +56,10 @@ PROBE_SECONDS = 2.0
 class IndexUnavailable(OSError):
     """The database could not be reached or failed mid-call."""
 
+    # What a request that needed it is told (503): about the probe's period
+    # twice, as for the object store.
+    retry_after_seconds = 5
+
     def __init__(self, detail: str) -> None:
         super().__init__(errno.EIO, f"index database unavailable: {detail}")
 

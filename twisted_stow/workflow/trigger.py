@@ -39,6 +39,12 @@ class Submission:
     entry: Path | None = None
     error: BaseException | None = None
 
+    @property
+    def retry_after_seconds(self) -> int | None:
+        """Set when the error is an outage the client should wait out (503), not a fault."""
+        seconds = getattr(self.error, "retry_after_seconds", None)
+        return seconds if isinstance(seconds, int) else None
+
 
 def new_correlation_id() -> str:
     """A fresh correlation id for one HTTP request (a UUID, as MONAI uses)."""

@@ -350,6 +350,8 @@ def test_postgres_restarted_under_a_running_node(tmp_path: Path) -> None:
                 reasons = failure_reasons(response.json()) if response.status_code == 409 else []
                 answers.append((response.status_code, retry_after, reasons))
                 if response.status_code == 503:
+                    # The client learns that the index is down, not where it lives.
+                    assert str(database.port) not in response.json()["detail"]
                     break
             assert answers[-1][0] == 503 and answers[-1][1] is not None, answers
             for status, retry_after, reasons in answers:

@@ -61,7 +61,13 @@ class IndexUnavailable(OSError):
     retry_after_seconds = 5
 
     def __init__(self, detail: str) -> None:
-        super().__init__(errno.EIO, f"index database unavailable: {detail}")
+        # Clients read strerror (a 503's detail, a part's 0x0110 reason):
+        # it names no host, port or server message; ``detail`` is for the log.
+        super().__init__(errno.EIO, CLIENT_REASON)
+        self.detail = detail
+
+
+CLIENT_REASON = "the index database is unavailable"
 
 
 def conninfo_options() -> dict[str, Any]:
@@ -138,8 +144,12 @@ class Database:
 
     def _failed(self, failure: Any) -> Any:
         if failure.check(IndexUnavailable) and self.problem is None:
-            self.problem = str(failure.value.strerror)
-            log.warn("{problem}", problem=self.problem)
+            self.problem = CLIENT_REASON
+            log.warn(
+                "index database {url} unavailable: {detail}",
+                url=self._safe_url(),
+                detail=failure.value.detail,
+            )
         return failure
 
     def _safe_url(self) -> str:
@@ -180,8 +190,10 @@ class Database:
         """The periodic probe; one at a time, and one that hangs counts as down."""
         if self._probing is not None:
             if self.problem is None:
-                self.problem = "index database unavailable: no answer to the health probe"
-                log.warn("{problem}", problem=self.problem)
+                self.problem = CLIENT_REASON
+                log.warn(
+                    "index database {url}: no answer to the health probe", url=self._safe_url()
+                )
             return
         started = time.monotonic()
         self._probing = self.run(_select_one)

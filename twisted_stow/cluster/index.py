@@ -357,4 +357,4 @@ async def _quietly(d: Deferred[Any]) -> None:
     try:
         await d
     except IndexUnavailable as e:
-        log.warn("could not give an index row back: {error}", error=e)
+        log.warn("could not give an index row back: {error}", error=e.detail)

@@ -247,7 +247,7 @@ class AmqpPublisher(Service):
                     log.warn(
                         "workflow outbox {outbox} unavailable ({error}); retry in {delay} s",
                         outbox=self.outbox.description,
-                        error=_describe(error),
+                        error=getattr(error, "detail", None) or _describe(error),
                         delay=self._retry_max,
                     )
                     await self._sleep(self._retry_max)

@@ -12,7 +12,9 @@ measures, side by side in one run:
    alternating, over keep-alive HTTP; median ms per POST of each, and the
    index's statements per instance (from ``pg_stat_database.xact_commit``:
    each autocommit statement is one transaction and one round trip).
-3. The outbox per POST: the ``--index`` server's ``/studies`` against its
+3. Per instance within one POST of ``--study`` instances (pipelined
+   commits), without and with ``--index``.
+4. The outbox per POST: the ``--index`` server's ``/studies`` against its
    ``/dicomweb/studies`` (the same storing plus one outbox row), and the
    spool of the server without ``--index`` for comparison.
 
@@ -137,6 +139,24 @@ def post_interleaved(routes: dict[str, tuple[int, str]], count: int) -> dict[str
     return samples
 
 
+def study_ms_per_instance(port: int, parts: int) -> float:
+    """One POST of ``parts`` instances (a study's series): ms per instance.
+
+    Ingest pipelines the parts, so their index statements overlap and
+    PostgreSQL can flush several commits at once.
+    """
+    connection = http.client.HTTPConnection("127.0.0.1", port)
+    body = build_multipart([instance() for _ in range(parts)], BOUNDARY)
+    started = time.perf_counter()
+    connection.request("POST", "/studies", body, {"Content-Type": multipart_content_type(BOUNDARY)})
+    response = connection.getresponse()
+    response.read()
+    elapsed = time.perf_counter() - started
+    connection.close()
+    assert response.status == 200, response.status
+    return elapsed * 1000 / parts
+
+
 def statements_per_instance(url: str, port: int, count: int) -> float:
     """The index's committed statements per one-instance POST to /studies.
 
@@ -144,11 +164,11 @@ def statements_per_instance(url: str, port: int, count: int) -> float:
     count is read after a pause; the health probe's statements (one per 2 s)
     in the window are subtracted.
     """
-    time.sleep(1.5)
+    time.sleep(3.0)
     before = commits(url)
     started = time.monotonic()
     post_interleaved({"index": (port, "/studies")}, count)
-    time.sleep(1.5)
+    time.sleep(3.0)
     after = commits(url)
     probes = (time.monotonic() - started) / 2.0
     # Minus the one the reading connection commits itself.
@@ -165,6 +185,7 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=200, help="POSTs per server and route")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--round-trips", type=int, default=2000)
+    parser.add_argument("--study", type=int, default=100, help="instances in the one-POST study")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
@@ -198,6 +219,14 @@ def main() -> None:
                 for name, values in medians.items():
                     shown = ", ".join(f"{v:.2f}" for v in values)
                     print(f"  {name:26} {statistics.median(values):6.2f}  ({shown})")
+                studies: dict[str, list[float]] = {"plain": [], "index": []}
+                for _ in range(args.runs):
+                    for name, server in (("plain", plain), ("index", indexed)):
+                        studies[name].append(study_ms_per_instance(server.port, args.study))
+                print(f"ms per instance in one POST of {args.study}, median of {args.runs} runs:")
+                for name, values in studies.items():
+                    shown = ", ".join(f"{v:.2f}" for v in values)
+                    print(f"  {name + ' study':26} {statistics.median(values):6.2f}  ({shown})")
                 statements = [
                     statements_per_instance(url, indexed.port, args.instances)
                     for _ in range(args.runs)

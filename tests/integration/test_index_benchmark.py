@@ -15,7 +15,7 @@ def test_index_cost_tiny_prints_every_figure() -> None:
             sys.executable,
             "-m",
             "benchmarks.index_cost",
-            *("--instances", "3", "--runs", "1", "--round-trips", "20"),
+            *("--instances", "3", "--runs", "1", "--round-trips", "20", "--study", "3"),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -30,6 +30,7 @@ def test_index_cost_tiny_prints_every_figure() -> None:
         "index /studies",
         "index /dicomweb (outbox)",
         "plain /dicomweb (spool)",
+        "index study",
         "statements (round trips) per instance",
     ):
         assert figure in done.stdout, done.stdout

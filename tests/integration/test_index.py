@@ -371,3 +371,32 @@ def test_postgres_restarted_under_a_running_node(tmp_path: Path) -> None:
             node.stop()
     finally:
         database.close()
+
+
+def test_overwrites_racing_on_two_nodes_leave_row_and_object_agreeing(
+    postgres: PostgreSQL, seaweed: SeaweedFS, tmp_path: Path
+) -> None:
+    """Both nodes overwrite: both succeed, one after the other (the index
+    serialises them), and the row's SHA-256 is that of the object left."""
+    url = postgres.new_database()
+    bucket = seaweed.new_bucket()
+    s3 = seaweed.client()
+    first = Node(tmp_path / "a", url, "--duplicates", "overwrite", seaweed=seaweed, bucket=bucket)
+    try:
+        second = Node(
+            tmp_path / "b", url, "--duplicates", "overwrite", seaweed=seaweed, bucket=bucket
+        )
+        try:
+            for round_ in range(3):
+                ds, one = new_instance(padding=400, seed=round_)
+                other = with_padding(ds, padding=401, seed=round_ + 60)
+                assert race(first, second, one, other) == [(200, []), (200, [])]
+                row = index_row(postgres, url, ds.SOPInstanceUID)
+                assert row is not None and row[0] == "stored"
+                body = s3.get_object(Bucket=bucket, Key=row[3])["Body"].read()
+                assert body in (one, other)
+                assert sha256(body) == row[1]
+        finally:
+            second.stop()
+    finally:
+        first.stop()

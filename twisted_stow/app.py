@@ -348,7 +348,8 @@ class StowService:
                 # sends again later, as for any refusal from the headers.
                 raise ServiceUnavailable(
                     "the instances were stored, but their workflow request could not be "
-                    f"recorded: {spooled.error}; send the request again (correlation id "
+                    f"recorded ({getattr(spooled.error, 'strerror', None) or 'outage'}); "
+                    "send the request again (correlation id "
                     f"{correlation_id})",
                     spooled.retry_after_seconds,
                 )

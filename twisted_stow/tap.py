@@ -137,6 +137,7 @@ class Options(usage.Options):
             ),
         ],
         ["amqp-exchange", None, DEFAULT_AMQP_EXCHANGE, "Exchange (topic, durable) to publish to."],
+        ["amqp-routing-key", None, DEFAULT_AMQP_ROUTING_KEY, "Routing key of workflow requests."],
         [
             "index",
             None,
@@ -147,7 +148,6 @@ class Options(usage.Options):
                 "PGPASSWORD or ~/.pgpass, never the URL."
             ),
         ],
-        ["amqp-routing-key", None, DEFAULT_AMQP_ROUTING_KEY, "Routing key of workflow requests."],
         [
             "idle-timeout",
             None,

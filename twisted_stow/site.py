@@ -28,6 +28,7 @@ from .workflow.spool import Spool
 from .workflow.trigger import WorkflowTrigger
 
 if TYPE_CHECKING:
+    from .cluster.outbox import OutboxTable
     from .workers.control import WorkerControl
 
 
@@ -114,31 +115,48 @@ def make_services(
     """
     if storage is None:
         storage = make_storage(config, reactor)
+    outbox = None
+    if config.index_url is not None:
+        # The shared index decides every commit; the shared outbox replaces
+        # the spool's role (docs/CLUSTER.md).
+        from .cluster.wiring import with_index
+
+        storage, outbox = with_index(storage, config.index_url, reactor)
     run_in_thread = reactor_threads(reactor)
     workflows = WorkflowTrigger(
         Spool(config.workflow_spool_dir),
         run_in_thread,
         storage_root=config.storage_root,
         default_workflows=config.default_workflows,
+        record=outbox.record if outbox is not None else None,
     )
     top = MultiService()
     StorageService(storage).setServiceParent(top)
     SpoolService(workflows.spool).setServiceParent(top)
-    if not in_worker:
+    publisher: AmqpPublisher | None = None
+    if outbox is not None:
+        # The shared outbox's rows are claimed atomically (FOR UPDATE SKIP
+        # LOCKED), so every process relays it: each worker, as each node.
+        publisher = make_publisher(config, outbox, reactor)
+    elif not in_worker:
+        # The spool is one directory of files: one publisher per server,
+        # the main process's under --workers.
         metrics.watch_spool(lambda: len(workflows.spool.pending()))
         publisher = make_publisher(config, workflows.spool, reactor)
-        if publisher is not None:
-            workflows.on_spooled(publisher.wake)
-            publisher.setServiceParent(top)
+    if publisher is not None:
+        workflows.on_spooled(publisher.wake)
+        publisher.setServiceParent(top)
     return top, make_site(config, storage, reactor, workflows, control=control)
 
 
-def make_publisher(config: StowConfig, spool: Spool, reactor: Any) -> AmqpPublisher | None:
-    """The AMQP publisher of the workflow spool (``--amqp-url``), or None without a broker."""
+def make_publisher(
+    config: StowConfig, outbox: Spool | OutboxTable, reactor: Any
+) -> AmqpPublisher | None:
+    """The AMQP publisher of the workflow spool or shared outbox (``--amqp-url``), or None."""
     if config.amqp_url is None:
         return None
     return AmqpPublisher(
-        spool,
+        outbox,
         config.amqp_url,
         exchange=config.amqp_exchange,
         routing_key=config.amqp_routing_key,

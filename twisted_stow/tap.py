@@ -142,6 +142,16 @@ class Options(usage.Options):
         ["amqp-exchange", None, DEFAULT_AMQP_EXCHANGE, "Exchange (topic, durable) to publish to."],
         ["amqp-routing-key", None, DEFAULT_AMQP_ROUTING_KEY, "Routing key of workflow requests."],
         [
+            "index",
+            None,
+            None,
+            (
+                "postgresql://USER@HOST:PORT/DB: the SOP instance index and workflow outbox "
+                "shared by every node of a cluster (docs/CLUSTER.md); the password comes from "
+                "PGPASSWORD or ~/.pgpass, never the URL."
+            ),
+        ],
+        [
             "idle-timeout",
             None,
             str(DEFAULT_IDLE_TIMEOUT_SECONDS),
@@ -446,6 +456,7 @@ HELP_GROUPS: list[tuple[str, list[str]]] = [
         ["config", "workers", "metrics-listen", "drain-timeout", "log-format", "version", "help"],
     ),
     ("S3 storage (--storage s3://BUCKET[/PREFIX])", ["s3-endpoint", "s3-region"]),
+    ("Cluster", ["index"]),
 ]
 
 HELP_EXAMPLES = """Examples:
@@ -533,6 +544,12 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         _check_s3(config)
     else:
         startup.check_storage(config.storage)
+    if config.index_url is not None:
+        from .cluster.wiring import prepare
+
+        problem = prepare(config.index_url)
+        if problem is not None:
+            startup.fail(problem)
     workers = _workers(config, reactor)
     if workers > 1:
         from .workers.main import make_main_services

@@ -64,7 +64,9 @@ def make_main_services(
     spool = Spool(config.workflow_spool_dir)
     SpoolService(spool).setServiceParent(top)
     metrics.watch_spool(lambda: len(spool.pending()))
-    publisher = make_publisher(config, spool, reactor)
+    # With --index the workers relay the shared outbox themselves (its rows
+    # are claimed atomically); the spool then stays empty and unpublished.
+    publisher = None if config.index_url is not None else make_publisher(config, spool, reactor)
     supervisor = Supervisor(
         reactor=reactor,
         shared=SharedState(config, reactor.seconds),

@@ -58,7 +58,7 @@ from ..core.outcomes import InstanceRef
 from ..core.policy import CommitResult, StorageFull
 from ..deferreds import detached
 from ..interfaces import INamedPartWriter, IPartWriter, IStorage
-from .s3client import QUOTA_CODES, S3Client, S3Error, S3Location, find_all, text_of
+from .s3client import QUOTA_CODES, QUOTA_STATUS, S3Client, S3Error, S3Location, find_all, text_of
 
 log = Logger()
 
@@ -96,8 +96,10 @@ SWEEP_SECONDS = 300.0
 UPLOAD_MAX_AGE_SECONDS = 24 * 3600.0
 # Health: the bucket is probed this often off the hot path (HEAD, short
 # timeout), and the store counts as down once this many requests in a row
-# (probes or uploads) got no answer at all.  One is not enough: a pooled
-# keep-alive connection the store closed fails one request of a healthy store.
+# (probes or uploads) got no answer at all or a server error (500, 503
+# SlowDown, ...: ``s3client.UNAVAILABLE_STATUSES``).  One is not enough: a
+# pooled keep-alive connection the store closed fails one request of a
+# healthy store, and a busy one may throttle a single request.
 HEALTH_PROBE_SECONDS = 2.0
 HEALTH_PROBE_TIMEOUT_SECONDS = 2.0
 DOWN_AFTER_FAILURES = 2
@@ -162,7 +164,8 @@ class ByteBudget:
 
 
 def _storage_error(error: S3Error) -> OSError:
-    if error.code in QUOTA_CODES or error.status == 507:
+    """A failed S3 request as ingest sees it: no room (0xA700) or a fault (0x0110)."""
+    if error.code in QUOTA_CODES or error.status == QUOTA_STATUS:
         return StorageFull(error.strerror)  # type: ignore[return-value]
     return error
 
@@ -612,10 +615,10 @@ class S3Storage:
         self._prober.start(HEALTH_PROBE_SECONDS, now=False)
 
     def unavailable(self) -> str | None:
-        """Why the store is down (the last requests got no answer), or None."""
-        if self.client.transport_failures < DOWN_AFTER_FAILURES:
+        """Why the store is down (the last requests got no answer or a 5xx), or None."""
+        if self.client.failures_in_a_row < DOWN_AFTER_FAILURES:
             return None
-        return f"the object store does not answer ({self.client.last_transport_error})"
+        return f"the object store {self.client.last_failure}"
 
     def _probe(self) -> None:
         """HEAD the bucket, so the health follows the store while no upload runs

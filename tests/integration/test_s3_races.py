@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from tests.dicom_files import MR
 from tests.integration.seaweedfs import SeaweedFS, open_uploads, read_object
@@ -164,3 +165,64 @@ def test_two_overwriting_servers_race(seaweed: SeaweedFS, tmp_path: Path) -> Non
     finally:
         for server in servers:
             server.stop()
+
+
+RACERS = 8
+
+
+def racing_writes(seaweed: SeaweedFS, write: Callable[[Any, int], Any]) -> list[int]:
+    """``write(client, i)`` from ``RACERS`` threads at once; the HTTP status each got."""
+    clients = [seaweed.client() for _ in range(RACERS)]
+    statuses = [0] * RACERS
+    start = threading.Barrier(RACERS)
+
+    def run(index: int) -> None:
+        start.wait()
+        try:
+            answer = write(clients[index], index)
+            statuses[index] = answer["ResponseMetadata"]["HTTPStatusCode"]
+        except ClientError as e:
+            statuses[index] = e.response["ResponseMetadata"]["HTTPStatusCode"]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(RACERS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return statuses
+
+
+def conditional_write(
+    operation: str, bucket: str, key: str, etag: str
+) -> Callable[[Any, int], Any]:
+    """Racer ``i``'s conditional write of ``key`` (``etag``: the version it read)."""
+
+    def write(client: Any, index: int) -> Any:
+        body = b"racer %d" % index
+        if operation == "PutObject If-None-Match":
+            return client.put_object(Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
+        if operation == "PutObject If-Match":
+            return client.put_object(Bucket=bucket, Key=key, Body=body, IfMatch=etag)
+        return client.delete_object(Bucket=bucket, Key=key, IfMatch=etag)
+
+    return write
+
+
+@pytest.mark.parametrize(
+    ("operation", "success"),
+    [("PutObject If-None-Match", 200), ("PutObject If-Match", 200), ("DeleteObject If-Match", 204)],
+)
+def test_store_honours_the_conditions_claims_rest_on(
+    seaweed: SeaweedFS, operation: str, success: int
+) -> None:
+    """What the claim design assumes of the store, under races of 8 writers on one key:
+    exactly one conditional write succeeds, the others get 412."""
+    s3 = seaweed.client()
+    bucket = seaweed.new_bucket()
+    for trial in range(TRIALS):
+        key = f"claim-{trial}"
+        etag = ""
+        if operation != "PutObject If-None-Match":
+            etag = s3.put_object(Bucket=bucket, Key=key, Body=b"stale")["ETag"]
+        statuses = racing_writes(seaweed, conditional_write(operation, bucket, key, etag))
+        assert sorted(statuses) == [success] + [412] * (RACERS - 1)

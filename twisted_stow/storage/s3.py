@@ -6,10 +6,11 @@ Layout (``PREFIX`` from ``--storage s3://BUCKET/PREFIX``):
   part, ``Content-Type: application/dicom``;
 - ``PREFIX/.sop-index/<SOP>``: the claim of a SOP Instance UID (its object's
   key, SHA-256 and size), written with ``If-None-Match: *`` before the
-  instance becomes visible: SeaweedFS 4.48 honours that condition on
-  PutObject but not on CompleteMultipartUpload, so racing uploads of one UID
-  (on one server or several) are decided by the claim, never by the
-  completion;
+  instance becomes visible, and taken over or overwritten only with
+  ``If-Match`` on the ETag read: SeaweedFS 4.48 honours both on PutObject
+  under races but not ``If-None-Match`` on CompleteMultipartUpload, so
+  racing uploads of one UID (on one server or several) are decided by the
+  claim, never by the completion;
 - ``PREFIX/.stow/runs/<run>``: this server run's heartbeat, and
   ``PREFIX/.stow/uploads/<run>/<UploadId>``: each multipart upload it has
   open (the object's key as body), so the sweep knows which uploads are whose

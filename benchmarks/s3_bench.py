@@ -9,6 +9,8 @@ alternates the targets run by run, each into a bucket (or prefix) of its own:
 - **boto3**: boto3 ``upload_file`` of the same instance files, one after the
   other, with boto3's default ``TransferConfig`` (multipart above 8 MiB, 10
   threads per file): what a plain S3 client gets out of the same store;
+- **boto3-1** (large only): the same with ``max_concurrency=1``, one part in
+  flight as ours: what part concurrency is worth on this store;
 - **multipart**: the very request body ours receives (``_client.instances_body``)
   as one object, one multipart upload of ``s3.PART_BYTES`` parts sent one at a
   time from one thread (boto3's low-level client): the store's limit for one
@@ -38,6 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from boto3.s3.transfer import TransferConfig
+
 from benchmarks import _client, _servers, _studies
 from benchmarks._server_usage import RssSampler, kernel_peak, reset_kernel_peak
 from benchmarks._servers import Ours
@@ -48,8 +52,14 @@ MIB = 1024 * 1024
 READ_BYTES = MIB
 STUDIES = ("large", "ct")
 # Per study, the targets run side by side (Orthanc is the peer on ct only).
-TARGETS = {"large": ("ours", "boto3", "multipart"), "ct": ("ours", "boto3", "multipart", "orthanc")}
+TARGETS = {
+    "large": ("ours", "boto3", "boto3-1", "multipart"),
+    "ct": ("ours", "boto3", "multipart", "orthanc"),
+}
 RESULTS = Path(__file__).resolve().parent / "results"
+# boto3 with one part in flight, as ours sends them: the gap to the default
+# (10 threads) is what part concurrency is worth on this store.
+ONE_PART_IN_FLIGHT = TransferConfig(max_concurrency=1)
 
 
 def run_ours(
@@ -72,11 +82,13 @@ def run_ours(
     }
 
 
-def run_boto3(study: _studies.Study, bucket: str, s3: Any) -> dict[str, float | int | str]:
-    """boto3 ``upload_file`` of every instance file, default transfer config."""
+def run_boto3(
+    study: _studies.Study, bucket: str, s3: Any, config: TransferConfig | None = None
+) -> dict[str, float | int | str]:
+    """boto3 ``upload_file`` of every instance file, default transfer config unless given."""
     started = time.monotonic()
     for index, instance in enumerate(study.instances):
-        s3.upload_file(str(instance.path), bucket, f"boto3/{index:05d}.dcm")
+        s3.upload_file(str(instance.path), bucket, f"boto3/{index:05d}.dcm", Config=config)
     seconds = time.monotonic() - started
     stored = count_objects(s3, bucket)
     problem = "" if stored == len(study.instances) else f"{stored} objects in the bucket"
@@ -190,9 +202,15 @@ def main(argv: list[str] | None = None) -> int:
                             bucket = store.new_bucket()
                             if target == "boto3":
                                 result = run_boto3(study, bucket, s3)
+                            elif target == "boto3-1":
+                                result = run_boto3(study, bucket, s3, ONE_PART_IN_FLIGHT)
                             else:
                                 result = run_multipart(study, bucket, s3)
                             _clear(s3, bucket)
+                            # SeaweedFS frees a bucket's volumes only with the
+                            # bucket: a new 1 GB bucket per run otherwise runs
+                            # out of volume slots (InternalError) in one run.
+                            s3.delete_bucket(Bucket=bucket)
                         result.update(study=name, target=target, run=run, bytes=study.bytes)
                         runs.append(result)
                         print(_line(result), flush=True)
@@ -272,6 +290,7 @@ def _summary(runs: list[dict[str, Any]], studies: list[str]) -> dict[str, Any]:
 LABELS = {
     "ours": "twisted-stow, chunked POST",
     "boto3": "boto3 `upload_file` per instance",
+    "boto3-1": "boto3 `upload_file`, max_concurrency=1",
     "multipart": "one multipart upload of the body",
     "orthanc": "Orthanc on local disk, chunked POST",
 }

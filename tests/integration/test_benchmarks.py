@@ -122,7 +122,7 @@ def test_s3_bench_tiny_runs_every_target_on_large_and_ct(tmp_path: Path) -> None
     )
     results = json.loads((out / "s3.json").read_text())
     seen = {(r["study"], r["target"]) for r in results["runs"]}
-    expected = {("large", t) for t in ("ours", "boto3", "multipart")}
+    expected = {("large", t) for t in ("ours", "boto3", "boto3-1", "multipart")}
     expected |= {("ct", t) for t in ("ours", "boto3", "multipart", "orthanc")}
     assert seen == expected
     assert [r for r in results["runs"] if r["problem"]] == []

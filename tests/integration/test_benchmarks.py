@@ -110,21 +110,27 @@ def test_peak_rss_tiny_stores_and_checks_one_request(tmp_path: Path) -> None:
     assert "check OK" in done.stdout
 
 
-def test_s3_bench_tiny_runs_ours_and_boto3_on_large_and_ct(tmp_path: Path) -> None:
-    """benchmarks.s3_bench at the tiny size: both targets on both studies, every object stored."""
+def test_s3_bench_tiny_runs_every_target_on_large_and_ct(tmp_path: Path) -> None:
+    """benchmarks.s3_bench at the tiny size: every target on both studies (Orthanc on ct),
+    every object stored, the JSON and the table written."""
+    _require_orthanc()
     out = tmp_path / "results"
     _run(
         "-m",
         "benchmarks.s3_bench",
         *("--size", "tiny", "--runs", "1", "--out", str(out), "--workdir", str(tmp_path)),
     )
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "s3.json").read_text())
     seen = {(r["study"], r["target"]) for r in results["runs"]}
-    assert seen == {(s, t) for s in ("large", "ct") for t in ("ours", "boto3")}
+    expected = {("large", t) for t in ("ours", "boto3", "boto3-1", "multipart")}
+    expected |= {("ct", t) for t in ("ours", "boto3", "multipart", "orthanc")}
+    assert seen == expected
     assert [r for r in results["runs"] if r["problem"]] == []
     for study in ("large", "ct"):
         figures = results["summary"]["studies"][study]
         assert figures["ratio"] > 0 and figures["ours_peak_rss_mib"] > 0
+        assert all(ratio > 0 for ratio in figures["ratios"].values())
+    assert "one multipart upload of the body" in (out / "s3.md").read_text()
 
 
 def test_control_cost_tiny_measures_all_three_ways() -> None:

@@ -301,9 +301,15 @@ def check_endpoint(description: str, option: str) -> None:
         )
 
 
+def is_object_store(storage: str) -> bool:
+    """Whether ``--storage`` or a ``storage_root`` names an object store (``s3://``)
+    rather than a directory: the one place that tells them apart."""
+    return storage.startswith(S3_SCHEME)
+
+
 def s3_target(storage: str, endpoint: str | None, region: str | None) -> S3Target | None:
     """``--storage s3://BUCKET[/PREFIX]`` and its ``--s3-*`` options, or None for a directory."""
-    if not storage.startswith(S3_SCHEME):
+    if not is_object_store(storage):
         if endpoint or region:
             raise ValueError("--s3-endpoint/--s3-region: need --storage s3://BUCKET[/PREFIX]")
         return None

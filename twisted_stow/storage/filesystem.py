@@ -96,6 +96,19 @@ def _same_contents(a: Path, b: Path) -> bool:
                 return True
 
 
+def indexed_file(index: Path, entry: Path | str) -> Path | None:
+    """The stored file the index entry ``entry`` (in directory ``index``) names,
+    or None: no such entry, or it dangles.  The one reading of the index, for
+    the backend and ``stow-verify`` alike.
+    """
+    try:
+        # Lexical, not resolve(): the root itself may sit behind a symlink.
+        target = Path(os.path.normpath(index / os.readlink(entry)))
+    except FileNotFoundError:
+        return None
+    return target if target.is_file() else None
+
+
 @implementer(IPartWriter)
 class FilesystemPartWriter:
     """Stages one part on disk; see ``IPartWriter`` for the lifecycle.
@@ -615,12 +628,7 @@ class FilesystemStorage:
 
     def _indexed(self, entry: Path) -> Path | None:
         """The stored file an index entry names, or None (no entry, dangling)."""
-        try:
-            # Lexical, not resolve(): the root itself may sit behind a symlink.
-            target = Path(os.path.normpath(self.index / os.readlink(entry)))
-        except FileNotFoundError:
-            return None
-        return target if target.exists() else None
+        return indexed_file(self.index, entry)
 
     def _point(self, entry: Path, final: Path) -> None:
         """Make the index entry name ``final``, where ``_indexed`` found none.

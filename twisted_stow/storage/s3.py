@@ -6,10 +6,11 @@ Layout (``PREFIX`` from ``--storage s3://BUCKET/PREFIX``):
   part, ``Content-Type: application/dicom``;
 - ``PREFIX/.sop-index/<SOP>``: the claim of a SOP Instance UID (its object's
   key, SHA-256 and size), written with ``If-None-Match: *`` before the
-  instance becomes visible: SeaweedFS 4.48 honours that condition on
-  PutObject but not on CompleteMultipartUpload, so racing uploads of one UID
-  (on one server or several) are decided by the claim, never by the
-  completion;
+  instance becomes visible, and taken over or overwritten only with
+  ``If-Match`` on the ETag read: SeaweedFS 4.48 honours both on PutObject
+  under races but not ``If-None-Match`` on CompleteMultipartUpload, so
+  racing uploads of one UID (on one server or several) are decided by the
+  claim, never by the completion;
 - ``PREFIX/.stow/runs/<run>``: this server run's heartbeat, and
   ``PREFIX/.stow/uploads/<run>/<UploadId>``: each multipart upload it has
   open (the object's key as body), so the sweep knows which uploads are whose
@@ -58,7 +59,7 @@ from ..core.outcomes import InstanceRef
 from ..core.policy import CommitResult, StorageFull
 from ..deferreds import detached
 from ..interfaces import INamedPartWriter, IPartWriter, IStorage
-from .s3client import QUOTA_CODES, S3Client, S3Error, S3Location, find_all, text_of
+from .s3client import QUOTA_CODES, QUOTA_STATUS, S3Client, S3Error, S3Location, find_all, text_of
 
 log = Logger()
 
@@ -82,6 +83,11 @@ UNNAMED_HOLD_BYTES = MAX_HEADER_READ_BYTES + PART_BYTES
 # How long a racing identical upload waits for the winner's object to appear.
 CLAIM_WAIT_SECONDS = 10.0
 _CLAIM_POLL_SECONDS = 0.25
+# Conditional claim writes one upload may lose (another upload changed the
+# claim in between) before its part fails 0x0110: each loss means another
+# upload made progress, so a few suffice; the bound keeps a store that
+# answers 412 to everything from looping forever.
+CLAIM_ROUNDS = 5
 # Heartbeat of this run, and when another run counts as gone (its uploads swept).
 HEARTBEAT_SECONDS = 60.0
 RUN_STALE_SECONDS = 5 * HEARTBEAT_SECONDS
@@ -91,8 +97,10 @@ SWEEP_SECONDS = 300.0
 UPLOAD_MAX_AGE_SECONDS = 24 * 3600.0
 # Health: the bucket is probed this often off the hot path (HEAD, short
 # timeout), and the store counts as down once this many requests in a row
-# (probes or uploads) got no answer at all.  One is not enough: a pooled
-# keep-alive connection the store closed fails one request of a healthy store.
+# (probes or uploads) got no answer at all or a server error (500, 503
+# SlowDown, ...: ``s3client.UNAVAILABLE_STATUSES``).  One is not enough: a
+# pooled keep-alive connection the store closed fails one request of a
+# healthy store, and a busy one may throttle a single request.
 HEALTH_PROBE_SECONDS = 2.0
 HEALTH_PROBE_TIMEOUT_SECONDS = 2.0
 DOWN_AFTER_FAILURES = 2
@@ -157,7 +165,8 @@ class ByteBudget:
 
 
 def _storage_error(error: S3Error) -> OSError:
-    if error.code in QUOTA_CODES or error.status == 507:
+    """A failed S3 request as ingest sees it: no room (0xA700) or a fault (0x0110)."""
+    if error.code in QUOTA_CODES or error.status == QUOTA_STATUS:
         return StorageFull(error.strerror)  # type: ignore[return-value]
     return error
 
@@ -197,6 +206,7 @@ class S3PartWriter:
         self._done = False  # committed or aborted
         self._aborted: Deferred[None] | None = None
         self._replaced: str | None = None
+        self._claim_etag: str | None = None  # the ETag of the claim this upload wrote
 
     # IPartWriter
 
@@ -414,8 +424,12 @@ class S3PartWriter:
         key = storage.instance_key(instance)
         sha = self._digests.instance.hexdigest()
         index = storage.index_key(instance)
-        # The owner run lets a claim its crashed run left be taken over (_abandoned).
-        claim = f"{key}\n{sha}\n{self.size}\n{storage.run}\n".encode()
+        # The owner run lets a claim its crashed run left be taken over
+        # (``abandoned``); the token makes every claim's bytes, hence its
+        # ETag, unique, so a conditional write on an ETag can never match a
+        # later claim that happens to have the same content.
+        token = secrets.token_hex(8)
+        claim = f"{key}\n{sha}\n{self.size}\n{storage.run}\n{token}\n".encode()
         try:
             result = await self._claim(index, claim, key, sha, overwrite)
             if result in (CommitResult.IDENTICAL_DUPLICATE, CommitResult.CONFLICTING_DUPLICATE):
@@ -425,8 +439,10 @@ class S3PartWriter:
                 await self._write_object(key)
             except S3Error:
                 if result is CommitResult.STORED:
-                    # Unclaim, so a retry is not taken for a duplicate of nothing.
-                    await storage.delete_quietly(index)
+                    # Unclaim, so a retry is not taken for a duplicate of
+                    # nothing; only our own claim (If-Match), never one that
+                    # replaced it meanwhile.
+                    await storage.delete_quietly(index, if_match=self._claim_etag)
                 raise
             return result
         except S3Error as e:
@@ -439,48 +455,77 @@ class S3PartWriter:
     async def _claim(
         self, index: str, claim: bytes, key: str, sha: str, overwrite: bool
     ) -> CommitResult:
-        """Claim the SOP Instance UID, or say why not (identical, conflicting, overwritten)."""
+        """Claim the SOP Instance UID, or say why not (identical, conflicting, overwritten).
+
+        Every write of the claim is conditional, so that of uploads racing
+        on one UID exactly one moves the claim from each state to the next:
+        ``If-None-Match: *`` while there is none, ``If-Match: <ETag read>``
+        to take over or overwrite one (SeaweedFS 4.48 honours both on
+        PutObject under races; docs/STORAGE.md).  A lost write means the
+        claim changed: read it again.  Bounded: at most ``CLAIM_ROUNDS``
+        lost writes, and ``CLAIM_WAIT_SECONDS`` of waiting for an identical
+        claimant's object; past either the part fails 0x0110, to retry.
+        """
         client = self._client
-        answer = await client.request(
+        deadline = time.monotonic() + CLAIM_WAIT_SECONDS
+        seen: str | None = None  # the ETag of the claim last read; None: none seen
+        for _ in range(CLAIM_ROUNDS):
+            if seen is None:
+                if await self._put_claim(index, claim, {"If-None-Match": "*"}):
+                    return CommitResult.STORED
+            while True:
+                current = await client.request("GetObject (claim)", "GET", index, ok=(200, 404))
+                if current.status == 404:
+                    seen = None  # unclaimed meanwhile (a failed upload let go)
+                    break
+                seen = current.headers.get("etag", "")
+                fields = current.body.decode(errors="replace").split("\n")
+                other_key, other_sha = [*fields, "", ""][:2]
+                if other_key == key and other_sha == sha:
+                    head = await client.request("HeadObject", "HEAD", key, ok=(200, 404))
+                    if head.status == 200 and head.headers.get("content-length") == str(self.size):
+                        return CommitResult.IDENTICAL_DUPLICATE
+                    if time.monotonic() < deadline:
+                        # The claimant is completing its object (a racing retry).
+                        await self._storage.sleep(_CLAIM_POLL_SECONDS)
+                        continue
+                    # The claimant never wrote it (crashed after claiming): ours now.
+                    result = CommitResult.STORED
+                elif not overwrite:
+                    if not await self._storage.abandoned(fields, current.headers):
+                        return CommitResult.CONFLICTING_DUPLICATE
+                    # Its run died before its object was complete: nothing
+                    # stored to conflict with, and the UID must not stay blocked.
+                    result = CommitResult.STORED
+                else:
+                    result = CommitResult.OVERWRITTEN
+                if not await self._put_claim(index, claim, {"If-Match": seen}):
+                    break  # another upload took it first: read what it wrote
+                if result is CommitResult.OVERWRITTEN and other_key != key:
+                    self._replaced = other_key
+                return result
+        raise S3Error(
+            "PutObject (claim)", 409, "ClaimContended", f"{index} changed {CLAIM_ROUNDS} times"
+        )
+
+    async def _put_claim(self, index: str, claim: bytes, condition: dict[str, str]) -> bool:
+        """One conditional PutObject of the claim: True if it was written."""
+        digest = hashlib.sha256(claim).digest()
+        answer = await self._client.request(
             "PutObject (claim)",
             "PUT",
             index,
-            headers={"If-None-Match": "*"},
+            headers={**condition, **checksum_headers(digest)},
             body=claim,
-            ok=(200, 409, 412),
+            payload_sha256=digest.hex(),
+            # 412: the condition failed; 409: a concurrent conditional write
+            # (AWS); 404: If-Match on a claim deleted meanwhile (AWS).
+            ok=(200, 404, 409, 412),
         )
-        if answer.status == 200:
-            return CommitResult.STORED
-        deadline = time.monotonic() + CLAIM_WAIT_SECONDS
-        while True:
-            current = await client.request("GetObject (claim)", "GET", index, ok=(200, 404))
-            if current.status == 404:
-                # Unclaimed meanwhile (a failed upload let go): try again.
-                return await self._claim(index, claim, key, sha, overwrite)
-            fields = current.body.decode(errors="replace").split("\n")
-            other_key, other_sha = [*fields, "", ""][:2]
-            if other_key == key and other_sha == sha:
-                head = await client.request("HeadObject", "HEAD", key, ok=(200, 404))
-                if head.status == 200 and head.headers.get("content-length") == str(self.size):
-                    return CommitResult.IDENTICAL_DUPLICATE
-                if time.monotonic() < deadline:
-                    # The claimant is completing its object (a racing retry).
-                    await self._storage.sleep(_CLAIM_POLL_SECONDS)
-                    continue
-                # The claimant never wrote it (crashed after claiming): ours now.
-                await client.request("PutObject (claim)", "PUT", index, body=claim)
-                return CommitResult.STORED
-            if not overwrite:
-                if not await self._storage.abandoned(fields, current.headers):
-                    return CommitResult.CONFLICTING_DUPLICATE
-                # Its run died before its object was complete: nothing
-                # stored to conflict with, and the UID must not stay blocked.
-                await client.request("PutObject (claim)", "PUT", index, body=claim)
-                return CommitResult.STORED
-            await client.request("PutObject (claim)", "PUT", index, body=claim)
-            if other_key != key:
-                self._replaced = other_key
-            return CommitResult.OVERWRITTEN
+        if answer.status != 200:
+            return False
+        self._claim_etag = answer.headers.get("etag")
+        return True
 
     async def _write_object(self, key: str) -> None:
         """Make the object visible: complete the multipart upload, or one PutObject."""
@@ -571,10 +616,10 @@ class S3Storage:
         self._prober.start(HEALTH_PROBE_SECONDS, now=False)
 
     def unavailable(self) -> str | None:
-        """Why the store is down (the last requests got no answer), or None."""
-        if self.client.transport_failures < DOWN_AFTER_FAILURES:
+        """Why the store is down (the last requests got no answer or a 5xx), or None."""
+        if self.client.failures_in_a_row < DOWN_AFTER_FAILURES:
             return None
-        return f"the object store does not answer ({self.client.last_transport_error})"
+        return f"the object store {self.client.last_failure}"
 
     def _probe(self) -> None:
         """HEAD the bucket, so the health follows the store while no upload runs
@@ -657,9 +702,14 @@ class S3Storage:
     def sleep(self, seconds: float) -> Deferred[None]:
         return deferLater(self.reactor, seconds, lambda: None)
 
-    async def delete_quietly(self, key: str) -> None:
+    async def delete_quietly(self, key: str, *, if_match: str | None = None) -> None:
+        """DeleteObject, a failure only logged; with ``if_match`` only that version
+        (412: it was replaced meanwhile, and the replacement stays)."""
+        headers = {"If-Match": if_match} if if_match else None
         try:
-            await self.client.request("DeleteObject", "DELETE", key, ok=(200, 204, 404))
+            await self.client.request(
+                "DeleteObject", "DELETE", key, headers=headers, ok=(200, 204, 404, 412)
+            )
         except S3Error as e:
             log.warn("could not delete {key}: {error}", key=key, error=e)
 

@@ -46,6 +46,13 @@ CHECK_TIMEOUT_SECONDS = 10.0
 _S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 # S3 error codes that mean "no room" (FailureReason 0xA700), not a fault.
 QUOTA_CODES = frozenset({"QuotaExceeded", "EntityTooLarge", "InsufficientStorage"})
+# The HTTP status of "no room" whatever the code (WebDAV's Insufficient Storage).
+QUOTA_STATUS = 507
+# Answers that mean the store cannot serve now (500 InternalError, 503
+# SlowDown or Service Unavailable, a gateway's 502/504): they count towards
+# "down" like no answer.  Not 501 (one operation unsupported) nor 507 (full:
+# each part fails 0xA700, the store itself works).
+UNAVAILABLE_STATUSES = frozenset({500, 502, 503, 504})
 
 
 class S3Error(OSError):
@@ -186,9 +193,10 @@ class S3Client:
         self.pool.cachedConnectionTimeout = 50
         self._http = treq.client.HTTPClient(Agent(reactor, pool=self.pool))
         # Requests in a row that got no answer at all (connection refused,
-        # reset, timed out), and the last one's reason: the storage's health.
-        self.transport_failures = 0
-        self.last_transport_error = ""
+        # reset, timed out) or a server error (``UNAVAILABLE_STATUSES``), and
+        # the last one's reason: the storage's health.
+        self.failures_in_a_row = 0
+        self.last_failure = ""
 
     async def request(
         self,
@@ -222,11 +230,9 @@ class S3Client:
             content: bytes = await treq.content(response)
         except Exception as e:  # any transport failure is a storage fault
             reason = _reason(e)
-            self.transport_failures += 1
-            self.last_transport_error = f"{type(e).__name__}: {reason}"
+            self.failures_in_a_row += 1
+            self.last_failure = f"does not answer ({type(e).__name__}: {reason})"
             raise S3Error(operation, 0, type(e).__name__, reason) from e
-        # Any answer, even an error status, means the store is reachable.
-        self.transport_failures = 0
         answer = Response(
             response.code,
             {
@@ -235,8 +241,16 @@ class S3Client:
             },
             content,
         )
+        code, message = error_code(content) if answer.status >= 300 else ("", "")
+        if answer.status in UNAVAILABLE_STATUSES:
+            # Reachable but failing (a 500 on every request, SlowDown): as
+            # down as a store that does not answer, for the health check.
+            self.failures_in_a_row += 1
+            self.last_failure = f"answers HTTP {answer.status} {code}".rstrip()
+        else:
+            # Any other answer, even a refusal (403, 404, 412), is a working store.
+            self.failures_in_a_row = 0
         if answer.status not in ok:
-            code, message = error_code(content)
             raise S3Error(operation, answer.status, code, message)
         return answer
 
@@ -266,24 +280,43 @@ def check_bucket(location: S3Location, credentials: Credentials | None) -> str |
             "AWS_PROFILE or a shared credentials file"
         )
     probe = location.key(f".stow/probe-{os.getpid()}-{uuid.uuid4().hex}")
-    steps: list[tuple[str, str, str, bytes]] = [
-        ("bucket check", "HEAD", "", b""),
-        ("write check", "PUT", probe, b"stow start-up probe\n"),
-        ("write check", "DELETE", probe, b""),
+    body = b"stow start-up probe\n"
+    # Duplicate detection claims each SOP Instance UID with conditional
+    # PutObjects (s3.S3PartWriter._claim): a store that ignores the
+    # conditions would let two uploads of one UID both win, so it is
+    # refused here.  This sees a store that ignores them always; one that
+    # honours them only sequentially, not under races, it cannot see.
+    wrong_etag = '"' + "0" * 32 + '"'
+    steps: list[tuple[str, str, str, bytes, dict[str, str]]] = [
+        ("bucket check", "HEAD", "", b"", {}),
+        ("write check", "PUT", probe, body, {"If-None-Match": "*"}),
+        ("conditional write check", "PUT", probe, body, {"If-None-Match": "*"}),
+        ("conditional write check", "PUT", probe, body, {"If-Match": wrong_etag}),
+        ("write check", "DELETE", probe, b"", {}),
     ]
-    for what, method, key, body in steps:
+    for what, method, key, content, headers in steps:
         try:
-            status, content = _blocking_request(location, credentials, method, key, body)
+            status, answer = _blocking_request(location, credentials, method, key, content, headers)
         except OSError as e:
             return f"S3 endpoint {location.endpoint} unreachable ({e}) for {where}"
         if what == "bucket check" and status == 404:
             return f"S3 bucket {location.bucket!r} does not exist at {location.endpoint}"
         if status in (401, 403):
-            code, message = error_code(content)
+            code, message = error_code(answer)
             detail = code or f"HTTP {status}"
             return f"S3 credentials refused for {where} ({what}: {detail} {message})".strip()
+        if what == "conditional write check":
+            if status < 300:
+                _blocking_request(location, credentials, "DELETE", probe, b"", {})
+                condition = next(iter(headers))
+                return (
+                    f"S3 store at {location.endpoint} ignores {condition} on PutObject "
+                    f"(HTTP {status} where 412 was due), which duplicate detection needs"
+                )
+            if status in (409, 412):
+                continue
         if status >= 300:
-            code, message = error_code(content)
+            code, message = error_code(answer)
             return f"S3 {what} failed for {where}: HTTP {status} {code} {message}".strip()
     return None
 
@@ -317,11 +350,14 @@ class BlockingS3:
         *,
         query: Mapping[str, str] | None = None,
         body: bytes = b"",
+        headers: Mapping[str, str] | None = None,
     ) -> http.client.HTTPResponse:
         """Send one request; the caller reads the answer (and may stream it)."""
         url = self.location.url(key, query)
         sha = hashlib.sha256(body).hexdigest()
-        headers = signed_headers(self._credentials, self.location.region, method, url, {}, sha)
+        headers = signed_headers(
+            self._credentials, self.location.region, method, url, headers or {}, sha
+        )
         parts = urlsplit(url)
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         self._connection.request(method, target, body=body or None, headers=headers)
@@ -355,10 +391,15 @@ def answer_of(response: http.client.HTTPResponse) -> tuple[int, bytes]:
 
 
 def _blocking_request(
-    location: S3Location, credentials: Credentials, method: str, key: str, body: bytes
+    location: S3Location,
+    credentials: Credentials,
+    method: str,
+    key: str,
+    body: bytes,
+    headers: Mapping[str, str],
 ) -> tuple[int, bytes]:
     client = BlockingS3(location, credentials)
     try:
-        return answer_of(client.open(method, key, body=body))
+        return answer_of(client.open(method, key, body=body, headers=headers))
     finally:
         client.close()

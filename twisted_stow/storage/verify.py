@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ..core.config import s3_target
-from .filesystem import INDEX_DIR_NAME
+from .filesystem import INDEX_DIR_NAME, indexed_file
 from .staging import DIGEST_XATTR
 
 if TYPE_CHECKING:
@@ -88,8 +88,8 @@ def stored_files(root: Path) -> Iterator[Path]:
         for entry in entries:
             if entry.name.endswith(".tmp") or not entry.is_symlink():
                 continue
-            target = Path(os.path.normpath(index / os.readlink(entry.path)))
-            if target.is_file():
+            target = indexed_file(index, entry.path)
+            if target is not None:
                 yield target
 
 

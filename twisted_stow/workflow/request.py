@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from ..core.config import is_object_store
 from ..core.outcomes import InstanceRef, Outcome, Stored
 
 # Bumped when a field changes meaning or disappears (adding one does not).
@@ -71,7 +72,7 @@ def _instance_entry(outcome: Stored, storage_root: str) -> dict[str, Any]:
         # Hex SHA-256 of the stored file (None if a backend reports none).
         "sha256": outcome.sha256,
     }
-    if storage_root.startswith("s3://"):
+    if is_object_store(storage_root):
         # An object store: each object by its full name, s3://BUCKET/KEY.
         entry["uri"] = f"{storage_root}/{entry['path']}"
     return entry

@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..core.config import is_object_store
 from ..core.outcomes import Outcome
 from ..deferreds import RunInThread
 from .request import WorkflowContext, build_workflow_request, encode
@@ -78,7 +79,7 @@ class WorkflowTrigger:
         self._run_in_thread = run_in_thread
         # s3://BUCKET/PREFIX stays as it is; a directory is made absolute.
         root = str(storage_root)
-        self._storage_root = root if "://" in root else str(Path(root).absolute())
+        self._storage_root = root if is_object_store(root) else str(Path(root).absolute())
         self.default_workflows = tuple(default_workflows)
         self._now_ns = now_ns
         self._listeners: list[Callable[[], None]] = []

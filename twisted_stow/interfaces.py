@@ -93,6 +93,14 @@ class INamedPartWriter(IPartWriter):
         part will not be stored, its bytes may be dropped).  Called at most once,
         and maybe never (the part ended first); ``commit`` still names it."""
 
+    drainable = Attribute(
+        """Whether every byte the writer holds will leave memory without more bytes.
+
+        An object store's part below its minimum size waits for more; ``Ingest``
+        yields its memory window only at a read after which this is true
+        (``core/budget.py``)."""
+    )
+
 
 class IStorage(Interface):
     """Where accepted instances are kept."""

@@ -35,6 +35,7 @@ from .core.admission import (
     first_value,
     refuse_unwanted_body,
 )
+from .core.budget import MemoryBudget, upload_window_bytes
 from .core.config import StowConfig
 from .core.errors import (
     InvalidRequestTarget,
@@ -158,6 +159,11 @@ class StowService:
         self.reactor = reactor
         self._run_in_thread = run_in_thread
         self.slots = UploadSlots(config.max_requests, config.max_requests_per_peer)
+        # The process's one memory budget: every upload buffers inside a window of it.
+        self.budget = MemoryBudget(
+            config.memory_budget_bytes,
+            upload_window_bytes(config.memory_budget_bytes, s3=config.s3 is not None),
+        )
         # Operations (twisted_stow/ops): the uploads in flight and the drain,
         # the free-space floor, the /readyz checks (set by site.make_site).
         self.drain = Drain(reactor, config.drain_timeout_seconds)
@@ -252,6 +258,7 @@ class StowService:
             storage=self.storage,
             producer=request,
             principal=principal,
+            budget=self.budget,
         )
 
     def _match(self, method: bytes, target: bytes, length: int | None) -> Target | None:

@@ -12,6 +12,7 @@ _maybePauseProducer``, but counted in bytes held rather than in a write
 buffer.  Backends do no accounting of their own: they fire a write's
 Deferred once its bytes left memory.
 """
+
 from __future__ import annotations
 
 from typing import Protocol

@@ -17,6 +17,7 @@ from twisted.internet.task import CooperativeTask, cooperate
 from twisted.logger import Logger
 
 from .core.admission import Admission, BodyLimits, Target
+from .core.budget import MemoryBudget
 from .core.contentcoding import BodyDecoder
 from .core.digests import ALGORITHMS, ExpectedDigest, digest_field
 from .core.errors import BodyTooLarge, InvalidChunkSize, MalformedMultipart, StowError
@@ -335,6 +336,7 @@ class Upload:
         storage: IStorage,
         producer: Pausable,
         principal: str | None = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.target: Target = admission.target
         # Who sent it (authentication), None when authentication is off.
@@ -343,7 +345,8 @@ class Upload:
         self.release = release  # frees the upload slot; idempotent
         self.response_type = admission.response_type
         gate = ReadGate(producer) if admission.coding is not None else None
-        self.ingest = Ingest(storage, admission.policy, gate or producer)
+        # ``budget``: the process's (None: the upload gets one of its own).
+        self.ingest = Ingest(storage, admission.policy, gate or producer, budget=budget)
         self.body = BodyPipeline(
             admission.reader,
             self.ingest,

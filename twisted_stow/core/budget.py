@@ -63,6 +63,11 @@ S3_WINDOW_BYTES = 16 * MiB
 MIN_S3_WINDOW_BYTES = 10 * MiB
 
 
+def upload_window_bytes(total_bytes: int, *, s3: bool) -> int:
+    """The window each upload gets of a budget of ``total_bytes`` (clamped to it)."""
+    return min(S3_WINDOW_BYTES if s3 else FILESYSTEM_WINDOW_BYTES, total_bytes)
+
+
 class MemoryBudget:
     """The process's buffer bytes, handed out as windows in FIFO order.
 

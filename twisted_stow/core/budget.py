@@ -163,11 +163,12 @@ class Share:
         self.held_bytes += nbytes
         budget.held_bytes += nbytes
         budget.peak_held_bytes = max(budget.peak_held_bytes, budget.held_bytes)
-        self.read_since_grant += nbytes
         if self.held_bytes >= self.high_water_bytes:
             self._above_high = True
         if not self.leased and not self.queued and not self.closed:
             budget._request(self)
+        # After the request: a grant restarts the count, and these bytes are its first.
+        self.read_since_grant += nbytes
         self.changed()
 
     def free(self, nbytes: int) -> None:

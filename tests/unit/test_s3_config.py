@@ -131,6 +131,8 @@ def test_a_part_is_sent_chunk_by_chunk_while_the_transport_wants_more() -> None:
     producer.resumeProducing()
     producer.resumeProducing()
     assert b"".join(consumer.written) == data and fired == [None]
+    # The HTTP client keeps a pooled connection's last request: the part must not stay with it.
+    assert producer.held_chunks == 0
     assert [len(w) for w in consumer.written] == [len(c) for c in chunks]  # never joined
 
 

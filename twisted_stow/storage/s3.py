@@ -141,6 +141,11 @@ class ChunksProducer:
         self._consumer: Any = None
         self._done: Deferred[None] | None = None
 
+    @property
+    def held_chunks(self) -> int:
+        """Chunks still referenced (none once the body is written or stopped)."""
+        return len(self._chunks)
+
     def startProducing(self, consumer: Any) -> Deferred[None]:
         self._consumer = consumer
         self._next = 0
@@ -158,6 +163,9 @@ class ChunksProducer:
             self._consumer.write(chunk if isinstance(chunk, bytes) else bytes(chunk))
         if self._next >= len(chunks) and self._done is not None:
             done, self._done = self._done, None
+            # Let go of the part now: the HTTP client keeps its last request
+            # (and so this producer) on a pooled connection until the next.
+            self._chunks = []
             done.callback(None)
 
     def pauseProducing(self) -> None:
@@ -172,6 +180,7 @@ class ChunksProducer:
         # The request was cancelled or its connection lost: Twisted expects
         # no more writes and no firing of the Deferred.
         self._done = None
+        self._chunks = []
 
 
 def checksum_headers(digest: bytes) -> dict[str, str]:

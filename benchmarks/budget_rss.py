@@ -121,7 +121,7 @@ def run(
             peak = kernel_peak(server.pid) or 0
         finally:
             server.stop()
-    problems = [r.problem for r in replies if r is None or r.problem]
+    problems = [r.problem if r else "no reply" for r in replies if r is None or r.problem]
     return {
         "scenario": scenario,
         "code": str(code) if code else "this checkout",

@@ -214,9 +214,7 @@ class Ingest:
     def _drainable(self) -> bool:
         """Whether storage can empty what it holds of this upload without more bytes."""
         writer = self._writer
-        if writer is None or not INamedPartWriter.providedBy(writer):
-            return True
-        return bool(writer.drainable)
+        return writer is None or bool(writer.drainable)
 
     def _count_capture(self, capture: HeaderCapture, *, dropped: bool = False) -> None:
         """Bring the flow's count of what ``capture`` keeps up to date.

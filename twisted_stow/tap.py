@@ -169,7 +169,7 @@ class Options(usage.Options):
         [
             "memory-budget",
             None,
-            "64M",
+            "32M",
             (
                 "Bytes all uploads of this process may buffer (received, not yet stored), "
                 "e.g. 256M; uploads past it wait their turn with their sockets paused."

@@ -20,11 +20,15 @@ from typing import Any
 
 import pydicom
 import pytest
+import requests
 
 from tests.dicom_files import MR
+from tests.helpers import build_multipart, multipart_content_type
 from tests.integration.seaweedfs import SeaweedFS, read_object
 from tests.integration.streaming import failure_reasons
 from tests.integration.test_s3_storage import (
+    ANSWER_TIMEOUT_SECONDS,
+    BOUNDARY,
     S3Server,
     dataset_bytes,
     new_instance,
@@ -47,6 +51,7 @@ STORE_BYTES_PER_SECOND = 32 * MiB
 # on a loaded 2-core machine, docs/DESIGN.md "One memory budget").  Without
 # the one budget each upload would buffer its own window: 16 x 10 MiB.
 GROWTH_BOUND_BYTES = BUDGET_BYTES + 30 * MiB
+PROCESSING_FAILURE = 0x0110
 
 
 def status_bytes(pid: int, field: str) -> int:
@@ -136,9 +141,16 @@ def test_a_header_not_understood_within_the_window_fails_at_once(server: S3Serve
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
     block = ds.private_block(0x0009, "STOW BUDGET TEST", create=True)
     block.add_new(0x01, "OB", b"\x00" * (BUDGET_BYTES + MiB))
-    code, model = post(server.url, [dataset_bytes(ds)])
-    assert code == 409, model
-    reasons = failure_reasons(model)
-    assert len(reasons) == 1
-    detail = str(model)
-    assert f"no instance named within {BUDGET_BYTES} bytes" in detail, detail
+    response = requests.post(
+        server.url + "/studies",
+        data=build_multipart([dataset_bytes(ds)], BOUNDARY),
+        headers={"Content-Type": multipart_content_type(BOUNDARY)},
+        timeout=ANSWER_TIMEOUT_SECONDS,
+    )
+    assert response.status_code == 409, response.text
+    # No UIDs are known for it: OtherFailuresSequence, 0x0110, the reason in Warning.
+    assert failure_reasons(response.json(), "0008119A") == [PROCESSING_FAILURE]
+    # The reason, naming the limit, is in the server's log line for the part.
+    reason = f"no instance named within {BUDGET_BYTES} bytes"
+    logged = server.twistd.wait_for(lambda lines: any(reason.encode() in line for line in lines))
+    assert logged, server.twistd.log_tail()

@@ -19,8 +19,8 @@ def budget_of(*argv: str) -> int:
 
 
 def test_default_and_sizes() -> None:
-    """64 MiB by default; sizes as operators write them."""
-    assert budget_of() == DEFAULT_BUDGET_BYTES == 64 * MiB
+    """32 MiB by default; sizes as operators write them."""
+    assert budget_of() == DEFAULT_BUDGET_BYTES == 32 * MiB
     assert budget_of("--memory-budget=256M") == 256 * MiB
     assert budget_of("--memory-budget", "1G") == 1024 * MiB
 

@@ -169,8 +169,6 @@ class NamedMemoryWriter(MemoryPartWriter):
     """A memory writer that also records what ``named`` told it."""
 
     told: list[InstanceRef | None]
-    # Memory lets go of every byte once written: nothing waits for more.
-    drainable = True
 
     def named(self, instance: InstanceRef | None) -> None:
         self.told.append(instance)

@@ -45,18 +45,19 @@ from collections import deque
 from collections.abc import Callable
 
 MiB = 1024 * 1024
-# The process's budget unless --memory-budget says otherwise: 64 MiB of
-# buffers plus a server's ~60 MiB baseline keeps a process under 150 MiB RSS
-# with 64 concurrent uploads (benchmarks/peak_rss.py, docs/STREAMING.md).
-DEFAULT_BUDGET_BYTES = 64 * MiB
+# The process's budget unless --memory-budget says otherwise: a server rests
+# at ~95 MiB RSS (pydicom, Twisted, the connections), so 32 MiB of buffers
+# keeps a process under 150 MiB with 64 concurrent uploads (64 MiB peaked at
+# 166 MiB into S3; benchmarks/budget_rss.py, docs/DESIGN.md).
+DEFAULT_BUDGET_BYTES = 32 * MiB
 # A budget below this could not hold one socket read per window.
 MIN_BUDGET_BYTES = 1 * MiB
 # An upload's window on the filesystem: the 8 MiB high-water mark measured
 # before the budget existed (docs/STREAMING.md, "Backpressure": flat RSS at
-# 20 MB/s with 125 pauses over 54 s); 8 uploads buffer at once by default.
+# 20 MB/s with 125 pauses over 54 s); 4 uploads buffer at once by default.
 FILESYSTEM_WINDOW_BYTES = 8 * MiB
 # An upload's window into S3: one 8 MiB part sending while the next fills;
-# 4 uploads buffer a part at once by default.
+# 2 uploads buffer a part at once by default.
 S3_WINDOW_BYTES = 16 * MiB
 # The smallest S3 window: two parts of S3's 5 MiB minimum, so that half a
 # window (the low-water mark) still holds a whole part to send.

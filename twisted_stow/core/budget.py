@@ -166,6 +166,11 @@ class Share:
         budget.peak_held_bytes = max(budget.peak_held_bytes, budget.held_bytes)
         if self.held_bytes >= self.high_water_bytes:
             self._above_high = True
+        if self.yielding:
+            # Bytes after the decision to yield (a socket read holds several
+            # HTTP chunks, handled one by one): what is held may no longer
+            # drain unaided, so the next read's end decides again.
+            self.yielding = False
         if not self.leased and not self.queued and not self.closed:
             budget._request(self)
         # After the request: a grant restarts the count, and these bytes are its first.

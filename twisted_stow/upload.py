@@ -41,7 +41,7 @@ READ_SIZE_BYTES = 256 * 1024
 # calls: a bomb never has more than one slice inflated in memory.
 DECODE_SLICE_BYTES = 256 * 1024
 # Decoded bytes handed on at once per socket read: half the flow's high-water
-# mark (flow.HIGH_WATER_BYTES, 8 MiB), so one read of a highly compressible
+# mark on disk (flow.HIGH_WATER_BYTES, the 8 MiB window), so one read of a highly compressible
 # body cannot queue more than the backpressure allows.  Past it the rest of
 # the read is inflated on the reactor's cooperator, a slice per turn, the
 # socket paused meanwhile, and never while storage is behind.

@@ -47,8 +47,8 @@ UPLOADS = 16
 STORE_BYTES_PER_SECOND = 32 * MiB
 # Growth of peak RSS over rest the budget allows: the budget, one socket read
 # (256 KiB) for each upload waiting for its window, one chunk on its way to
-# the store, and the connections and requests themselves (~20 MiB measured
-# on a loaded 2-core machine, docs/DESIGN.md "One memory budget").  Without
+# the store, and the connections and requests themselves (the growth measured
+# 7-11 MiB with 16 and 64 uploads, benchmarks/budget_rss.py --size tiny).  Without
 # the one budget each upload would buffer its own window: 16 x 10 MiB.
 GROWTH_BOUND_BYTES = BUDGET_BYTES + 30 * MiB
 PROCESSING_FAILURE = 0x0110

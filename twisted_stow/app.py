@@ -37,6 +37,7 @@ from .core.admission import (
     first_value,
     refuse_unwanted_body,
 )
+from .core.budget import MemoryBudget, upload_window_bytes
 from .core.config import StowConfig
 from .core.errors import (
     InvalidRequestTarget,
@@ -181,6 +182,11 @@ class StowService:
         else:
             self.throttle = FailureThrottle(reactor.seconds)
             self.kdf_budget = KdfBudget(reactor.seconds)
+        # The process's one memory budget: every upload buffers inside a window of it.
+        self.budget = MemoryBudget(
+            config.memory_budget_bytes,
+            upload_window_bytes(config.memory_budget_bytes, s3=config.s3 is not None),
+        )
         # Operations (twisted_stow/ops): the uploads in flight and the drain,
         # the free-space floor, the /readyz checks (set by site.make_site).
         self.drain = Drain(reactor, config.drain_timeout_seconds)
@@ -306,6 +312,7 @@ class StowService:
                 storage=self.storage,
                 producer=request,
                 principal=principal,
+                budget=self.budget,
             )
         except BaseException:
             # No upload will ever release it: free it now.

@@ -1,26 +1,28 @@
-"""Backpressure for one upload: bytes received but not yet written to storage.
+"""Backpressure for one upload: what it holds, within its share of the process's budget.
 
 One owner decides when to stop reading the socket: the upload's ``Ingest``.
 It adds the bytes it hands to a part writer and subtracts them when that
-write's Deferred fires (storage wrote or dropped them); crossing the
-high-water mark pauses the producer (the request, which stops reading the
-socket), falling below the low-water mark resumes it.  Like
-``twisted.internet.abstract.FileDescriptor._maybePauseProducer``, but counted
-in bytes in flight to storage rather than in a write buffer.  Backends do no
-accounting of their own.
+write's Deferred fires (storage wrote, sent or dropped them: they left
+memory).  Those bytes are the upload's ``Share`` of the process-wide
+``core.budget.MemoryBudget``: the upload reads only inside a window granted
+by the budget, pauses at the window and resumes below half of it, and yields
+its window to waiting uploads in turn (the pure rules are in
+``core/budget.py``).  Like ``twisted.internet.abstract.FileDescriptor.
+_maybePauseProducer``, but counted in bytes held rather than in a write
+buffer.  Backends do no accounting of their own: they fire a write's
+Deferred once its bytes left memory.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
+from .core.budget import DEFAULT_BUDGET_BYTES, FILESYSTEM_WINDOW_BYTES, MemoryBudget
 from .ops.metrics import STORAGE_PAUSES
 
-# Measured (docs/STREAMING.md, "Backpressure"): pausing above 8 MiB queued and resuming
-# below 2 MiB kept peak RSS flat (~80 MB) while a slow sink throttled a 1 GiB
-# upload to 20 MB/s, with 125 pauses over 54 s.
-HIGH_WATER_BYTES = 8 * 1024 * 1024
-LOW_WATER_BYTES = 2 * 1024 * 1024
+# An upload's own high-water mark when it is given no process budget (tests,
+# tools): the filesystem's window.
+HIGH_WATER_BYTES = FILESYSTEM_WINDOW_BYTES
 # Parts between "received whole" and "outcome known".  Each costs storage a
 # few milliseconds (the filesystem: an fsync on a writer thread; validation
 # is a few comparisons on the reactor); 64 queued keeps every thread busy
@@ -38,51 +40,65 @@ class Pausable(Protocol):
 
 
 class BytesInFlight:
-    """Counts what storage has not finished; pauses the producer above a mark.
+    """Counts what the upload holds; pauses the producer while it may not read.
 
-    Three measures, any of which pauses: bytes accepted but not yet written,
-    parts received whole but not yet validated and committed, and header
-    captures whose walk is behind the bytes received (``Ingest`` spreads a
-    long walk over reactor turns, and reading on would only queue more).  Bytes
-    alone would let a body of many tiny parts queue unbounded per-part work
-    (a file, an fsync and a validation each) while never crossing a byte mark.
+    Four reasons pause, any one is enough: the upload's ``Share`` of the
+    memory budget says so (no window yet, a window's bytes held, or yielding
+    to waiting uploads), parts received whole but not yet validated and
+    committed, and header captures whose walk is behind the bytes received
+    (``Ingest`` spreads a long walk over reactor turns, and reading on would
+    only queue more).  Bytes alone would let a body of many tiny parts queue
+    unbounded per-part work (a file, an fsync and a validation each) while
+    never crossing a byte mark.
+
+    Without a ``budget`` the upload gets one of its own (tests and tools).
     """
 
     def __init__(
         self,
         producer: Pausable,
         *,
-        high_water_bytes: int = HIGH_WATER_BYTES,
-        low_water_bytes: int = LOW_WATER_BYTES,
+        budget: MemoryBudget | None = None,
         high_water_parts: int = HIGH_WATER_PARTS,
         low_water_parts: int = LOW_WATER_PARTS,
     ) -> None:
-        if not 0 <= low_water_bytes < high_water_bytes:
-            raise ValueError("need 0 <= low water < high water (bytes)")
         if not 0 <= low_water_parts < high_water_parts:
             raise ValueError("need 0 <= low water < high water (parts)")
         self._producer = producer
-        self._high = high_water_bytes
-        self._low = low_water_bytes
+        if budget is None:
+            budget = MemoryBudget(DEFAULT_BUDGET_BYTES, HIGH_WATER_BYTES)
+        self.budget = budget
         self._high_parts = high_water_parts
         self._low_parts = low_water_parts
-        self.in_flight_bytes = 0
         self.pending_parts = 0
         # Header captures with bytes still to walk (their walk was cut into
         # steps): while any is behind, nothing more is read.
         self.captures_behind = False
         self.paused = False
         self.pause_count = 0
+        self._parts_high = False
+        self.share = budget.share(self._update)
+
+    @property
+    def in_flight_bytes(self) -> int:
+        """Bytes the upload holds: handed to storage and not yet out of memory."""
+        return self.share.held_bytes
 
     def add(self, nbytes: int) -> None:
-        """``nbytes`` were handed to storage, which has not written them yet."""
-        self.in_flight_bytes += nbytes
-        self._update()
+        """``nbytes`` were handed to storage, which still holds them."""
+        self.share.hold(nbytes)
 
     def done(self, nbytes: int) -> None:
-        """Storage wrote (or dropped) ``nbytes`` it had accepted."""
-        self.in_flight_bytes -= nbytes
-        self._update()
+        """Storage stored (or dropped) ``nbytes`` it held: they left memory."""
+        self.share.free(nbytes)
+
+    def read_ended(self, *, drainable: bool) -> None:
+        """One socket read was handled; ``drainable``: storage can empty itself unaided."""
+        self.share.read_ended(drainable=drainable)
+
+    def close(self) -> None:
+        """The body ended (or the client left): no window is needed any more."""
+        self.share.close()
 
     def part_started(self) -> None:
         """A complete part went on to validation and commit."""
@@ -100,20 +116,16 @@ class BytesInFlight:
         self._update()
 
     def _update(self) -> None:
-        if not self.paused:
-            if (
-                self.in_flight_bytes > self._high
-                or self.pending_parts > self._high_parts
-                or self.captures_behind
-            ):
-                self.paused = True
-                self.pause_count += 1
-                STORAGE_PAUSES.inc()
-                self._producer.pauseProducing()
-        elif (
-            self.in_flight_bytes < self._low
-            and self.pending_parts < self._low_parts
-            and not self.captures_behind
-        ):
+        if self.pending_parts > self._high_parts:
+            self._parts_high = True
+        elif self.pending_parts < self._low_parts:
+            self._parts_high = False
+        want = self.share.paused or self._parts_high or self.captures_behind
+        if want and not self.paused:
+            self.paused = True
+            self.pause_count += 1
+            STORAGE_PAUSES.inc()
+            self._producer.pauseProducing()
+        elif not want and self.paused:
             self.paused = False
             self._producer.resumeProducing()

@@ -12,8 +12,10 @@ as exactly one ``Outcome``, in the order the parts were sent; a problem with
 one part never reaches another.
 
 Ingest owns the upload's backpressure too (``flow``): it counts the bytes
-handed to writers until each write's Deferred fires, and the parts between
-"received whole" and "outcome known".
+handed to writers until each write's Deferred fires (they left memory), the
+bytes its header captures keep, and the parts between "received whole" and
+"outcome known".  Those bytes are the upload's share of the process's one
+memory budget (``core.budget``), shared with every other upload.
 
 The header walk is bounded per part (``core.dicomheader``), but up to 65,536
 steps of it (~90 ms) for each part of a few kilobytes would still let one
@@ -40,6 +42,7 @@ from twisted.internet.task import CooperativeTask, cooperate
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .core.budget import MemoryBudget
 from .core.dicomheader import HeaderCapture
 from .core.digests import DigestFieldError, ExpectedDigest, part_digests
 from .core.errors import StowError, UnsupportedMediaType
@@ -157,13 +160,17 @@ class Ingest:
         policy: IngestPolicy,
         producer: Pausable,
         *,
+        budget: MemoryBudget | None = None,
         cooperate: Cooperate = cooperate,
     ) -> None:
         self._storage = storage
         self._policy = policy
         # Backpressure has one owner: this upload's ingest decides when the
-        # request stops reading the socket.
-        self.flow = BytesInFlight(producer)
+        # request stops reading the socket, within its share of ``budget``
+        # (the process's; None: one of its own).
+        self.flow = BytesInFlight(producer, budget=budget)
+        # Bytes each header capture was last counted as keeping (flow).
+        self._capture_held: dict[HeaderCapture, int] = {}
         self._writer: IPartWriter | None = None
         self._capture = HeaderCapture()
         # The capture whose writer was told its instance (INamedPartWriter).
@@ -202,6 +209,32 @@ class Ingest:
             elif isinstance(event, PartEnded):
                 self._end_part()
             # BodyEnded needs no action: close() follows when the body is in.
+        self.flow.read_ended(drainable=self._drainable())
+
+    def _drainable(self) -> bool:
+        """Whether storage can empty what it holds of this upload without more bytes."""
+        writer = self._writer
+        return writer is None or bool(writer.drainable)
+
+    def _count_capture(self, capture: HeaderCapture, *, dropped: bool = False) -> None:
+        """Bring the flow's count of what ``capture`` keeps up to date.
+
+        Its views of bytes fed but not walked keep the socket reads they
+        slice alive, even once the writer let go of them (issue 12 point 5:
+        a captured header's bytes are reserved like any other buffer).
+        """
+        held = 0 if dropped or capture.done else capture.held_bytes
+        before = self._capture_held.get(capture, 0)
+        if held == before:
+            return
+        if held:
+            self._capture_held[capture] = held
+        else:
+            del self._capture_held[capture]
+        if held > before:
+            self.flow.add(held - before)
+        else:
+            self.flow.done(before - held)
 
     def _write(self, writer: IPartWriter, data: bytes | memoryview) -> None:
         """Hand ``data`` to ``writer``; it stays in flight until the write's Deferred fires."""
@@ -214,6 +247,7 @@ class Ingest:
         capture = self._capture
         steps = 0 if self._behind else self._read_steps
         self._read_steps -= capture.feed(data, max_steps=steps)
+        self._count_capture(capture)
         self._name(self._writer, capture)
         if capture.pending and not (self._behind and self._behind[-1].capture is capture):
             self._behind.append(_Behind(capture, self._writer))
@@ -226,6 +260,7 @@ class Ingest:
         while self._behind:
             entry = self._behind[0]
             entry.capture.run(CAPTURE_STEPS_PER_SLICE)
+            self._count_capture(entry.capture)
             if not entry.capture.pending:
                 self._behind.popleft()
                 self._name(entry.writer, entry.capture)
@@ -327,6 +362,14 @@ class Ingest:
             log.failure("unexpected error while storing a part")
             await writer.abort()
             return Failed(FailureReason.PROCESSING_FAILURE, "internal error while storing")
+        finally:
+            self._retire(capture)
+
+    def _retire(self, capture: HeaderCapture) -> None:
+        """Nobody needs ``capture`` any more: stop its walk and uncount what it keeps."""
+        if any(entry.capture is capture for entry in self._behind):
+            self._behind = deque(entry for entry in self._behind if entry.capture is not capture)
+        self._count_capture(capture, dropped=True)
 
     async def _store(
         self, writer: IPartWriter, capture: HeaderCapture, claims: _PartClaims, in_flow: _InFlow
@@ -426,19 +469,22 @@ class Ingest:
         self._skip_reason = None
         # The part in flight will not be judged: stop walking its header (a
         # part that has not ended has nobody waiting for its capture).
-        current = self._capture
-        self._behind = deque(entry for entry in self._behind if entry.capture is not current)
+        self._retire(self._capture)
         if writer is not None:
             writer.abort()
 
     def abort(self) -> None:
         """The client went away: drop the part in flight, nothing else."""
         self._abort_current()
+        self.flow.close()
 
     def close(self) -> Deferred[IngestResult]:
         """The body is complete: fires with every part's outcome, in order."""
         pending = list(self._pending)
         error = self._request_error
+        # No more bytes come: the upload's memory window goes to another
+        # once what it holds has left memory.
+        self.flow.close()
 
         def collect(results: list[tuple[bool, Any]]) -> IngestResult:
             outcomes: list[Outcome] = []

@@ -41,6 +41,15 @@ class IPartWriter(Interface):
         "Deferred of ``finish`` fires; None until then."
     )
 
+    drainable = Attribute(
+        """bool: whether every byte the writer holds will leave memory without more bytes.
+
+        A writer that gathers bytes (the filesystem's 1 MiB batches, an object
+        store's 5 MiB parts) waits for more before it writes them; ``Ingest``
+        yields its upload's memory window only at a read after which this is
+        true, or the window would never come back (``core/budget.py``)."""
+    )
+
     def write(data: bytes | memoryview) -> Deferred[None]:
         """Accept the next bytes of the part.
 

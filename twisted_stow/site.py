@@ -15,6 +15,7 @@ from twisted.web.server import Site
 from .app import StowService
 from .auth.accesslog import access_log_line
 from .channel import StowChannel
+from .core.budget import upload_window_bytes
 from .core.config import S3Target, StowConfig
 from .deferreds import reactor_threads
 from .interfaces import IStorage
@@ -185,7 +186,10 @@ def make_storage(config: StowConfig, reactor: Any, *, run_token: str | None = No
     credentials = load_credentials(custom_endpoint=config.s3.endpoint is not None)
     if credentials is None:
         raise ValueError("no S3 credentials (AWS_ACCESS_KEY_ID/AWS_PROFILE/shared files)")
-    return S3Storage(S3Client(s3_location(config.s3), credentials, reactor), reactor)
+    window = upload_window_bytes(config.memory_budget_bytes, s3=True)
+    return S3Storage(
+        S3Client(s3_location(config.s3), credentials, reactor), reactor, window_bytes=window
+    )
 
 
 class StorageService(Service):

@@ -180,6 +180,15 @@ class Options(usage.Options):
             ),
         ],
         [
+            "memory-budget",
+            None,
+            "32M",
+            (
+                "Bytes all uploads of this process may buffer (received, not yet stored), "
+                "e.g. 256M; uploads past it wait their turn with their sockets paused."
+            ),
+        ],
+        [
             "header-timeout",
             None,
             f"{DEFAULT_HEADER_TIMEOUT_SECONDS:g}",
@@ -413,6 +422,7 @@ HELP_GROUPS: list[tuple[str, list[str]]] = [
             "max-body-size",
             "max-part-size",
             "max-parts",
+            "memory-budget",
             "max-requests",
             "max-requests-per-peer",
             "min-free-space",

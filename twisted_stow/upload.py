@@ -17,6 +17,7 @@ from twisted.internet.task import CooperativeTask, cooperate
 from twisted.logger import Logger
 
 from .core.admission import Admission, BodyLimits, Target
+from .core.budget import MemoryBudget
 from .core.contentcoding import BodyDecoder
 from .core.digests import ALGORITHMS, ExpectedDigest, digest_field
 from .core.errors import BodyTooLarge, InvalidChunkSize, MalformedMultipart, StowError
@@ -40,7 +41,7 @@ READ_SIZE_BYTES = 256 * 1024
 # calls: a bomb never has more than one slice inflated in memory.
 DECODE_SLICE_BYTES = 256 * 1024
 # Decoded bytes handed on at once per socket read: half the flow's high-water
-# mark (flow.HIGH_WATER_BYTES, 8 MiB), so one read of a highly compressible
+# mark on disk (flow.HIGH_WATER_BYTES, the 8 MiB window), so one read of a highly compressible
 # body cannot queue more than the backpressure allows.  Past it the rest of
 # the read is inflated on the reactor's cooperator, a slice per turn, the
 # socket paused meanwhile, and never while storage is behind.
@@ -335,6 +336,7 @@ class Upload:
         storage: IStorage,
         producer: Pausable,
         principal: str | None = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.target: Target = admission.target
         # Who sent it (authentication), None when authentication is off.
@@ -343,7 +345,8 @@ class Upload:
         self.release = release  # frees the upload slot; idempotent
         self.response_type = admission.response_type
         gate = ReadGate(producer) if admission.coding is not None else None
-        self.ingest = Ingest(storage, admission.policy, gate or producer)
+        # ``budget``: the process's (None: the upload gets one of its own).
+        self.ingest = Ingest(storage, admission.policy, gate or producer, budget=budget)
         self.body = BodyPipeline(
             admission.reader,
             self.ingest,

@@ -5,26 +5,46 @@ from __future__ import annotations
 import pytest
 
 from tests.fakes import RecordingProducer
+from twisted_stow.core.budget import MemoryBudget
 from twisted_stow.flow import BytesInFlight
 
 
-def make(**marks: int) -> tuple[BytesInFlight, RecordingProducer]:
+def make(window: int = 100, **marks: int) -> tuple[BytesInFlight, RecordingProducer]:
     producer = RecordingProducer()
-    return BytesInFlight(producer, **marks), producer
+    return BytesInFlight(producer, budget=MemoryBudget(10 * window, window), **marks), producer
 
 
 def test_bytes_pause_and_resume_once() -> None:
-    """Crossing the byte high mark pauses once; falling under the low mark resumes once."""
-    flow, producer = make(high_water_bytes=100, low_water_bytes=10)
+    """Filling the window pauses once; falling under half of it resumes once."""
+    flow, producer = make(window=100)
     flow.add(60)
     flow.add(60)
     flow.add(60)
     assert producer.calls == ["pause"]
-    flow.done(150)
-    assert producer.calls == ["pause"]  # 30 left: between the marks
-    flow.done(25)
+    flow.done(120)
+    assert producer.calls == ["pause"]  # 60 left: between the marks
+    flow.done(15)
     assert producer.calls == ["pause", "resume"]
     assert flow.pause_count == 1
+
+
+def test_second_upload_waits_for_a_window_of_the_shared_budget() -> None:
+    """Two uploads, one window's budget: the second pauses on its first bytes until the first
+    gives its window back."""
+    budget = MemoryBudget(100, 100)
+    first, second = RecordingProducer(), RecordingProducer()
+    a = BytesInFlight(first, budget=budget)
+    b = BytesInFlight(second, budget=budget)
+    a.add(10)
+    b.add(10)
+    assert first.calls == [] and second.calls == ["pause"]
+    a.done(10)  # a holds nothing while b waits: its window goes to b
+    assert second.calls == ["pause", "resume"]
+    a.add(5)
+    assert first.calls == ["pause"]
+    b.close()
+    b.done(10)
+    assert first.calls == ["pause", "resume"]
 
 
 def test_pending_parts_pause_even_without_bytes() -> None:
@@ -42,9 +62,7 @@ def test_pending_parts_pause_even_without_bytes() -> None:
 
 def test_resume_needs_both_measures_low() -> None:
     """Parts drained but bytes still high: stay paused."""
-    flow, producer = make(
-        high_water_bytes=100, low_water_bytes=10, high_water_parts=2, low_water_parts=1
-    )
+    flow, producer = make(window=100, high_water_parts=2, low_water_parts=1)
     flow.add(200)
     for _ in range(3):
         flow.part_started()
@@ -58,14 +76,12 @@ def test_resume_needs_both_measures_low() -> None:
 def test_marks_must_be_ordered() -> None:
     """A low mark at or above the high mark is a configuration error."""
     with pytest.raises(ValueError):
-        make(high_water_bytes=10, low_water_bytes=10)
-    with pytest.raises(ValueError):
         make(high_water_parts=1, low_water_parts=2)
 
 
 def test_captures_behind_pause_and_hold_the_resume() -> None:
     """Header captures behind pause at once; the resume waits for them even with bytes low."""
-    flow, producer = make(high_water_bytes=100, low_water_bytes=10)
+    flow, producer = make(window=100)
     flow.captures_behind_changed(True)
     assert producer.calls == ["pause"]
     flow.add(5)

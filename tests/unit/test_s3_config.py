@@ -24,7 +24,7 @@ from twisted_stow.core.validation import DEFAULT_POLICY
 from twisted_stow.ingest import CAPTURE_STEPS_PER_READ, Ingest
 from twisted_stow.interfaces import INamedPartWriter, IPartWriter, IStorage
 from twisted_stow.storage.memory import MemoryPartWriter, MemoryStorage
-from twisted_stow.storage.s3 import ByteBudget, PartDigests, S3Storage
+from twisted_stow.storage.s3 import ChunksProducer, PartDigests, S3Storage
 from twisted_stow.storage.s3client import S3Client, S3Location, signed_headers
 from twisted_stow.tap import Options
 
@@ -92,26 +92,63 @@ def test_part_digests_one_pass() -> None:
     """The instance digest covers every byte; each part digest only its own."""
     digests = PartDigests()
     digests.update(b"abc")
-    first = digests.cut(b"abc")
+    first = digests.cut([b"a", memoryview(b"bc")])
     digests.update(b"de")
     digests.update(memoryview(b"f"))
     import hashlib
 
     assert first == hashlib.sha256(b"abc").digest()
-    assert digests.cut(b"def") == hashlib.sha256(b"def").digest()
+    assert digests.cut([b"def"]) == hashlib.sha256(b"def").digest()
     assert digests.instance.digest() == hashlib.sha256(b"abcdef").digest()
 
 
-def test_budget_refuses_past_total_and_wakes_waiters() -> None:
-    """Past the total a reservation fails; a release wakes who waited."""
-    budget = ByteBudget(10)
-    woken: list[str] = []
-    assert budget.try_reserve(8)
-    assert not budget.try_reserve(5)
-    budget.wait(lambda: woken.append("w"))
-    budget.release(8)
-    assert woken == ["w"]
-    assert budget.try_reserve(10)
+class _Consumer:
+    """A transport that pauses its producer after every write, as a full socket buffer does."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.producer: ChunksProducer | None = None
+
+    def write(self, data: bytes) -> None:
+        assert type(data) is bytes  # Twisted's transports take bytes only
+        self.written.append(data)
+        assert self.producer is not None
+        self.producer.pauseProducing()
+
+
+def test_a_part_is_sent_chunk_by_chunk_while_the_transport_wants_more() -> None:
+    """The body producer writes one chunk per resume, never the joined part."""
+    data = bytes(range(256)) * 40
+    chunks: list[bytes | memoryview] = [data[:1000], memoryview(data)[1000:5000], data[5000:]]
+    producer = ChunksProducer(chunks)
+    consumer = _Consumer()
+    consumer.producer = producer
+    assert producer.length == len(data)
+    done = producer.startProducing(consumer)
+    fired: list[object] = []
+    done.addCallback(fired.append)
+    assert len(consumer.written) == 1 and not fired
+    producer.resumeProducing()
+    producer.resumeProducing()
+    assert b"".join(consumer.written) == data and fired == [None]
+    # The HTTP client keeps a pooled connection's last request: the part must not stay with it.
+    assert producer.held_chunks == 0
+    assert [len(w) for w in consumer.written] == [len(c) for c in chunks]  # never joined
+
+
+def test_s3_buffers_are_sized_from_the_upload_window() -> None:
+    """A part is cut at half a window (S3's 5 MiB at least); a window under 10 MiB is refused."""
+    from botocore.credentials import Credentials
+
+    reactor = MemoryReactorClock()
+    location = S3Location("bucket", "p/", "http://127.0.0.1:1", "us-east-1")
+    client = S3Client(location, Credentials("AK", "SK"), reactor)
+    mib = 1024 * 1024
+    assert S3Storage(client, reactor).cut_bytes == 8 * mib
+    small = S3Storage(client, reactor, window_bytes=10 * mib)
+    assert small.cut_bytes == 5 * mib and small.unnamed_limit_bytes == 10 * mib
+    with pytest.raises(ValueError, match="window"):
+        S3Storage(client, reactor, window_bytes=10 * mib - 1)
 
 
 def test_s3_storage_provides_interfaces() -> None:

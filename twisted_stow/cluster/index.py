@@ -262,6 +262,12 @@ class IndexedWriter:
         digest: bytes | None = self._inner.sha256
         return digest
 
+    @property
+    def drainable(self) -> bool:
+        # The index holds no bytes: the inner writer decides (core/budget.py).
+        drains: bool = self._inner.drainable
+        return drains
+
     def write(self, data: bytes | memoryview) -> Deferred[None]:
         return self._inner.write(data)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from .budget import DEFAULT_BUDGET_BYTES, MIN_BUDGET_BYTES, MIN_S3_WINDOW_BYTES
 from .deadlines import (
     DEFAULT_BODY_RATE_WINDOW_SECONDS,
     DEFAULT_HEADER_TIMEOUT_SECONDS,
@@ -145,6 +146,8 @@ class StowConfig:
     # --index postgresql://USER@HOST:PORT/DB: the cluster's shared index and
     # outbox (None: this node alone, docs/CLUSTER.md).
     index_url: str | None = None
+    # --memory-budget: what all uploads of the process may buffer (core/budget.py).
+    memory_budget_bytes: int = DEFAULT_BUDGET_BYTES
 
     @property
     def workflow_spool_dir(self) -> Path:
@@ -193,6 +196,7 @@ def config_from_options(values: Mapping[str, Any]) -> StowConfig:
         # Free space is a local disk's notion; an object store reports quota
         # errors per instance (0xA700) instead.
         raise ValueError("--min-free-space: needs a local --storage directory, not s3://")
+    memory_budget = _memory_budget(values.get("memory-budget"), s3 is not None)
     return StowConfig(
         listen=tuple(values["listen"]) or (DEFAULT_LISTEN,),
         storage=Path(values["storage"]),
@@ -236,6 +240,7 @@ def config_from_options(values: Mapping[str, Any]) -> StowConfig:
         s3=s3,
         workers=_workers(values.get("workers")),
         index_url=index_url_or_none(values.get("index")),
+        memory_budget_bytes=memory_budget,
     )
 
 
@@ -287,6 +292,23 @@ def index_url_or_none(text: str | None) -> str | None:
 
 def _without_password(text: str) -> str:
     return re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", text)
+
+
+def _memory_budget(text: str | None, s3: bool) -> int:
+    """``--memory-budget``: at least a socket read, and with S3 two of its smallest parts."""
+    if text is None:
+        return DEFAULT_BUDGET_BYTES
+    try:
+        value = parse_size(str(text))
+    except ValueError as e:
+        raise ValueError(f"--memory-budget: {e}") from None
+    least = MIN_S3_WINDOW_BYTES if s3 else MIN_BUDGET_BYTES
+    if value < least:
+        why = "two S3 parts of 5 MiB" if s3 else "a socket read per upload"
+        raise ValueError(
+            f"--memory-budget: {text!r} is below {least // (1024 * 1024)}M (room for {why})"
+        )
+    return value
 
 
 _ENDPOINT_TYPE = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)

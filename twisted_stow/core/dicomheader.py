@@ -228,6 +228,17 @@ class HeaderCapture:
         tail = len(self._inflater.unconsumed_tail) if self._inflater is not None else 0
         return len(self._pending) + (len(self._inflated) if self._inflated else 0) + tail
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes this capture keeps in memory: its copies and the views fed but not walked.
+
+        The views keep the caller's chunks alive (the part's first bytes wait
+        here until the header is understood), so the caller counts them
+        against its memory budget, though its writer may hold the same
+        chunks: counted twice, never missed.
+        """
+        return self.buffered_bytes + sum(len(view) for view in self._queue)
+
     def feed(self, data: bytes | memoryview, *, max_steps: int | None = None) -> int:
         """Walk the next bytes of the part; return the steps taken.
 

@@ -140,6 +140,12 @@ class FilesystemPartWriter:
         self.sha256: bytes | None = None
         """The part's SHA-256, once ``finish`` has fired (computed in the writer thread)."""
 
+    @property
+    def drainable(self) -> bool:
+        """Whether all it holds will be written without more bytes (``IPartWriter``):
+        a batch being gathered waits for ``BATCH_BYTES`` or ``finish``."""
+        return self._batch_bytes == 0 or self._finishing or self._done
+
     def write(self, data: bytes | memoryview) -> Deferred[None]:
         if self._finishing or self._done:
             raise RuntimeError("write after finish/abort")

@@ -59,6 +59,8 @@ class MemoryPartWriter:
         self.committed: InstanceRef | None = None
         self.sha256: bytes | None = None
         """The part's SHA-256 once ``finish`` has fired (``IPartWriter.sha256``)."""
+        self.drainable = True
+        """Memory gathers nothing: held bytes wait only for ``release`` (``IPartWriter``)."""
 
     @property
     def held(self) -> int:

@@ -25,14 +25,17 @@ body, signed (SigV4 payload hash) and as ``x-amz-checksum-sha256``, so the
 store verifies what it got; the instance's SHA-256 is fed per chunk, each
 part's taken from its joined body (``PartDigests``).
 
-Flow: a writer accepts bytes ahead of the store (fires their write Deferreds
-at once) while it holds at most ``HOLD_BYTES`` and the process-wide
-``ByteBudget`` has room; past that the Deferreds wait for a part to be sent,
-so ``Ingest`` stops reading the socket when the store is slow.  Firing only
-once a part is sent would deadlock: ``Ingest`` resumes below 2 MiB in flight,
-and an S3 part needs 5 MiB.  Bytes beyond the budget are never needed to make
-progress (a writer with unaccepted bytes cuts a part at 5 MiB), so the budget
-bounds memory without a way to stall.
+Flow: a write's Deferred fires once its bytes left memory (their part was
+sent, or dropped), so a part buffer is held within the upload's window of the
+process's one memory budget (``core/budget.py``), and ``Ingest`` stops
+reading the socket when the store is slower than the client.  The writer
+sizes its buffers from that window (``S3Storage.window_bytes``): a part is
+cut at half a window (``cut_bytes``, at least S3's 5 MiB), the upload's
+low-water mark, so an upload paused at its window always holds a whole part
+to send, never waits for bytes it may not read; a header not understood
+within a window fails the part at once (``unnamed_limit_bytes``).  Parts are
+sent from the chunks as received (``ChunksProducer``): never joined, never
+copied whole.
 """
 
 from __future__ import annotations
@@ -43,8 +46,6 @@ import hashlib
 import os
 import secrets
 import time
-from collections import deque
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from xml.sax.saxutils import escape
@@ -52,8 +53,10 @@ from xml.sax.saxutils import escape
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
+from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
+from ..core.budget import MIN_S3_WINDOW_BYTES, S3_WINDOW_BYTES
 from ..core.dicomheader import MAX_HEADER_READ_BYTES
 from ..core.outcomes import InstanceRef
 from ..core.policy import CommitResult, StorageFull
@@ -71,12 +74,6 @@ MULTIPART_MIN_BYTES = 5 * MiB
 PART_BYTES = 8 * MiB
 # S3 allows at most 10,000 parts: 8 MiB each bounds an instance at 78 GiB.
 MAX_PARTS = 10_000
-# Bytes one writer accepts ahead of the store (their write Deferreds fired).
-HOLD_BYTES = PART_BYTES
-# Bytes all writers of one process accept ahead of the store: only as many
-# uploads buffer a part at once as this allows, the rest wait with their
-# sockets paused (the workers issue's memory budget takes its place).
-DEFAULT_BUDGET_BYTES = 16 * MiB
 # A part whose header names no instance after this many bytes cannot be
 # named (HeaderCapture refuses past MAX_HEADER_READ_BYTES): it is dropped.
 UNNAMED_HOLD_BYTES = MAX_HEADER_READ_BYTES + PART_BYTES
@@ -113,9 +110,10 @@ class PartDigests:
     """The instance's SHA-256, fed per chunk, and each S3 part's, taken at its cut.
 
     The one place the writer hashes.  Per chunk only the instance digest is
-    fed; an S3 part is hashed once, from the body already joined to send it
-    (one call over 8-16 MiB).  A part below ``MULTIPART_MIN_BYTES`` is never
-    cut: its PutObject carries the instance digest, so it is hashed once.
+    fed; an S3 part is hashed once at its cut, over its chunks as they are
+    (hashlib releases the GIL above 2 KiB; nothing is joined).  A part below
+    ``MULTIPART_MIN_BYTES`` is never cut: its PutObject carries the instance
+    digest, so it is hashed once.
     """
 
     def __init__(self) -> None:
@@ -124,9 +122,73 @@ class PartDigests:
     def update(self, data: bytes | memoryview) -> None:
         self.instance.update(data)
 
-    def cut(self, body: bytes) -> bytes:
-        """The digest of the S3 part ``body`` that ends here."""
-        return hashlib.sha256(body).digest()
+    def cut(self, chunks: list[bytes | memoryview]) -> bytes:
+        """The digest of the S3 part made of ``chunks`` that ends here."""
+        part = hashlib.sha256()
+        for chunk in chunks:
+            part.update(chunk)
+        return part.digest()
+
+
+@implementer(IBodyProducer)
+class ChunksProducer:
+    """A request body made of the chunks a part was received in, sent as they are.
+
+    The part is never joined: each chunk goes to the transport as it is (a
+    ``memoryview`` of a socket read is copied to ``bytes`` one chunk at a
+    time, as Twisted's transports take only ``bytes``), and only while the
+    transport wants more (it pauses this producer above its buffer size), so
+    sending a part adds one chunk to memory, not a part.
+    """
+
+    def __init__(self, chunks: list[bytes | memoryview]) -> None:
+        self._chunks = chunks
+        self.length = sum(len(chunk) for chunk in chunks)
+        self._next = 0
+        self._paused = False
+        self._consumer: Any = None
+        self._done: Deferred[None] | None = None
+
+    @property
+    def held_chunks(self) -> int:
+        """Chunks still referenced (none once the body is written or stopped)."""
+        return len(self._chunks)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        self._consumer = consumer
+        self._next = 0
+        self._paused = False
+        self._done = Deferred()
+        done = self._done
+        self._produce()
+        return done
+
+    def _produce(self) -> None:
+        chunks = self._chunks
+        while not self._paused and self._next < len(chunks) and self._done is not None:
+            chunk = chunks[self._next]
+            self._next += 1
+            self._consumer.write(chunk if isinstance(chunk, bytes) else bytes(chunk))
+        if self._next >= len(chunks) and self._done is not None:
+            done, self._done = self._done, None
+            # Let go of the part now: the HTTP client keeps its last request
+            # (and so this producer) on a pooled connection until the next.
+            self._chunks = []
+            done.callback(None)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        if self._paused:
+            self._paused = False
+            self._produce()
+
+    def stopProducing(self) -> None:
+        # The request was cancelled or its connection lost: Twisted expects
+        # no more writes and no firing of the Deferred.
+        self._done = None
+        self._chunks = []
 
 
 def checksum_headers(digest: bytes) -> dict[str, str]:
@@ -135,33 +197,6 @@ def checksum_headers(digest: bytes) -> dict[str, str]:
         "X-Amz-Content-SHA256": digest.hex(),
         "x-amz-checksum-sha256": base64.b64encode(digest).decode(),
     }
-
-
-class ByteBudget:
-    """Bytes the writers of one process may accept ahead of the store."""
-
-    def __init__(self, total_bytes: int) -> None:
-        self.total_bytes = total_bytes
-        self.used_bytes = 0
-        self._waiting: deque[Callable[[], None]] = deque()
-
-    def try_reserve(self, nbytes: int) -> bool:
-        if self.used_bytes + nbytes > self.total_bytes and self.used_bytes > 0:
-            return False
-        self.used_bytes += nbytes
-        return True
-
-    def wait(self, wake: Callable[[], None]) -> None:
-        if wake not in self._waiting:
-            self._waiting.append(wake)
-
-    def release(self, nbytes: int) -> None:
-        if nbytes <= 0:
-            return
-        self.used_bytes -= nbytes
-        waiting, self._waiting = self._waiting, deque()
-        for wake in waiting:
-            wake()
 
 
 def _storage_error(error: S3Error) -> OSError:
@@ -175,22 +210,19 @@ def _storage_error(error: S3Error) -> OSError:
 class S3PartWriter:
     """One part on its way into S3; see ``IPartWriter`` and the module docstring.
 
-    Each write is an entry ``[nbytes, Deferred]`` of the buffer being filled;
-    accepting it ahead of the store reserves its bytes from the budget,
-    fires the Deferred and leaves ``[nbytes, None]``.  When a part is cut it
-    takes the buffer's chunks and entries along; once it is sent (or has
-    failed) its accepted bytes return to the budget and its other Deferreds
-    fire.
+    Each write adds its chunk and its Deferred to the buffer being filled.
+    When a part is cut it takes the buffer's chunks and Deferreds along; once
+    it is sent (or has failed) the Deferreds fire: those bytes left memory.
+    A part small enough for one PutObject keeps its Deferreds until
+    ``commit`` sent it.
     """
 
     def __init__(self, storage: S3Storage) -> None:
         self._storage = storage
         self._client = storage.client
         self._chunks: list[bytes | memoryview] = []
-        self._entries: list[list[Any]] = []
-        self._first_unaccepted = 0  # entries before it are accepted
+        self._written: list[Deferred[None]] = []  # of the chunks in _chunks
         self._filled = 0  # bytes in _chunks
-        self._reserved = 0  # accepted bytes of the buffer (budget held)
         self._digests = PartDigests()
         self.size = 0
         self._key: str | None = None
@@ -230,9 +262,16 @@ class S3PartWriter:
         self._digests.update(data)
         self._chunks.append(data)
         self._filled += nbytes
-        self._entries.append([nbytes, written])
+        self._written.append(written)
         self._pump()
         return written
+
+    @property
+    def drainable(self) -> bool:
+        """Whether all it holds will leave memory without more bytes (``INamedPartWriter``)."""
+        if self._dropping or self._finishing or self._filled == 0:
+            return True
+        return self._key is not None and self._filled >= self._storage.cut_bytes
 
     def named(self, instance: InstanceRef | None) -> None:
         if self._named:
@@ -269,34 +308,22 @@ class S3PartWriter:
 
     # flow
 
-    def _accept(self) -> None:
-        """Accept buffered writes ahead of the store while this writer and the budget allow."""
-        budget = self._storage.budget
-        limit = HOLD_BYTES if self._key is not None else UNNAMED_HOLD_BYTES
-        entries = self._entries
-        while self._first_unaccepted < len(entries):
-            entry = entries[self._first_unaccepted]
-            nbytes = entry[0]
-            if self._reserved and self._reserved + nbytes > limit:
-                return
-            if not budget.try_reserve(nbytes):
-                budget.wait(self._pump)
-                return
-            self._reserved += nbytes
-            self._first_unaccepted += 1
-            written, entry[1] = entry[1], None
-            written.callback(None)
-
     def _pump(self) -> None:
-        """Decide what can happen now: accept bytes, open the upload, send a part, finish."""
+        """Decide what can happen now: open the upload, send a part, finish."""
         if self._dropping:
             self._fire_finished()
             return
-        self._accept()
         key = self._key
         if key is None:
-            if not self._named and self._filled > UNNAMED_HOLD_BYTES:
-                self._fail(OSError(f"no instance named within {UNNAMED_HOLD_BYTES} bytes"))
+            limit = self._storage.unnamed_limit_bytes
+            if not self._named and self._filled >= limit:
+                # The upload pauses at its window: waiting for more would wait for good.
+                self._fail(
+                    OSError(
+                        f"no instance named within {limit} bytes "
+                        "(the header must be understood within an upload's memory window)"
+                    )
+                )
             elif self._finishing:
                 self._fire_finished()  # commit sends it: the data is complete in memory
             return
@@ -307,11 +334,8 @@ class S3PartWriter:
             elif self._finishing and not self._creating:
                 self._fire_finished()  # small: one PutObject at commit
             return
-        stalled = self._first_unaccepted < len(self._entries)
         if not self._part_task and (
-            self._filled >= PART_BYTES
-            or (stalled and self._filled >= MULTIPART_MIN_BYTES)
-            or (self._finishing and self._filled > 0)
+            self._filled >= self._storage.cut_bytes or (self._finishing and self._filled > 0)
         ):
             self._part_task = True
             ensureDeferred(self._send_part())
@@ -348,26 +372,21 @@ class S3PartWriter:
             return
         self._pump()
 
-    def _cut(self) -> tuple[list[bytes | memoryview], list[list[Any]], int, int]:
-        """Take the buffer: its chunks, entries, bytes and accepted bytes."""
-        taken = self._chunks, self._entries, self._filled, self._reserved
-        self._chunks, self._entries, self._filled, self._reserved = [], [], 0, 0
-        self._first_unaccepted = 0
+    def _cut(self) -> tuple[list[bytes | memoryview], list[Deferred[None]]]:
+        """Take the buffer: its chunks and their write Deferreds."""
+        taken = self._chunks, self._written
+        self._chunks, self._written, self._filled = [], [], 0
         return taken
 
-    def _settle(self, entries: list[list[Any]], reserved: int) -> None:
-        """Storage holds these bytes no longer: return the budget, fire the rest."""
-        self._storage.budget.release(reserved)
-        for entry in entries:
-            written, entry[1] = entry[1], None
-            if written is not None:
-                written.callback(None)
+    @staticmethod
+    def _settle(written: list[Deferred[None]]) -> None:
+        """Storage holds these bytes no longer: their writes complete."""
+        for deferred in written:
+            deferred.callback(None)
 
     async def _send_part(self) -> None:
-        chunks, entries, _, reserved = self._cut()
-        body = b"".join(chunks)
-        del chunks
-        digest = self._digests.cut(body)
+        chunks, written = self._cut()
+        digest = self._digests.cut(chunks)
         number = len(self._etags) + 1
         try:
             if number > MAX_PARTS:
@@ -379,16 +398,16 @@ class S3PartWriter:
                 self._key,
                 query={"partNumber": str(number), "uploadId": self._upload_id},
                 headers=checksum_headers(digest),
-                body=body,
+                body=ChunksProducer(chunks),
                 payload_sha256=digest.hex(),
             )
             self._etags.append(answer.headers.get("etag", ""))
         except S3Error as e:
             self._fail(_storage_error(e))
         finally:
-            del body
+            del chunks
             self._part_task = False
-            self._settle(entries, reserved)
+            self._settle(written)
         self._pump()
 
     def _fail(self, error: OSError) -> None:
@@ -397,10 +416,10 @@ class S3PartWriter:
         self._drop()
 
     def _drop(self) -> None:
-        """Hold no more bytes: fire every write, return the budget."""
+        """Hold no more bytes: fire every write."""
         self._dropping = True
-        _, entries, _, reserved = self._cut()
-        self._settle(entries, reserved)
+        _, written = self._cut()
+        self._settle(written)
         self._fire_finished()
 
     def _fire_finished(self) -> None:
@@ -449,8 +468,8 @@ class S3PartWriter:
             await self._abort_upload()
             raise _storage_error(e) from e
         finally:
-            _, entries, _, reserved = self._cut()
-            self._settle(entries, reserved)
+            _, written = self._cut()
+            self._settle(written)
 
     async def _claim(
         self, index: str, claim: bytes, key: str, sha: str, overwrite: bool
@@ -549,14 +568,13 @@ class S3PartWriter:
             upload_id, self._upload_id = self._upload_id, None
             await self._storage.delete_quietly(self._storage.upload_marker(upload_id))
         else:
-            body = b"".join(self._chunks)
             digest = self._digests.instance.digest()
             await client.request(
                 "PutObject",
                 "PUT",
                 key,
                 headers={"Content-Type": DICOM_CONTENT_TYPE, **checksum_headers(digest)},
-                body=body,
+                body=ChunksProducer(self._chunks),
                 payload_sha256=digest.hex(),
             )
         if self._replaced is not None:
@@ -591,12 +609,21 @@ class S3Storage:
         client: S3Client,
         reactor: Any,
         *,
-        budget_bytes: int = DEFAULT_BUDGET_BYTES,
+        window_bytes: int = S3_WINDOW_BYTES,
     ) -> None:
+        if window_bytes < MIN_S3_WINDOW_BYTES:
+            raise ValueError(
+                f"an upload's memory window into S3 needs at least {MIN_S3_WINDOW_BYTES} bytes"
+            )
         self.client = client
         self.location: S3Location = client.location
         self.reactor = reactor
-        self.budget = ByteBudget(budget_bytes)
+        # Buffers are sized from the window each upload gets of the process's
+        # memory budget (core/budget.py): a part is cut at half a window (the
+        # low-water mark), so a paused upload always has a part to send.
+        self.window_bytes = window_bytes
+        self.cut_bytes = max(MULTIPART_MIN_BYTES, min(PART_BYTES, window_bytes // 2))
+        self.unnamed_limit_bytes = min(UNNAMED_HOLD_BYTES, window_bytes)
         # Names this run's heartbeat and upload markers (the pid alone is
         # reused by a restarted container).
         self.run = f"{os.getpid()}-{secrets.token_hex(8)}"

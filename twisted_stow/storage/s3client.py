@@ -32,6 +32,7 @@ from botocore.credentials import Credentials
 from botocore.session import Session
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 # Every S3 request gives up after this long (no hang when the store stops
@@ -206,16 +207,24 @@ class S3Client:
         *,
         query: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
-        body: bytes = b"",
+        body: bytes | IBodyProducer = b"",
         payload_sha256: str | None = None,
         ok: tuple[int, ...] = (200,),
         timeout: float = REQUEST_TIMEOUT_SECONDS,
     ) -> Response:
-        """Send one request; an answer outside ``ok`` raises ``S3Error``."""
+        """Send one request; an answer outside ``ok`` raises ``S3Error``.
+
+        ``body`` may be a body producer (an S3 part sent from the chunks it
+        was received in, never joined); its ``payload_sha256`` is then required.
+        """
         import treq
 
         url = self.location.url(key, query)
-        sha = payload_sha256 or (hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256)
+        if isinstance(body, bytes):
+            sha = payload_sha256 or (hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256)
+        else:
+            assert payload_sha256 is not None, "a streamed body needs its SHA-256"
+            sha = payload_sha256
         sent = signed_headers(
             self._credentials, self.location.region, method, url, headers or {}, sha
         )

@@ -192,6 +192,18 @@ class Options(usage.Options):
             "Seconds of reading over which --min-body-rate is averaged (more than 0).",
         ],
     ]
+    # Behind load balancers (docs/DEPLOY.md).
+    optParameters += [
+        [
+            "forwarded-header",
+            None,
+            "x-forwarded-for",
+            (
+                "Header the --trusted-proxy balancers name the client in: 'x-forwarded-for' "
+                "(haproxy option forwardfor, nginx) or 'forwarded' (RFC 7239)."
+            ),
+        ],
+    ]
     # Authentication (README "Authentication", docs/CONFORMANCE.md §10).
     optParameters += [
         [
@@ -239,8 +251,8 @@ class Options(usage.Options):
             "trust-forwarded-headers",
             None,
             (
-                "Build RetrieveURL from X-Forwarded-Proto/X-Forwarded-Host (only behind a proxy "
-                "you control)."
+                "Build RetrieveURL from X-Forwarded-Proto/X-Forwarded-Host; with --trusted-proxy "
+                "only on connections from those (without it from anyone: deprecated)."
             ),
         ],
         [
@@ -269,6 +281,11 @@ class Options(usage.Options):
     def opt_listen(self, description: str) -> None:
         """Endpoint to listen on (repeatable). Default: tcp:8080:interface=127.0.0.1 (loopback)"""
         self["listen"].append(description)
+
+    def opt_trusted_proxy(self, address: str) -> None:
+        """Load balancer (IP or CIDR, repeatable) whose X-Forwarded-For names the client
+        for the per-peer limit, the login throttle and the logs. Default: none."""
+        self["trusted-proxy"].append(address)
 
     def opt_cors_origin(self, origin: str) -> None:
         """Browser origin allowed to POST (CORS; repeatable, '*' for any). Default: none."""
@@ -403,6 +420,8 @@ HELP_GROUPS: list[tuple[str, list[str]]] = [
         [
             "public-url",
             "trust-forwarded-headers",
+            "trusted-proxy",
+            "forwarded-header",
             "study-mismatch",
             "duplicates",
             "sop-class",
@@ -447,6 +466,7 @@ HELP_EXAMPLES = """Examples:
 # The options given once per value (their opt_* methods append).
 REPEATABLE = {
     "listen",
+    "trusted-proxy",
     "cors-origin",
     "sop-class",
     "transfer-syntax",
@@ -497,6 +517,11 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         _check_s3(config)
     else:
         startup.check_storage(config.storage)
+    if config.trust_forwarded_headers and not config.trusted_proxies.networks:
+        startup.log.warn(
+            "--trust-forwarded-headers without --trusted-proxy believes X-Forwarded-Host/Proto "
+            "from any client (deprecated): name the load balancer with --trusted-proxy ADDR"
+        )
     top, site = make_services(config, reactor)
     listeners = []
     reloads: list[Callable[[], bool]] = [site.stow.reload_credentials]

@@ -1,0 +1,109 @@
+"""--trusted-proxy through real haproxy and nginx (deploy/ configs) before a real twistd.
+
+One node with ``--max-requests-per-peer 1``.  A client holds its one slot with
+an upload whose body is still coming; the same client's next request must be
+refused (503) and another client's stored, whatever either claims in
+X-Forwarded-For.  Through a balancer that buffered bodies the held upload
+would never reach the node, so the 503 also shows the body streams through.
+On a direct (untrusted) connection a forged X-Forwarded-For is ignored.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.dicom_files import CT, MR
+from tests.helpers import build_multipart, multipart_content_type
+from tests.integration.cluster import Balancer, Node, start_haproxy, start_nginx, start_node
+from tests.integration.observe import wait_until
+from tests.integration.streaming import raw_exchange, status_of
+from tests.integration.test_s3_storage import new_instance
+
+BOUNDARY = "stow-forwarded-boundary"
+HELD_BODY_BYTES = 1024 * 1024
+ANSWER_SECONDS = 30.0
+
+
+def request_head(length: int, forwarded_for: str | None = None) -> bytes:
+    return (
+        b"POST /studies HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        + f"Content-Type: {multipart_content_type(BOUNDARY)}\r\n".encode()
+        + (f"X-Forwarded-For: {forwarded_for}\r\n".encode() if forwarded_for else b"")
+        + b"Accept: application/dicom+json\r\n"
+        + f"Content-Length: {length}\r\n\r\n".encode()
+    )
+
+
+def upload(port: int, source: str, forwarded_for: str | None = None) -> int:
+    """A whole one-instance POST from ``source``; its status."""
+    _, data = new_instance(MR)
+    body = build_multipart([data], BOUNDARY)
+    answer = raw_exchange(
+        port,
+        request_head(len(body), forwarded_for) + body,
+        source=source,
+        read_timeout=ANSWER_SECONDS,
+    )
+    return status_of(answer)
+
+
+def hold_slot(port: int, source: str, forwarded_for: str | None) -> socket.socket:
+    """An upload from ``source`` that sends its headers and a first part, then waits."""
+    _, data = new_instance(CT)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+    sock.sendall(request_head(HELD_BODY_BYTES, forwarded_for) + build_multipart([data], BOUNDARY))
+    return sock
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    running = start_node(tmp_path_factory.mktemp("node"), "--max-requests-per-peer", "1")
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(params=["haproxy", "nginx"])
+def balancer(request: pytest.FixtureRequest, node: Node, tmp_path: Path) -> Iterator[Balancer]:
+    start: Callable[[Path, list[int]], Balancer] = (
+        start_haproxy if request.param == "haproxy" else start_nginx
+    )
+    running = start(tmp_path / request.param, [node.port])
+    try:
+        # haproxy sends nothing to a node before its health checks pass.
+        assert wait_until(lambda: upload(running.port, "127.0.0.9") == 200, 20), running.log_tail()
+        yield running
+    finally:
+        running.stop()
+
+
+def test_limits_apply_per_real_client_behind_the_balancer(balancer: Balancer) -> None:
+    # 127.0.0.2 claims to be 127.0.0.3; the balancer appends what it saw.
+    held = hold_slot(balancer.port, "127.0.0.2", forwarded_for="127.0.0.3")
+    try:
+        # The same client, whatever it claims, has no second slot ...
+        assert wait_until(
+            lambda: upload(balancer.port, "127.0.0.2", forwarded_for="127.0.0.7") == 503, 15
+        ), balancer.log_tail()
+        # ... while the client it named, another address, is served.
+        assert upload(balancer.port, "127.0.0.3") == 200
+    finally:
+        held.close()
+    # The slot comes back with the connection.
+    assert wait_until(lambda: upload(balancer.port, "127.0.0.2") == 200, 15)
+
+
+def test_forged_header_on_a_direct_connection_is_ignored(node: Node) -> None:
+    held = hold_slot(node.port, "127.0.0.4", forwarded_for="127.0.0.5")
+    try:
+        # Believed, these would be two clients (127.0.0.5 and 127.0.0.6).
+        assert wait_until(lambda: upload(node.port, "127.0.0.4", forwarded_for="127.0.0.6") == 503)
+        # And 127.0.0.5 was never the holder.
+        assert upload(node.port, "127.0.0.5") == 200
+    finally:
+        held.close()

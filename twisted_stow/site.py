@@ -116,6 +116,7 @@ def make_services(
             routing_key=config.amqp_routing_key,
             reactor=reactor,
             run_in_thread=run_in_thread,
+            ca_file=config.amqp_ca,
         )
         workflows.on_spooled(publisher.wake)
         publisher.setServiceParent(top)

@@ -132,8 +132,17 @@ class Options(usage.Options):
             None,
             (
                 "Publish workflow requests to this RabbitMQ broker "
-                "(amqp://user:pass@host:port/vhost) with publisher confirms; while it is down "
-                "they wait in the spool."
+                "(amqp://user:pass@host:port/vhost, or amqps:// for TLS) with publisher "
+                "confirms; while it is down they wait in the spool."
+            ),
+        ],
+        [
+            "amqp-ca",
+            None,
+            None,
+            (
+                "PEM CA certificates the amqps:// broker's certificate must chain to. "
+                "Default: the system's trust store."
             ),
         ],
         ["amqp-exchange", None, DEFAULT_AMQP_EXCHANGE, "Exchange (topic, durable) to publish to."],
@@ -384,7 +393,9 @@ class Options(usage.Options):
                 values = merge(from_file, dict(self), self.given)
             self.config = config_from_options(values)
             if self.config.amqp_url is not None:
-                check_amqp_url(self.config.amqp_url)
+                check_amqp_url(self.config.amqp_url, self.config.amqp_ca)
+            elif self.config.amqp_ca is not None:
+                raise ValueError("--amqp-ca: needs an amqps:// --amqp-url")
         except ValueError as e:
             raise usage.UsageError(str(e)) from e
         _check_auth(self.config)
@@ -442,6 +453,7 @@ HELP_GROUPS: list[tuple[str, list[str]]] = [
             "default-workflow",
             "workflow-spool",
             "amqp-url",
+            "amqp-ca",
             "amqp-exchange",
             "amqp-routing-key",
         ],

@@ -131,6 +131,9 @@ class StowConfig:
     # None: <storage>/.workflow-spool.
     workflow_spool: Path | None = None
     amqp_url: str | None = None
+    # --amqp-ca: PEM certificates an amqps:// broker's must chain to (None:
+    # the system's trust store).
+    amqp_ca: Path | None = None
     amqp_exchange: str = DEFAULT_AMQP_EXCHANGE
     amqp_routing_key: str = DEFAULT_AMQP_ROUTING_KEY
     # --accept-leading-zero-uids: UID components such as "02" (PS3.5 §9.1
@@ -230,6 +233,7 @@ def config_from_options(values: Mapping[str, Any]) -> StowConfig:
         default_workflows=tuple(values["default-workflow"]),
         workflow_spool=_path_or_none(values["workflow-spool"]),
         amqp_url=values["amqp-url"],
+        amqp_ca=_path_or_none(values.get("amqp-ca")),
         amqp_exchange=values["amqp-exchange"],
         amqp_routing_key=values["amqp-routing-key"],
         accept_leading_zero_uids=leading_zeros,

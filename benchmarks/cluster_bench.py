@@ -40,7 +40,7 @@ from pydicom.uid import generate_uid
 
 from tests.dicom_files import MR
 from tests.helpers import build_multipart, multipart_content_type
-from tests.integration.cluster import Node, start_haproxy, start_node
+from tests.integration.cluster import NodeProcess, start_haproxy, start_node
 from tests.integration.seaweedfs import SeaweedFS, credentials_env
 
 CLIENTS = 8
@@ -102,7 +102,7 @@ def load(url: str, seconds: float, pool: list[bytes]) -> tuple[int, int]:
     return sum(stored), sum(failed)
 
 
-def s3_node(directory: Path, seaweed: SeaweedFS, bucket: str) -> Node:
+def s3_node(directory: Path, seaweed: SeaweedFS, bucket: str) -> NodeProcess:
     return start_node(
         directory,
         "--storage",
@@ -127,7 +127,7 @@ def main() -> None:
         base = Path(temp)
         seaweed = SeaweedFS(base / "seaweedfs")
         seaweed.start()
-        nodes: list[Node] = []
+        nodes: list[NodeProcess] = []
         balancers: list[Any] = []
         try:
             bucket = seaweed.new_bucket()

@@ -137,7 +137,7 @@ def start_nginx(directory: Path, node_ports: Iterable[int]) -> Balancer:
     return Balancer(process, port, "nginx", error_log)
 
 
-def start_node(directory: Path, *options: str, env: Mapping[str, str] | None = None) -> Node:
+def start_node(directory: Path, *options: str, env: Mapping[str, str] | None = None) -> NodeProcess:
     """One ``twistd -n stow`` on a free port of 127.0.0.1 that trusts the balancer."""
     storage = directory / "store"
     storage.mkdir(parents=True, exist_ok=True)
@@ -152,10 +152,10 @@ def start_node(directory: Path, *options: str, env: Mapping[str, str] | None = N
         cwd=directory,
     )
     (port,) = twistd.ports(1)
-    return Node(twistd, port)
+    return NodeProcess(twistd, port)
 
 
-class Node:
+class NodeProcess:
     """A running node: its process and port."""
 
     def __init__(self, twistd: Twistd, port: int) -> None:

@@ -29,7 +29,7 @@ import requests
 
 from tests.dicom_files import CT, MR
 from tests.helpers import build_multipart, multipart_content_type
-from tests.integration.cluster import Balancer, Node, start_haproxy, start_node
+from tests.integration.cluster import Balancer, NodeProcess, start_haproxy, start_node
 from tests.integration.observe import wait_until
 from tests.integration.seaweedfs import SeaweedFS, credentials_env, open_uploads, read_object
 from tests.integration.streaming import sop_instance_uids
@@ -71,7 +71,7 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
         store.stop()
 
 
-def s3_node(directory: Path, seaweed: SeaweedFS, bucket: str) -> Node:
+def s3_node(directory: Path, seaweed: SeaweedFS, bucket: str) -> NodeProcess:
     # The launcher passes a --storage of its own first; the later s3:// one wins.
     return start_node(
         directory,
@@ -151,7 +151,7 @@ def test_node_killed_mid_run(seaweed: SeaweedFS, tmp_path: Path) -> None:
     bucket = seaweed.new_bucket()
     nodes = [s3_node(tmp_path / f"node{i}", seaweed, bucket) for i in (1, 2)]
     balancer: Balancer | None = None
-    replacement: Node | None = None
+    replacement: NodeProcess | None = None
     try:
         balancer = start_haproxy(tmp_path / "haproxy", [node.port for node in nodes])
         url = balancer.url

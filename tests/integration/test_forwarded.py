@@ -18,7 +18,7 @@ import pytest
 
 from tests.dicom_files import CT, MR
 from tests.helpers import build_multipart, multipart_content_type
-from tests.integration.cluster import Balancer, Node, start_haproxy, start_nginx, start_node
+from tests.integration.cluster import Balancer, NodeProcess, start_haproxy, start_nginx, start_node
 from tests.integration.observe import wait_until
 from tests.integration.streaming import raw_exchange, status_of
 from tests.integration.test_s3_storage import new_instance
@@ -60,7 +60,7 @@ def hold_slot(port: int, source: str, forwarded_for: str | None) -> socket.socke
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     running = start_node(tmp_path_factory.mktemp("node"), "--max-requests-per-peer", "1")
     try:
         yield running
@@ -69,7 +69,9 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
 
 
 @pytest.fixture(params=["haproxy", "nginx"])
-def balancer(request: pytest.FixtureRequest, node: Node, tmp_path: Path) -> Iterator[Balancer]:
+def balancer(
+    request: pytest.FixtureRequest, node: NodeProcess, tmp_path: Path
+) -> Iterator[Balancer]:
     start: Callable[[Path, list[int]], Balancer] = (
         start_haproxy if request.param == "haproxy" else start_nginx
     )
@@ -98,7 +100,7 @@ def test_limits_apply_per_real_client_behind_the_balancer(balancer: Balancer) ->
     assert wait_until(lambda: upload(balancer.port, "127.0.0.2") == 200, 15)
 
 
-def test_forged_header_on_a_direct_connection_is_ignored(node: Node) -> None:
+def test_forged_header_on_a_direct_connection_is_ignored(node: NodeProcess) -> None:
     held = hold_slot(node.port, "127.0.0.4", forwarded_for="127.0.0.5")
     try:
         # Believed, these would be two clients (127.0.0.5 and 127.0.0.6).

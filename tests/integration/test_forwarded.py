@@ -15,10 +15,18 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.dicom_files import CT, MR
 from tests.helpers import build_multipart, multipart_content_type
-from tests.integration.cluster import Balancer, NodeProcess, start_haproxy, start_nginx, start_node
+from tests.integration.cluster import (
+    Balancer,
+    NodeProcess,
+    free_port,
+    start_haproxy,
+    start_nginx,
+    start_node,
+)
 from tests.integration.observe import wait_until
 from tests.integration.streaming import raw_exchange, status_of
 from tests.integration.test_s3_storage import new_instance
@@ -109,3 +117,25 @@ def test_forged_header_on_a_direct_connection_is_ignored(node: NodeProcess) -> N
         assert upload(node.port, "127.0.0.5") == 200
     finally:
         held.close()
+
+
+@pytest.mark.parametrize("name", ["haproxy", "nginx"])
+def test_no_node_ready_is_503_with_retry_after(name: str, tmp_path: Path) -> None:
+    """With every node gone the balancer itself answers as a node would: 503 + Retry-After."""
+    start = start_haproxy if name == "haproxy" else start_nginx
+    nowhere = [free_port(), free_port()]  # nothing listens there
+    running = start(tmp_path / name, nowhere)
+    try:
+        _, data = new_instance(MR)
+        answer = requests.post(
+            running.url + "/studies",
+            data=build_multipart([data], BOUNDARY),
+            headers={"Content-Type": multipart_content_type(BOUNDARY)},
+            timeout=ANSWER_SECONDS,
+        )
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["Retry-After"] == "5"
+        assert answer.headers["Content-Type"] == "application/problem+json"
+        assert answer.json()["status"] == 503
+    finally:
+        running.stop()

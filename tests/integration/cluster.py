@@ -20,10 +20,21 @@ import os
 import re
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
+from typing import Any
 
+import pydicom
+import requests
+from pydicom.uid import generate_uid
+
+from tests.dicom_files import CT, MR
+from tests.helpers import build_multipart, multipart_content_type
+from tests.integration.streaming import failure_reasons, sop_instance_uids
 from tests.launcher import DidNotStart, ServerProcess, Twistd
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -35,6 +46,9 @@ NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 # Where a balancer connects to the nodes from (the nodes' --trusted-proxy).
 BALANCER_ADDRESS = "127.0.0.1"
 START_TIMEOUT_SECONDS = 30.0
+BOUNDARY = "stow-cluster-load-boundary"
+# A client waits this long for an answer; longer is a hang (the test fails).
+CLIENT_TIMEOUT_SECONDS = 30.0
 _PLACEHOLDER = re.compile(r"\$\{(STOW_[A-Z0-9_]+)\}")
 
 
@@ -176,3 +190,93 @@ class NodeProcess:
 
     def stop(self) -> None:
         self.twistd.stop()
+
+
+@dataclass
+class Attempt:
+    """One client POST: what was sent and what came back (status None: no answer)."""
+
+    instances: dict[str, tuple[Any, bytes]]
+    phase: str
+    status: int | None = None
+    stored: list[str] = field(default_factory=list)
+    failure_reasons: list[int] = field(default_factory=list)
+    retry_after: str | None = None
+    correlation_id: str | None = None
+    error: str | None = None
+
+
+class Load:
+    """``clients`` threads POSTing two fresh small instances at a time to ``url + path``.
+
+    ``phase`` labels the attempts begun while it is set ("before", "during",
+    ...), so a test can say what it expects of the requests of each phase.
+    A client's timeout is generous and counted as no answer: a hang fails
+    the test rather than blocking it.
+    """
+
+    def __init__(self, url: str, path: str = "/studies", clients: int = 8) -> None:
+        self.url = url + path
+        self.phase = "before"
+        self.attempts: list[Attempt] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._client) for _ in range(clients)]
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def stop(self) -> list[Attempt]:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(CLIENT_TIMEOUT_SECONDS * 2)
+        return self.attempts
+
+    def acknowledged(self) -> list[tuple[Attempt, str]]:
+        """Every (attempt, SOP Instance UID) a node answered as stored."""
+        return [(attempt, uid) for attempt in self.attempts for uid in attempt.stored]
+
+    def _client(self) -> None:
+        session = requests.Session()
+        while not self._stop.is_set():
+            instances = {ds.SOPInstanceUID: (ds, data) for ds, data in (fresh(MR), fresh(CT))}
+            attempt = Attempt(instances, self.phase)
+            self.attempts.append(attempt)
+            try:
+                answer = session.post(
+                    self.url,
+                    data=build_multipart([data for _, data in instances.values()], BOUNDARY),
+                    headers={
+                        "Content-Type": multipart_content_type(BOUNDARY),
+                        "Accept": "application/dicom+json",
+                    },
+                    timeout=CLIENT_TIMEOUT_SECONDS,
+                )
+            except requests.RequestException as e:
+                attempt.error = type(e).__name__
+                session = requests.Session()
+                continue
+            attempt.status = answer.status_code
+            attempt.retry_after = answer.headers.get("Retry-After")
+            attempt.correlation_id = answer.headers.get("X-Correlation-ID")
+            if answer.headers.get("Content-Type", "").startswith("application/dicom+json"):
+                model = answer.json()
+                attempt.stored = sop_instance_uids(model)
+                attempt.failure_reasons = failure_reasons(model) + failure_reasons(
+                    model, "0008119A"
+                )
+
+
+def fresh(path: Path) -> tuple[Any, bytes]:
+    """The DICOM file at ``path`` as a new instance (a fresh SOP Instance UID)."""
+    ds = pydicom.dcmread(path)
+    uid = generate_uid()
+    ds.SOPInstanceUID = uid
+    ds.file_meta.MediaStorageSOPInstanceUID = uid
+    with BytesIO() as buffer:
+        pydicom.dcmwrite(buffer, ds)
+        return ds, buffer.getvalue()

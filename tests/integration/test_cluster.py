@@ -17,22 +17,19 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from tests.dicom_files import CT, MR
+from tests.dicom_files import CT
 from tests.helpers import build_multipart, multipart_content_type
-from tests.integration.cluster import Balancer, NodeProcess, start_haproxy, start_node
+from tests.integration.cluster import Balancer, Load, NodeProcess, start_haproxy, start_node
 from tests.integration.observe import wait_until
 from tests.integration.seaweedfs import SeaweedFS, credentials_env, open_uploads, read_object
-from tests.integration.streaming import sop_instance_uids
 from tests.integration.test_s3_storage import new_instance
 
 BOUNDARY = "stow-cluster-boundary"
@@ -45,16 +42,6 @@ LARGE_PADDING = 6 * MiB
 LARGE_SENT = 5 * MiB + 512 * 1024
 RUN_SECONDS = 2.0
 ANSWER_SECONDS = 30.0
-
-
-@dataclass
-class Attempt:
-    """One client POST: what was sent and what came back (status None: no answer)."""
-
-    instances: dict[str, tuple[Any, bytes]]
-    status: int | None = None
-    stored: list[str] = field(default_factory=list)
-    after_kill: bool = False
 
 
 def key(ds: Any) -> str:
@@ -83,33 +70,6 @@ def s3_node(directory: Path, seaweed: SeaweedFS, bucket: str) -> NodeProcess:
         str(directory / "spool"),
         env={**os.environ, **credentials_env()},
     )
-
-
-def client(url: str, stop: threading.Event, killed: threading.Event, out: list[Attempt]) -> None:
-    """Upload two-instance POSTs until ``stop``; every attempt recorded."""
-    session = requests.Session()
-    while not stop.is_set():
-        instances = dict(
-            (ds.SOPInstanceUID, (ds, data)) for ds, data in (new_instance(MR), new_instance(CT))
-        )
-        attempt = Attempt(instances, after_kill=killed.is_set())
-        out.append(attempt)
-        try:
-            answer = session.post(
-                url + "/studies",
-                data=build_multipart([data for _, data in instances.values()], BOUNDARY),
-                headers={
-                    "Content-Type": multipart_content_type(BOUNDARY),
-                    "Accept": "application/dicom+json",
-                },
-                timeout=ANSWER_SECONDS,
-            )
-        except requests.RequestException:
-            session = requests.Session()
-            continue
-        attempt.status = answer.status_code
-        if answer.status_code in (200, 202):
-            attempt.stored = sop_instance_uids(answer.json())
 
 
 def hold_large_upload(port: int) -> tuple[socket.socket, Any]:
@@ -163,21 +123,12 @@ def test_node_killed_mid_run(seaweed: SeaweedFS, tmp_path: Path) -> None:
         (victim,) = [node for node in nodes if run.startswith(f"{node.pid}-")]
         (survivor,) = [node for node in nodes if node is not victim]
 
-        stop, killed = threading.Event(), threading.Event()
-        attempts: list[Attempt] = []
-        threads = [
-            threading.Thread(target=client, args=(url, stop, killed, attempts))
-            for _ in range(CLIENTS)
-        ]
-        for thread in threads:
-            thread.start()
-        time.sleep(RUN_SECONDS)
-        victim.kill()
-        killed.set()
-        time.sleep(RUN_SECONDS * 2)
-        stop.set()
-        for thread in threads:
-            thread.join(ANSWER_SECONDS * 2)
+        with Load(url, clients=CLIENTS) as load:
+            time.sleep(RUN_SECONDS)
+            victim.kill()
+            load.phase = "after"
+            time.sleep(RUN_SECONDS * 2)
+        attempts = load.attempts
 
         # The upload in flight on the dead node failed at its client.
         answer = answer_of(held)
@@ -186,7 +137,7 @@ def test_node_killed_mid_run(seaweed: SeaweedFS, tmp_path: Path) -> None:
         assert s3.list_objects_v2(Bucket=bucket, Prefix=key(held_ds))["KeyCount"] == 0
 
         # Every acknowledged instance is stored byte-identical.
-        acknowledged = [(a, uid) for a in attempts for uid in a.stored]
+        acknowledged = load.acknowledged()
         assert len(acknowledged) > CLIENTS
         for attempt, uid in acknowledged:
             ds, data = attempt.instances[uid]
@@ -196,7 +147,7 @@ def test_node_killed_mid_run(seaweed: SeaweedFS, tmp_path: Path) -> None:
         statuses = {a.status for a in attempts}
         assert statuses <= {None, 200, 502, 503}, statuses
         assert all(len(a.stored) == 2 for a in attempts if a.status == 200)
-        assert any(a.status == 200 for a in attempts if a.after_kill)
+        assert any(a.status == 200 for a in attempts if a.phase == "after")
 
         # The dead run's multipart upload is still open: nobody has swept it.
         assert open_uploads(s3, bucket)

@@ -30,6 +30,9 @@ from tests.integration.cluster import (
 from tests.integration.observe import wait_until
 from tests.integration.streaming import raw_exchange, status_of
 from tests.integration.test_s3_storage import new_instance
+from twisted_stow.auth.files import entry_with_grant, write_atomically
+from twisted_stow.auth.grants import EVERYTHING
+from twisted_stow.auth.passwords import token_digest
 
 BOUNDARY = "stow-forwarded-boundary"
 HELD_BODY_BYTES = 1024 * 1024
@@ -138,4 +141,41 @@ def test_no_node_ready_is_503_with_retry_after(name: str, tmp_path: Path) -> Non
         assert answer.headers["Content-Type"] == "application/problem+json"
         assert answer.json()["status"] == 503
     finally:
+        running.stop()
+
+
+def test_login_throttle_blocks_only_the_client_that_failed(tmp_path: Path) -> None:
+    """5 wrong tokens from one client behind haproxy block that client (429), not the
+    others that share the balancer's connection address."""
+    tokens = tmp_path / "tokens.json"
+    good = b"the-right-token-0123456789"
+    write_atomically(
+        tokens, {"uploader": entry_with_grant({"sha256": token_digest(good)}, EVERYTHING)}
+    )
+    running = start_node(tmp_path / "node", "--tokens", str(tokens))
+    balancer = None
+    try:
+        balancer = start_haproxy(tmp_path / "haproxy", [running.port])
+        port = balancer.port
+
+        def bearer(source: str, token: bytes) -> int:
+            request = (
+                b"POST /studies HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                b"Authorization: Bearer "
+                + token
+                + b"\r\n"
+                + f"Content-Type: {multipart_content_type(BOUNDARY)}\r\n".encode()
+                + b"Content-Length: 10\r\n\r\n0123456789"
+            )
+            return status_of(raw_exchange(port, request, source=source))
+
+        assert wait_until(lambda: bearer("127.0.0.9", b"wrong") == 401, 20)
+        assert [bearer("127.0.0.2", b"wrong") for _ in range(5)] == [401] * 5
+        assert bearer("127.0.0.2", good) == 429  # blocked, even with the right token
+        assert bearer("127.0.0.3", b"wrong") == 401  # another client: not blocked
+        # And its right token gets past authentication (the body then is broken: 400).
+        assert bearer("127.0.0.3", good) == 400
+    finally:
+        if balancer is not None:
+            balancer.stop()
         running.stop()

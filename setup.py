@@ -23,6 +23,7 @@ setup(
         "twisted_stow.workflow",
         "twisted_stow.ops",
         "twisted_stow.client",
+        "twisted_stow.cluster",
         "twisted.plugins",
     ],
     package_dir={"twisted.plugins": "plugins"},
@@ -40,6 +41,10 @@ setup(
         # Publishes workflow requests to RabbitMQ (--amqp-url) through its
         # Twisted adapter, with publisher confirms (docs/WORKFLOW.md).
         "pika>=1.3",
+        # --index postgresql://...: the cluster's shared index and outbox
+        # (docs/CLUSTER.md); [binary] brings its own libpq, so no system
+        # library or compiler is needed.
+        "psycopg[binary]>=3.1",
         # stow-upload (twisted_stow/client): the HTTP client, and its progress bar.
         "treq>=24.9",
         "tqdm>=4.66",

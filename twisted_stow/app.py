@@ -360,6 +360,15 @@ class StowService:
         if submission is not None:
             # Answer only once the workflow request is durable (or known lost).
             spooled = await detached(submission)
+            if spooled.error is not None and spooled.retry_after_seconds is not None:
+                # The outbox is down for now (the index database): the client
+                # sends again later, as for any refusal from the headers.
+                raise ServiceUnavailable(
+                    "the instances were stored, but their workflow request could not be "
+                    f"recorded: {spooled.error}; send the request again (correlation id "
+                    f"{correlation_id})",
+                    spooled.retry_after_seconds,
+                )
             if spooled.error is not None:
                 raise WorkflowNotRecorded(
                     "the instances were stored, but their workflow request could not be "

@@ -97,12 +97,20 @@ def make_services(
     """
     if storage is None:
         storage = make_storage(config, reactor)
+    outbox = None
+    if config.index_url is not None:
+        # The shared index decides every commit; the shared outbox replaces
+        # the spool's role (docs/CLUSTER.md).
+        from .cluster.wiring import with_index
+
+        storage, outbox = with_index(storage, config.index_url, reactor)
     run_in_thread = reactor_threads(reactor)
     workflows = WorkflowTrigger(
         Spool(config.workflow_spool_dir),
         run_in_thread,
         storage_root=config.storage_root,
         default_workflows=config.default_workflows,
+        record=outbox.record if outbox is not None else None,
     )
     metrics.watch_spool(lambda: len(workflows.spool.pending()))
     top = MultiService()
@@ -110,7 +118,7 @@ def make_services(
     SpoolService(workflows.spool).setServiceParent(top)
     if config.amqp_url is not None:
         publisher = AmqpPublisher(
-            workflows.spool,
+            outbox if outbox is not None else workflows.spool,
             config.amqp_url,
             exchange=config.amqp_exchange,
             routing_key=config.amqp_routing_key,

@@ -146,6 +146,16 @@ class Options(usage.Options):
             ),
         ],
         ["amqp-exchange", None, DEFAULT_AMQP_EXCHANGE, "Exchange (topic, durable) to publish to."],
+        [
+            "index",
+            None,
+            None,
+            (
+                "postgresql://USER@HOST:PORT/DB: the SOP instance index and workflow outbox "
+                "shared by every node of a cluster (docs/CLUSTER.md); the password comes from "
+                "PGPASSWORD or ~/.pgpass, never the URL."
+            ),
+        ],
         ["amqp-routing-key", None, DEFAULT_AMQP_ROUTING_KEY, "Routing key of workflow requests."],
         [
             "idle-timeout",
@@ -463,6 +473,7 @@ HELP_GROUPS: list[tuple[str, list[str]]] = [
         ["config", "metrics-listen", "drain-timeout", "log-format", "version", "help"],
     ),
     ("S3 storage (--storage s3://BUCKET[/PREFIX])", ["s3-endpoint", "s3-region"]),
+    ("Cluster", ["index"]),
 ]
 
 HELP_EXAMPLES = """Examples:
@@ -534,6 +545,12 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
             "--trust-forwarded-headers without --trusted-proxy believes X-Forwarded-Host/Proto "
             "from any client (deprecated): name the load balancer with --trusted-proxy ADDR"
         )
+    if config.index_url is not None:
+        from .cluster.wiring import prepare
+
+        problem = prepare(config.index_url)
+        if problem is not None:
+            startup.fail(problem)
     top, site = make_services(config, reactor)
     listeners = []
     reloads: list[Callable[[], bool]] = [site.stow.reload_credentials]

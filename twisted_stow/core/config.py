@@ -150,6 +150,9 @@ class StowConfig:
     verify_body_digest: bool = False
     # --storage s3://...: the object store (None: the directory ``storage``).
     s3: S3Target | None = None
+    # --index postgresql://USER@HOST:PORT/DB: the cluster's shared index and
+    # outbox (None: this node alone, docs/CLUSTER.md).
+    index_url: str | None = None
 
     @property
     def workflow_spool_dir(self) -> Path:
@@ -243,7 +246,38 @@ def config_from_options(values: Mapping[str, Any]) -> StowConfig:
         min_free_bytes=_size_or_none(values["min-free-space"], "--min-free-space"),
         verify_body_digest=bool(values.get("verify-body-digest", 0)),
         s3=s3,
+        index_url=index_url_or_none(values.get("index")),
     )
+
+
+def index_url_or_none(text: str | None) -> str | None:
+    """``--index``: a ``postgresql://USER@HOST[:PORT]/DB`` URL without a password.
+
+    A password in argv is visible to every local user (ps, /proc): libpq
+    takes it from PGPASSWORD or ~/.pgpass instead.
+    """
+    if not text:
+        return None
+    problem = f"--index: {_without_password(text)!r} is not postgresql://USER@HOST[:PORT]/DB"
+    try:
+        parsed = urlsplit(text)
+        parsed.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as e:
+        raise ValueError(problem) from e
+    if parsed.scheme.lower() not in ("postgresql", "postgres"):
+        raise ValueError(problem)
+    if parsed.password is not None or "password=" in parsed.query.lower():
+        raise ValueError(
+            "--index: the URL must not hold a password (it would be visible in the process "
+            "list): set PGPASSWORD or use ~/.pgpass"
+        )
+    if not parsed.hostname or not parsed.path.strip("/"):
+        raise ValueError(problem)
+    return text
+
+
+def _without_password(text: str) -> str:
+    return re.sub(r"(//[^:/@]*):[^@/]*@", r"\1:***@", text)
 
 
 _ENDPOINT_TYPE = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)

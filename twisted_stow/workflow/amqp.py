@@ -1,13 +1,16 @@
 """``AmqpPublisher``: publishes spooled workflow requests to RabbitMQ.
 
-The spool is the outbox.  The publisher connects with pika's Twisted adapter,
-declares the exchange (topic, durable: a fresh broker works), turns on
-publisher confirms and publishes every entry as a persistent message whose
-``message_id`` is the request's stable ``payload_id``.  An entry is removed
-only after the broker confirmed it, so a broker that is down, restarts or
-drops the connection mid-batch costs a delay, never a request: entries not
-confirmed stay in the spool and are published again after reconnecting
-(at least once; consumers drop repeats by ``message_id``).
+The spool is the outbox (``SpoolOutbox``), or with ``--index`` the shared
+PostgreSQL outbox table (``cluster.outbox``): both are an ``Outbox``, which
+hands out pending requests and removes them once confirmed.  The publisher
+connects with pika's Twisted adapter, declares the exchange (topic, durable:
+a fresh broker works), turns on publisher confirms and publishes every
+request as a persistent message whose ``message_id`` is the request's stable
+``payload_id``.  A request is removed only after the broker confirmed it, so
+a broker that is down, restarts or drops the connection mid-batch costs a
+delay, never a request: requests not confirmed stay in the outbox and are
+published again after reconnecting (at least once; consumers drop repeats by
+``message_id``).
 
 While the broker is unreachable the publisher retries with exponential
 backoff, from ``RETRY_MIN_SECONDS`` up to ``RETRY_MAX_SECONDS``.
@@ -24,8 +27,9 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pika
 from OpenSSL.SSL import Error as TLSError
@@ -111,12 +115,50 @@ def tls_options(host: str, ca_file: Path | None) -> Any:
     return optionsForClientTLS(host, trustRoot=trustRootFromCertificates(certificates))
 
 
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """One workflow request waiting for its broker confirm; ``key`` is the outbox's own."""
+
+    key: Any
+    body: bytes
+    payload_id: str
+    correlation_id: str | None
+
+
+class Outbox(Protocol):
+    """Where workflow requests wait until the broker confirmed them."""
+
+    # Named in the publisher's log lines ("workflow requests wait in ...").
+    description: str
+
+    def take(self, limit: int) -> Deferred[list[Pending]]:
+        """Up to ``limit`` requests to publish now, oldest first."""
+
+    def delivered(self, keys: list[Any]) -> Deferred[Any]:
+        """The broker confirmed these: remove them durably."""
+
+
+class SpoolOutbox:
+    """The local spool as the outbox: its files, read and removed in a thread."""
+
+    def __init__(self, spool: Spool, run_in_thread: RunInThread) -> None:
+        self.spool = spool
+        self.description = str(spool.directory)
+        self._run_in_thread = run_in_thread
+
+    def take(self, limit: int) -> Deferred[list[Pending]]:
+        return self._run_in_thread(_take_entries, self.spool, limit)
+
+    def delivered(self, keys: list[Any]) -> Deferred[Any]:
+        return self._run_in_thread(self.spool.remove, keys)
+
+
 class AmqpPublisher(Service):
-    """Drains the spool to an AMQP exchange; start and stop with the application."""
+    """Drains an outbox to an AMQP exchange; start and stop with the application."""
 
     def __init__(
         self,
-        spool: Spool,
+        outbox: Spool | Outbox,
         url: str,
         *,
         exchange: str,
@@ -127,7 +169,10 @@ class AmqpPublisher(Service):
         retry_max_seconds: float = RETRY_MAX_SECONDS,
         ca_file: Path | None = None,
     ) -> None:
-        self.spool = spool
+        if isinstance(outbox, Spool):
+            outbox = SpoolOutbox(outbox, run_in_thread)
+        self.outbox: Outbox = outbox
+        self.spool = outbox.spool if isinstance(outbox, SpoolOutbox) else None
         self._parameters = pika.URLParameters(url)
         # amqps://: TLS options built once (the CA file is read at start-up).
         self._tls = (
@@ -173,7 +218,7 @@ class AmqpPublisher(Service):
         return self._loop
 
     def wake(self) -> None:
-        """A new entry is in the spool (called by ``WorkflowTrigger``)."""
+        """A new request is in the outbox (called by ``WorkflowTrigger``)."""
         self._news = True
         waiting, self._waiting = self._waiting, None
         if waiting is not None and not waiting.called:
@@ -197,7 +242,7 @@ class AmqpPublisher(Service):
                     "AMQP broker unavailable ({error}); workflow requests wait in {spool}, "
                     "retry in {delay} s",
                     error=_describe(error),
-                    spool=str(self.spool.directory),
+                    spool=self.outbox.description,
                     delay=delay,
                 )
                 await self._sleep(delay)
@@ -253,11 +298,23 @@ class AmqpPublisher(Service):
                 if channel.is_closed or protocol.is_closed:
                     raise ConnectionError("the AMQP channel closed")
                 self._news = False
-                entries = await self._run_in_thread(self.spool.pending)
+                try:
+                    entries = await self.outbox.take(BATCH_MESSAGES)
+                except OSError as error:
+                    # The outbox itself is down (the index database): keep the
+                    # broker connection and look again later.
+                    log.warn(
+                        "workflow outbox {outbox} unavailable ({error}); retry in {delay} s",
+                        outbox=self.outbox.description,
+                        error=_describe(error),
+                        delay=self._retry_max,
+                    )
+                    await self._sleep(self._retry_max)
+                    continue
                 if not entries:
                     await self._idle(channel)
                     continue
-                if await self._publish_batch(channel, entries[:BATCH_MESSAGES]):
+                if await self._publish_batch(channel, entries):
                     await self._sleep(UNROUTABLE_RETRY_SECONDS)
         finally:
             metrics.AMQP_CONNECTED.set(0)
@@ -278,20 +335,20 @@ class AmqpPublisher(Service):
         if transport is not None:
             self._reactor.callLater(CLOSE_GRACE_SECONDS, abort)
 
-    async def _publish_batch(self, channel: Any, entries: Sequence[Path]) -> bool:
+    async def _publish_batch(self, channel: Any, entries: Sequence[Pending]) -> bool:
         """Publish ``entries``, await their confirms, remove the confirmed ones.
 
-        True when the broker returned some as unroutable (they stay spooled).
+        True when the broker returned some as unroutable (they stay in the outbox).
         """
-        loaded = await self._run_in_thread(_load_entries, self.spool, list(entries))
         publishes: list[Deferred[Any]] = []
-        sent: list[Path] = []
-        for entry, body, message in loaded:
+        sent: list[Any] = []
+        for entry in entries:
+            body = entry.body
             properties = pika.BasicProperties(
                 content_type="application/json",
                 delivery_mode=2,  # persistent: survives a broker restart in a durable queue
-                message_id=message["payload_id"],
-                correlation_id=message.get("correlation_id"),
+                message_id=entry.payload_id,
+                correlation_id=entry.correlation_id,
                 timestamp=int(time.time()),
                 type=MESSAGE_TYPE,
                 app_id=APP_ID,
@@ -307,11 +364,11 @@ class AmqpPublisher(Service):
                     mandatory=True,
                 )
             )
-            sent.append(entry)
+            sent.append(entry.key)
         results = await DeferredList(publishes, consumeErrors=True)
-        confirmed = [entry for (ok, _), entry in zip(results, sent, strict=True) if ok]
+        confirmed = [key for (ok, _), key in zip(results, sent, strict=True) if ok]
         if confirmed:
-            await self._run_in_thread(self.spool.remove, confirmed)
+            await self.outbox.delivered(confirmed)
             self.published += len(confirmed)
             metrics.AMQP_PUBLISHED.inc(len(confirmed))
             log.debug("published {count} workflow requests", count=len(confirmed))
@@ -365,6 +422,14 @@ class AmqpPublisher(Service):
             self._sleeping = None
             if timer.active():
                 timer.cancel()
+
+
+def _take_entries(spool: Spool, limit: int) -> list[Pending]:
+    """Blocking: the oldest ``limit`` complete entries of ``spool``, read and checked."""
+    return [
+        Pending(entry, body, message["payload_id"], message.get("correlation_id"))
+        for entry, body, message in _load_entries(spool, spool.pending()[:limit])
+    ]
 
 
 def _load_entries(spool: Spool, entries: list[Path]) -> list[tuple[Path, bytes, dict[str, Any]]]:

@@ -2,8 +2,9 @@
 
 The route calls ``submit`` once the upload's outcomes are in (every stored
 instance is durable by then); ``submit`` builds the workflow request (pure,
-request.py) and writes it to the spool in a worker thread, and the route
-answers only after that write is durable.  Listeners (the AMQP publisher)
+request.py) and writes it to the spool in a worker thread (or, with
+``--index``, inserts it into the shared outbox table: ``record``), and the
+route answers only after that write is durable.  Listeners (the AMQP publisher)
 are told about each new entry, so they need not poll for it.
 """
 
@@ -15,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
@@ -38,10 +39,24 @@ class Submission:
     entry: Path | None = None
     error: BaseException | None = None
 
+    @property
+    def retry_after_seconds(self) -> int | None:
+        """Set when the error is an outage the client should wait out (503), not a fault."""
+        seconds = getattr(self.error, "retry_after_seconds", None)
+        return seconds if isinstance(seconds, int) else None
+
 
 def new_correlation_id() -> str:
     """A fresh correlation id for one HTTP request (a UUID, as MONAI uses)."""
     return str(uuid.uuid4())
+
+
+class Recorder(Protocol):
+    """Writes one workflow request durably somewhere other than the spool."""
+
+    def __call__(
+        self, name: str, payload_id: str, correlation_id: str, body: bytes
+    ) -> Deferred[Any]: ...
 
 
 class WorkflowTrigger:
@@ -55,8 +70,11 @@ class WorkflowTrigger:
         storage_root: Path | str,
         default_workflows: Sequence[str] = (),
         now_ns: Callable[[], int] = time.time_ns,
+        record: Recorder | None = None,
     ) -> None:
         self.spool = spool
+        # The shared outbox (--index): replaces the spool's write.
+        self._record = record
         self._run_in_thread = run_in_thread
         # s3://BUCKET/PREFIX stays as it is; a directory is made absolute.
         root = str(storage_root)
@@ -105,9 +123,13 @@ class WorkflowTrigger:
         if workflow_request is None:
             return succeed(Submission())
         name = entry_name(timestamp_ns, payload_id)
-        d = self._run_in_thread(self.spool.write, name, encode(workflow_request))
+        body = encode(workflow_request)
+        if self._record is not None:
+            d = self._record(name, payload_id, correlation_id, body)
+        else:
+            d = self._run_in_thread(self.spool.write, name, body)
 
-        def written(entry: Path) -> Submission:
+        def written(entry: Path | None) -> Submission:
             log.info(
                 "workflow request {payload_id} spooled: workflows {workflows}, "
                 "{file_count} files, correlation {correlation_id}",

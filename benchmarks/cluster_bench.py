@@ -7,7 +7,14 @@ that the machine's other load falls on all of them alike:
 
 - **direct-1**: 8 clients straight to one node (no balancer);
 - **haproxy-1**: the same node behind haproxy (what the balancer costs);
-- **haproxy-2**: two nodes behind haproxy.
+- **haproxy-2**: two nodes behind haproxy;
+- **index-2**: two other nodes with ``--index`` (a private PostgreSQL with
+  fsync on, tests/integration/postgres.py) behind their haproxy, ``/studies``;
+- **outbox-2**: the same nodes on ``/dicomweb/studies``: one workflow request
+  per POST into the outbox, relayed to a private RabbitMQ.
+
+PostgreSQL's and RabbitMQ's CPU (every process of each, from /proc) per
+1,000 instances says what one database and one broker carry.
 
 Each client POSTs bodies of ``INSTANCES_PER_POST`` small instances (MR_small
 with fresh UIDs, built before the clock starts) for ``--seconds``; the figure
@@ -30,10 +37,12 @@ import statistics
 import tempfile
 import threading
 import time
+from contextlib import closing
 from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+import pika
 import pydicom
 import requests
 from pydicom.uid import generate_uid
@@ -41,12 +50,14 @@ from pydicom.uid import generate_uid
 from tests.dicom_files import MR
 from tests.helpers import build_multipart, multipart_content_type
 from tests.integration.cluster import NodeProcess, start_haproxy, start_node
+from tests.integration.postgres import PostgreSQL
+from tests.integration.rabbitmq import RabbitMQ
 from tests.integration.seaweedfs import SeaweedFS, credentials_env
 
 CLIENTS = 8
 INSTANCES_PER_POST = 10
 BOUNDARY = "cluster-bench-boundary"
-TARGETS = ("direct-1", "haproxy-1", "haproxy-2")
+TARGETS = ("direct-1", "haproxy-1", "haproxy-2", "index-2", "outbox-2")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -54,6 +65,19 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU of ``pid`` so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of ``pid`` and its live children (PostgreSQL's backends, RabbitMQ's helpers)."""
+    total = cpu_seconds(pid)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
 
 
 def bodies(count: int) -> list[bytes]:
@@ -73,7 +97,7 @@ def bodies(count: int) -> list[bytes]:
     return out
 
 
-def load(url: str, seconds: float, pool: list[bytes]) -> tuple[int, int]:
+def load(url: str, seconds: float, pool: list[bytes], path: str = "/studies") -> tuple[int, int]:
     """``CLIENTS`` threads POSTing bodies from ``pool`` for ``seconds``: (instances, failures)."""
     stored = [0] * CLIENTS
     failed = [0] * CLIENTS
@@ -88,7 +112,7 @@ def load(url: str, seconds: float, pool: list[bytes]) -> tuple[int, int]:
                 if not pool:
                     raise RuntimeError("body pool too small: raise --pool")
                 body = pool.pop()
-            answer = session.post(url + "/studies", data=body, headers=headers, timeout=60)
+            answer = session.post(url + path, data=body, headers=headers, timeout=60)
             if answer.status_code == 200:
                 stored[index] += INSTANCES_PER_POST
             else:
@@ -102,7 +126,7 @@ def load(url: str, seconds: float, pool: list[bytes]) -> tuple[int, int]:
     return sum(stored), sum(failed)
 
 
-def s3_node(directory: Path, seaweed: SeaweedFS, bucket: str) -> NodeProcess:
+def s3_node(directory: Path, seaweed: SeaweedFS, bucket: str, *options: str) -> NodeProcess:
     return start_node(
         directory,
         "--storage",
@@ -111,6 +135,7 @@ def s3_node(directory: Path, seaweed: SeaweedFS, bucket: str) -> NodeProcess:
         seaweed.endpoint,
         "--workflow-spool",
         str(directory / "spool"),
+        *options,
         env={**os.environ, **credentials_env()},
     )
 
@@ -127,37 +152,71 @@ def main() -> None:
         base = Path(temp)
         seaweed = SeaweedFS(base / "seaweedfs")
         seaweed.start()
+        # fsync on: a commit costs what it costs in production (WAL flushed).
+        database = PostgreSQL(base / "pg", fsync=True)
+        database.start()
+        broker = RabbitMQ(base / "rabbitmq")
+        broker.start()
         nodes: list[NodeProcess] = []
         balancers: list[Any] = []
         try:
             bucket = seaweed.new_bucket()
             nodes = [s3_node(base / f"node{i}", seaweed, bucket) for i in (1, 2)]
+            indexed_bucket = seaweed.new_bucket()
+            index = ("--index", database.new_database(), "--amqp-url", broker.url)
+            indexed = [
+                s3_node(base / f"indexed{i}", seaweed, indexed_bucket, *index) for i in (1, 2)
+            ]
+            nodes += indexed
+            # A queue on the workflow exchange, or the broker returns every
+            # request unroutable and the relay re-sends it every 5 s.
+            with closing(pika.BlockingConnection(broker.parameters())) as connection:
+                channel = connection.channel()
+                channel.exchange_declare("monaideploy", exchange_type="topic", durable=True)
+                channel.queue_declare("cluster-bench", durable=True)
+                channel.queue_bind("cluster-bench", "monaideploy", "md.workflow.request")
             one = start_haproxy(base / "haproxy-1", [nodes[0].port])
-            two = start_haproxy(base / "haproxy-2", [n.port for n in nodes])
-            balancers = [one, two]
+            two = start_haproxy(base / "haproxy-2", [n.port for n in nodes[:2]])
+            with_index = start_haproxy(base / "haproxy-index", [n.port for n in indexed])
+            balancers = [one, two, with_index]
             time.sleep(3)  # haproxy's health checks: rise 2, inter 1s
+            pg, mq = database.process, broker._server
+            assert pg is not None and mq is not None
+            shared = [pg.pid, mq.pid]
+            index_pids = [indexed[0].pid, indexed[1].pid, with_index.process.pid, *shared]
             setups = {
-                "direct-1": (nodes[0].url, [nodes[0].pid]),
-                "haproxy-1": (one.url, [nodes[0].pid, one.process.pid]),
-                "haproxy-2": (two.url, [nodes[0].pid, nodes[1].pid, two.process.pid]),
+                "direct-1": (nodes[0].url, [nodes[0].pid], "/studies"),
+                "haproxy-1": (one.url, [nodes[0].pid, one.process.pid], "/studies"),
+                "haproxy-2": (two.url, [nodes[0].pid, nodes[1].pid, two.process.pid], "/studies"),
+                "index-2": (with_index.url, index_pids, "/studies"),
+                "outbox-2": (with_index.url, index_pids, "/dicomweb/studies"),
             }
             load(nodes[0].url, 1.0, bodies(40))  # warm-up (imports, connections)
             for round_number in range(arguments.rounds):
                 for target in TARGETS:
-                    url, pids = setups[target]
+                    url, pids, path = setups[target]
                     pool = bodies(arguments.pool)
-                    before = [cpu_seconds(pid) for pid in pids]
+                    before = [tree_cpu_seconds(pid) for pid in pids]
                     started = time.monotonic()
-                    instances, failures = load(url, arguments.seconds, pool)
+                    instances, failures = load(url, arguments.seconds, pool, path)
                     elapsed = time.monotonic() - started
-                    used = [cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
-                    nodes_cpu = sum(used[: len(pids) - (0 if target == "direct-1" else 1)])
-                    balancer_cpu = 0.0 if target == "direct-1" else used[-1]
+                    used = [tree_cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
+                    per = 1000 / max(instances, 1)
+                    if target.startswith(("index", "outbox")):
+                        node_cpu, balancer_cpu = sum(used[:2]), used[2]
+                        pg_cpu, mq_cpu = used[3], used[4]
+                    else:
+                        pg_cpu = mq_cpu = 0.0
+                        has_balancer = target != "direct-1"
+                        node_cpu = sum(used[:-1] if has_balancer else used)
+                        balancer_cpu = used[-1] if has_balancer else 0.0
                     row = {
                         "instances_per_second": instances / elapsed,
                         "failures": failures,
-                        "node_cpu_s_per_1000": 1000 * nodes_cpu / max(instances, 1),
-                        "haproxy_cpu_s_per_1000": 1000 * balancer_cpu / max(instances, 1),
+                        "node_cpu_s_per_1000": node_cpu * per,
+                        "haproxy_cpu_s_per_1000": balancer_cpu * per,
+                        "postgres_cpu_s_per_1000": pg_cpu * per,
+                        "rabbitmq_cpu_s_per_1000": mq_cpu * per,
                         "load_average": os.getloadavg()[0],
                     }
                     results[target].append(row)
@@ -166,6 +225,8 @@ def main() -> None:
                         f"{row['instances_per_second']:7.1f} inst/s  "
                         f"node CPU {row['node_cpu_s_per_1000']:.2f} s/1000  "
                         f"haproxy CPU {row['haproxy_cpu_s_per_1000']:.2f} s/1000  "
+                        f"postgres CPU {row['postgres_cpu_s_per_1000']:.2f} s/1000  "
+                        f"rabbitmq CPU {row['rabbitmq_cpu_s_per_1000']:.2f} s/1000  "
                         f"failures {failures}  load {row['load_average']:.1f}",
                         flush=True,
                     )
@@ -174,11 +235,14 @@ def main() -> None:
                 balancer.stop()
             for node in nodes:
                 node.stop()
+            broker.close()
+            database.close()
             seaweed.stop()
     summary = {
         target: {
             name: statistics.median(row[name] for row in rows)
-            for name in ("instances_per_second", "node_cpu_s_per_1000", "haproxy_cpu_s_per_1000")
+            for name in rows[0]
+            if name != "failures"
         }
         for target, rows in results.items()
     }
@@ -187,7 +251,9 @@ def main() -> None:
         print(
             f"  {target:10s} {figures['instances_per_second']:7.1f} inst/s  "
             f"node CPU {figures['node_cpu_s_per_1000']:.2f} s/1000 instances  "
-            f"haproxy CPU {figures['haproxy_cpu_s_per_1000']:.2f} s/1000 instances"
+            f"haproxy {figures['haproxy_cpu_s_per_1000']:.2f}  "
+            f"postgres {figures['postgres_cpu_s_per_1000']:.2f}  "
+            f"rabbitmq {figures['rabbitmq_cpu_s_per_1000']:.2f} CPU-s/1000 instances"
         )
     ratio = (
         summary["haproxy-2"]["instances_per_second"] / summary["haproxy-1"]["instances_per_second"]

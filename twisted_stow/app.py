@@ -313,9 +313,10 @@ class StowService:
         """
         known: str | None = getattr(request, "stow_peer", None)
         if known is None:
-            known = self.config.trusted_proxies.client_address(
-                _connection_host(request), raw_headers(request)
-            )
+            known = _connection_host(request)
+            proxies = self.config.trusted_proxies
+            if proxies.networks:  # else no header is read: skip building them
+                known = proxies.client_address(known, raw_headers(request))
             request.stow_peer = known
         return known
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -165,3 +167,32 @@ def test_config_from_a_plain_mapping_needs_no_new_keys() -> None:
     values.pop("trusted-proxy")
     values.pop("forwarded-header")
     assert not config_from_options(values).trusted_proxies.networks
+
+
+def start_up_warnings(arguments: list[str]) -> list[str]:
+    """The warnings ``makeService`` logs for ``arguments`` (nothing listens: a memory reactor)."""
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+
+    from twisted_stow.tap import makeService
+
+    seen: list[str] = []
+
+    def observe(event: dict[str, object]) -> None:
+        if event.get("log_level") == LogLevel.warn:
+            seen.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        makeService(options(*arguments), reactor=MemoryReactorClock())
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    return seen
+
+
+def test_trusting_forwarded_headers_from_anyone_warns(tmp_path: Path) -> None:
+    storage = f"--storage={tmp_path}"
+    alone = start_up_warnings([storage, "--trust-forwarded-headers"])
+    assert any("--trust-forwarded-headers without --trusted-proxy" in line for line in alone)
+    named = start_up_warnings([storage, "--trust-forwarded-headers", "--trusted-proxy=10.0.0.1"])
+    assert not any("--trusted-proxy" in line for line in named)

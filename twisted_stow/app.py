@@ -277,7 +277,7 @@ class StowService:
             stow_target,
             raw_headers(request),
             length,
-            _reached(request),
+            _reached(request, self.config),
             self.config,
             self._validation,
         )
@@ -288,7 +288,7 @@ class StowService:
             # part with 0x0110 would cost the client the whole upload.
             raise ServiceUnavailable(down, STORAGE_RETRY_AFTER_SECONDS)
         # Last: a request refused for any other reason never holds a slot.
-        taken = self.slots.acquire(_peer_host(request))
+        taken = self.slots.acquire(self.peer_host(request))
         if isinstance(taken, Deferred):
             return taken.addCallback(
                 lambda release: self._with_slot(request, admission, principal, release)
@@ -362,10 +362,28 @@ class StowService:
         """
         if self.guard is None:
             return None
-        identity = self.guard.authorize(authorization_headers(request), _peer_host(request), target)
+        identity = self.guard.authorize(
+            authorization_headers(request), self.peer_host(request), target
+        )
         if isinstance(identity, Deferred):
             return identity.addCallback(lambda known: known.name)
         return identity.name
+
+    def peer_host(self, request: Any) -> str:
+        """The client's address for limits, the login throttle and the logs.
+
+        The connection's own address, or behind a ``--trusted-proxy`` the one
+        its forwarded header names (core/forwarded.py); worked out once per
+        request and kept on it.
+        """
+        known: str | None = getattr(request, "stow_peer", None)
+        if known is None:
+            known = _connection_host(request)
+            proxies = self.config.trusted_proxies
+            if proxies.networks:  # else no header is read: skip building them
+                known = proxies.client_address(known, raw_headers(request))
+            request.stow_peer = known
+        return known
 
     def refusal_headers(self, request: Any) -> list[tuple[bytes, bytes]]:
         """What a refusal written outside Klein adds to the error's own headers: CORS."""
@@ -455,7 +473,7 @@ class StowService:
         assert upload.result is not None
         workflows = self.workflows
         endpoint = bytes(request.path).decode("latin-1")
-        peer = _peer_host(request)
+        peer = self.peer_host(request)
 
         def submit(result: IngestResult) -> Deferred[Submission]:
             if (
@@ -621,7 +639,7 @@ def _sized(request: Any, body: bytes) -> bytes:
     return body
 
 
-def _peer_host(request: Any) -> str:
+def _connection_host(request: Any) -> str:
     peer = request.getClientAddress()
     return str(getattr(peer, "host", peer))
 
@@ -631,12 +649,16 @@ def raw_headers(request: Any) -> RawHeaders:
     return {name.lower(): values for name, values in request.requestHeaders.getAllRawHeaders()}
 
 
-def _reached(request: Any) -> Reached:
+def _reached(request: Any, config: StowConfig) -> Reached:
     local = request.getHost()
+    proxies = config.trusted_proxies
     return Reached(
         secure=bool(request.isSecure()),
         local_host=str(getattr(local, "host", "") or ""),
         local_port=getattr(local, "port", None),  # None on a UNIX socket
+        # Without --trusted-proxy, --trust-forwarded-headers believes anyone
+        # (its old meaning); with it, only the named balancers.
+        from_trusted_proxy=not proxies.networks or proxies.trusts(_connection_host(request)),
     )
 
 

@@ -461,7 +461,7 @@ class StreamingRequest(Request):
             status=error.status,
             detail=error.detail,
             stow_event="request.refused",
-            peer=str(getattr(self.getClientAddress(), "host", "")),
+            peer=self.stow.peer_host(self),
         )
         if self.upload is not None:
             # A refused upload must not keep its slot through the linger.

@@ -163,6 +163,7 @@ def make_publisher(
         routing_key=config.amqp_routing_key,
         reactor=reactor,
         run_in_thread=reactor_threads(reactor),
+        ca_file=config.amqp_ca,
     )
 
 

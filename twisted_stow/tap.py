@@ -135,8 +135,17 @@ class Options(usage.Options):
             None,
             (
                 "Publish workflow requests to this RabbitMQ broker "
-                "(amqp://user:pass@host:port/vhost) with publisher confirms; while it is down "
-                "they wait in the spool."
+                "(amqp://user:pass@host:port/vhost, or amqps:// for TLS) with publisher "
+                "confirms; while it is down they wait in the spool."
+            ),
+        ],
+        [
+            "amqp-ca",
+            None,
+            None,
+            (
+                "PEM CA certificates the amqps:// broker's certificate must chain to. "
+                "Default: the system's trust store."
             ),
         ],
         ["amqp-exchange", None, DEFAULT_AMQP_EXCHANGE, "Exchange (topic, durable) to publish to."],
@@ -214,6 +223,18 @@ class Options(usage.Options):
             "Seconds of reading over which --min-body-rate is averaged (more than 0).",
         ],
     ]
+    # Behind load balancers (docs/DEPLOY.md).
+    optParameters += [
+        [
+            "forwarded-header",
+            None,
+            "x-forwarded-for",
+            (
+                "Header the --trusted-proxy balancers name the client in: 'x-forwarded-for' "
+                "(haproxy option forwardfor, nginx) or 'forwarded' (RFC 7239)."
+            ),
+        ],
+    ]
     # Authentication (README "Authentication", docs/CONFORMANCE.md §10).
     optParameters += [
         [
@@ -270,8 +291,8 @@ class Options(usage.Options):
             "trust-forwarded-headers",
             None,
             (
-                "Build RetrieveURL from X-Forwarded-Proto/X-Forwarded-Host (only behind a proxy "
-                "you control)."
+                "Build RetrieveURL from X-Forwarded-Proto/X-Forwarded-Host; with --trusted-proxy "
+                "only on connections from those (without it from anyone: deprecated)."
             ),
         ],
         [
@@ -300,6 +321,11 @@ class Options(usage.Options):
     def opt_listen(self, description: str) -> None:
         """Endpoint to listen on (repeatable). Default: tcp:8080:interface=127.0.0.1 (loopback)"""
         self["listen"].append(description)
+
+    def opt_trusted_proxy(self, address: str) -> None:
+        """Load balancer (IP or CIDR, repeatable) whose X-Forwarded-For names the client
+        for the per-peer limit, the login throttle and the logs. Default: none."""
+        self["trusted-proxy"].append(address)
 
     def opt_cors_origin(self, origin: str) -> None:
         """Browser origin allowed to POST (CORS; repeatable, '*' for any). Default: none."""
@@ -400,7 +426,9 @@ class Options(usage.Options):
                 values = merge(from_file, dict(self), self.given)
             self.config = config_from_options(values)
             if self.config.amqp_url is not None:
-                check_amqp_url(self.config.amqp_url)
+                check_amqp_url(self.config.amqp_url, self.config.amqp_ca)
+            elif self.config.amqp_ca is not None:
+                raise ValueError("--amqp-ca: needs an amqps:// --amqp-url")
         except ValueError as e:
             raise usage.UsageError(str(e)) from e
         _check_auth(self.config)
@@ -437,6 +465,8 @@ HELP_GROUPS: list[tuple[str, list[str]]] = [
         [
             "public-url",
             "trust-forwarded-headers",
+            "trusted-proxy",
+            "forwarded-header",
             "study-mismatch",
             "duplicates",
             "sop-class",
@@ -457,6 +487,7 @@ HELP_GROUPS: list[tuple[str, list[str]]] = [
             "default-workflow",
             "workflow-spool",
             "amqp-url",
+            "amqp-ca",
             "amqp-exchange",
             "amqp-routing-key",
         ],
@@ -482,6 +513,7 @@ HELP_EXAMPLES = """Examples:
 # The options given once per value (their opt_* methods append).
 REPEATABLE = {
     "listen",
+    "trusted-proxy",
     "cors-origin",
     "sop-class",
     "transfer-syntax",
@@ -554,6 +586,11 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
         _check_s3(config)
     else:
         startup.check_storage(config.storage)
+    if config.trust_forwarded_headers and not config.trusted_proxies.networks:
+        startup.log.warn(
+            "--trust-forwarded-headers without --trusted-proxy believes X-Forwarded-Host/Proto "
+            "from any client (deprecated): name the load balancer with --trusted-proxy ADDR"
+        )
     if config.index_url is not None:
         from .cluster.wiring import prepare
 

@@ -44,7 +44,12 @@ def test_workflow_options_set_their_fields() -> None:
     "argv",
     [
         ["--amqp-url=http://127.0.0.1/"],
-        ["--amqp-url=amqps://127.0.0.1/"],
+        ["--amqp-url=ftp://127.0.0.1/"],
+        # --amqp-ca verifies a TLS broker: meaningless without amqps://.
+        ["--amqp-url=amqp://127.0.0.1/", f"--amqp-ca={__file__}"],
+        # A file that holds no PEM certificate.
+        ["--amqp-url=amqps://127.0.0.1/", f"--amqp-ca={__file__}"],
+        ["--amqp-url=amqps://127.0.0.1/", "--amqp-ca=/nonexistent/ca.pem"],
         ["--workflow=a/b"],
         ["--workflow="],
         ["--default-workflow= x"],

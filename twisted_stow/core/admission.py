@@ -87,6 +87,9 @@ class Reached:
     secure: bool
     local_host: str
     local_port: int | None  # None on a UNIX socket
+    # Whether forwarded headers (X-Forwarded-Host/Proto) may be believed on
+    # this connection: from a --trusted-proxy, or from anyone without one.
+    from_trusted_proxy: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,7 +287,7 @@ def base_url(target: Target, headers: RawHeaders, reached: Reached, config: Stow
     scheme = "https" if reached.secure else "http"
     authority = first(headers, b"host") or ""
     forwarded = False
-    if config.trust_forwarded_headers:
+    if config.trust_forwarded_headers and reached.from_trusted_proxy:
         proto = (first_token(headers, b"x-forwarded-proto") or "").lower()
         if proto in _DEFAULT_PORTS:
             scheme, forwarded = proto, True

@@ -24,6 +24,13 @@ from .deadlines import (
     DEFAULT_HEADER_TIMEOUT_SECONDS,
     DEFAULT_MIN_BODY_RATE_BYTES,
 )
+from .forwarded import (
+    FORWARDED_HEADERS,
+    NO_TRUSTED_PROXIES,
+    X_FORWARDED_FOR,
+    TrustedProxies,
+    parse_trusted_proxy,
+)
 from .identifiers import workflow_id_problem
 from .policy import Duplicates, StudyMismatch
 from .sizes import parse_size
@@ -87,7 +94,12 @@ class StowConfig:
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
     storage: Path = Path(DEFAULT_STORAGE)
     public_url: str | None = None
+    # --trust-forwarded-headers: RetrieveURL from X-Forwarded-Proto/Host; with
+    # --trusted-proxy only on connections from those addresses.
     trust_forwarded_headers: bool = False
+    # --trusted-proxy/--forwarded-header: the balancers whose client address
+    # (X-Forwarded-For or Forwarded) the per-peer limit and the throttle use.
+    trusted_proxies: TrustedProxies = NO_TRUSTED_PROXIES
     # None: the route family decides (reject on the standard and dcm4chee
     # routes, warn on the MONAI routes, as the MONAI seed documents).
     study_mismatch: StudyMismatch | None = None
@@ -124,6 +136,9 @@ class StowConfig:
     # None: <storage>/.workflow-spool.
     workflow_spool: Path | None = None
     amqp_url: str | None = None
+    # --amqp-ca: PEM certificates an amqps:// broker's must chain to (None:
+    # the system's trust store).
+    amqp_ca: Path | None = None
     amqp_exchange: str = DEFAULT_AMQP_EXCHANGE
     amqp_routing_key: str = DEFAULT_AMQP_ROUTING_KEY
     # --accept-leading-zero-uids: UID components such as "02" (PS3.5 §9.1
@@ -202,6 +217,9 @@ def config_from_options(values: Mapping[str, Any]) -> StowConfig:
         storage=Path(values["storage"]),
         public_url=_public_url_or_none(values["public-url"]),
         trust_forwarded_headers=bool(values["trust-forwarded-headers"]),
+        trusted_proxies=_trusted_proxies(
+            values.get("trusted-proxy", ()), values.get("forwarded-header")
+        ),
         study_mismatch=_choice(StudyMismatch, mismatch, "--study-mismatch") if mismatch else None,
         duplicates=_choice(Duplicates, values["duplicates"], "--duplicates"),
         cors_origins=tuple(values["cors-origin"]),
@@ -229,6 +247,7 @@ def config_from_options(values: Mapping[str, Any]) -> StowConfig:
         default_workflows=tuple(values["default-workflow"]),
         workflow_spool=_path_or_none(values["workflow-spool"]),
         amqp_url=values["amqp-url"],
+        amqp_ca=_path_or_none(values.get("amqp-ca")),
         amqp_exchange=values["amqp-exchange"],
         amqp_routing_key=values["amqp-routing-key"],
         accept_leading_zero_uids=leading_zeros,
@@ -376,6 +395,16 @@ def _s3_endpoint_or_none(text: str | None) -> str | None:
     ):
         raise ValueError(problem)
     return f"{parts.scheme.lower()}://{parts.netloc}"
+
+
+def _trusted_proxies(addresses: list[str], header: str | None) -> TrustedProxies:
+    """``--trusted-proxy`` (repeatable) and ``--forwarded-header``."""
+    header = (header or X_FORWARDED_FOR).lower()
+    if header not in FORWARDED_HEADERS:
+        raise ValueError(
+            f"--forwarded-header: {header!r} is not one of {', '.join(FORWARDED_HEADERS)}"
+        )
+    return TrustedProxies(tuple(parse_trusted_proxy(a) for a in addresses), header)
 
 
 def _path_or_none(text: str | None) -> Path | None:

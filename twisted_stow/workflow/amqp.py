@@ -14,6 +14,12 @@ published again after reconnecting (at least once; consumers drop repeats by
 
 While the broker is unreachable the publisher retries with exponential
 backoff, from ``RETRY_MIN_SECONDS`` up to ``RETRY_MAX_SECONDS``.
+
+``amqps://`` connects with TLS (Twisted's, not pika's: pika's Twisted adapter
+takes the transport it is given) and verifies the broker's certificate
+against ``--amqp-ca`` or the system's trust store, and its name (or IP
+address) against the URL's host; a broker that fails either is not
+connected, and the log line says why.
 """
 
 from __future__ import annotations
@@ -26,11 +32,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pika
+from OpenSSL.SSL import Error as TLSError
 from pika.adapters.twisted_connection import TwistedProtocolConnection
 from pika.exceptions import UnroutableError
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
+from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
+from twisted.internet.ssl import (
+    Certificate,
+    optionsForClientTLS,
+    platformTrust,
+    trustRootFromCertificates,
+)
 from twisted.logger import Logger
 
 from ..deferreds import RunInThread
@@ -63,14 +76,43 @@ MESSAGE_TYPE = "WorkflowRequestEvent"
 APP_ID = "twisted-stow"
 
 
-def check_amqp_url(url: str) -> None:
-    """Raise ``ValueError`` unless ``url`` is an ``amqp://`` URL pika accepts."""
-    if not url.lower().startswith("amqp://"):
-        raise ValueError(f"{url!r} is not an amqp:// URL (amqps:// is not supported)")
+def check_amqp_url(url: str, ca_file: Path | None = None) -> None:
+    """Raise ``ValueError`` unless ``url`` is an ``amqp://`` or ``amqps://`` URL pika
+    accepts, and ``ca_file`` (``--amqp-ca``, amqps only) holds PEM certificates."""
+    scheme = url.partition(":")[0].lower()
+    if scheme not in ("amqp", "amqps"):
+        raise ValueError(f"{url!r} is not an amqp:// or amqps:// URL")
     try:
-        pika.URLParameters(url)
+        parameters = pika.URLParameters(url)
     except Exception as e:
         raise ValueError(f"{url!r} is not a valid AMQP URL: {e}") from e
+    if ca_file is not None:
+        if scheme != "amqps":
+            raise ValueError("--amqp-ca: needs an amqps:// --amqp-url")
+        tls_options(parameters.host, ca_file)
+
+
+def tls_options(host: str, ca_file: Path | None) -> Any:
+    """Client TLS for ``host``: the broker's certificate chains to ``ca_file``'s
+    certificates (None: the system's trust store) and names ``host``."""
+    if ca_file is None:
+        return optionsForClientTLS(host, trustRoot=platformTrust())
+    try:
+        pem = ca_file.read_bytes()
+    except OSError as e:
+        raise ValueError(f"--amqp-ca: cannot read {str(ca_file)!r}: {e.strerror}") from None
+    blocks = [
+        block + b"-----END CERTIFICATE-----\n"
+        for block in pem.split(b"-----END CERTIFICATE-----")
+        if b"-----BEGIN CERTIFICATE-----" in block
+    ]
+    try:
+        certificates = [Certificate.loadPEM(block) for block in blocks]
+    except Exception:
+        certificates = []
+    if not certificates or len(certificates) != len(blocks):
+        raise ValueError(f"--amqp-ca: {str(ca_file)!r} holds no PEM certificate")
+    return optionsForClientTLS(host, trustRoot=trustRootFromCertificates(certificates))
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,12 +167,19 @@ class AmqpPublisher(Service):
         run_in_thread: RunInThread,
         retry_min_seconds: float = RETRY_MIN_SECONDS,
         retry_max_seconds: float = RETRY_MAX_SECONDS,
+        ca_file: Path | None = None,
     ) -> None:
         if isinstance(outbox, Spool):
             outbox = SpoolOutbox(outbox, run_in_thread)
         self.outbox: Outbox = outbox
         self.spool = outbox.spool if isinstance(outbox, SpoolOutbox) else None
         self._parameters = pika.URLParameters(url)
+        # amqps://: TLS options built once (the CA file is read at start-up).
+        self._tls = (
+            tls_options(self._parameters.host, ca_file)
+            if url.lower().startswith("amqps:")
+            else None
+        )
         self.exchange = exchange
         self.routing_key = routing_key
         self._reactor = reactor
@@ -202,13 +251,15 @@ class AmqpPublisher(Service):
 
     async def _session(self) -> None:
         """Connect, then publish until stopped; raises when the connection fails."""
-        endpoint = HostnameEndpoint(
+        endpoint: Any = HostnameEndpoint(
             self._reactor,
             self._parameters.host,
             self._parameters.port,
             timeout=CONNECT_TIMEOUT_SECONDS,
         )
-        protocol = TwistedProtocolConnection(self._parameters, custom_reactor=self._reactor)
+        if self._tls is not None:
+            endpoint = wrapClientTLS(self._tls, endpoint)
+        protocol = _Connection(self._parameters, custom_reactor=self._reactor)
         self._connecting = connectProtocol(endpoint, protocol)
         try:
             await self._connecting
@@ -219,7 +270,14 @@ class AmqpPublisher(Service):
             ready = protocol.ready
             if ready is not None:  # None: the handshake is over already
                 ready.addTimeout(CONNECT_TIMEOUT_SECONDS, self._reactor)
-                await ready
+                try:
+                    await ready
+                except Exception:
+                    # pika reports a failed TLS handshake as a lost
+                    # connection ("AMQPConnectionError: 1"): name the cause.
+                    if isinstance(protocol.lost_reason, TLSError):
+                        raise protocol.lost_reason from None
+                    raise
             channel = await protocol.channel()
             await channel.exchange_declare(
                 exchange=self.exchange, exchange_type="topic", durable=True
@@ -230,9 +288,10 @@ class AmqpPublisher(Service):
             self.connected = True
             metrics.AMQP_CONNECTED.set(1)
             log.info(
-                "AMQP publisher connected to {host}:{port}, exchange {exchange}",
+                "AMQP publisher connected to {host}:{port}{tls}, exchange {exchange}",
                 host=self._parameters.host,
                 port=self._parameters.port,
+                tls=" (TLS, certificate verified)" if self._tls is not None else "",
                 exchange=self.exchange,
             )
             while self._running:
@@ -398,6 +457,19 @@ def _load_entries(spool: Spool, entries: list[Path]) -> list[tuple[Path, bytes, 
     return loaded
 
 
+class _Connection(TwistedProtocolConnection):
+    """pika's protocol, keeping why its connection was lost (a TLS error, say)."""
+
+    lost_reason: BaseException | None = None
+
+    def connectionLost(self, reason: Any) -> None:
+        self.lost_reason = reason.value
+        super().connectionLost(reason)
+
+
 def _describe(error: BaseException) -> str:
+    if isinstance(error, TLSError):
+        # pyOpenSSL's text is a list of tuples; say what it means first.
+        return f"TLS handshake failed, broker certificate not verified ({error})"
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__

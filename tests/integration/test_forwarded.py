@@ -1,0 +1,188 @@
+"""--trusted-proxy through real haproxy and nginx (deploy/ configs) before a real twistd.
+
+One node with ``--max-requests-per-peer 1``.  A client holds its one slot with
+an upload whose body is still coming; the same client's next request must be
+refused (503) and another client's stored, whatever either claims in
+X-Forwarded-For.  Through a balancer that buffered bodies the held upload
+would never reach the node, so the 503 also shows the body streams through.
+On a direct (untrusted) connection a forged X-Forwarded-For is ignored.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.dicom_files import CT, MR
+from tests.helpers import build_multipart, multipart_content_type
+from tests.integration.cluster import (
+    Balancer,
+    NodeProcess,
+    free_port,
+    start_haproxy,
+    start_nginx,
+    start_node,
+)
+from tests.integration.observe import wait_until
+from tests.integration.streaming import raw_exchange, status_of
+from tests.integration.test_s3_storage import new_instance
+from twisted_stow.auth.files import entry_with_grant, write_atomically
+from twisted_stow.auth.grants import EVERYTHING
+from twisted_stow.auth.passwords import token_digest
+
+BOUNDARY = "stow-forwarded-boundary"
+HELD_BODY_BYTES = 1024 * 1024
+ANSWER_SECONDS = 30.0
+# How long the held upload may take to be admitted on a loaded machine (a
+# wait, not a measurement: it ends as soon as the answer is seen).
+ADMITTED_SECONDS = 60.0
+
+
+def request_head(length: int, forwarded_for: str | None = None) -> bytes:
+    return (
+        b"POST /studies HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        + f"Content-Type: {multipart_content_type(BOUNDARY)}\r\n".encode()
+        + (f"X-Forwarded-For: {forwarded_for}\r\n".encode() if forwarded_for else b"")
+        + b"Accept: application/dicom+json\r\n"
+        + f"Content-Length: {length}\r\n\r\n".encode()
+    )
+
+
+def upload(port: int, source: str, forwarded_for: str | None = None) -> int:
+    """A whole one-instance POST from ``source``; its status."""
+    _, data = new_instance(MR)
+    body = build_multipart([data], BOUNDARY)
+    answer = raw_exchange(
+        port,
+        request_head(len(body), forwarded_for) + body,
+        source=source,
+        read_timeout=ANSWER_SECONDS,
+    )
+    return status_of(answer)
+
+
+def hold_slot(port: int, source: str, forwarded_for: str | None) -> socket.socket:
+    """An upload from ``source`` that sends its headers and a first part, then waits."""
+    _, data = new_instance(CT)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+    sock.sendall(request_head(HELD_BODY_BYTES, forwarded_for) + build_multipart([data], BOUNDARY))
+    return sock
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    running = start_node(tmp_path_factory.mktemp("node"), "--max-requests-per-peer", "1")
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(params=["haproxy", "nginx"])
+def balancer(
+    request: pytest.FixtureRequest, node: NodeProcess, tmp_path: Path
+) -> Iterator[Balancer]:
+    start: Callable[[Path, list[int]], Balancer] = (
+        start_haproxy if request.param == "haproxy" else start_nginx
+    )
+    running = start(tmp_path / request.param, [node.port])
+    try:
+        # haproxy sends nothing to a node before its health checks pass.
+        assert wait_until(lambda: upload(running.port, "127.0.0.9") == 200, 20), running.log_tail()
+        yield running
+    finally:
+        running.stop()
+
+
+def test_limits_apply_per_real_client_behind_the_balancer(balancer: Balancer) -> None:
+    # 127.0.0.2 claims to be 127.0.0.3; the balancer appends what it saw.
+    held = hold_slot(balancer.port, "127.0.0.2", forwarded_for="127.0.0.3")
+    try:
+        # The same client, whatever it claims, has no second slot ...
+        assert wait_until(
+            lambda: upload(balancer.port, "127.0.0.2", forwarded_for="127.0.0.7") == 503,
+            ADMITTED_SECONDS,
+        ), balancer.log_tail()
+        # ... while the client it named, another address, is served.
+        assert upload(balancer.port, "127.0.0.3") == 200
+    finally:
+        held.close()
+    # The slot comes back with the connection.
+    assert wait_until(lambda: upload(balancer.port, "127.0.0.2") == 200, ADMITTED_SECONDS)
+
+
+def test_forged_header_on_a_direct_connection_is_ignored(node: NodeProcess) -> None:
+    held = hold_slot(node.port, "127.0.0.4", forwarded_for="127.0.0.5")
+    try:
+        # Believed, these would be two clients (127.0.0.5 and 127.0.0.6).
+        assert wait_until(
+            lambda: upload(node.port, "127.0.0.4", forwarded_for="127.0.0.6") == 503,
+            ADMITTED_SECONDS,
+        )
+        # And 127.0.0.5 was never the holder.
+        assert upload(node.port, "127.0.0.5") == 200
+    finally:
+        held.close()
+
+
+@pytest.mark.parametrize("name", ["haproxy", "nginx"])
+def test_no_node_ready_is_503_with_retry_after(name: str, tmp_path: Path) -> None:
+    """With every node gone the balancer itself answers as a node would: 503 + Retry-After."""
+    start = start_haproxy if name == "haproxy" else start_nginx
+    nowhere = [free_port(), free_port()]  # nothing listens there
+    running = start(tmp_path / name, nowhere)
+    try:
+        _, data = new_instance(MR)
+        answer = requests.post(
+            running.url + "/studies",
+            data=build_multipart([data], BOUNDARY),
+            headers={"Content-Type": multipart_content_type(BOUNDARY)},
+            timeout=ANSWER_SECONDS,
+        )
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["Retry-After"] == "5"
+        assert answer.headers["Content-Type"] == "application/problem+json"
+        assert answer.json()["status"] == 503
+    finally:
+        running.stop()
+
+
+def test_login_throttle_blocks_only_the_client_that_failed(tmp_path: Path) -> None:
+    """5 wrong tokens from one client behind haproxy block that client (429), not the
+    others that share the balancer's connection address."""
+    tokens = tmp_path / "tokens.json"
+    good = b"the-right-token-0123456789"
+    write_atomically(
+        tokens, {"uploader": entry_with_grant({"sha256": token_digest(good)}, EVERYTHING)}
+    )
+    running = start_node(tmp_path / "node", "--tokens", str(tokens))
+    balancer = None
+    try:
+        balancer = start_haproxy(tmp_path / "haproxy", [running.port])
+        port = balancer.port
+
+        def bearer(source: str, token: bytes) -> int:
+            request = (
+                b"POST /studies HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                b"Authorization: Bearer "
+                + token
+                + b"\r\n"
+                + f"Content-Type: {multipart_content_type(BOUNDARY)}\r\n".encode()
+                + b"Content-Length: 10\r\n\r\n0123456789"
+            )
+            return status_of(raw_exchange(port, request, source=source))
+
+        assert wait_until(lambda: bearer("127.0.0.9", b"wrong") == 401, 20)
+        assert [bearer("127.0.0.2", b"wrong") for _ in range(5)] == [401] * 5
+        assert bearer("127.0.0.2", good) == 429  # blocked, even with the right token
+        assert bearer("127.0.0.3", b"wrong") == 401  # another client: not blocked
+        # And its right token gets past authentication (the body then is broken: 400).
+        assert bearer("127.0.0.3", good) == 400
+    finally:
+        if balancer is not None:
+            balancer.stop()
+        running.stop()

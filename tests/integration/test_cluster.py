@@ -260,7 +260,13 @@ def test_node_killed_mid_run(shared: Shared, tmp_path: Path) -> None:
         # The held upload's multipart upload is registered: on which node?
         assert wait_until(lambda: upload_markers(s3, bucket), 20)
         (run,) = upload_markers(s3, bucket)
-        (victim,) = [node for node in nodes if run.startswith(f"{node.pid}-")]
+        # The run belongs to the worker process that took the upload (each node
+        # runs one per CPU); killing its node's main process takes it down too.
+        (victim,) = [
+            node
+            for node in nodes
+            if any(run.startswith(f"{pid}-") for pid in [node.pid, *node.twistd.children_pids()])
+        ]
         (survivor,) = [node for node in nodes if node is not victim]
 
         with Load(url, MONAI_PATH, clients=CLIENTS) as load:
@@ -299,7 +305,12 @@ def test_node_killed_mid_run(shared: Shared, tmp_path: Path) -> None:
                 replacement.stop()
         # The survivor's run was never taken for dead.
         runs = s3.list_objects_v2(Bucket=bucket, Prefix=f"{PREFIX}.stow/runs/")["Contents"]
-        assert any(item["Key"].rsplit("/", 1)[1].startswith(f"{survivor.pid}-") for item in runs)
+        survivors = [survivor.pid, *survivor.twistd.children_pids()]
+        assert any(
+            item["Key"].rsplit("/", 1)[1].startswith(f"{pid}-")
+            for item in runs
+            for pid in survivors
+        )
 
 
 def test_postgres_restarted_mid_run(shared: Shared, tmp_path: Path) -> None:

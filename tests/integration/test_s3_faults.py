@@ -144,6 +144,9 @@ def proxied(seaweed: SeaweedFS, tmp_path: Path) -> Iterator[tuple[FaultProxy, S3
     server: S3Server | None = None
     try:
         # The server sees only the proxy; the test's boto3 client the store.
+        # --workers 1: the store's health is each worker's own (its probe and its
+        # requests), so after one worker noticed the 5xx "the next POST" may land on
+        # a worker that notices a probe period later; one process makes it exact.
         server = S3Server(
             seaweed,
             tmp_path,
@@ -152,6 +155,8 @@ def proxied(seaweed: SeaweedFS, tmp_path: Path) -> Iterator[tuple[FaultProxy, S3
             f"s3://{bucket}/site/a",
             "--s3-endpoint",
             proxy.endpoint,
+            "--workers",
+            "1",
         )
         yield proxy, server
     finally:

@@ -167,13 +167,16 @@ class Guard:
                 )
             credentials = factory.decode(response.strip(), None)
         except LoginFailed as e:
-            raise self._refused(peer, scheme, e) from None
+            refusal = self._refused(peer, scheme, e)
+            if isinstance(refusal, Unauthorized):
+                raise refusal from None
+            return refusal
         login: Deferred[Any] = self._portal.login(credentials, None, IPrincipal)
 
         def granted(avatar: tuple[Any, Identity, Callable[[], None]]) -> Identity:
             return self._granted(avatar[1], target)
 
-        def refused(failure: Failure) -> Identity:
+        def refused(failure: Failure) -> Identity | Deferred[Identity]:
             error = failure.value
             if isinstance(error, CheckerBusy):
                 log.warn("password checks over budget; answered 503 to {peer}", peer=peer)
@@ -183,7 +186,10 @@ class Guard:
             if isinstance(error, LoginFailed):
                 # UnauthorizedLogin, or UnhandledCredentials: no checker for
                 # this kind (a static-looking token when only JWTs are on).
-                raise self._refused(peer, scheme, error)
+                refusal = self._refused(peer, scheme, error)
+                if isinstance(refusal, Unauthorized):
+                    raise refusal
+                return refusal
             failure.raiseException()  # a bug: the request answers 500
 
         identity: Identity | Deferred[Identity] = now_or_later(login.addCallbacks(granted, refused))
@@ -204,23 +210,41 @@ class Guard:
             raise Forbidden(f"{identity.name!r} may not store through this route")
         return identity
 
-    def _refused(self, peer: str, scheme: bytes, error: LoginFailed) -> Unauthorized:
-        """Count a failure of ``peer``; the 401 to answer."""
-        self._failed(peer, str(error))
-        return Unauthorized(
+    def _refused(
+        self, peer: str, scheme: bytes, error: LoginFailed
+    ) -> Unauthorized | Deferred[Identity]:
+        """Count a failure of ``peer``; the 401 to answer, or a Deferred failing with it.
+
+        The Deferred in a worker process, whose failure counts live in the
+        main process: the 401 waits until the main process counted it and
+        told every worker of any block it starts, so the client's next try
+        is refused whichever worker it reaches.
+        """
+        counted = self._failed(peer, str(error))
+        refusal = Unauthorized(
             "the credentials were not accepted", self.challenges(scheme == b"bearer")
         )
+        if counted is None:
+            return refusal
 
-    def _failed(self, peer: str, reason: str) -> None:
+        def refuse(_: object) -> Identity:
+            raise refusal
+
+        return counted.addBoth(refuse)
+
+    def _failed(self, peer: str, reason: str) -> Deferred[None] | None:
         # The reason names the user or the JWT problem, never the secret.
         block = self.throttle.failed(peer)
         log.warn("authentication failed from {peer}: {reason}", peer=peer, reason=reason)
+        if isinstance(block, Deferred):
+            return block
         if block is not None:
             log.warn(
                 "{peer} blocked for {seconds} s after repeated authentication failures",
                 peer=peer,
                 seconds=block,
             )
+        return None
 
 
 @contextmanager

@@ -15,7 +15,10 @@ import math
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
 
 # Five tries a minute lets a person mistype; it makes guessing hopeless.
 DEFAULT_MAX_FAILURES = 5
@@ -32,7 +35,10 @@ class Throttle(Protocol):
 
     def retry_after(self, peer: str) -> int | None: ...
 
-    def failed(self, peer: str) -> int | None: ...
+    def failed(self, peer: str) -> int | Deferred[None] | None:
+        """Count a failure: the block it starts (seconds), or, where the count lives
+        in another process, a Deferred firing once it is counted there."""
+        ...
 
     def __len__(self) -> int: ...
 
@@ -135,7 +141,7 @@ class ThrottleMirror:
 
     def __init__(
         self,
-        report: Callable[[str], object],
+        report: Callable[[str], Deferred[None] | None],
         clock: Callable[[], float],
         *,
         max_peers: int = DEFAULT_MAX_PEERS,
@@ -156,10 +162,10 @@ class ThrottleMirror:
             return None
         return math.ceil(remaining)
 
-    def failed(self, peer: str) -> int | None:
-        """Report a failure to the owner of the count; the block, if any, arrives as ``block``."""
-        self._report(peer)
-        return None
+    def failed(self, peer: str) -> Deferred[None] | None:
+        """Report a failure to the owner of the count: a Deferred firing once it is
+        counted (None: no owner to wait for); the block, if any, arrives as ``block``."""
+        return self._report(peer)
 
     def block(self, peer: str, seconds: float) -> None:
         """The main process blocked ``peer`` for ``seconds`` from now."""

@@ -80,10 +80,14 @@ class ReleaseSlot(amp.Command):
 
 
 class AuthFailed(amp.Command):
-    """Worker → main: ``peer`` failed to authenticate once."""
+    """Worker → main: ``peer`` failed to authenticate once.
+
+    Answered once counted, after any block it starts was sent to every
+    worker: the worker holds its 401 for the answer, so the client's next
+    try finds the block whichever worker it reaches.
+    """
 
     arguments = [(b"peer", amp.Unicode())]
-    requiresAnswer = False
 
 
 class PeerBlocked(amp.Command):
@@ -304,8 +308,14 @@ class WorkerControl(amp.AMP):
         if self.connected:
             self.callRemote(command, **arguments)
 
-    def _report_failure(self, peer: str) -> None:
-        self.send(AuthFailed, peer=peer)
+    def _report_failure(self, peer: str) -> Deferred[None] | None:
+        """Report a failure; a Deferred firing once the main process counted it (or
+        did not answer in time: the 401 is not held longer), None when it is gone."""
+        if not self.connected:
+            return None
+        asked: Deferred[Any] = self.callRemote(AuthFailed, peer=peer)
+        asked.addTimeout(self.answer_timeout, self.clock)
+        return asked.addBoth(lambda _: None)
 
     @PeerBlocked.responder
     def peer_blocked(self, peer: str, seconds: float) -> dict[str, Any]:

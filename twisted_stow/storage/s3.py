@@ -383,8 +383,8 @@ class S3PartWriter:
             self._fail(_storage_error(e))
             return
         self._creating = False
-        if self._aborted is not None:
-            return  # aborted while creating: _abort_upload waited for the id, aborts it
+        # Aborted while creating: _abort_upload waits for this id and aborts it,
+        # and _pump only fires finish (the bytes were dropped).
         self._pump()
 
     def _cut(self) -> tuple[list[bytes | memoryview], list[Deferred[None]]]:

@@ -69,7 +69,7 @@ class GatedStore:
 
 def writer_on(store: GatedStore) -> S3PartWriter:
     location = S3Location("b", "p/", "http://127.0.0.1:1", "us-east-1")
-    reactor = MemoryReactorClock()
+    reactor = MemoryReactorClock()  # type: ignore[no-untyped-call]
     storage = S3Storage(S3Client(location, Credentials("AK", "SK"), reactor), reactor)
     storage.client = store  # type: ignore[assignment]
     writer = storage.open_writer()
@@ -101,7 +101,8 @@ def test_a_held_small_part_leaves_memory_at_finish_and_completes_at_commit() -> 
     assert finished == [3000]
     assert writes == [[None], [None]]  # the bytes left memory at finish
     assert s3.operations() == ["CreateMultipartUpload", "PutObject", "UploadPart"]
-    part_headers = s3.sent[2][2]
+    _, part_key, part_headers = s3.sent[2]
+    assert part_key == KEY  # at its final key
     digest = hashlib.sha256(b"".join(data)).digest()
     assert part_headers["x-amz-checksum-sha256"] == base64.b64encode(digest).decode()
     assert writer.sha256 == digest

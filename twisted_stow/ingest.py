@@ -199,7 +199,7 @@ class Ingest:
                 if self._skip_reason is None:
                     if self._writer is None:
                         # Opened on the first byte: an empty part costs no file.
-                        self._writer = self._storage.open_writer()
+                        self._writer = self._open_writer()
                     self._write(self._writer, event.data)
                     self._walk(event.data)
                     for digest in self._claims.hashes.values():
@@ -210,6 +210,13 @@ class Ingest:
                 self._end_part()
             # BodyEnded needs no action: close() follows when the body is in.
         self.flow.read_ended(drainable=self._drainable())
+
+    def _open_writer(self) -> IPartWriter:
+        writer = self._storage.open_writer()
+        if self.body_verdict is not None and INamedPartWriter.providedBy(writer):
+            # Its commit waits for the whole body: it must not hold bytes until then.
+            writer.hold_commit()
+        return writer
 
     def _drainable(self) -> bool:
         """Whether storage can empty what it holds of this upload without more bytes."""

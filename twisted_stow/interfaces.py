@@ -97,6 +97,13 @@ class INamedPartWriter(IPartWriter):
     stage locally (filesystem, memory) do not provide it and are never told.
     """
 
+    def hold_commit() -> None:
+        """``commit`` will wait for the whole body (``--verify-body-digest``): hold
+        nothing in memory for it.  Called at most once, right after the writer is
+        opened, before any ``write``.  An object store that would keep a small
+        part until ``commit`` sends it at ``finish`` instead, or a body of more
+        such parts than the upload's memory window would pause for good."""
+
     def named(instance: InstanceRef | None) -> None:
         """The header is understood: ``instance`` will be ``commit``'s (None: the
         part will not be stored, its bytes may be dropped).  Called at most once,

@@ -271,6 +271,9 @@ class IndexedWriter:
     def write(self, data: bytes | memoryview) -> Deferred[None]:
         return self._inner.write(data)
 
+    def hold_commit(self) -> None:
+        self._inner.hold_commit()  # type: ignore[attr-defined]
+
     def named(self, instance: InstanceRef | None) -> None:
         self._inner.named(instance)  # type: ignore[attr-defined]
 

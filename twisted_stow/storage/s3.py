@@ -20,10 +20,17 @@ A part below ``MULTIPART_MIN_BYTES`` stays in memory and goes in one
 PutObject at ``commit``.  A larger one becomes a multipart upload at its final
 key as soon as its header names it (``INamedPartWriter.named``), parts cut at
 ``PART_BYTES`` and sent one at a time as they fill; ``commit`` claims the UID
-and completes; ``abort`` aborts.  Every request carries the SHA-256 of its
-body, signed (SigV4 payload hash) and as ``x-amz-checksum-sha256``, so the
-store verifies what it got; the instance's SHA-256 is fed per chunk, each
-part's taken from its joined body (``PartDigests``).
+and completes; ``abort`` aborts.  When commits are held for the whole body's
+verdict (``--verify-body-digest``, ``INamedPartWriter.hold_commit``), a small
+part cannot wait in memory until ``commit``: the window it holds is the one
+the rest of the body needs, so it is sent at ``finish`` as a multipart upload
+of one part (S3 allows the last, here the only, part below 5 MiB), marked
+for the sweep like any other, and completed at ``commit`` after the claim.
+
+Every request carries the SHA-256 of its body, signed (SigV4 payload hash)
+and as ``x-amz-checksum-sha256``, so the store verifies what it got; the
+instance's SHA-256 is fed per chunk, each part's taken from its joined body
+(``PartDigests``).
 
 Flow: a write's Deferred fires once its bytes left memory (their part was
 sent, or dropped), so a part buffer is held within the upload's window of the
@@ -112,8 +119,8 @@ class PartDigests:
     The one place the writer hashes.  Per chunk only the instance digest is
     fed; an S3 part is hashed once at its cut, over its chunks as they are
     (hashlib releases the GIL above 2 KiB; nothing is joined).  A part below
-    ``MULTIPART_MIN_BYTES`` is never cut: its PutObject carries the instance
-    digest, so it is hashed once.
+    ``MULTIPART_MIN_BYTES`` is never cut: its PutObject, or its one UploadPart
+    when commits are held, carries the instance digest, so it is hashed once.
     """
 
     def __init__(self) -> None:
@@ -239,6 +246,9 @@ class S3PartWriter:
         self._aborted: Deferred[None] | None = None
         self._replaced: str | None = None
         self._claim_etag: str | None = None  # the ETag of the claim this upload wrote
+        # Commit waits for the whole body (hold_commit): nothing waits in memory for it.
+        self._held = False
+        self._creation: Deferred[None] | None = None  # CreateMultipartUpload in flight
 
     # IPartWriter
 
@@ -272,6 +282,9 @@ class S3PartWriter:
         if self._dropping or self._finishing or self._filled == 0:
             return True
         return self._key is not None and self._filled >= self._storage.cut_bytes
+
+    def hold_commit(self) -> None:
+        self._held = True
 
     def named(self, instance: InstanceRef | None) -> None:
         if self._named:
@@ -328,9 +341,13 @@ class S3PartWriter:
                 self._fire_finished()  # commit sends it: the data is complete in memory
             return
         if self._upload_id is None:
-            if not self._creating and self._filled >= MULTIPART_MIN_BYTES:
+            if not self._creating and (
+                self._filled >= MULTIPART_MIN_BYTES
+                # Held: sent now as one part, or it would keep its window until commit.
+                or (self._held and self._finishing and self._filled > 0)
+            ):
                 self._creating = True
-                ensureDeferred(self._create(key))
+                self._creation = ensureDeferred(self._create(key))
             elif self._finishing and not self._creating:
                 self._fire_finished()  # small: one PutObject at commit
             return
@@ -366,10 +383,8 @@ class S3PartWriter:
             self._fail(_storage_error(e))
             return
         self._creating = False
-        if self._aborted is not None:
-            # Aborted while creating: _abort_upload found no id then.
-            await self._abort_upload()
-            return
+        # Aborted while creating: _abort_upload waits for this id and aborts it,
+        # and _pump only fires finish (the bytes were dropped).
         self._pump()
 
     def _cut(self) -> tuple[list[bytes | memoryview], list[Deferred[None]]]:
@@ -385,9 +400,10 @@ class S3PartWriter:
             deferred.callback(None)
 
     async def _send_part(self) -> None:
-        chunks, written = self._cut()
-        digest = self._digests.cut(chunks)
         number = len(self._etags) + 1
+        whole = number == 1 and self._finishing  # the only part: every byte written
+        chunks, written = self._cut()
+        digest = self._digests.instance.digest() if whole else self._digests.cut(chunks)
         try:
             if number > MAX_PARTS:
                 raise S3Error("UploadPart", 0, "TooManyParts", f"more than {MAX_PARTS} parts")
@@ -438,7 +454,21 @@ class S3PartWriter:
         await self._abort_upload()
         raise error
 
+    async def _sent(self) -> None:
+        """Wait for a create or part in flight: a part named only after ``finish``
+        fired (its header walk was behind) may still be sending."""
+        while self._creating or self._part_task:
+            waiter: Deferred[int] = Deferred()
+            self._finished.append(waiter)
+            try:
+                await waiter
+            except (OSError, StorageFull):
+                pass  # the failure is in self._failure
+
     async def _commit(self, instance: InstanceRef, overwrite: bool) -> CommitResult:
+        await self._sent()
+        if self._failure is not None:
+            return await self._raise(self._failure)
         storage = self._storage
         key = storage.instance_key(instance)
         sha = self._digests.instance.hexdigest()
@@ -582,6 +612,10 @@ class S3PartWriter:
             await self._storage.delete_quietly(self._replaced)
 
     async def _abort_upload(self) -> None:
+        creation = self._creation
+        if creation is not None and not creation.called:
+            # Its id comes with the answer; the abort must not end before the upload does.
+            await detached(creation)
         upload_id, self._upload_id = self._upload_id, None
         if upload_id is None or self._key is None:
             return

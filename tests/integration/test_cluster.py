@@ -16,9 +16,9 @@ through haproxy while one fault happens:
 - RabbitMQ stopped: POSTs are still answered, and their workflow requests are
   delivered once it is back.
 
-One node process each (no ``--workers`` on this branch's base): the fault
-under test is a node's death, and one process per node makes "the node" and
-"the process" the same PID to kill.
+Each node runs the default worker count (one per CPU), as a deployed node
+would: "killing the node" is a SIGKILL of its main process, which takes its
+workers down with it; the held upload's node is found by its worker's pid.
 """
 
 from __future__ import annotations

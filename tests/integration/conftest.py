@@ -17,6 +17,9 @@ import pytest_twisted
 from treq.client import HTTPClient
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from tests.integration.postgres import PostgreSQL
+from tests.integration.rabbitmq import RabbitMQ
+from tests.integration.seaweedfs import SeaweedFS
 from tests.launcher import LOOPBACK_ANY_PORT, Twistd
 from tests.launcher import twistd_command as twistd_command  # re-exported for the tests
 from twisted_stow.core.config import StowConfig
@@ -53,6 +56,45 @@ async def _serve(tmp_path: Path, config: StowConfig) -> AsyncIterator[Server]:
     finally:
         await port.stopListening()
         await services.stopService()
+
+
+# The real servers a module's tests share, one of each per module (started on
+# 127.0.0.1 by the tests, stopped by PID; a server that cannot start fails the
+# module's tests).  A module that needs another kind (a TLS RabbitMQ) defines
+# its own fixture of the same name.
+
+
+@pytest.fixture(scope="module")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """A real SeaweedFS (S3) for the module."""
+    store = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    store.start()
+    try:
+        yield store
+    finally:
+        store.stop()
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgreSQL]:
+    """A real PostgreSQL cluster for the module."""
+    database = PostgreSQL(tmp_path_factory.mktemp("postgres"))
+    database.start()
+    try:
+        yield database
+    finally:
+        database.close()
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
+    """A real RabbitMQ node for the module."""
+    rabbit = RabbitMQ(tmp_path_factory.mktemp("rabbitmq"))
+    try:
+        rabbit.start()
+        yield rabbit
+    finally:
+        rabbit.close()
 
 
 @pytest.fixture

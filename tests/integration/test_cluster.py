@@ -72,36 +72,6 @@ def key(ds: Any) -> str:
     return f"{PREFIX}{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
 
 
-@pytest.fixture(scope="module")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    store = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
-    store.start()
-    try:
-        yield store
-    finally:
-        store.stop()
-
-
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgreSQL]:
-    database = PostgreSQL(tmp_path_factory.mktemp("postgres"))
-    database.start()
-    try:
-        yield database
-    finally:
-        database.close()
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
-    rabbit = RabbitMQ(tmp_path_factory.mktemp("rabbitmq"))
-    try:
-        rabbit.start()
-        yield rabbit
-    finally:
-        rabbit.close()
-
-
 @dataclass
 class Shared:
     """What the nodes of one test share: a bucket, an index database, a queue."""

@@ -38,26 +38,6 @@ MULTIPART_PADDING = 6 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgreSQL]:
-    database = PostgreSQL(tmp_path_factory.mktemp("postgres"))
-    database.start()
-    try:
-        yield database
-    finally:
-        database.close()
-
-
-@pytest.fixture(scope="module")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    store = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
-    store.start()
-    try:
-        yield store
-    finally:
-        store.stop()
-
-
-@pytest.fixture(scope="module")
 def pair(
     postgres: PostgreSQL, seaweed: SeaweedFS, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Node, Node, str, str]]:

@@ -68,17 +68,6 @@ def reset_peak(pid: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    """One real SeaweedFS for the module, stopped by PID afterwards."""
-    store = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
-    store.start()
-    try:
-        yield store
-    finally:
-        store.stop()
-
-
-@pytest.fixture(scope="module")
 def slow_store(seaweed: SeaweedFS) -> Iterator[ThrottledProxy]:
     """The proxy that makes the store slower than the clients."""
     proxy = ThrottledProxy(seaweed.s3_port, STORE_BYTES_PER_SECOND).start()

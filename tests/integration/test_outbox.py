@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pika
-import pytest
 
 from tests.integration import observe
 from tests.integration.cluster import Node, new_instance
@@ -28,26 +26,6 @@ ROUTING_KEY = "md.workflow.request"
 # A relay publishes within its rescan interval (5 s); a broker is slow to
 # come back. Generous, as the workflow tests use.
 WAIT_SECONDS = 60.0
-
-
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgreSQL]:
-    database = PostgreSQL(tmp_path_factory.mktemp("postgres"))
-    database.start()
-    try:
-        yield database
-    finally:
-        database.close()
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
-    rabbit = RabbitMQ(tmp_path_factory.mktemp("rabbitmq"))
-    try:
-        rabbit.start()
-        yield rabbit
-    finally:
-        rabbit.close()
 
 
 def bind_queue(broker: RabbitMQ) -> str:

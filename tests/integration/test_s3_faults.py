@@ -126,16 +126,6 @@ class FaultProxy:
         self.server.server_close()
 
 
-@pytest.fixture(scope="module")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    store = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
-    store.start()
-    try:
-        yield store
-    finally:
-        store.stop()
-
-
 @pytest.fixture
 def proxied(seaweed: SeaweedFS, tmp_path: Path) -> Iterator[tuple[FaultProxy, S3Server]]:
     """A server whose store is SeaweedFS behind a ``FaultProxy`` (forwarding at first)."""

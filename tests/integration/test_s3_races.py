@@ -36,16 +36,6 @@ TRIALS = 3
 PREFIX = "site/a/"
 
 
-@pytest.fixture(scope="module")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    store = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
-    store.start()
-    try:
-        yield store
-    finally:
-        store.stop()
-
-
 def two_servers(seaweed: SeaweedFS, base: Path, *options: str) -> tuple[S3Server, S3Server]:
     """Two twistd processes on one bucket and prefix."""
     bucket = seaweed.new_bucket()

@@ -49,17 +49,6 @@ DUPLICATE_REJECTED = 0x0111
 ANSWER_TIMEOUT_SECONDS = 60.0
 
 
-@pytest.fixture(scope="module")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    """One real SeaweedFS for the module, stopped by PID afterwards."""
-    store = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
-    store.start()
-    try:
-        yield store
-    finally:
-        store.stop()
-
-
 class S3Server:
     """A ``twistd -n stow --storage s3://BUCKET/PREFIX`` and the boto3 view of its bucket."""
 

@@ -45,17 +45,6 @@ LARGE_PADDING_BYTES = 5 * MiB + 300 * 1024
 CANNOT_UNDERSTAND = 0xC000
 
 
-@pytest.fixture(scope="module")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    """One real SeaweedFS for the module, stopped by PID afterwards."""
-    store = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
-    store.start()
-    try:
-        yield store
-    finally:
-        store.stop()
-
-
 @pytest.fixture()
 def server(seaweed: SeaweedFS, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """``--verify-body-digest --memory-budget 10M``, on a bucket of its own."""

@@ -4,11 +4,8 @@ RabbitMQ (tests/integration/rabbitmq.py): each exactly once under its stable id.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.integration.crafted import instance
 from tests.integration.observe import wait_until
@@ -21,17 +18,6 @@ from tests.launcher import LOOPBACK_ANY_PORT, Twistd
 POSTS = 6
 QUEUE = "workers-test"
 _CORRELATION = re.compile(rb"\r\nX-Correlation-ID: ([^\r]+)\r\n", re.IGNORECASE)
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
-    """A RabbitMQ node of our own on 127.0.0.1 (fails the tests if it cannot start)."""
-    rabbit = RabbitMQ(tmp_path_factory.mktemp("rabbitmq"))
-    try:
-        rabbit.start()
-        yield rabbit
-    finally:
-        rabbit.close()
 
 
 def pending(storage: Path) -> list[Path]:

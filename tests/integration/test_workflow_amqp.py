@@ -38,17 +38,6 @@ HEADERS = {"Content-Type": multipart_content_type(BOUNDARY)}
 WAIT_SECONDS = 60.0
 
 
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
-    """A RabbitMQ node of our own on 127.0.0.1 (fails the tests if it cannot start)."""
-    rabbit = RabbitMQ(tmp_path_factory.mktemp("rabbitmq"))
-    try:
-        rabbit.start()
-        yield rabbit
-    finally:
-        rabbit.close()
-
-
 @dataclass
 class Gateway:
     url: str

@@ -108,6 +108,28 @@ def test_one_byte_at_a_time_is_the_same_as_whole(name: str) -> None:
     assert capture.result() == capture_header(data)
 
 
+@pytest.mark.parametrize("name", FILES)
+def test_held_bytes_counts_every_queued_view_while_the_walk_is_behind(name: str) -> None:
+    """Fed 512-byte chunks with no steps, then walked a few steps at a time (deflated
+    files included): ``held_bytes`` is always the copies plus every view still queued,
+    and the walk ends with the header it gives whole."""
+    data = (TEST_FILES / name).read_bytes()[: 64 * 1024]
+    capture = HeaderCapture()
+
+    def queued() -> int:
+        return capture.buffered_bytes + sum(len(view) for view in capture._queue)
+
+    for offset in range(0, len(data), 512):
+        capture.feed(data[offset : offset + 512], max_steps=0)
+        assert capture.held_bytes == queued()
+    while capture.pending:
+        capture.run(3)
+        assert capture.held_bytes == queued()
+    if capture.done:
+        assert capture.held_bytes == 0
+        assert capture.result() == capture_header(data)
+
+
 @settings(max_examples=50, deadline=None)
 @given(name=st.sampled_from(FILES), cuts=st.lists(st.integers(0, 4096), max_size=20))
 def test_random_splits_give_the_same_result(name: str, cuts: list[int]) -> None:

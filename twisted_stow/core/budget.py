@@ -209,8 +209,9 @@ class Share:
         ):
             self.yielding = True
             if self.held_bytes == 0:
-                self.free(0)
-            self.changed()
+                self.free(0)  # gives the window back, and tells the upload
+            else:
+                self.changed()
 
     def close(self) -> None:
         """No more bytes will come: leave the queue; the window goes once nothing is held."""

@@ -200,6 +200,9 @@ class HeaderCapture:
         # Input not walked yet: raw pieces fed (views, not copies) and the
         # rest of one inflated slice.  Empty unless a step budget ran out.
         self._queue: deque[memoryview] = deque()
+        # Bytes in ``_queue``, kept as it changes: ``held_bytes`` is read after
+        # every chunk fed, and a walk that is behind queues one view per chunk.
+        self._queued_bytes = 0
         self._inflated: memoryview | None = None
         self._steps_left = 0
         self._switched = False
@@ -237,7 +240,7 @@ class HeaderCapture:
         against its memory budget, though its writer may hold the same
         chunks: counted twice, never missed.
         """
-        return self.buffered_bytes + sum(len(view) for view in self._queue)
+        return self.buffered_bytes + self._queued_bytes
 
     def feed(self, data: bytes | memoryview, *, max_steps: int | None = None) -> int:
         """Walk the next bytes of the part; return the steps taken.
@@ -254,6 +257,7 @@ class HeaderCapture:
             return 0
         self._received += len(data)
         self._queue.append(memoryview(data))
+        self._queued_bytes += len(data)
         return self.run(max_steps)
 
     def run(self, max_steps: int | None = None) -> int:
@@ -270,6 +274,7 @@ class HeaderCapture:
             self._verdict = _cannot_understand(f"deflated data set is corrupt: {exc}")
         if self._verdict is not None:
             self._queue.clear()
+            self._queued_bytes = 0
             self._inflated = None
         return budget - self._steps_left
 
@@ -302,11 +307,13 @@ class HeaderCapture:
                     self._consume(memoryview(b""))
                 return
             view = queue.popleft()
+            self._queued_bytes -= len(view)
             inflater = self._inflater
             if inflater is not None:
                 if inflater.eof:
                     # The deflate stream ended: whatever follows is not data set.
                     queue.clear()
+                    self._queued_bytes = 0
                     return
                 data = view[:_INFLATE_INPUT_BYTES]
                 inflated = inflater.decompress(data, _INFLATE_OUTPUT_BYTES)
@@ -314,17 +321,20 @@ class HeaderCapture:
                 consumed = len(data) - len(inflater.unconsumed_tail)
                 if consumed < len(view):
                     queue.appendleft(view[consumed:])
+                    self._queued_bytes += len(view) - consumed
                 if inflated:
                     self._inflated = memoryview(inflated)
                 continue
             rest = self._consume(view)
             if len(rest):
                 queue.appendleft(rest)
+                self._queued_bytes += len(rest)
             if self._switched:
                 # The File Meta ended: the bytes read too far (an element
                 # header) belong to the data set, deflated or not.
                 self._switched = False
                 queue.appendleft(memoryview(self._pushback))
+                self._queued_bytes += len(self._pushback)
                 self._pushback = b""
                 if self._deflated:
                     self._inflater = zlib.decompressobj(-zlib.MAX_WBITS)

@@ -434,7 +434,10 @@ class Options(usage.Options):
         _check_auth(self.config)
         if self.config.log_format == "json" and self.parent is not None:
             # twistd's one observer (its own lines included), resolved after
-            # this (TWISTED: --logger).
+            # this (TWISTED: --logger), writing where twistd's text would.
+            from .ops import logs
+
+            logs.log_to(self.parent.get("logfile"), nodaemon=bool(self.parent.get("nodaemon")))
             self.parent["logger"] = "twisted_stow.ops.logs.json_observer"
 
 

@@ -3,7 +3,8 @@
 twistd's ``--logger`` names the factory of its one observer;
 ``tap.Options.postOptions`` sets it to ``json_observer`` so that twistd's
 own lines ("starting up", "reactor class") come out as JSON too, rather
-than a JSON observer beside twistd's text one mixing both formats.
+than a JSON observer beside twistd's text one mixing both formats.  They go
+where twistd's text would: standard output, or ``--logfile`` (``log_to``).
 
 Each line has ``timestamp`` (ISO 8601, UTC), ``level``, ``event`` (a stable
 name: ``request.done``, ``request.refused``, ``instance.stored``, … or
@@ -16,9 +17,11 @@ read from a data set.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from datetime import datetime, timezone
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from twisted.logger import ILogObserver, formatEvent
 from twisted.python.failure import Failure
@@ -72,6 +75,35 @@ class JsonLineObserver:
         self._out.flush()
 
 
+# Where twistd would write its text lines, recorded by ``tap.Options.postOptions``
+# (twistd calls a ``--logger`` factory with no arguments).
+_destination: dict[str, Any] = {"logfile": None, "nodaemon": True}
+
+
+def log_to(logfile: str | None, *, nodaemon: bool) -> None:
+    """Record twistd's ``--logfile`` and ``-n`` for ``json_observer``."""
+    _destination.update(logfile=logfile, nodaemon=nodaemon)
+
+
 def json_observer() -> JsonLineObserver:
-    """twistd ``--logger`` factory: JSON lines on standard output."""
-    return JsonLineObserver(sys.stdout)
+    """twistd ``--logger`` factory: JSON lines where twistd would write its text.
+
+    As twistd's own text observer: standard output under ``-n`` without
+    ``--logfile`` (or with ``--logfile -``), else the file (``twistd.log``
+    by default for a daemon), reopened on SIGUSR1 for log rotation.
+    """
+    logfile, nodaemon = _destination["logfile"], _destination["nodaemon"]
+    if logfile == "-" or (nodaemon and not logfile):
+        return JsonLineObserver(sys.stdout)
+    from twisted.python.logfile import LogFile
+
+    out = LogFile.fromFullPath(os.path.abspath(logfile or "twistd.log"))  # type: ignore[no-untyped-call]
+    if not signal.getsignal(signal.SIGUSR1):
+
+        def rotate(number: int, frame: object) -> None:
+            from twisted.internet import reactor
+
+            reactor.callFromThread(out.rotate)  # type: ignore[attr-defined]
+
+        signal.signal(signal.SIGUSR1, rotate)
+    return JsonLineObserver(cast(IO[str], out))

@@ -1,13 +1,14 @@
 """A worker process: ``python -m twisted_stow.workers.child``, started by the main process.
 
-The main process (``supervisor.py``) passes, in the ``STOW_WORKER``
-environment variable, the worker's number and run token, its own pid and
-the ``twistd stow`` arguments; at ``CONTROL_FD`` its end of the control
-socketpair, from ``FIRST_LISTEN_FD`` on the listening sockets in
-``--listen`` order.  The worker parses the same options, builds the same
+The main process (``supervisor.py``) passes at ``CONTROL_FD`` the worker's
+end of the control socketpair, on which it first writes the worker's spec
+(``spec.py``: its number and run token, the main process's pid, the
+sockets and the ``twistd stow`` arguments; never in the environment or on
+the command line), and from ``FIRST_LISTEN_FD`` on the listening sockets
+in ``--listen`` order.  The worker parses the same options, builds the same
 object graph as a single process (``site.make_services``), adopts the
-sockets and reports ``Ready``; its log lines go to the main process's
-standard output, each naming the worker.
+sockets and reports ``Ready``; its log events go to the main process over
+its standard output, a pipe (``logrelay.py``), each naming the worker.
 
 It never outlives the main process: ``PR_SET_PDEATHSIG`` has the kernel
 SIGKILL it when the main process ends, however it ends, and ``getppid``
@@ -17,16 +18,15 @@ checked right after catches a main process that died before the call.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import re
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable
 from typing import IO, Any, cast
 
-SPEC_ENV = "STOW_WORKER"
 # <linux/prctl.h>
 _PR_SET_PDEATHSIG = 1
 # Status of a worker that cannot start (as the single process's start-up failures).
@@ -48,44 +48,41 @@ def die_with_parent(parent: int) -> None:
 
 
 class WorkerLog:
-    """The worker's log observer: every line names the worker; some are held back.
+    """The worker's log observer: every event names the worker, goes to the main
+    process (``logrelay.py``); some are held back.
 
     ``quiet`` drops the reload lines while a SIGHUP reload runs in a worker
     that is not the one reporting it (the main process has one worker speak,
     so each outcome is logged once).
     """
 
-    def __init__(self, out: IO[str], worker_id: int, log_format: str) -> None:
-        from twisted.logger import FileLogObserver, formatEventAsClassicLogText
-
-        from ..ops.logs import JsonLineObserver
-
+    def __init__(self, out: IO[str], worker_id: int) -> None:
         self.worker_id = worker_id
         self.pid = os.getpid()
         self.quiet = False
-        self._json = log_format == "json"
-        self._observer: Callable[[dict[str, Any]], None]
-        if self._json:
-            self._observer = JsonLineObserver(out)
-        else:
-            self._observer = FileLogObserver(out, formatEventAsClassicLogText)
+        self._out = out
+        # Threads log too (storage writers): one whole line at a time.
+        self._lock = threading.Lock()
 
     def __call__(self, event: dict[str, Any]) -> None:
         from twisted.logger import formatEvent
 
         from ..ops.logs import EVENT_KEY
+        from .logrelay import encode
 
         if self.quiet and str(event.get(EVENT_KEY, "")).startswith("reload."):
             return
         if _PORT_STARTED.match(formatEvent(event)):
             return
         event = dict(event)
-        if self._json:
-            event["worker"] = self.worker_id
-            event["pid"] = self.pid
-        else:
-            event["log_system"] = f"worker {self.worker_id} pid {self.pid} {_system(event)}"
-        self._observer(event)
+        # The text form names the worker in [system], the JSON form in fields.
+        event["log_system"] = f"worker {self.worker_id} pid {self.pid} {_system(event)}"
+        event["worker"] = self.worker_id
+        event["pid"] = self.pid
+        line = encode(event)
+        with self._lock:
+            self._out.write(line)
+            self._out.flush()
 
 
 def _system(event: dict[str, Any]) -> str:
@@ -118,7 +115,8 @@ class Worker:
         from ..ops import metrics, reload, startup
         from ..site import make_services, make_storage
         from .handover import KIND_TLS
-        from .supervision import CONTROL_FD, Ready, Spooled, WorkerSide
+        from .spec import CONTROL_FD
+        from .supervision import Ready, Spooled, WorkerSide
 
         log = Logger()
         reactor = self.reactor
@@ -215,7 +213,9 @@ class Worker:
 
 
 def main() -> None:
-    spec = json.loads(os.environ.pop(SPEC_ENV))
+    from .spec import CONTROL_FD, receive_spec
+
+    spec = receive_spec(CONTROL_FD)
     die_with_parent(spec["parent"])
     # Until the drain takes them over: the main process decides.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -233,7 +233,7 @@ def main() -> None:
     except usage.UsageError as e:
         startup.fail(str(e))
     config = options.config
-    log = WorkerLog(sys.stdout, spec["id"], config.log_format)
+    log = WorkerLog(sys.stdout, spec["id"])
     globalLogBeginner.beginLoggingTo([cast(ILogObserver, log)], redirectStandardIO=False)
     worker = Worker(spec, config, reactor, log)
     reactor.callWhenRunning(worker.start)

@@ -2,7 +2,8 @@
 
 One AMP connection per worker over a UNIX socketpair (the control
 channel).  The main process creates the pair, keeps one end and passes the
-other to the worker at a fixed descriptor (``CONTROL_FD``).  These are the
+other to the worker at a fixed descriptor (``spec.CONTROL_FD``), after
+the worker's start-up spec (``spec.py``).  These are the
 messages the supervision needs, added to the server-wide limits' protocol
 of ``control.py`` by subclassing (AMP finds responders on the class).
 
@@ -22,11 +23,6 @@ from twisted.python.failure import Failure
 
 from .control import MainControl, WorkerControl
 from .shared import SharedState
-
-# The worker's end of the control socketpair: the first descriptor after
-# stdin, stdout and stderr; its listening sockets follow it.
-CONTROL_FD = 3
-FIRST_LISTEN_FD = 4
 
 
 class Ready(amp.Command):

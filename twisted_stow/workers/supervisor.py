@@ -9,11 +9,14 @@ control connection each (``supervision.py``), and then:
   whatever the worker count;
 - restarts a worker that dies once it was ready: its staged files are
   removed by its run token (a pid may be reused and a zombie looks alive),
-  its metrics files marked dead; the kernel already reset its connections;
-- stops the whole server, with the worker's exit status, when a worker
-  dies before it was ready (its start-up failed; it printed why): a
-  configuration every worker shares fails the same way each time, so a
-  restart would only loop;
+  its metrics files marked dead; the kernel already reset its connections.
+  The replacement starts at once after an isolated death, and after a
+  growing delay when the slot's workers keep dying young (``backoff.py``),
+  so a worker that crashes on every request is no fork loop;
+- stops the whole server, with the worker's exit status, when a slot's
+  first worker dies before it was ready (its start-up failed; it printed
+  why): a configuration every worker shares fails the same way each time,
+  so a restart would only loop;
 - on SIGTERM/SIGINT closes its copies of the listening sockets, tells each
   worker to drain (a second signal: to abort) and exits 0 once all have
   exited; on SIGHUP has each worker reload, one of them logging the outcome.
@@ -22,7 +25,6 @@ control connection each (``supervision.py``), and then:
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import secrets
 import shutil
@@ -37,14 +39,18 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
 from twisted.internet.protocol import Factory, ProcessProtocol
-from twisted.logger import Logger
+from twisted.logger import Logger, globalLogPublisher
 from twisted.python.failure import Failure
 
 from ..ops import metrics
-from .child import SPEC_ENV
+from . import metricsdir
+from .backoff import RestartBackoff
 from .handover import HandedPort
+from .logrelay import LogRelay
 from .shared import SharedState
-from .supervision import CONTROL_FD, FIRST_LISTEN_FD, Drain, MainSide, RefreshGauges, Reload
+from .spec import CONTROL_FD, FIRST_LISTEN_FD, send_spec
+from .supervision import Drain, MainSide, RefreshGauges, Reload
+from .unavailable import Unavailable
 
 log = Logger()
 
@@ -67,14 +73,41 @@ class WorkerSlot:
     process: Any = None
     control: MainSide | None = None
     ended: Deferred[None] = field(default_factory=Deferred)
+    backoff: RestartBackoff | None = None
+    # The delayed start of the next worker (an IDelayedCall), while it waits.
+    restart: Any = None
 
 
 class _WorkerProcess(ProcessProtocol):
-    def __init__(self, ended: Callable[[Failure], None]) -> None:
+    """A worker's end, and its log events from its standard output (``logrelay.py``)."""
+
+    def __init__(self, ended: Callable[[Failure], None], relay: LogRelay) -> None:
         self._ended = ended
+        self.relay = relay
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if childFD == 1:
+            self.relay.received(data)
+
+    def childConnectionLost(self, childFD: int) -> None:
+        if childFD == 1:
+            self.relay.ended()
 
     def processEnded(self, reason: Failure) -> None:
+        self.relay.ended()
         self._ended(reason)
+
+
+def describe_end(reason: Failure) -> str:
+    """How a process ended, for a log line: "exit status 1", "killed by SIGKILL"."""
+    signal_number = getattr(reason.value, "signal", None)
+    if signal_number:
+        try:
+            name = signal.Signals(int(signal_number)).name
+        except ValueError:
+            name = f"signal {signal_number}"
+        return f"killed by {name}"
+    return f"exit status {exit_status(reason)}"
 
 
 def exit_status(reason: Failure) -> int:
@@ -106,11 +139,21 @@ class Supervisor(Service):
         self.shared = shared
         self.arguments = arguments
         self.ports = ports
-        self.slots = [WorkerSlot(number) for number in range(1, count + 1)]
+        self.slots = [
+            WorkerSlot(number, backoff=RestartBackoff(reactor.seconds))
+            for number in range(1, count + 1)
+        ]
         self.storage_dir = storage_dir
         self.drain_timeout_seconds = drain_timeout_seconds
         self._spooled = spooled
-        self.metrics_dir = _make_metrics_dir()
+        # Before ours is made: those a SIGKILLed main process left (metricsdir.py).
+        for stale in metricsdir.sweep():
+            log.info(
+                "removed {path}, the metrics directory of a server that is gone",
+                path=stale,
+                stow_event="server.metrics_swept",
+            )
+        self.metrics_dir = metricsdir.make()
         # The directory goes with the process however it ends (twistd's
         # orderly stop, or the exit status of a failed start-up).
         atexit.register(self._at_exit)
@@ -118,6 +161,7 @@ class Supervisor(Service):
         self.failed_status: int | None = None
         self._announced = False
         self._kill_timer: Any = None
+        self._unavailable = Unavailable(reactor, ports, self._next_restart_in)
 
     # start
 
@@ -141,6 +185,7 @@ class Supervisor(Service):
             self.reactor.callFromThread(self.drain, signal.Signals(number).name)
 
     def _spawn(self, slot: WorkerSlot) -> None:
+        slot.restart = None
         slot.token = secrets.token_hex(8)
         slot.pid = None
         slot.ready = False
@@ -151,12 +196,15 @@ class Supervisor(Service):
         control.on_ready = lambda pid: self._ready(slot, pid)
         control.on_spooled = self._spooled
         slot.control = control
-        self.reactor.adoptStreamConnection(
-            main_end.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: control)
-        )
-        main_end.close()
         devnull = os.open(os.devnull, os.O_RDONLY)
-        child_fds: dict[int, int | str] = {0: devnull, 1: 1, 2: 2, CONTROL_FD: worker_end.fileno()}
+        # Standard output is the log pipe; standard error stays the main
+        # process's, for what a worker writes before it logs (why it cannot start).
+        child_fds: dict[int, int | str] = {
+            0: devnull,
+            1: "r",
+            2: 2,
+            CONTROL_FD: worker_end.fileno(),
+        }
         listen = []
         for index, port in enumerate(self.ports):
             fd = FIRST_LISTEN_FD + index
@@ -177,25 +225,44 @@ class Supervisor(Service):
             "arguments": self.arguments,
         }
         env = dict(os.environ)
-        env[SPEC_ENV] = json.dumps(spec)
         env[metrics.MULTIPROCESS_ENV] = self.metrics_dir
         env["PYTHONUNBUFFERED"] = "1"
         try:
+            relay = LogRelay(slot.number, globalLogPublisher, self.reactor.seconds)
             slot.process = self.reactor.spawnProcess(
-                _WorkerProcess(lambda reason: self._ended(slot, reason)),
+                _WorkerProcess(lambda reason: self._ended(slot, reason), relay),
                 sys.executable,
                 [sys.executable, "-m", "twisted_stow.workers.child"],
                 env=env,
                 childFDs=child_fds,
             )
+        except BaseException:
+            main_end.close()
+            raise
         finally:
             os.close(devnull)
             worker_end.close()
-        slot.pid = slot.process.pid
+        slot.pid = relay.pid = slot.process.pid
+        try:
+            # Before AMP: the worker reads exactly the spec, then speaks AMP. It
+            # fits the socket buffer, so this returns before the worker reads it.
+            send_spec(main_end, spec)
+        except OSError as e:
+            # The worker is gone already; its end is reported as any other.
+            log.warn(
+                "could not send worker {worker} its spec: {error}", worker=slot.number, error=e
+            )
+        self.reactor.adoptStreamConnection(
+            main_end.fileno(), socket.AF_UNIX, Factory.forProtocol(lambda: control)
+        )
+        main_end.close()
 
     def _ready(self, slot: WorkerSlot, pid: int) -> None:
         slot.ready = slot.ever_ready = True
         slot.pid = pid
+        assert slot.backoff is not None
+        slot.backoff.serving()
+        self._serving_changed()
         if self.draining and slot.control is not None:
             slot.control.callRemote(Drain, abort=False).addErrback(lambda _: None)
             return
@@ -232,7 +299,7 @@ class Supervisor(Service):
             ended.callback(None)
             self._stop_when_all_ended()
             return
-        if not was_ready:
+        if not slot.ever_ready:
             log.error(
                 "worker {worker} (pid {pid}) failed at start-up (exit status {status}): "
                 "stopping the server",
@@ -244,15 +311,73 @@ class Supervisor(Service):
             ended.callback(None)
             self.fail(status or 1)
             return
+        assert slot.backoff is not None
+        delay = slot.backoff.ended()
+        how = describe_end(reason)
+        if not was_ready:
+            how += " before it served"
+        ended.callback(None)
+        self._serving_changed()
+        if delay <= 0:
+            log.error(
+                "worker {worker} (pid {pid}) ended ({how}); starting another",
+                worker=slot.number,
+                pid=pid,
+                how=how,
+                status=status,
+                stow_event="worker.restarted",
+            )
+            self._spawn(slot)
+            return
         log.error(
-            "worker {worker} (pid {pid}) ended (exit status {status}); starting another",
+            "worker {worker} (pid {pid}) ended ({how}); {deaths} in a row died young: "
+            "starting another in {delay:.1f} s",
             worker=slot.number,
             pid=pid,
+            how=how,
             status=status,
+            deaths=slot.backoff.young_deaths,
+            delay=delay,
+            stow_event="worker.restart_delayed",
+        )
+        slot.restart = self.reactor.callLater(delay, self._restart, slot, delay)
+
+    def _serving_changed(self) -> None:
+        """While no worker serves (after one did), the main process answers 503 itself."""
+        if (
+            self._announced
+            and not self.draining
+            and self.failed_status is None
+            and not any(s.ready for s in self.slots)
+        ):
+            self._unavailable.start()
+        else:
+            self._unavailable.stop()
+
+    def _next_restart_in(self) -> float:
+        """Seconds until the next delayed worker start (1 when none waits)."""
+        now = self.reactor.seconds()
+        waits = [
+            s.restart.getTime() - now
+            for s in self.slots
+            if s.restart is not None and s.restart.active()
+        ]
+        return min(waits) if waits else 1.0
+
+    def _restart(self, slot: WorkerSlot, delay: float) -> None:
+        log.info(
+            "worker {worker}: starting another after {delay:.1f} s",
+            worker=slot.number,
+            delay=delay,
             stow_event="worker.restarted",
         )
-        ended.callback(None)
         self._spawn(slot)
+
+    def _cancel_restarts(self) -> None:
+        for slot in self.slots:
+            if slot.restart is not None and slot.restart.active():
+                slot.restart.cancel()
+            slot.restart = None
 
     def _sweep(self, token: str) -> None:
         """Remove a gone worker's staged parts, before another worker starts."""
@@ -307,6 +432,8 @@ class Supervisor(Service):
         self._stop_when_all_ended()
 
     def _close_ports(self) -> None:
+        self._cancel_restarts()
+        self._unavailable.stop()
         # The workers close their copies as their drain begins; the socket
         # stops accepting once the last copy is closed.
         for port in self.ports:
@@ -340,6 +467,8 @@ class Supervisor(Service):
 
     def stopService(self) -> Any:
         super().stopService()
+        self._cancel_restarts()
+        self._unavailable.stop()
         # twistd stops without a drain only on an error of its own: the
         # workers go now (the kernel would SIGKILL them as we exit anyway).
         waits = []
@@ -389,12 +518,6 @@ class Supervisor(Service):
             for stream in (sys.stdout, sys.stderr):
                 stream.flush()
             os._exit(self.failed_status)
-
-
-def _make_metrics_dir() -> str:
-    import tempfile
-
-    return tempfile.mkdtemp(prefix="stow-metrics-")
 
 
 def _signal(pid: int, number: int) -> None:

@@ -307,7 +307,8 @@ def test_admission_carries_the_base_url_of_its_target() -> None:
         ("[::1]:80", ("[::1]", "80")),
         ("[::1]", ("[::1]", None)),
         ("[::1]:x", ("[::1]", None)),
-        ("h:port", ("h:port", None)),
+        ("h:port", ("h", None)),
+        ("::1", ("::1", None)),
         (" h:1 ", ("h", "1")),
     ],
 )

@@ -29,6 +29,7 @@ from .errors import (
     UnknownWorkflow,
     shorten,
 )
+from .hostport import split_host_port
 from .identifiers import ae_title_problem, host_problem, workflow_id_problem
 from .mediatype import negotiate, reader_for
 from .multipart import BodyReader
@@ -332,13 +333,10 @@ def first_token(headers: RawHeaders, name: bytes) -> str | None:
 
 
 def split_host(host: str) -> tuple[str, str | None]:
-    """``"h:8080"`` → (h, "8080"); ``"[::1]:80"`` → ("[::1]", "80")."""
-    host = host.strip()
-    if host.startswith("["):
-        end = host.find("]")
-        rest = host[end + 1 :]
-        return host[: end + 1], (rest[1:] if rest.startswith(":") and rest[1:].isdigit() else None)
-    name, sep, port = host.rpartition(":")
-    if sep and port.isdigit():
-        return name, port
-    return host, None
+    """``"h:8080"`` → (h, "8080"); ``"[::1]:80"`` → ("[::1]", "80").
+
+    A malformed port is dropped (the name stays): the URL is then built
+    with the port the request was reached on.
+    """
+    split = split_host_port(host)
+    return split.host, split.port

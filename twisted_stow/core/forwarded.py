@@ -24,6 +24,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from .hostport import split_host_port
+
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -49,30 +51,17 @@ def parse_address(text: str) -> IPAddress | None:
     An IPv4-mapped IPv6 address (``::ffff:10.0.0.1``, how a dual-stack socket
     reports an IPv4 peer) is its IPv4 address, so ``10.0.0.0/8`` matches it.
     """
-    text = text.strip()
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0 or (end + 1 < len(text) and not _is_port(text[end + 1 :])):
-            return None
-        text = text[1:end]
-    elif text.count(":") == 1:  # v4:port (a bare v6 address has several colons)
-        text, port = text.split(":")
-        if not _is_port(":" + port):
-            return None
+    split = split_host_port(text)
+    if not split.well_formed:
+        return None
+    host = split.host[1:-1] if split.host.startswith("[") else split.host
     try:
-        address = ipaddress.ip_address(text)
+        address = ipaddress.ip_address(host)
     except ValueError:
         return None
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return address.ipv4_mapped
     return address
-
-
-def _is_port(text: str) -> bool:
-    digits = text[1:]
-    if text[:1] != ":" or not 0 < len(digits) <= 5:
-        return False
-    return digits.isascii() and digits.isdigit() and int(digits) < 65536
 
 
 def x_forwarded_for_hops(lines: Sequence[bytes]) -> list[str] | None:

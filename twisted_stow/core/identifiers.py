@@ -13,6 +13,8 @@ from __future__ import annotations
 import ipaddress
 import string
 
+from .hostport import split_host_port
+
 # A workflow id is one path segment of /dicomweb/{workflow-id}/studies and
 # ends up in RetrieveURLs and workflow requests: RFC 3986 §2.3 unreserved
 # characters only, so it never needs escaping, is never a dot segment
@@ -76,28 +78,23 @@ def host_problem(value: bytes) -> str | None:
         return "the host is not ASCII"
     if not text:
         return None
-    host, port = text, None
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
+    split = split_host_port(text)
+    if split.host.startswith("["):
+        if not split.host.endswith("]"):
             return "the IP literal is not closed"
-        host, rest = text[1:end], text[end + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                return "the IP literal is followed by something other than a port"
-            port = rest[1:]
+        if split.rest and not split.rest.startswith(":"):
+            return "the IP literal is followed by something other than a port"
         try:
-            ipaddress.IPv6Address(host)
+            ipaddress.IPv6Address(split.host[1:-1])
         except ValueError:
             return "the IP literal is not an IPv6 address"
     else:
-        name, sep, after = text.rpartition(":")
-        if sep:
-            host, port = name, after
-        problem = _name_problem(host)
+        problem = _name_problem(split.host)
         if problem is not None:
             return problem
-    if port is not None and port and not (port.isdigit() and int(port) <= MAX_PORT):
+    # RFC 9110 allows an empty port ("host:"), and leading zeros.
+    port = split.rest[1:]
+    if port and not (port.isdigit() and int(port) <= MAX_PORT):
         return f"the port is not a number from 0 to {MAX_PORT}"
     return None
 

@@ -52,15 +52,18 @@ def test_a_worker_killed_again_and_again_is_restarted_ever_later(tmp_path: Path)
             (victim,) = replacement()
         log = twistd.log()
         assert log.count("killed by SIGKILL") == 5, log
-        # The first of the young deaths is taken for an isolated one: no delay.
-        assert log.count("ended (killed by SIGKILL); starting another") == 1, log
+        # The first of the young deaths is taken for an isolated one: no delay. (The
+        # first victim may have served 10 s while the other worker started, on a
+        # loaded machine: its death then clears the count, one more is at once.)
+        immediate = log.count("ended (killed by SIGKILL); starting another")
         delayed = [(int(n), float(s)) for n, s in DELAYED.findall(log)]
-        assert [n for n, _ in delayed] == [2, 3, 4, 5], log
+        assert immediate in (1, 2) and immediate + len(delayed) == 5, log
+        assert [n for n, _ in delayed] == list(range(2, 2 + len(delayed))), log
         delays = [s for _, s in delayed]
         assert all(a < b for a, b in itertools.pairwise(delays)), delays
-        assert log.count("starting another after") == 4
+        assert log.count("starting another after") == len(delayed)
         # Each delayed replacement really waited its delay.
-        for gap, delay in zip(gaps[1:], delays, strict=True):
+        for gap, delay in zip(gaps[-len(delays) :], delays, strict=True):
             assert gap >= delay, (gaps, delays)
         assert survivor in serving(twistd)
     finally:

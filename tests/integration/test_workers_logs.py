@@ -36,7 +36,9 @@ def start(tmp_path: Path, *options: str) -> tuple[Twistd, Path, int]:
     started = wait_until(
         lambda: logfile.exists() and "workers serving: pids" in logfile.read_text(), 60
     )
-    assert started, twistd.log_tail() + (logfile.read_text() if logfile.exists() else "")
+    if not started:
+        twistd.stop()  # started by this test: never left running
+        raise AssertionError(twistd.log_tail() + (logfile.read_text() if logfile.exists() else ""))
     return twistd, logfile, port
 
 

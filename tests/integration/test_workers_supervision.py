@@ -107,11 +107,13 @@ def test_the_metrics_directory_of_a_sigkilled_server_is_swept_at_the_next_start(
     env = {**os.environ, "TMPDIR": str(temporary)}
     options = ("--listen", LOOPBACK_ANY_PORT, "--metrics-listen", LOOPBACK_ANY_PORT, *WORKERS)
     killed = Twistd(tmp_path / "killed", *options, env=env)
-    killed.ports(1)
-    workers_of(killed)
-    (left,) = temporary.iterdir()
-    assert left.name.startswith(f"stow-metrics-{metricsdir.boot_id()}-{killed.pid}-")
-    os.kill(killed.pid, signal.SIGKILL)
+    try:
+        killed.ports(1)
+        workers_of(killed)
+        (left,) = temporary.iterdir()
+        assert left.name.startswith(f"stow-metrics-{metricsdir.boot_id()}-{killed.pid}-")
+    finally:
+        os.kill(killed.pid, signal.SIGKILL)
     assert killed.process.wait(timeout=30) == -signal.SIGKILL
     assert left.is_dir()
     live = Twistd(tmp_path / "live", *options, env=env)

@@ -108,6 +108,15 @@ FULL = {
     # the workers scenario (issue 12): 16 CT series of one study, one per client
     "ct16": [(64, 512 * KIB)] * 16,
 }
+# A quarter of the full size, same shapes: a check of the full machinery in
+# a minute or two, not figures to publish.
+MEDIUM = {
+    "large": [(5, 50 * MIB)],
+    "ct": [(250, 512 * KIB)],
+    "mixed": [(1, 50 * MIB), (75, 512 * KIB), (13, 16 * KIB)],
+    "huge": [(20, 50 * MIB)],
+    "ct16": [(16, 512 * KIB)] * 16,
+}
 # Seconds in CI: same shapes, tiny sizes (the concurrency runs need 64 requests).
 TINY = {
     "large": [(3, 2 * MIB)],

@@ -7,6 +7,7 @@ disk for temporary files, deleted at the end):
 
     python3 -m benchmarks.stow_bench                 # full size, 3 runs each
     python3 -m benchmarks.stow_bench --size tiny     # seconds (what CI runs)
+    python3 -m benchmarks.stow_bench --only workers  # issue 12's table alone
 
 What it does (benchmarks/README.md has the details):
 
@@ -23,7 +24,12 @@ What it does (benchmarks/README.md has the details):
    then our server with ``--max-requests`` below the client count, with a
    probe (``_probe.py``) timing 503s from a process of its own;
 5. memory: our server's peak RSS during the "huge" (> 4 GiB) POST;
-6. writes results.json, results.md and PNG plots to ``--out``.
+6. workers (issue 12, point 7): on servers started for each run, ours at
+   ``--workers 1`` and at the default beside Orthanc: 16 clients at once,
+   each with its own CT series, then ct and large with one client; large
+   with 4 clients beside the disk with 4 writers; the largest process's
+   peak RSS beside the tree's (``--only workers`` runs this alone);
+7. writes results.json, results.md and PNG plots to ``--out``.
 
 Every run is checked: status 200, every SOP Instance UID sent listed as
 stored and none failed; a run that is not is reported as an error.
@@ -208,7 +214,7 @@ def measure(
     for every in TARGETS:  # the last run's bytes: out of the page cache and disk
         every.release_space()
     time.sleep(SETTLE_SECONDS)  # let the previous run's teardown settle
-    pid = target.process.pid if isinstance(target, HttpTarget) else None
+    pid = target.process.pid if isinstance(target, HttpTarget) and target.process else None
     measured_process = pid is not None and not isinstance(target.process, _servers.Sink)
     probe = start_probe(target) if scenario == "limit" else None
     has_hwm = reset_kernel_peak(pid) if measured_process and pid else False
@@ -425,8 +431,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--size", choices=("full", "tiny"), default="full")
-    parser.add_argument("--runs", type=int, default=None, help="runs per point (full 3, tiny 1)")
+    parser.add_argument(
+        "--size",
+        choices=("full", "medium", "tiny"),
+        default="full",
+        help="study sizes (_studies.py): full, a quarter of it, or CI's tiny",
+    )
+    parser.add_argument("--runs", type=int, default=None, help="runs per point (tiny 1, else 3)")
     parser.add_argument(
         "--clients",
         default=",".join(map(str, DEFAULT_CLIENTS)),
@@ -451,7 +462,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"comma-separated scenarios to run, of {','.join(SCENARIOS)} (default: all)",
     )
     args = parser.parse_args(argv)
-    args.runs = args.runs or (3 if args.size == "full" else 1)
+    args.runs = args.runs or (1 if args.size == "tiny" else 3)
     if args.size == "tiny":
         global SETTLE_SECONDS
         SETTLE_SECONDS = 0.0
@@ -515,9 +526,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     info = environment(args)
     print(json.dumps(info), flush=True)
-    spec = _studies.FULL if args.size == "full" else _studies.TINY
+    spec = {"full": _studies.FULL, "medium": _studies.MEDIUM, "tiny": _studies.TINY}[args.size]
     spec = {k: v for k, v in spec.items() if k in studies_needed(args.only)}
-    needed = disk_needed(spec, args.size == "full")
+    needed = disk_needed(spec, args.size != "tiny")
     workdir = Path(tempfile.mkdtemp(prefix="stow-bench-", dir=args.workdir))
     info["workdir"] = str(workdir.parent)
     free = shutil.disk_usage(workdir).free

@@ -736,13 +736,21 @@ def plots(summary: dict[str, Any], out: Path) -> None:
             (left, "instances_per_s", [("ct16", 16), ("ct", 1)], "instances/s"),
             (right, "mb_per_s", [("large", 1), ("large", 4)], "MB/s"),
         ):
-            targets = [t for t in colours if any(r["target"] == t for r in workers)]
+            targets = [
+                t
+                for t in ("ours-w1", "ours", "orthanc", "disk")
+                if any(_find(workers, study=study, clients=c, target=t) for study, c in points)
+            ]
+            if not targets:
+                continue
             width = 0.8 / len(targets)
+            highest = 0.0
             for i, target in enumerate(targets):
                 values = [
                     (_find(workers, study=study, clients=c, target=target) or {}).get(field) or 0
                     for study, c in points
                 ]
+                highest = max(highest, *values)
                 ax.bar(
                     [x + i * width for x in range(len(points))],
                     values,
@@ -753,6 +761,7 @@ def plots(summary: dict[str, Any], out: Path) -> None:
             ax.set_xticks([x + width * (len(targets) - 1) / 2 for x in range(len(points))])
             ax.set_xticklabels([f"{study}, {c} client(s)" for study, c in points])
             ax.set_ylabel(f"{unit} (median)")
+            ax.set_ylim(0, highest * 1.4 or 1)  # room for the legend above the bars
             if ax is left:
                 ax.set_title("Fresh servers per run (median)")
             ax.legend(fontsize=7)

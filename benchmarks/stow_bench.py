@@ -2,7 +2,7 @@
 """Throughput, memory and concurrency limits of twisted-stow, side by side
 with Orthanc and with the machine's limits, in one run.
 
-Run from the repository root (full size: about 7 minutes, 15 GiB of free
+Run from the repository root (full size: about 13 minutes, 15 GiB of free
 disk for temporary files, deleted at the end):
 
     python3 -m benchmarks.stow_bench                 # full size, 3 runs each

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 class Measurement:
     """One run of one scenario against one target."""
 
-    scenario: str  # "throughput", "concurrency", "limit", "memory"
+    scenario: str  # "throughput", "concurrency", "limit", "memory", "workers"
     study: str
-    target: str  # "ours", "ours-length", "orthanc", "sink", "disk"
+    target: str  # "ours", "ours-w1", "ours-length", "orthanc", "sink", "disk"
     clients: int
     run: int
     seconds: float
@@ -29,6 +29,11 @@ class Measurement:
     probe_admitted: int = 0
     peak_rss: int | None = None
     kernel_peak_rss: int | None = None
+    # The largest single process of the server's tree (main or a worker):
+    # sampled RSS, and VmHWM.  The two above are the tree's sums.
+    peak_process_rss: int | None = None
+    kernel_peak_process_rss: int | None = None
+    processes: int | None = None  # how many processes the server's tree had
     cpu_seconds: float | None = None
     problems: list[str] = field(default_factory=list)
     load_average: tuple[float, float, float] = (0.0, 0.0, 0.0)

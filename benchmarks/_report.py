@@ -13,6 +13,7 @@ from benchmarks._measurement import Measurement
 MIB = 1024 * 1024
 LABELS = {
     "ours": "twisted-stow, chunked",
+    "ours-w1": "twisted-stow --workers 1, chunked",
     "ours-length": "twisted-stow, Content-Length",
     "ours-limited": "twisted-stow --max-requests",
     "orthanc": "Orthanc, chunked",
@@ -25,6 +26,16 @@ LARGE_VS_DISK = 0.6
 CT_VS_ORTHANC = 3.0
 PEAK_RSS_MIB = 120
 REFUSAL_SECONDS = 0.050
+# In the workers scenario "ours" is named for its configuration.
+WORKERS_LABELS = {**LABELS, "ours": "twisted-stow, default workers, chunked"}
+# The issue's targets (issue 12, point 7), checked on the workers scenario.
+SIXTEEN_VS_ORTHANC = 1.5
+SIXTEEN_GOAL = 2.0
+CT_ONE_VS_ORTHANC = 3.0
+LARGE_ONE_VS_ORTHANC = 6.0
+LARGE_FOUR_VS_DISK = 0.8
+PROCESS_RSS_MIB = 150
+OURS_CONFIGURATIONS = {"ours-w1": "--workers 1", "ours": "default workers"}
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -55,6 +66,8 @@ def one_line(m: Measurement) -> str:
         text += f" peak RSS {m.peak_rss / MIB:.0f} MiB"
     if m.kernel_peak_rss is not None:
         text += f" (VmHWM {m.kernel_peak_rss / MIB:.0f})"
+    if m.processes and m.processes > 1 and m.peak_process_rss is not None:
+        text += f", largest of {m.processes} processes {m.peak_process_rss / MIB:.0f} MiB"
     if m.cpu_seconds is not None:
         text += f" CPU {m.cpu_seconds:.1f} s"
     if m.refusal_latencies:
@@ -104,6 +117,10 @@ def summarise(results: Sequence[Measurement], max_requests: int) -> dict[str, An
                     max(m.mb_per_second for m in runs),
                 ],
                 "instances_per_s": _median([m.instances_per_second for m in runs]),
+                "instances_per_s_range": [
+                    min(m.instances_per_second for m in runs),
+                    max(m.instances_per_second for m in runs),
+                ],
                 "latency_p50_s": _percentile(latencies, 50) if latencies else None,
                 "latency_p95_s": _percentile(latencies, 95) if latencies else None,
                 "peak_rss_mib": _median([m.peak_rss and m.peak_rss / MIB for m in runs]),
@@ -115,6 +132,17 @@ def summarise(results: Sequence[Measurement], max_requests: int) -> dict[str, An
                     ),
                     default=None,
                 ),
+                # The largest single process (main or a worker), sampled or VmHWM.
+                "peak_process_rss_max_mib": max(
+                    (
+                        max(m.peak_process_rss or 0, m.kernel_peak_process_rss or 0) / MIB
+                        for m in runs
+                        if m.peak_process_rss is not None
+                    ),
+                    default=None,
+                ),
+                "processes": max((m.processes or 0 for m in runs), default=0) or None,
+                "stored_instances": [m.instances for m in runs],
                 "cpu_s": _median([m.cpu_seconds for m in runs]),
                 "cpu_s_per_gb": _median(
                     [
@@ -143,6 +171,7 @@ def summarise(results: Sequence[Measurement], max_requests: int) -> dict[str, An
     summary: dict[str, Any] = {"rows": rows, "max_requests": max_requests}
     summary["ratios"] = _ratios(rows)
     summary["targets"] = _targets(rows, summary["ratios"], max_requests)
+    summary["targets_issue12"] = _issue12_targets(rows, summary["ratios"], results)
     return summary
 
 
@@ -162,9 +191,10 @@ def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, field: str) -> fl
 def _ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for row in rows:
-        if row["target"] not in ("ours", "ours-length") or row["scenario"] not in (
+        if row["target"] not in ("ours", "ours-w1", "ours-length") or row["scenario"] not in (
             "throughput",
             "concurrency",
+            "workers",
         ):
             continue
         key = {"scenario": row["scenario"], "study": row["study"], "clients": row["clients"]}
@@ -273,6 +303,124 @@ def _targets(
     return out
 
 
+def _per_run(
+    results: Sequence[Measurement], study: str, clients: int, ours: str, other: str, field: str
+) -> list[float]:
+    """``ours`` / ``other`` in each workers run apart, by run number."""
+    figures: dict[tuple[str, int], float] = {}
+    for m in results:
+        if m.scenario == "workers" and m.study == study and m.clients == clients:
+            figures[(m.target, m.run)] = getattr(m, field)
+    return [
+        figures[(ours, run)] / figures[(other, run)]
+        for target, run in sorted(figures, key=lambda key: key[1])
+        if target == ours and figures.get((other, run))
+    ]
+
+
+def _issue12_targets(
+    rows: list[dict[str, Any]], ratios: list[dict[str, Any]], results: Sequence[Measurement]
+) -> list[dict[str, Any]]:
+    """Issue 12's table, from the workers scenario (fresh servers every run).
+
+    The measured figure is the ratio of two medians over the same runs; the
+    note gives the ratio within each run too (both targets then shared the
+    machine within seconds).  A row whose runs had an error does not meet
+    its target whatever the figure.
+    """
+    out = []
+
+    def add(name: str, required: str, measured: float | None, met: bool, note: str) -> None:
+        out.append(
+            {"target": name, "required": required, "measured": measured, "met": met, "note": note}
+        )
+
+    def runs_note(study: str, clients: int, ours: str, other: str, field: str) -> str:
+        each = _per_run(results, study, clients, ours, other, field)
+        return "per run: " + ", ".join(f"{v:.2f}" for v in each) if each else ""
+
+    def clean(*keys: dict[str, Any]) -> bool:
+        found = [_find(rows, scenario="workers", **key) for key in keys]
+        return all(row is not None and not row["errors"] for row in found)
+
+    for ours, configuration in OURS_CONFIGURATIONS.items():
+        key = {"scenario": "workers", "ours": ours}
+        sixteen = _find(ratios, study="ct16", clients=16, **key)
+        if sixteen:
+            v = sixteen["vs_orthanc_instances"]
+            met = bool(v and v >= SIXTEEN_VS_ORTHANC) and clean(
+                {"study": "ct16", "target": ours}, {"study": "ct16", "target": "orthanc"}
+            )
+            goal = "goal met" if v and v >= SIXTEEN_GOAL else "goal not met"
+            each = runs_note("ct16", 16, ours, "orthanc", "instances_per_second")
+            add(
+                f"16 clients at once, each its own CT series: instances/s,"
+                f" ours ({configuration}) / Orthanc",
+                f">= {SIXTEEN_VS_ORTHANC:g}x (goal {SIXTEEN_GOAL:g}x)",
+                v,
+                met,
+                f"{goal}; {each}",
+            )
+    for ours, configuration in OURS_CONFIGURATIONS.items():
+        ct = _find(ratios, scenario="workers", study="ct", clients=1, ours=ours)
+        if ct:
+            v = ct["vs_orthanc_instances"]
+            met = bool(v and v >= CT_ONE_VS_ORTHANC) and clean(
+                {"study": "ct", "target": ours, "clients": 1},
+                {"study": "ct", "target": "orthanc", "clients": 1},
+            )
+            add(
+                f"ct, one client: instances/s, ours ({configuration}) / Orthanc",
+                f">= {CT_ONE_VS_ORTHANC:g}x",
+                v,
+                met,
+                runs_note("ct", 1, ours, "orthanc", "instances_per_second"),
+            )
+    for ours, configuration in OURS_CONFIGURATIONS.items():
+        large = _find(ratios, scenario="workers", study="large", clients=1, ours=ours)
+        if large:
+            v = large["vs_orthanc_mb"]
+            met = bool(v and v >= LARGE_ONE_VS_ORTHANC) and clean(
+                {"study": "large", "target": ours, "clients": 1},
+                {"study": "large", "target": "orthanc", "clients": 1},
+            )
+            add(
+                f"large, one client: MB/s, ours ({configuration}) / Orthanc",
+                f">= {LARGE_ONE_VS_ORTHANC:g}x",
+                v,
+                met,
+                runs_note("large", 1, ours, "orthanc", "mb_per_second"),
+            )
+    four = _find(ratios, scenario="workers", study="large", clients=4, ours="ours")
+    if four:
+        v = four["vs_disk"]
+        met = bool(v and v >= LARGE_FOUR_VS_DISK) and clean(
+            {"study": "large", "target": "ours", "clients": 4},
+            {"study": "large", "target": "disk", "clients": 4},
+        )
+        add(
+            "large, 4 clients: MB/s, ours (default workers) / disk write + fsync, 4 writers",
+            f">= {LARGE_FOUR_VS_DISK:g}x",
+            v,
+            met,
+            "the disk limit measured in the same runs; "
+            + runs_note("large", 4, "ours", "disk", "mb_per_second"),
+        )
+    for ours, configuration in OURS_CONFIGURATIONS.items():
+        row = _find(rows, scenario="workers", study="ct16", target=ours)
+        if row and row["peak_process_rss_max_mib"] is not None:
+            v = row["peak_process_rss_max_mib"]
+            add(
+                f"peak RSS of one process, 16 concurrent CT series, ours ({configuration}), MiB",
+                f"< {PROCESS_RSS_MIB}",
+                v,
+                v < PROCESS_RSS_MIB and not row["errors"],
+                f"largest process, max of sampled RSS and VmHWM over the runs;"
+                f" the tree of {row['processes']} process(es): {_f(row['peak_rss_max_mib'])} MiB",
+            )
+    return out
+
+
 # Markdown.
 
 
@@ -320,9 +468,14 @@ def markdown(info: dict[str, Any], summary: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for r in summary["ratios"]:
-        where = r["study"] if r["scenario"] == "throughput" else f"{r['clients']} clients"
+        where = {
+            "throughput": r["study"],
+            "concurrency": f"{r['clients']} clients",
+            "workers": f"{r['study']}, {r['clients']} client(s)",
+        }[r["scenario"]]
+        labels = WORKERS_LABELS if r["scenario"] == "workers" else LABELS
         lines.append(
-            f"| {r['scenario']} {where} | {LABELS[r['ours']]}"
+            f"| {r['scenario']} {where} | {labels[r['ours']]}"
             f" | {_f(r['vs_orthanc_mb'], '{:.2f}')} | {_f(r['vs_orthanc_instances'], '{:.2f}')}"
             f" | {_f(r['vs_orthanc_peak_rss'], '{:.2f}')} | {_f(r['vs_sink'], '{:.2f}')}"
             f" | {_f(r['vs_disk'], '{:.2f}')} |"
@@ -386,20 +539,89 @@ def markdown(info: dict[str, Any], summary: dict[str, Any]) -> str:
                 f" | {_f(row['peak_rss_mib'])} / {_f(row['peak_rss_max_mib'])}"
                 f" | {_f(row['cpu_s_per_gb'], '{:.2f}')} | {_check(row)} |"
             )
-    lines += [
-        "",
-        "## Targets (issue 5, point 6)",
-        "",
-        "| target | required | measured | met | note |",
-        "|---|---|---|---|---|",
-    ]
+    workers = [row for row in rows if row["scenario"] == "workers"]
+    if workers:
+        lines += [
+            "",
+            "## Workers: ours at `--workers 1` and at the default beside Orthanc",
+            "",
+            (
+                "Fresh servers every run, warmed up uncounted, targets in an order rotating"
+                " run by run. ct16: 16 clients at once, each POSTing its own CT series of one"
+                " study; ct and large: one POST, one client; large with 4 clients: 4 POSTs of"
+                " a quarter of the study each, beside the disk with 4 writer threads. Peak RSS:"
+                " the largest single process (main or worker) and the whole tree, max of sampled"
+                " RSS and VmHWM over the runs."
+            ),
+            "",
+            (
+                "| study, clients | target | instances/s (range) | MB/s (range)"
+                " | latency p50 / p95 s | peak RSS MiB, one process / tree (processes)"
+                " | server CPU s/GB | load | check |"
+            ),
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in workers:
+            low, high = row["mb_per_s_range"]
+            i_low, i_high = row["instances_per_s_range"]
+            lines.append(
+                f"| {row['study']}, {row['clients']} | {WORKERS_LABELS[row['target']]}"
+                f" | {_f(row['instances_per_s'])} ({i_low:.0f}-{i_high:.0f})"
+                f" | {_f(row['mb_per_s'])} ({low:.0f}-{high:.0f})"
+                f" | {_f(row['latency_p50_s'], '{:.2f}')} / {_f(row['latency_p95_s'], '{:.2f}')}"
+                f" | {_f(row['peak_process_rss_max_mib'])} / {_f(row['peak_rss_max_mib'])}"
+                f" ({_f(row['processes'])})"
+                f" | {_f(row['cpu_s_per_gb'], '{:.2f}')}"
+                f" | {row['load_average'][0]:.1f}-{row['load_average'][1]:.1f} | {_check(row)} |"
+            )
+    if summary["targets"]:
+        lines += [
+            "",
+            "## Targets (issue 5, point 6)",
+            "",
+            "| target | required | measured | met | note |",
+            "|---|---|---|---|---|",
+        ]
     for t in summary["targets"]:
         met = "-" if t["met"] is None else ("yes" if t["met"] else "**no**")
         lines.append(
             f"| {t['target']} | {t['required']} | {_f(t['measured'], '{:.2f}')} | {met}"
             f" | {t['note']} |"
         )
-    return "\n".join(lines) + "\n"
+    if summary.get("targets_issue12"):
+        lines += [
+            "",
+            "## Targets (issue 12, point 7)",
+            "",
+            "Ratios of medians taken in the same run (workers scenario).",
+            "",
+            "| target | required | measured | met | note |",
+            "|---|---|---|---|---|",
+        ]
+        for t in summary["targets_issue12"]:
+            lines.append(
+                f"| {t['target']} | {t['required']} | {_f(t['measured'], '{:.2f}')}"
+                f" | {'yes' if t['met'] else '**no**'} | {t['note']} |"
+            )
+    return "\n".join(_without_empty_tables(lines)) + "\n"
+
+
+def _without_empty_tables(lines: list[str]) -> list[str]:
+    """The lines without the sections of scenarios that did not run (a
+    ``##`` section whose table has no row)."""
+    out: list[str] = []
+    section: list[str] = []
+    for line in [*lines, "## end"]:
+        if line.startswith("## "):
+            separator = [i for i, text in enumerate(section) if text.startswith("|---")]
+            empty = bool(separator) and not any(
+                text.startswith("|") for text in section[separator[0] + 1 :]
+            )
+            if not empty:
+                out += section
+            section = []
+        section.append(line)
+    return out[:-1] if out and out[-1] == "" else out
 
 
 def _check(row: dict[str, Any]) -> str:
@@ -438,6 +660,7 @@ def plots(summary: dict[str, Any], out: Path) -> None:
     rows = summary["rows"]
     colours = {
         "ours": "tab:blue",
+        "ours-w1": "tab:green",
         "ours-length": "tab:cyan",
         "orthanc": "tab:orange",
         "sink": "tab:gray",
@@ -505,3 +728,43 @@ def plots(summary: dict[str, Any], out: Path) -> None:
         ax.set_xticklabels(names, fontsize=6)
         ax.set_ylabel("server peak RSS, MiB")
         _save(plt, fig, ax, "Peak RSS per POST (max over runs)", out / "memory.png")
+
+    workers = [r for r in rows if r["scenario"] == "workers"]
+    if workers:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.5))
+        for ax, field, points, unit in (
+            (left, "instances_per_s", [("ct16", 16), ("ct", 1)], "instances/s"),
+            (right, "mb_per_s", [("large", 1), ("large", 4)], "MB/s"),
+        ):
+            targets = [
+                t
+                for t in ("ours-w1", "ours", "orthanc", "disk")
+                if any(_find(workers, study=study, clients=c, target=t) for study, c in points)
+            ]
+            if not targets:
+                continue
+            width = 0.8 / len(targets)
+            highest = 0.0
+            for i, target in enumerate(targets):
+                values = [
+                    (_find(workers, study=study, clients=c, target=target) or {}).get(field) or 0
+                    for study, c in points
+                ]
+                highest = max(highest, *values)
+                ax.bar(
+                    [x + i * width for x in range(len(points))],
+                    values,
+                    width,
+                    label=WORKERS_LABELS[target],
+                    color=colours[target],
+                )
+            ax.set_xticks([x + width * (len(targets) - 1) / 2 for x in range(len(points))])
+            ax.set_xticklabels([f"{study}, {c} client(s)" for study, c in points])
+            ax.set_ylabel(f"{unit} (median)")
+            ax.set_ylim(0, highest * 1.4 or 1)  # room for the legend above the bars
+            if ax is left:
+                ax.set_title("Fresh servers per run (median)")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "workers.png", dpi=100)
+        plt.close(fig)

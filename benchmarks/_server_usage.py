@@ -6,7 +6,9 @@ through ``/proc/PID/clear_refs``, cannot, so the reports show the larger.
 
 Each figure is of the process *tree*: a server with worker processes
 (``--workers``) is its main process and every worker, summed (for ``VmHWM``
-a sum of peaks, an upper bound of the tree's peak).
+a sum of peaks, an upper bound of the tree's peak).  The largest single
+process is kept beside the sum (``RssSampler.process_peak``,
+``kernel_process_peak``): a memory target of one process is judged on it.
 """
 
 from __future__ import annotations
@@ -65,7 +67,9 @@ class RssSampler(Periodic):
     def __init__(self, pid: int, interval: float = SAMPLE_INTERVAL_SECONDS) -> None:
         super().__init__(interval)
         self._pid = pid
-        self.samples: list[tuple[float, int]] = []
+        self.samples: list[tuple[float, int]] = []  # (seconds, the tree's sum)
+        self.process_peak = 0  # the largest RSS one process of the tree reached
+        self.processes: set[int] = set()  # every pid seen in the tree
 
     def tick(self) -> bool:
         processes = tree(self._pid)
@@ -74,9 +78,12 @@ class RssSampler(Periodic):
         rss = 0
         for process in processes:
             try:
-                rss += process.memory_info().rss
+                one = process.memory_info().rss
             except psutil.NoSuchProcess:
-                pass
+                continue
+            rss += one
+            self.process_peak = max(self.process_peak, one)
+            self.processes.add(process.pid)
         self.samples.append((time.monotonic() - self._start, rss))
         return True
 
@@ -95,9 +102,9 @@ def reset_kernel_peak(pid: int) -> bool:
         return False
 
 
-def kernel_peak(pid: int) -> int | None:
-    """VmHWM of ``pid``'s tree in bytes, or None off Linux."""
-    total = 0
+def kernel_peaks(pid: int) -> list[int] | None:
+    """VmHWM of each process of ``pid``'s tree in bytes, or None off Linux."""
+    peaks = []
     for process in tree(pid) or [psutil.Process(pid)]:
         try:
             status = Path(f"/proc/{process.pid}/status").read_text()
@@ -106,8 +113,20 @@ def kernel_peak(pid: int) -> int | None:
         match = re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)
         if match is None:
             return None
-        total += int(match.group(1)) * 1024
-    return total
+        peaks.append(int(match.group(1)) * 1024)
+    return peaks
+
+
+def kernel_peak(pid: int) -> int | None:
+    """VmHWM of ``pid``'s tree in bytes (a sum of peaks), or None off Linux."""
+    peaks = kernel_peaks(pid)
+    return None if peaks is None else sum(peaks)
+
+
+def kernel_process_peak(pid: int) -> int | None:
+    """The largest VmHWM of one process of ``pid``'s tree, or None off Linux."""
+    peaks = kernel_peaks(pid)
+    return None if peaks is None else max(peaks)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -105,6 +105,17 @@ FULL = {
     "mixed": [(2, 50 * MIB), (300, 512 * KIB), (50, 16 * KIB)],
     # for the peak RSS target: one request of more than 4 GiB
     "huge": [(82, 50 * MIB)],
+    # the workers scenario (issue 12): 16 CT series of one study, one per client
+    "ct16": [(64, 512 * KIB)] * 16,
+}
+# A quarter of the full size, same shapes: a check of the full machinery in
+# a minute or two, not figures to publish.
+MEDIUM = {
+    "large": [(5, 50 * MIB)],
+    "ct": [(250, 512 * KIB)],
+    "mixed": [(1, 50 * MIB), (75, 512 * KIB), (13, 16 * KIB)],
+    "huge": [(20, 50 * MIB)],
+    "ct16": [(16, 512 * KIB)] * 16,
 }
 # Seconds in CI: same shapes, tiny sizes (the concurrency runs need 64 requests).
 TINY = {
@@ -112,6 +123,7 @@ TINY = {
     "ct": [(64, 32 * KIB)],
     "mixed": [(1, 2 * MIB), (10, 64 * KIB), (5, 4 * KIB)],
     "huge": [(4, 2 * MIB)],
+    "ct16": [(4, 32 * KIB)] * 16,
 }
 
 

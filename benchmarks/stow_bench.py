@@ -2,11 +2,12 @@
 """Throughput, memory and concurrency limits of twisted-stow, side by side
 with Orthanc and with the machine's limits, in one run.
 
-Run from the repository root (full size: about 7 minutes, 15 GiB of free
+Run from the repository root (full size: about 13 minutes, 15 GiB of free
 disk for temporary files, deleted at the end):
 
     python3 -m benchmarks.stow_bench                 # full size, 3 runs each
     python3 -m benchmarks.stow_bench --size tiny     # seconds (what CI runs)
+    python3 -m benchmarks.stow_bench --only workers  # issue 12's table alone
 
 What it does (benchmarks/README.md has the details):
 
@@ -23,7 +24,12 @@ What it does (benchmarks/README.md has the details):
    then our server with ``--max-requests`` below the client count, with a
    probe (``_probe.py``) timing 503s from a process of its own;
 5. memory: our server's peak RSS during the "huge" (> 4 GiB) POST;
-6. writes results.json, results.md and PNG plots to ``--out``.
+6. workers (issue 12, point 7): on servers started for each run, ours at
+   ``--workers 1`` and at the default beside Orthanc: 16 clients at once,
+   each with its own CT series, then ct and large with one client; large
+   with 4 clients beside the disk with 4 writers; the largest process's
+   peak RSS beside the tree's (``--only workers`` runs this alone);
+7. writes results.json, results.md and PNG plots to ``--out``.
 
 Every run is checked: status 200, every SOP Instance UID sent listed as
 stored and none failed; a run that is not is reported as an error.
@@ -44,13 +50,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import psutil
 
 from benchmarks import _client, _report, _servers, _studies
 from benchmarks._measurement import Measurement
-from benchmarks._server_usage import RssSampler, cpu_seconds, kernel_peak, reset_kernel_peak
+from benchmarks._server_usage import RssSampler, cpu_seconds, kernel_peaks, reset_kernel_peak
 from benchmarks._studies import Instance, Study
 from twisted_stow.durable import fsync_directory
 
@@ -61,6 +68,12 @@ COPY_BYTES = 1024 * 1024
 CONCURRENCY_REQUESTS = 64
 DEFAULT_CLIENTS = (1, 4, 16, 64)
 DEFAULT_MAX_REQUESTS = 4
+# The workers scenario (issue 12): 16 clients at once, one series each, and
+# the large study with 4 clients beside the disk with 4 writer threads.
+WORKERS_CLIENTS = 16
+LARGE_CLIENTS = 4
+WARM_UP_PER_CLIENT = 4
+SCENARIOS = ("throughput", "concurrency", "limit", "memory", "workers")
 SETTLE_SECONDS = 0.3
 # Free space left for everyone else while a full run holds its data.
 DISK_HEADROOM_BYTES = 5 * 1024**3
@@ -201,20 +214,22 @@ def measure(
     for every in TARGETS:  # the last run's bytes: out of the page cache and disk
         every.release_space()
     time.sleep(SETTLE_SECONDS)  # let the previous run's teardown settle
-    pid = target.process.pid if isinstance(target, HttpTarget) else None
+    pid = target.process.pid if isinstance(target, HttpTarget) and target.process else None
     measured_process = pid is not None and not isinstance(target.process, _servers.Sink)
     probe = start_probe(target) if scenario == "limit" else None
     has_hwm = reset_kernel_peak(pid) if measured_process and pid else False
     cpu_before = cpu_seconds(pid) if measured_process and pid else 0.0
+    peak = process_peak = processes = None
+    cpu: float | None = None
     if measured_process and pid:
         with RssSampler(pid) as sampler:
             batch = target.run(bodies, clients)
-        peak: int | None = sampler.peak
-        cpu: float | None = cpu_seconds(pid) - cpu_before
+        peak, process_peak = sampler.peak, sampler.process_peak
+        processes = len(sampler.processes)
+        cpu = cpu_seconds(pid) - cpu_before
     else:
         batch = target.run(bodies, clients)
-        peak = cpu = None
-    hwm = kernel_peak(pid) if has_hwm and pid else None
+    hwms = kernel_peaks(pid) if has_hwm and pid else None
     probed = stop_probe(probe) if probe is not None else []
     ok = [r for r in batch.replies if r.status == 200 and r.problem is None]
     answers: dict[str, int] = {}
@@ -238,7 +253,10 @@ def measure(
         probe_refusal_latencies=[p["ms"] / 1000 for p in probed if p["status"] == 503],
         probe_admitted=sum(1 for p in probed if p["status"] == 100),
         peak_rss=peak,
-        kernel_peak_rss=hwm,
+        kernel_peak_rss=sum(hwms) if hwms else None,
+        peak_process_rss=process_peak,
+        kernel_peak_process_rss=max(hwms) if hwms else None,
+        processes=processes,
         cpu_seconds=cpu,
         problems=problems,
         load_average=os.getloadavg(),
@@ -332,6 +350,82 @@ def limit(
             results.append(measure("limit", study, target, requests, count, run))
 
 
+def workers(
+    studies: dict[str, Study],
+    runs: int,
+    workdir: Path,
+    start: Callable[[Callable[[], _servers.Started]], _servers.Started],
+    orthanc: Callable[[Path], _servers.Started] | None,
+    disk: DiskTarget,
+    results: list[Measurement],
+) -> None:
+    """Issue 12, point 7: ours at ``--workers 1`` and at the default beside
+    Orthanc, each run on servers started for it.
+
+    A server that took the runs before carries their heap and page-cache
+    history (RSS is not given back), so every run starts all three afresh,
+    warms them up uncounted, measures them in an order that rotates run by
+    run, and stops them.  The disk baseline with as many writer threads as
+    clients is measured in the same run as the 4-client large POSTs.
+    """
+    ct16 = studies["ct16"]
+    series = WORKERS_CLIENTS  # _studies makes ct16 of as many equal series
+    print(
+        f"workers: {series} clients each with its own series of"
+        f" {len(ct16.instances) // series} x {ct16.instances[0].size // 1024} KiB;"
+        f" ct and large with one client; large with {LARGE_CLIENTS} clients and the disk"
+    )
+    # As before the other scenarios: the page-cache pages later runs recycle.
+    warm_up(studies["large"], [disk])
+    for run in range(1, runs + 1):
+        here = workdir / f"workers-{run}"
+        ours_1 = start(partial(_servers.Ours, here / "ours-w1", ["--workers", "1"]))
+        ours = start(partial(_servers.Ours, here / "ours"))
+        targets = [
+            HttpTarget("ours-w1", "twisted-stow --workers 1 (chunked)", ours_1, True),
+            HttpTarget("ours", "twisted-stow, default workers (chunked)", ours, True),
+        ]
+        if orthanc is not None:
+            peer = start(partial(orthanc, here / "orthanc"))
+            targets.append(HttpTarget("orthanc", "Orthanc (chunked)", peer, True))
+        TARGETS.extend(targets)
+        try:
+            for target in targets:
+                warm_up_workers(studies, target)
+            turn = (run - 1) % len(targets)
+            order = targets[turn:] + targets[:turn]
+            print(f"  run {run}: {', '.join(t.name for t in order)}", flush=True)
+            for target in order:
+                results.append(measure("workers", ct16, target, series, series, run))
+            for name in ("ct", "large"):
+                for target in order:
+                    results.append(measure("workers", studies[name], target, 1, 1, run))
+            pair: list[Target] = [targets[1], disk]
+            for each in pair if run % 2 else pair[::-1]:
+                results.append(
+                    measure("workers", studies["large"], each, LARGE_CLIENTS, LARGE_CLIENTS, run)
+                )
+        finally:
+            for target in targets:
+                TARGETS.remove(target)
+                assert target.process is not None
+                target.process.stop()
+                target.release_space()
+
+
+def warm_up_workers(studies: dict[str, Study], target: HttpTarget) -> None:
+    """Uncounted: a few instances of every series at once (so that every
+    worker process gets connections), then one large instance."""
+    ct16 = fresh(studies["ct16"], WORKERS_CLIENTS)
+    small = [request[:WARM_UP_PER_CLIENT] for request in ct16]
+    large = fresh(studies["large"], len(studies["large"].instances))[:1]
+    for requests, clients in ((small, WORKERS_CLIENTS), (large, 1)):
+        batch = target.run(requests, clients)
+        problems = [r.problem or f"status {r.status}" for r in batch.replies if r.status != 200]
+        if problems:
+            raise RuntimeError(f"warm-up against {target.label} failed: {problems}")
+
+
 # Command line.
 
 
@@ -339,8 +433,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--size", choices=("full", "tiny"), default="full")
-    parser.add_argument("--runs", type=int, default=None, help="runs per point (full 3, tiny 1)")
+    parser.add_argument(
+        "--size",
+        choices=("full", "medium", "tiny"),
+        default="full",
+        help="study sizes (_studies.py): full, a quarter of it, or CI's tiny",
+    )
+    parser.add_argument("--runs", type=int, default=None, help="runs per point (tiny 1, else 3)")
     parser.add_argument(
         "--clients",
         default=",".join(map(str, DEFAULT_CLIENTS)),
@@ -361,17 +460,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--only",
-        default="throughput,concurrency,limit,memory",
-        help="comma-separated scenarios to run (default: all)",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated scenarios to run, of {','.join(SCENARIOS)} (default: all)",
     )
     args = parser.parse_args(argv)
-    args.runs = args.runs or (3 if args.size == "full" else 1)
+    args.runs = args.runs or (1 if args.size == "tiny" else 3)
     if args.size == "tiny":
         global SETTLE_SECONDS
         SETTLE_SECONDS = 0.0
     args.clients = [int(c) for c in args.clients.split(",")]
     args.only = set(args.only.split(","))
+    unknown = args.only - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; of {', '.join(SCENARIOS)}")
     return args
+
+
+def studies_needed(only: set[str]) -> set[str]:
+    """The studies the chosen scenarios send (warm-ups included)."""
+    needed = set()
+    if only & {"throughput", "concurrency", "limit"}:
+        needed |= {"large", "ct", "mixed"}
+    if "memory" in only:
+        needed.add("huge")
+    if "workers" in only:
+        needed |= {"ct16", "ct", "large"}
+    return needed
 
 
 def environment(args: argparse.Namespace) -> dict[str, object]:
@@ -414,10 +528,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     info = environment(args)
     print(json.dumps(info), flush=True)
-    spec = _studies.FULL if args.size == "full" else _studies.TINY
-    if "memory" not in args.only:
-        spec = {k: v for k, v in spec.items() if k != "huge"}
-    needed = disk_needed(spec, args.size == "full")
+    spec = {"full": _studies.FULL, "medium": _studies.MEDIUM, "tiny": _studies.TINY}[args.size]
+    spec = {k: v for k, v in spec.items() if k in studies_needed(args.only)}
+    needed = disk_needed(spec, args.size != "tiny")
     workdir = Path(tempfile.mkdtemp(prefix="stow-bench-", dir=args.workdir))
     info["workdir"] = str(workdir.parent)
     free = shutil.disk_usage(workdir).free
@@ -442,19 +555,28 @@ def main(argv: list[str] | None = None) -> int:
             processes.append(process)
             return process
 
-        ours = start(lambda: _servers.Ours(workdir / "ours"))
-        sink = start(_servers.Sink)
-        targets: list[Target] = [HttpTarget("ours", "twisted-stow (chunked)", ours, True)]
-        if not args.no_orthanc:
-            shim = _servers.compile_shim(workdir)
-            orthanc = start(lambda: _servers.Orthanc(workdir / "orthanc", shim))
-            info["orthanc_listening"] = _servers.check_loopback_only(orthanc.pid)
-            targets.append(HttpTarget("orthanc", "Orthanc (chunked)", orthanc, True))
-        targets.append(HttpTarget("sink", "loopback discard sink (chunked)", sink, True))
-        targets.append(DiskTarget(workdir / "disk"))
-        ours_length = HttpTarget("ours-length", "twisted-stow (Content-Length)", ours, False)
-        TARGETS.extend(targets)
-        warm_up(studies["large"], targets)
+        shim = None if args.no_orthanc else _servers.compile_shim(workdir)
+
+        def orthanc_in(directory: Path) -> _servers.Started:
+            assert shim is not None
+            peer = _servers.Orthanc(directory, shim)
+            info.setdefault("orthanc_listening", _servers.check_loopback_only(peer.pid))
+            return peer
+
+        disk = DiskTarget(workdir / "disk")
+        TARGETS.append(disk)
+        if args.only & {"throughput", "concurrency", "limit"}:
+            ours = start(lambda: _servers.Ours(workdir / "ours"))
+            sink = start(_servers.Sink)
+            targets: list[Target] = [HttpTarget("ours", "twisted-stow (chunked)", ours, True)]
+            if shim is not None:
+                orthanc = start(lambda: orthanc_in(workdir / "orthanc"))
+                targets.append(HttpTarget("orthanc", "Orthanc (chunked)", orthanc, True))
+            targets.append(HttpTarget("sink", "loopback discard sink (chunked)", sink, True))
+            targets.append(disk)
+            ours_length = HttpTarget("ours-length", "twisted-stow (Content-Length)", ours, False)
+            TARGETS.extend(t for t in targets if t is not disk)
+            warm_up(studies["large"], targets)
 
         if "throughput" in args.only:
             throughput(studies, [*targets[:1], ours_length, *targets[1:]], args.runs, results)
@@ -489,6 +611,14 @@ def main(argv: list[str] | None = None) -> int:
                 target = HttpTarget(name, name, fresh_server, chunked)
                 TARGETS.append(target)
                 results.append(measure("memory", huge, target, 1, 1, 1))
+        if "workers" in args.only:
+            # The servers above are done: their memory and idle threads must
+            # not be there while the fresh ones are measured.
+            for process in processes:
+                process.stop()
+            TARGETS[:] = [disk]
+            orthanc_factory = None if shim is None else orthanc_in
+            workers(studies, args.runs, workdir, start, orthanc_factory, disk, results)
     except BaseException:
         for process in processes:
             print(f"--- {process.name} log tail ---\n{process.log_tail()}", file=sys.stderr)

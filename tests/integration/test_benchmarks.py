@@ -1,8 +1,9 @@
 """The benchmark scripts run end to end at a tiny size, so they cannot rot.
 
 Timings are not judged here (benchmarks/README.md has the figures); what is
-checked is that every scenario ran against every target — our twistd,
-Orthanc started on 127.0.0.1, the loopback sink, the disk — that every
+checked is that every scenario ran against every target — our twistd
+(at ``--workers 1`` and the default in the workers scenario), Orthanc
+started on 127.0.0.1, the loopback sink, the disk — that every
 request was answered and every instance stored, and that the JSON, the
 Markdown table and the plots were written.  Orthanc (Debian ``orthanc`` and
 ``orthanc-dicomweb``, installed by ``.ci/run``) and gcc must be present.
@@ -11,14 +12,17 @@ Markdown table and the plots were written.  Orthanc (Debian ``orthanc`` and
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from benchmarks import _servers
+from benchmarks import _servers, _studies
+from twisted_stow.core.config import worker_count
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT_SECONDS = 300
@@ -68,6 +72,11 @@ def test_stow_bench_tiny_runs_every_scenario_against_every_target(tmp_path: Path
             assert ("concurrency", "ct", target, clients) in seen
     assert {("limit", "ct", "ours-limited", c) for c in (16, 64)} <= seen
     assert {("memory", "huge", t, 1) for t in ("ours", "ours-length")} <= seen
+    # The workers scenario (issue 12): both our configurations and Orthanc.
+    for study, clients in (("ct16", 16), ("ct", 1), ("large", 1)):
+        for target in ("ours-w1", "ours", "orthanc"):
+            assert ("workers", study, target, clients) in seen
+    assert {("workers", "large", t, 4) for t in ("ours", "disk")} <= seen
     assert [r for r in rows if r["errors"]] == []
 
     # Orthanc was kept on loopback (bind_loopback.c, checked with ss).
@@ -87,13 +96,51 @@ def test_stow_bench_tiny_runs_every_scenario_against_every_target(tmp_path: Path
         "ct, chunked",
     }
 
+    _check_workers_scenario(results)
+
     markdown = (out / "results.md").read_text()
-    for heading in ("## Throughput", "## Ratios", "## Concurrency limit", "## Targets"):
+    for heading in (
+        "## Throughput",
+        "## Ratios",
+        "## Concurrency limit",
+        "## Workers",
+        "## Targets (issue 5",
+        "## Targets (issue 12",
+    ):
         assert heading in markdown
-    for plot in ("throughput.png", "concurrency.png", "memory.png"):
+    for plot in ("throughput.png", "concurrency.png", "memory.png", "workers.png"):
         assert (out / plot).read_bytes().startswith(b"\x89PNG")
     # Nothing is left behind in the work directory.
     assert [p.name for p in tmp_path.iterdir()] == ["results"]
+
+
+def _check_workers_scenario(results: dict[str, Any]) -> None:
+    """Every run of the workers scenario stored its whole study, on servers
+    of the configuration it names, and the issue-12 targets were judged."""
+    workers = [r for r in results["runs"] if r["scenario"] == "workers"]
+    for run in workers:
+        expected = sum(count for count, _ in _studies.TINY[run["study"]])
+        assert run["instances"] == expected, run
+    default = worker_count(None, len(os.sched_getaffinity(0)))
+    processes = {"ours-w1": 1, "ours": 1 if default == 1 else default + 1, "orthanc": 1}
+    for run in workers:
+        if run["target"] == "disk":
+            assert run["peak_rss"] is None
+            continue
+        assert run["processes"] == processes[run["target"]], run
+        # One process's peak is part of the tree's (sampled and VmHWM alike).
+        assert 0 < run["peak_process_rss"] <= run["peak_rss"]
+        assert 0 < run["kernel_peak_process_rss"] <= run["kernel_peak_rss"]
+        if run["processes"] > 1:
+            assert run["kernel_peak_process_rss"] < run["kernel_peak_rss"]
+    targets = results["summary"]["targets_issue12"]
+    names = " ".join(t["target"] for t in targets)
+    # 16 clients, ct, large and peak RSS for each; large with 4 clients at the default.
+    assert len(targets) == 9, names
+    assert names.count("ours (--workers 1)") == 4, names
+    assert names.count("ours (default workers)") == 5, names
+    assert "/ disk write + fsync, 4 writers" in names
+    assert all(isinstance(t["met"], bool) and t["measured"] is not None for t in targets)
 
 
 def test_peak_rss_tiny_stores_and_checks_one_request(tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
-from twisted.python.threadpool import ThreadPool
 from zope.interface.verify import verifyObject
 
 from tests.dicom_files import CT, read, uids
@@ -450,11 +449,10 @@ class DirectReactor:
 
 def test_parts_share_a_one_thread_pool_fairly() -> None:
     """With one thread, two parts' queued operations alternate instead of one draining first."""
-    pool = ThreadPool(minthreads=0, maxthreads=1, name="fairness")
-    jobs = serial.Jobs(pool)
-    reactor: Any = DirectReactor()
-    part_a = serial.SerialQueue(jobs, reactor)
-    part_b = serial.SerialQueue(jobs, reactor)
+    jobs = serial.Jobs(1, name="fairness")
+    completions = serial.Completions(DirectReactor())  # type: ignore[arg-type]
+    part_a = serial.SerialQueue(jobs, completions)
+    part_b = serial.SerialQueue(jobs, completions)
     order: list[str] = []
     all_done = threading.Event()
 
@@ -472,12 +470,11 @@ def test_parts_share_a_one_thread_pool_fairly() -> None:
         results.append(part_a.submit(op(f"a{index}")))
     for index in range(3):
         results.append(part_b.submit(op(f"b{index}")))
-    pool.start()
+    jobs.start()
     try:
         assert all_done.wait(10)
     finally:
-        jobs.close()
-        pool.stop()
+        jobs.stop()
     # Within a part strictly in order; across parts, B is not starved by A.
     assert [name for name in order if name[0] == "a"] == ["a0", "a1", "a2"]
     assert [name for name in order if name[0] == "b"] == ["b0", "b1", "b2"]
@@ -490,7 +487,7 @@ def test_stop_runs_every_queued_operation(tmp_path: Path) -> None:
     reactor: Any = DirectReactor()
     store = FilesystemStorage(tmp_path / "store", reactor, writer_threads=1)
     store.start()
-    queue = serial.SerialQueue(store.jobs, store.reactor)
+    queue = serial.SerialQueue(store.jobs, store.completions)
     order: list[str] = []
     release = threading.Event()
 

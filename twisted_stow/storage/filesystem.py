@@ -47,7 +47,6 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from ..core.outcomes import InstanceRef
@@ -55,7 +54,7 @@ from ..core.policy import CommitResult
 from ..deferreds import detached
 from ..durable import fsync_directory, pid_alive
 from ..interfaces import IPartWriter, IStorage
-from .serial import Jobs, SerialQueue
+from .serial import Completions, Jobs, SerialQueue
 from .staging import StagingFile, translate_os_error
 from .syncgroup import SyncGroups
 
@@ -122,7 +121,7 @@ class FilesystemPartWriter:
 
     def __init__(self, storage: FilesystemStorage, staged_path: Path) -> None:
         self._storage = storage
-        self._queue = SerialQueue(storage.jobs, storage.reactor)
+        self._queue = SerialQueue(storage.jobs, storage.completions)
         # The part's SHA-256 runs on a queue of its own once the part spans
         # batches, so hashing a batch and writing it go on in two threads at
         # once (hashlib and writev both release the GIL): a large upload's
@@ -168,12 +167,12 @@ class FilesystemPartWriter:
         if not batch:
             return
         if self._hash_queue is None:
-            self._hash_queue = SerialQueue(self._storage.jobs, self._storage.reactor)
+            self._hash_queue = SerialQueue(self._storage.jobs, self._storage.completions)
         # Released once both threads are done with the batch, whether the
         # write worked or not: failures surface in finish(); the upload's
         # flow must never stay paused on them.  The thread that finishes
-        # second reports, so a batch still costs one callFromThread.
-        done = _BatchUsers(self._storage.reactor, self._release, written)
+        # second reports, so a batch still costs one completion.
+        done = _BatchUsers(self._storage.completions, self._release, written)
 
         def write() -> None:
             try:
@@ -228,15 +227,15 @@ class FilesystemPartWriter:
         self._done = True
         # The link runs as the part's last queued job; the answer comes once
         # the directories are synced, maybe in another thread's group fsync
-        # (one callFromThread either way).
+        # (one completion either way).
         answer: Deferred[CommitResult] = Deferred()
-        reactor = self._storage.reactor
+        completions = self._storage.completions
 
         def settle(result: CommitResult | Exception) -> None:
             if isinstance(result, Exception):
-                reactor.callFromThread(answer.errback, Failure(result))
+                completions.send(answer.errback, Failure(result))
             else:
-                reactor.callFromThread(answer.callback, result)
+                completions.send(answer.callback, result)
 
         def link() -> None:
             try:
@@ -293,15 +292,15 @@ def sweep_run_staging(root: Path, run_token: str) -> int:
 class _BatchUsers:
     """The two threads using one batch (write and hash); the second to finish reports."""
 
-    __slots__ = ("_failure", "_left", "_lock", "_reactor", "_release", "_written")
+    __slots__ = ("_completions", "_failure", "_left", "_lock", "_release", "_written")
 
     def __init__(
         self,
-        reactor: IReactorFromThreads,
+        completions: Completions,
         release: Callable[[Failure | None, list[Deferred[None]]], None],
         written: list[Deferred[None]],
     ) -> None:
-        self._reactor = reactor
+        self._completions = completions
         self._release = release
         self._written = written
         self._lock = threading.Lock()
@@ -316,7 +315,7 @@ class _BatchUsers:
                 self._failure = failure
             last = not self._left
         if last:
-            self._reactor.callFromThread(self._release, self._failure, self._written)
+            self._completions.send(self._release, self._failure, self._written)
 
 
 def _fire_all(written: list[Deferred[None]]) -> None:
@@ -361,8 +360,8 @@ class FilesystemStorage:
         self._run_token = run_token or secrets.token_hex(8)
         self._staging_names = itertools.count()
         self.reactor = reactor
-        self.pool = ThreadPool(minthreads=0, maxthreads=writer_threads, name="stow-storage")
-        self.jobs = Jobs(self.pool)
+        self.jobs = Jobs(writer_threads)
+        self.completions = Completions(reactor)
 
     def start(self) -> None:
         """Create the directories, sweep stale staging files, start threads."""
@@ -371,7 +370,7 @@ class FilesystemStorage:
         fsync_directory(self.root)
         self._sweep_stale_staging()
         self._open_root()
-        self.pool.start()
+        self.jobs.start()
 
     def _open_root(self) -> int:
         """The root directory's descriptor, which the commit lock flocks (opened once)."""
@@ -381,8 +380,7 @@ class FilesystemStorage:
 
     def stop(self) -> None:
         """Wait for queued operations and stop the threads."""
-        self.jobs.close()
-        self.pool.stop()
+        self.jobs.stop()
         if self._root_fd is not None:
             os.close(self._root_fd)
             self._root_fd = None

@@ -1,4 +1,7 @@
-"""The writer threads' hand-back to the reactor (storage/serial.py): batched, ordered, failures kept."""
+"""Writer threads and their hand-back to the reactor (storage/serial.py).
+
+Batched, in order, failures kept.
+"""
 
 from __future__ import annotations
 

@@ -49,7 +49,8 @@ class Jobs:
 
     def start(self) -> None:
         for index in range(self._count):
-            thread = threading.Thread(target=self._worker, name=f"{self._name}-{index}", daemon=True)
+            name = f"{self._name}-{index}"
+            thread = threading.Thread(target=self._worker, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
 

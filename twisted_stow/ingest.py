@@ -391,7 +391,8 @@ class Ingest:
             STORAGE_ERRORS.inc()
             log.error("storage error while staging a part: {error}", error=e)
             return Failed(FailureReason.PROCESSING_FAILURE, f"storage error: {e.strerror}")
-        await self._caught_up(capture)
+        if self._behind:  # else nothing to wait for: no Deferred to await
+            await self._caught_up(capture)
         # Never 0: the writer is opened on a part's first byte.
         verdict = validate_header(capture.result(), self._policy.validation)
         if isinstance(verdict, Failed):

@@ -653,3 +653,15 @@ async def test_large_part_hashed_beside_its_writes_has_the_right_digest(
     assert await writer.commit(INSTANCE, overwrite=False) is CommitResult.STORED
     stored = storage.instance_path(INSTANCE)
     assert os.getxattr(stored, staging.DIGEST_XATTR) == writer.sha256
+
+
+@pytest.mark.parametrize("root", ["store", "a/../store", ".hidden/store", "x/./store"])
+def test_index_entries_name_their_file_as_relpath_would(tmp_path: Path, root: str) -> None:
+    """The index's link text, built from strings, is what os.path.relpath gives."""
+    store = FilesystemStorage(tmp_path / root, DirectReactor())  # type: ignore[arg-type]
+    for final in (
+        store.instance_path(INSTANCE),
+        store.root / "1.2" / "1.3" / "..hidden.dcm",
+        tmp_path / "elsewhere" / "1.dcm",
+    ):
+        assert store._index_target(final) == os.path.relpath(final, store.index)

@@ -6,7 +6,10 @@ UIDs validation needs (so the instance's name is known before the part
 ends).  When the parser ends the part, the writer finishes (the data
 complete: for the filesystem, synced), the captured header is validated (on
 the reactor: it is a few comparisons, no file is read), checked against the
-request's policies, and the part is committed.  Parts are pipelined: part N
+request's policies, and the part is committed.  When all of that is known as
+the part ends (header captured and valid, no digest to check first), a
+writer that offers it finishes and commits in one storage step
+(``_commit_at_end``).  Parts are pipelined: part N
 is finished and committed while part N+1 is still arriving.  Every part ends
 as exactly one ``Outcome``, in the order the parts were sent; a problem with
 one part never reaches another.

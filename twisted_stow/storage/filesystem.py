@@ -23,8 +23,11 @@ answers every commit that linked into it before the fsync began, so
 concurrent commits into one series, and every commit's index entry, cost
 one fsync per group instead of one each (docs/STORAGE.md).
 
-A small part (one batch) costs two pool jobs: its last batch is written,
-hashed and synced in ``finish``'s one job, and ``commit`` is the other.
+A small part (one batch) whose commit ingest decided as it ended costs one
+pool job (``finish_then_commit``): written, hashed, synced, linked and its
+directories synced, in that order, with one trip back to the reactor.  Any
+other part costs ``finish``'s job (its last batch goes with the sync) and
+``commit``'s.
 
 Staging names are ``<pid>-<run token>-<random>.part``.  Start-up removes the
 files of processes that are gone, and those with our pid but another run's

@@ -6,7 +6,10 @@ UIDs validation needs (so the instance's name is known before the part
 ends).  When the parser ends the part, the writer finishes (the data
 complete: for the filesystem, synced), the captured header is validated (on
 the reactor: it is a few comparisons, no file is read), checked against the
-request's policies, and the part is committed.  Parts are pipelined: part N
+request's policies, and the part is committed.  When all of that is known as
+the part ends (header captured and valid, no digest to check first), a
+writer that offers it finishes and commits in one storage step
+(``_commit_at_end``).  Parts are pipelined: part N
 is finished and committed while part N+1 is still arriving.  Every part ends
 as exactly one ``Outcome``, in the order the parts were sent; a problem with
 one part never reaches another.
@@ -128,6 +131,15 @@ class _Behind:
     capture: HeaderCapture
     writer: IPartWriter | None = None
     waiters: list[Deferred[None]] = field(default_factory=list)
+
+
+@dataclass(slots=True, eq=False)
+class _Decided:
+    """A part committed as it ended: its instance, and its writer's two answers."""
+
+    instance: InstanceRef
+    finished: Deferred[int]
+    committed: Deferred[CommitResult]
 
 
 @dataclass(slots=True)
@@ -348,9 +360,48 @@ class Ingest:
             empty = Failed(FailureReason.CANNOT_UNDERSTAND, "empty part")
             self._pending.append(succeed(self._part_finished(empty, in_flow, part)))
         else:
-            outcome = ensureDeferred(self._finish_part(writer, self._capture, claims, in_flow))
+            decided = self._commit_at_end(writer, self._capture, claims)
+            outcome = ensureDeferred(
+                self._finish_part(writer, self._capture, claims, in_flow, decided)
+            )
             outcome.addBoth(self._part_finished, in_flow, part)
             self._pending.append(outcome)
+
+    def _commit_at_end(
+        self, writer: IPartWriter, capture: HeaderCapture, claims: _PartClaims
+    ) -> _Decided | None:
+        """Finish and commit the part in one storage step, when its commit is
+        decided already as it ends; None: ``_store`` decides after ``finish``.
+
+        Decided means: the writer offers the step (``finish_then_commit``: the
+        filesystem, for a part of one batch), the header is captured and
+        valid, the study policy keeps it, and nothing waits for the digest
+        (no part digest claim, no ``--verify-body-digest``).  Every check
+        ``_store`` makes after ``finish`` would pass, so the storage may link
+        the file straight after its fsync: one writer job and one trip back
+        to the reactor per small instance instead of two.
+        """
+        start = getattr(writer, "finish_then_commit", None)
+        if start is None or claims.expected or self.body_verdict is not None:
+            return None
+        if not capture.done:
+            return None
+        verdict = validate_header(capture.result(), self._policy.validation)
+        if isinstance(verdict, Failed):
+            return None
+        expected = self._policy.expected_study_uid
+        if (
+            expected is not None
+            and verdict.study_instance_uid != expected
+            and self._policy.study_mismatch is StudyMismatch.REJECT
+        ):
+            return None
+        overwrite = self._policy.duplicates is Duplicates.OVERWRITE
+        started = start(verdict, overwrite=overwrite)
+        if started is None:
+            return None
+        finished, committed = started
+        return _Decided(verdict, finished, committed)
 
     def _part_finished(self, outcome: Outcome, in_flow: _InFlow, part: int) -> Outcome:
         in_flow.leave()
@@ -359,10 +410,15 @@ class Ingest:
         return outcome
 
     async def _finish_part(
-        self, writer: IPartWriter, capture: HeaderCapture, claims: _PartClaims, in_flow: _InFlow
+        self,
+        writer: IPartWriter,
+        capture: HeaderCapture,
+        claims: _PartClaims,
+        in_flow: _InFlow,
+        decided: _Decided | None,
     ) -> Outcome:
         try:
-            return await self._store(writer, capture, claims, in_flow)
+            return await self._store(writer, capture, claims, in_flow, decided)
         except Exception:
             # Anything unexpected stays with this one part (dcm4chee#3517:
             # one bad part must never turn the request into a 500).
@@ -379,21 +435,33 @@ class Ingest:
         self._count_capture(capture, dropped=True)
 
     async def _store(
-        self, writer: IPartWriter, capture: HeaderCapture, claims: _PartClaims, in_flow: _InFlow
+        self,
+        writer: IPartWriter,
+        capture: HeaderCapture,
+        claims: _PartClaims,
+        in_flow: _InFlow,
+        decided: _Decided | None,
     ) -> Outcome:
         try:
-            size = await writer.finish()
+            size = await (writer.finish() if decided is None else decided.finished)
         except StorageFull as e:
+            _unstaged(decided)
             await writer.abort()
             return Failed(FailureReason.OUT_OF_RESOURCES, f"storage full: {e}")
         except OSError as e:
+            _unstaged(decided)
             await writer.abort()
             STORAGE_ERRORS.inc()
             log.error("storage error while staging a part: {error}", error=e)
             return Failed(FailureReason.PROCESSING_FAILURE, f"storage error: {e.strerror}")
-        await self._caught_up(capture)
+        if self._behind:  # else nothing to wait for: no Deferred to await
+            await self._caught_up(capture)
         # Never 0: the writer is opened on a part's first byte.
-        verdict = validate_header(capture.result(), self._policy.validation)
+        verdict = (
+            validate_header(capture.result(), self._policy.validation)
+            if decided is None
+            else decided.instance
+        )
         if isinstance(verdict, Failed):
             await writer.abort()
             return verdict
@@ -431,7 +499,11 @@ class Ingest:
         overwrite = self._policy.duplicates is Duplicates.OVERWRITE
         committing = time.monotonic()
         try:
-            result = await writer.commit(instance, overwrite=overwrite)
+            result = await (
+                writer.commit(instance, overwrite=overwrite)
+                if decided is None
+                else decided.committed
+            )
             COMMIT_SECONDS.observe(time.monotonic() - committing)
         except StorageFull as e:
             return _failed(FailureReason.OUT_OF_RESOURCES, f"storage full: {e}", instance)
@@ -502,6 +574,12 @@ class Ingest:
             return IngestResult(outcomes, error)
 
         return DeferredList(pending, consumeErrors=True).addCallback(collect)
+
+
+def _unstaged(decided: _Decided | None) -> None:
+    """Staging failed: the commit that would have followed fails the same way, unheard."""
+    if decided is not None:
+        decided.committed.addErrback(lambda _: None)
 
 
 def _failed(reason: FailureReason, detail: str, instance: InstanceRef) -> Failed:

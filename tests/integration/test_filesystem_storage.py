@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet.defer import Deferred
-from twisted.python.threadpool import ThreadPool
 from zope.interface.verify import verifyObject
 
 from tests.dicom_files import CT, read, uids
@@ -450,11 +449,10 @@ class DirectReactor:
 
 def test_parts_share_a_one_thread_pool_fairly() -> None:
     """With one thread, two parts' queued operations alternate instead of one draining first."""
-    pool = ThreadPool(minthreads=0, maxthreads=1, name="fairness")
-    jobs = serial.Jobs(pool)
-    reactor: Any = DirectReactor()
-    part_a = serial.SerialQueue(jobs, reactor)
-    part_b = serial.SerialQueue(jobs, reactor)
+    jobs = serial.Jobs(1, name="fairness")
+    completions = serial.Completions(DirectReactor())  # type: ignore[arg-type]
+    part_a = serial.SerialQueue(jobs, completions)
+    part_b = serial.SerialQueue(jobs, completions)
     order: list[str] = []
     all_done = threading.Event()
 
@@ -472,12 +470,11 @@ def test_parts_share_a_one_thread_pool_fairly() -> None:
         results.append(part_a.submit(op(f"a{index}")))
     for index in range(3):
         results.append(part_b.submit(op(f"b{index}")))
-    pool.start()
+    jobs.start()
     try:
         assert all_done.wait(10)
     finally:
-        jobs.close()
-        pool.stop()
+        jobs.stop()
     # Within a part strictly in order; across parts, B is not starved by A.
     assert [name for name in order if name[0] == "a"] == ["a0", "a1", "a2"]
     assert [name for name in order if name[0] == "b"] == ["b0", "b1", "b2"]
@@ -490,7 +487,7 @@ def test_stop_runs_every_queued_operation(tmp_path: Path) -> None:
     reactor: Any = DirectReactor()
     store = FilesystemStorage(tmp_path / "store", reactor, writer_threads=1)
     store.start()
-    queue = serial.SerialQueue(store.jobs, store.reactor)
+    queue = serial.SerialQueue(store.jobs, store.completions)
     order: list[str] = []
     release = threading.Event()
 
@@ -656,3 +653,134 @@ async def test_large_part_hashed_beside_its_writes_has_the_right_digest(
     assert await writer.commit(INSTANCE, overwrite=False) is CommitResult.STORED
     stored = storage.instance_path(INSTANCE)
     assert os.getxattr(stored, staging.DIGEST_XATTR) == writer.sha256
+
+
+@pytest.mark.parametrize("root", ["store", "a/../store", ".hidden/store", "x/./store"])
+def test_index_entries_name_their_file_as_relpath_would(tmp_path: Path, root: str) -> None:
+    """The index's link text, built from strings, is what os.path.relpath gives."""
+    store = FilesystemStorage(tmp_path / root, DirectReactor())  # type: ignore[arg-type]
+    for final in (
+        store.instance_path(INSTANCE),
+        store.root / "1.2" / "1.3" / "..hidden.dcm",
+        tmp_path / "elsewhere" / "1.dcm",
+    ):
+        assert store._index_target(final) == os.path.relpath(final, store.index)
+
+
+def count_jobs(store: FilesystemStorage, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the jobs handed to the storage's writer threads."""
+    jobs: list[int] = []
+    real_submit = store.jobs.submit
+
+    def submit(job: Callable[[], None]) -> bool:
+        jobs.append(1)
+        return real_submit(job)
+
+    monkeypatch.setattr(store.jobs, "submit", submit)
+    return jobs
+
+
+def record_steps(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Patch the storage module's fsync, link and symlink; the list gets each in order."""
+    steps: list[str] = []
+    real_fsync, real_link, real_symlink = os.fsync, os.link, os.symlink
+
+    def fsync(fd: int) -> None:
+        steps.append(f"fsync {os.readlink(f'/proc/self/fd/{fd}')}")
+        real_fsync(fd)
+
+    def link(src: Any, dst: Any) -> None:
+        real_link(src, dst)
+        steps.append(f"link {dst}")
+
+    def symlink(src: Any, dst: Any) -> None:
+        real_symlink(src, dst)
+        steps.append(f"symlink {dst}")
+
+    monkeypatch.setattr(filesystem.os, "fsync", fsync)
+    monkeypatch.setattr(filesystem.os, "link", link)
+    monkeypatch.setattr(filesystem.os, "symlink", symlink)
+    return steps
+
+
+def one_part(data: bytes, *headers: tuple[str, str]) -> list[Any]:
+    return [PartStarted(headers), PartData(data[:1000]), PartData(data[1000:]), PartEnded()]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_small_valid_part_is_finished_and_committed_in_one_job(
+    storage: FilesystemStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decided as it ends: one writer job stages, syncs, links and syncs its
+    directories, in that order, before the outcome says Stored."""
+    jobs = count_jobs(storage, monkeypatch)
+    steps = record_steps(monkeypatch)
+    ingest = ingest_on(storage)
+    data = read(CT)
+    ingest.handle(one_part(data))
+    result = await ingest.close()
+    (outcome,) = result.outcomes
+    assert isinstance(outcome, Stored)
+    final = storage.instance_path(outcome.instance)
+    assert final.read_bytes() == data
+    assert outcome.sha256 == hashlib.sha256(data).hexdigest()
+    assert os.getxattr(final, staging.DIGEST_XATTR) == hashlib.sha256(data).digest()
+    assert len(jobs) == 1
+    kinds = [step.split(" ", 1)[0] for step in steps]
+    assert kinds[:3] == ["fsync", "symlink", "link"]
+    assert ".staging" in steps[0]
+    synced_after_link = {step.split(" ", 1)[1] for step in steps[3:] if step.startswith("fsync")}
+    assert {str(storage.index), str(final.parent)} <= synced_after_link
+    assert staged(storage) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_part_with_a_digest_claim_is_committed_after_its_digest_is_checked(
+    storage: FilesystemStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim needs the writer's digest before commit: two jobs, and a wrong
+    claim leaves nothing linked."""
+    import base64
+
+    data = read(CT)
+    good = base64.b64encode(hashlib.sha256(data).digest()).decode()
+    jobs = count_jobs(storage, monkeypatch)
+    ingest = ingest_on(storage)
+    ingest.handle(one_part(data, ("content-digest", f"sha-256=:{good}:")))
+    (outcome,) = (await ingest.close()).outcomes
+    assert isinstance(outcome, Stored)
+    assert len(jobs) == 2
+    storage.instance_path(outcome.instance).unlink()
+    (storage.index / outcome.instance.sop_instance_uid).unlink()
+
+    wrong = base64.b64encode(hashlib.sha256(b"other").digest()).decode()
+    ingest = ingest_on(storage)
+    ingest.handle(one_part(data, ("content-digest", f"sha-256=:{wrong}:")))
+    (outcome,) = (await ingest.close()).outcomes
+    assert isinstance(outcome, Failed) and outcome.reason is FailureReason.CANNOT_UNDERSTAND
+    assert list(storage.root.glob("*/*/*.dcm")) == []
+    assert list(storage.index.iterdir()) == []
+    assert staged(storage) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_sync_of_a_part_decided_as_it_ends_links_nothing(
+    storage: FilesystemStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file's fsync fails in the one job: no link, no index entry, the staged
+    file removed, and the part fails 0x0110."""
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if ".staging" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+
+    monkeypatch.setattr(staging.os, "fsync", fsync)
+    ingest = ingest_on(storage)
+    ingest.handle(one_part(read(CT)))
+    (outcome,) = (await ingest.close()).outcomes
+    assert isinstance(outcome, Failed) and outcome.reason is FailureReason.PROCESSING_FAILURE
+    assert list(storage.root.glob("*/*/*.dcm")) == []
+    assert list(storage.index.iterdir()) == []
+    assert staged(storage) == []

@@ -23,8 +23,11 @@ answers every commit that linked into it before the fsync began, so
 concurrent commits into one series, and every commit's index entry, cost
 one fsync per group instead of one each (docs/STORAGE.md).
 
-A small part (one batch) costs two pool jobs: its last batch is written,
-hashed and synced in ``finish``'s one job, and ``commit`` is the other.
+A small part (one batch) whose commit ingest decided as it ended costs one
+pool job (``finish_then_commit``): written, hashed, synced, linked and its
+directories synced, in that order, with one trip back to the reactor.  Any
+other part costs ``finish``'s job (its last batch goes with the sync) and
+``commit``'s.
 
 Staging names are ``<pid>-<run token>-<random>.part``.  Start-up removes the
 files of processes that are gone, and those with our pid but another run's
@@ -47,7 +50,6 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from ..core.outcomes import InstanceRef
@@ -55,7 +57,7 @@ from ..core.policy import CommitResult
 from ..deferreds import detached
 from ..durable import fsync_directory, pid_alive
 from ..interfaces import IPartWriter, IStorage
-from .serial import Jobs, SerialQueue
+from .serial import Completions, Jobs, SerialQueue
 from .staging import StagingFile, translate_os_error
 from .syncgroup import SyncGroups
 
@@ -74,6 +76,19 @@ _COMPARE_BLOCK_BYTES = 1024 * 1024
 # that the set is cleared: forgetting costs only a repeated fsync, and the
 # set must not grow with every series a long-running server ever received.
 _DURABLE_DIRS_MAX = 100_000
+
+
+# os.getpid() is a syscall each time (glibc no longer caches it), and every
+# part's staging name starts with it: kept here, renewed in a forked child.
+_pid = os.getpid()
+
+
+def _renew_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_renew_pid)
 
 
 def _unlink_quietly(path: Path) -> None:
@@ -122,7 +137,7 @@ class FilesystemPartWriter:
 
     def __init__(self, storage: FilesystemStorage, staged_path: Path) -> None:
         self._storage = storage
-        self._queue = SerialQueue(storage.jobs, storage.reactor)
+        self._queue = SerialQueue(storage.jobs, storage.completions)
         # The part's SHA-256 runs on a queue of its own once the part spans
         # batches, so hashing a batch and writing it go on in two threads at
         # once (hashlib and writev both release the GIL): a large upload's
@@ -168,12 +183,12 @@ class FilesystemPartWriter:
         if not batch:
             return
         if self._hash_queue is None:
-            self._hash_queue = SerialQueue(self._storage.jobs, self._storage.reactor)
+            self._hash_queue = SerialQueue(self._storage.jobs, self._storage.completions)
         # Released once both threads are done with the batch, whether the
         # write worked or not: failures surface in finish(); the upload's
         # flow must never stay paused on them.  The thread that finishes
-        # second reports, so a batch still costs one callFromThread.
-        done = _BatchUsers(self._storage.reactor, self._release, written)
+        # second reports, so a batch still costs one completion.
+        done = _BatchUsers(self._storage.completions, self._release, written)
 
         def write() -> None:
             try:
@@ -216,6 +231,76 @@ class FilesystemPartWriter:
         d = hashed.addCallback(lambda _: sync(self._file.sync_and_close))
         return d.addBoth(self._finished, [])
 
+    def finish_then_commit(
+        self, instance: InstanceRef, *, overwrite: bool
+    ) -> tuple[Deferred[int], Deferred[CommitResult]] | None:
+        """``finish`` and then ``commit``, in one writer-thread job; None when the
+        part spans batches (then ``finish`` and ``commit`` as usual).
+
+        For a part whose commit was decided before it ended (ingest: header
+        valid, no digest claim to check): the link follows the fsync in the
+        same job, so a small instance costs one job and one trip back to the
+        reactor instead of two.  The order on disk is ``finish``'s then
+        ``commit``'s: written, digest set, fsynced and closed under the
+        staging name, then linked and its directories synced.  Should
+        staging fail, the staged file is removed in the same job, nothing is
+        linked, and both Deferreds fail with the staging error.
+        """
+        if self._hash_queue is not None or self._finishing or self._done:
+            return None
+        self._finishing = True
+        self._done = True
+        batch, written = self._take_batch()
+        staged: Deferred[int] = Deferred()
+        answer: Deferred[CommitResult] = Deferred()
+        completions = self._storage.completions
+        settle = self._settler(answer)
+
+        def job() -> None:
+            try:
+                size = self._file.sync_and_close(batch)
+            except BaseException:
+                failure = Failure()
+                try:
+                    self._file.discard()
+                except OSError:
+                    log.failure("could not remove staging file")
+                completions.send(staged.errback, failure)
+                completions.send(answer.errback, failure)
+                return
+            completions.send(staged.callback, size)
+            self._link(instance, overwrite, settle)
+
+        self._queue.submit_reporting(job)
+        return staged.addBoth(self._finished, written), answer
+
+    def _settler(
+        self, answer: Deferred[CommitResult]
+    ) -> Callable[[CommitResult | Exception], None]:
+        """Called in a writer thread with the commit's result: fires ``answer`` on the reactor."""
+        completions = self._storage.completions
+
+        def settle(result: CommitResult | Exception) -> None:
+            if isinstance(result, Exception):
+                completions.send(answer.errback, Failure(result))
+            else:
+                completions.send(answer.callback, result)
+
+        return settle
+
+    def _link(
+        self,
+        instance: InstanceRef,
+        overwrite: bool,
+        settle: Callable[[CommitResult | Exception], None],
+    ) -> None:
+        """Blocking: link the synced file into place; ``settle`` gets the result
+        once its directories are synced, maybe in another thread's group fsync."""
+        try:
+            self._storage.place(self._file.path, instance, overwrite=overwrite, then=settle)
+        except Exception as e:  # the link failed: ``then`` is never called
+            settle(e)
+
     def _finished(self, result: int | Failure, written: list[Deferred[None]]) -> int | Failure:
         _fire_all(written)
         if not isinstance(result, Failure):
@@ -228,23 +313,10 @@ class FilesystemPartWriter:
         self._done = True
         # The link runs as the part's last queued job; the answer comes once
         # the directories are synced, maybe in another thread's group fsync
-        # (one callFromThread either way).
+        # (one completion either way).
         answer: Deferred[CommitResult] = Deferred()
-        reactor = self._storage.reactor
-
-        def settle(result: CommitResult | Exception) -> None:
-            if isinstance(result, Exception):
-                reactor.callFromThread(answer.errback, Failure(result))
-            else:
-                reactor.callFromThread(answer.callback, result)
-
-        def link() -> None:
-            try:
-                self._storage.place(self._file.path, instance, overwrite=overwrite, then=settle)
-            except Exception as e:  # the link failed: ``then`` is never called
-                settle(e)
-
-        self._queue.submit_reporting(link)
+        settle = self._settler(answer)
+        self._queue.submit_reporting(lambda: self._link(instance, overwrite, settle))
         return answer
 
     def abort(self) -> Deferred[None]:
@@ -293,15 +365,15 @@ def sweep_run_staging(root: Path, run_token: str) -> int:
 class _BatchUsers:
     """The two threads using one batch (write and hash); the second to finish reports."""
 
-    __slots__ = ("_failure", "_left", "_lock", "_reactor", "_release", "_written")
+    __slots__ = ("_completions", "_failure", "_left", "_lock", "_release", "_written")
 
     def __init__(
         self,
-        reactor: IReactorFromThreads,
+        completions: Completions,
         release: Callable[[Failure | None, list[Deferred[None]]], None],
         written: list[Deferred[None]],
     ) -> None:
-        self._reactor = reactor
+        self._completions = completions
         self._release = release
         self._written = written
         self._lock = threading.Lock()
@@ -316,7 +388,7 @@ class _BatchUsers:
                 self._failure = failure
             last = not self._left
         if last:
-            self._reactor.callFromThread(self._release, self._failure, self._written)
+            self._completions.send(self._release, self._failure, self._written)
 
 
 def _fire_all(written: list[Deferred[None]]) -> None:
@@ -340,6 +412,7 @@ class FilesystemStorage:
         self.root = Path(root).absolute()
         self.staging = self.root / STAGING_DIR_NAME
         self.index = self.root / INDEX_DIR_NAME
+        self._root_prefix = str(self.root) + os.sep
         # Check-and-link of one SOP Instance UID must not interleave with
         # another commit of the same UID (two uploads to two studies).
         self._index_lock = threading.Lock()
@@ -361,8 +434,8 @@ class FilesystemStorage:
         self._run_token = run_token or secrets.token_hex(8)
         self._staging_names = itertools.count()
         self.reactor = reactor
-        self.pool = ThreadPool(minthreads=0, maxthreads=writer_threads, name="stow-storage")
-        self.jobs = Jobs(self.pool)
+        self.jobs = Jobs(writer_threads)
+        self.completions = Completions(reactor)
 
     def start(self) -> None:
         """Create the directories, sweep stale staging files, start threads."""
@@ -371,7 +444,7 @@ class FilesystemStorage:
         fsync_directory(self.root)
         self._sweep_stale_staging()
         self._open_root()
-        self.pool.start()
+        self.jobs.start()
 
     def _open_root(self) -> int:
         """The root directory's descriptor, which the commit lock flocks (opened once)."""
@@ -381,8 +454,7 @@ class FilesystemStorage:
 
     def stop(self) -> None:
         """Wait for queued operations and stop the threads."""
-        self.jobs.close()
-        self.pool.stop()
+        self.jobs.stop()
         if self._root_fd is not None:
             os.close(self._root_fd)
             self._root_fd = None
@@ -435,7 +507,7 @@ class FilesystemStorage:
         # A counter, not a random name: the run token already tells runs
         # apart, and O_EXCL refuses a collision anyway (uuid4 cost a
         # getrandom syscall on the reactor per part).
-        name = f"{os.getpid()}-{self._run_token}-{next(self._staging_names)}.part"
+        name = f"{_pid}-{self._run_token}-{next(self._staging_names)}.part"
         return FilesystemPartWriter(self, self.staging / name)
 
     def instance_path(self, instance: InstanceRef) -> Path:
@@ -644,7 +716,7 @@ class FilesystemStorage:
         is replaced atomically through a temporary name.
         """
         try:
-            os.symlink(os.path.relpath(final, self.index), entry)
+            os.symlink(self._index_target(final), entry)
             return
         except (FileExistsError, FileNotFoundError):
             pass  # dangling entry, or the index directory is gone: the slow way
@@ -655,9 +727,23 @@ class FilesystemStorage:
             _unlink_quietly(temporary)
             raise
 
+    def _index_target(self, final: Path) -> str:
+        """What an index entry's symlink holds for ``final``: its path from the index.
+
+        The index sits in the root, so a file under the root is ``../`` and
+        its path below the root; ``os.path.relpath`` gives the same text at
+        ~14 us a commit (it normalises both paths), kept for any other path.
+        """
+        text = str(final)
+        if text.startswith(self._root_prefix):
+            below = text[len(self._root_prefix) :]
+            if not below.startswith(".") and "/." not in below:
+                return "../" + below
+        return os.path.relpath(final, self.index)
+
     def _new_entry(self, entry: Path, final: Path) -> Path:
         """A temporary symlink beside ``entry`` naming ``final``, to rename over it."""
-        target = os.path.relpath(final, self.index)
+        target = self._index_target(final)
         temporary = entry.with_name(f"{entry.name}.{uuid.uuid4().hex}.tmp")
         try:
             os.symlink(target, temporary)

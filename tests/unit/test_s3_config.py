@@ -239,6 +239,28 @@ def test_ingest_names_the_writer_while_the_part_streams() -> None:
     assert len(writer.told) == 1
 
 
+def test_a_named_part_is_validated_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The verdict the writer was named with is the part's verdict at its end: its
+    header is validated once, not again when the part ends; and it is stored."""
+    import twisted_stow.ingest as ingest_module
+
+    calls: list[object] = []
+    validate = ingest_module.validate_header
+
+    def counting(*args: Any) -> Any:
+        calls.append(args)
+        return validate(*args)
+
+    monkeypatch.setattr(ingest_module, "validate_header", counting)
+    storage = NamedMemoryStorage()
+    ingest = Ingest(storage, IngestPolicy(DEFAULT_POLICY), RecordingProducer())
+    data = read(CT)
+    ingest.handle([PartStarted([]), PartData(memoryview(data)), PartEnded()])
+    (outcome,) = [d.result for d in ingest._pending]  # memory storage: settled at once
+    assert outcome.instance.sop_instance_uid == uids(CT)[1], outcome
+    assert len(calls) == 1
+
+
 def test_ingest_tells_none_for_a_part_it_will_not_store() -> None:
     """A header that fails validation tells the writer None (its bytes may be dropped)."""
     storage = NamedMemoryStorage()

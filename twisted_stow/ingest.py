@@ -187,6 +187,9 @@ class Ingest:
         self._capture = HeaderCapture()
         # The capture whose writer was told its instance (INamedPartWriter).
         self._named: HeaderCapture | None = None
+        # The verdict each such capture's writer was told, kept for its part's
+        # end: a done capture's result no longer changes (one validation per part).
+        self._verdicts: dict[HeaderCapture, InstanceRef | Failed] = {}
         # Why the part being received will not be stored (None: it may be).
         self._skip_reason: Failed | None = None
         self._pending: list[Deferred[Outcome]] = []
@@ -301,6 +304,7 @@ class Ingest:
         if writer is None or not INamedPartWriter.providedBy(writer):
             return
         verdict = validate_header(capture.result(), self._policy.validation)
+        self._verdicts[capture] = verdict
         writer.named(None if isinstance(verdict, Failed) else verdict)
 
     def _caught_up(self, capture: HeaderCapture) -> Deferred[None]:
@@ -386,7 +390,9 @@ class Ingest:
             return None
         if not capture.done:
             return None
-        verdict = validate_header(capture.result(), self._policy.validation)
+        verdict = self._verdicts.get(capture)
+        if verdict is None:
+            verdict = validate_header(capture.result(), self._policy.validation)
         if isinstance(verdict, Failed):
             return None
         expected = self._policy.expected_study_uid
@@ -432,6 +438,7 @@ class Ingest:
         """Nobody needs ``capture`` any more: stop its walk and uncount what it keeps."""
         if any(entry.capture is capture for entry in self._behind):
             self._behind = deque(entry for entry in self._behind if entry.capture is not capture)
+        self._verdicts.pop(capture, None)
         self._count_capture(capture, dropped=True)
 
     async def _store(
@@ -457,11 +464,11 @@ class Ingest:
         if self._behind:  # else nothing to wait for: no Deferred to await
             await self._caught_up(capture)
         # Never 0: the writer is opened on a part's first byte.
-        verdict = (
-            validate_header(capture.result(), self._policy.validation)
-            if decided is None
-            else decided.instance
-        )
+        verdict: InstanceRef | Failed | None = self._verdicts.pop(capture, None)
+        if decided is not None:
+            verdict = decided.instance
+        elif verdict is None:
+            verdict = validate_header(capture.result(), self._policy.validation)
         if isinstance(verdict, Failed):
             await writer.abort()
             return verdict

@@ -45,13 +45,16 @@ class ScriptedStore:
     ) -> Response:
         sent = dict(headers or {})
         self.sent.append((method, key, sent))
-        status, answer_headers, body = self.answer(method, key, sent)
+        status, answer_headers, body, *retried = self.answer(method, key, sent)
         if status not in ok:
             raise S3Error(operation, status, "Scripted", "")
-        return Response(status, answer_headers, body)
+        return Response(status, answer_headers, body, *retried)
 
     def claim_puts(self) -> list[dict[str, str]]:
         return [headers for method, key, headers in self.sent if method == "PUT" and key == INDEX]
+
+
+CLAIM = f"{KEY}\n{SHA}\n123\nrun-x\ntoken\n".encode()
 
 
 def claim_with(answer: Any, *, overwrite: bool = False) -> tuple[ScriptedStore, Any]:
@@ -65,8 +68,7 @@ def claim_with(answer: Any, *, overwrite: bool = False) -> tuple[ScriptedStore, 
     writer._client = store  # type: ignore[assignment]
     writer.size = 123
     outcome: list[Any] = []
-    claim = f"{KEY}\n{SHA}\n123\nrun-x\ntoken\n".encode()
-    ensureDeferred(writer._claim(INDEX, claim, KEY, SHA, overwrite)).addBoth(outcome.append)
+    ensureDeferred(writer._claim(INDEX, CLAIM, KEY, SHA, overwrite)).addBoth(outcome.append)
     assert outcome, "the claim did not finish without the reactor"
     return store, outcome[0]
 
@@ -132,3 +134,37 @@ def test_overwrite_is_conditional_too() -> None:
     store, outcome = claim_with(abandoned_claim_store(200), overwrite=True)
     assert outcome is CommitResult.OVERWRITTEN
     assert store.claim_puts()[-1]["If-Match"] == '"etag-1"'
+
+
+def retried_claim_store(stored: bytes) -> Any:
+    """A claim write sent twice, its first answer lost: the store has ``stored``
+    under the index (written by the first attempt, or by another upload), and
+    the replay is refused 412, flagged ``retried``."""
+
+    def answer(method: str, key: str, headers: dict[str, str]) -> tuple[Any, ...]:
+        if key == INDEX and method == "PUT":
+            return 412, {}, b"", True
+        if key == INDEX and method == "GET":
+            return 200, {"etag": '"first-attempt"'}, stored
+        if method == "HEAD" and key == KEY:  # the other claim's object, whole
+            return 200, {"content-length": "99"}, b""
+        return 404, {}, b""
+
+    return answer
+
+
+def test_a_retried_claim_refused_for_our_own_claim_is_ours() -> None:
+    """The replay's 412 is for the claim its first attempt wrote (the same token):
+    stored, with that claim's ETag for a later If-Match unclaim; not a race loss."""
+    store, outcome = claim_with(retried_claim_store(CLAIM))
+    assert outcome is CommitResult.STORED
+    assert len(store.claim_puts()) == 1
+
+
+def test_a_retried_claim_refused_for_another_uploads_claim_is_lost() -> None:
+    """The replay's 412 is for another upload's claim (other bytes, stored whole):
+    a conflicting duplicate as without the retry."""
+    other = f"{KEY}\n{'b' * 64}\n99\nrun-y\nother\n".encode()
+    store, outcome = claim_with(retried_claim_store(other))
+    assert outcome is CommitResult.CONFLICTING_DUPLICATE
+    assert len(store.claim_puts()) == 1

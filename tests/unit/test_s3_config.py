@@ -24,8 +24,8 @@ from twisted_stow.core.validation import DEFAULT_POLICY
 from twisted_stow.ingest import CAPTURE_STEPS_PER_READ, Ingest
 from twisted_stow.interfaces import INamedPartWriter, IPartWriter, IStorage
 from twisted_stow.storage.memory import MemoryPartWriter, MemoryStorage
-from twisted_stow.storage.s3 import ChunksProducer, PartDigests, S3Storage
-from twisted_stow.storage.s3client import S3Client, S3Location, signed_headers
+from twisted_stow.storage.s3 import S3Storage, part_digest
+from twisted_stow.storage.s3client import ChunksProducer, S3Client, S3Location, signed_headers
 from twisted_stow.tap import Options
 
 
@@ -88,18 +88,12 @@ def test_signing_covers_the_given_payload_hash() -> None:
     assert one["Authorization"] != two["Authorization"]
 
 
-def test_part_digests_one_pass() -> None:
-    """The instance digest covers every byte; each part digest only its own."""
-    digests = PartDigests()
-    digests.update(b"abc")
-    first = digests.cut([b"a", memoryview(b"bc")])
-    digests.update(b"de")
-    digests.update(memoryview(b"f"))
+def test_a_part_digest_covers_its_chunks_as_they_are() -> None:
+    """A part's SHA-256 is taken over its chunks, bytes and memoryviews, never joined."""
     import hashlib
 
-    assert first == hashlib.sha256(b"abc").digest()
-    assert digests.cut([b"def"]) == hashlib.sha256(b"def").digest()
-    assert digests.instance.digest() == hashlib.sha256(b"abcdef").digest()
+    assert part_digest([b"a", memoryview(b"bc")]) == hashlib.sha256(b"abc").digest()
+    assert part_digest([]) == hashlib.sha256(b"").digest()
 
 
 class _Consumer:
@@ -120,7 +114,7 @@ def test_a_part_is_sent_chunk_by_chunk_while_the_transport_wants_more() -> None:
     """The body producer writes one chunk per resume, never the joined part."""
     data = bytes(range(256)) * 40
     chunks: list[bytes | memoryview] = [data[:1000], memoryview(data)[1000:5000], data[5000:]]
-    producer = ChunksProducer(chunks)
+    producer = ChunksProducer(chunks, len(data))
     consumer = _Consumer()
     consumer.producer = producer
     assert producer.length == len(data)
@@ -131,9 +125,59 @@ def test_a_part_is_sent_chunk_by_chunk_while_the_transport_wants_more() -> None:
     producer.resumeProducing()
     producer.resumeProducing()
     assert b"".join(consumer.written) == data and fired == [None]
-    # The HTTP client keeps a pooled connection's last request: the part must not stay with it.
-    assert producer.held_chunks == 0
     assert [len(w) for w in consumer.written] == [len(c) for c in chunks]  # never joined
+    # The HTTP client keeps a pooled connection's last request: the part must not stay with it.
+    producer.release()
+    assert producer.held_chunks == 0
+
+
+def test_a_stopped_part_body_is_sent_again_from_its_first_chunk() -> None:
+    """A connection lost mid-body stops the producer; a retry starts it again and
+    gets every byte, from the first chunk."""
+    data = bytes(range(256)) * 40
+    chunks: list[bytes | memoryview] = [data[:1000], memoryview(data)[1000:5000], data[5000:]]
+    producer = ChunksProducer(chunks, len(data))
+    first = _Consumer()
+    first.producer = producer
+    lost: list[object] = []
+    producer.startProducing(first).addBoth(lost.append)
+    producer.stopProducing()  # the connection went away after one chunk
+    producer.resumeProducing()
+    assert len(first.written) == 1 and lost == []  # no writes, no firing after stop
+    again = _Consumer()
+    again.producer = producer
+    fired: list[object] = []
+    producer.startProducing(again).addCallback(fired.append)
+    producer.resumeProducing()
+    producer.resumeProducing()
+    assert b"".join(again.written) == data and fired == [None]
+
+
+def test_only_a_failure_before_any_answer_is_retried() -> None:
+    """Retried: not sent, failed while sending, or closed before the status line.
+    Not: a timeout or cancel, a refused connection, an answer cut short, anything else."""
+    from twisted.internet.defer import CancelledError
+    from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
+    from twisted.python.failure import Failure
+    from twisted.web._newclient import (
+        RequestNotSent,
+        RequestTransmissionFailed,
+        ResponseFailed,
+        ResponseNeverReceived,
+    )
+
+    from twisted_stow.storage.s3client import retryable
+
+    lost = [Failure(ConnectionLost())]
+    assert retryable(RequestNotSent())
+    assert retryable(RequestTransmissionFailed(lost))
+    assert retryable(ResponseNeverReceived([Failure(ConnectionDone())]))
+    assert not retryable(ResponseNeverReceived([Failure(CancelledError())]))
+    assert not retryable(RequestTransmissionFailed([*lost, Failure(CancelledError())]))
+    assert not retryable(ResponseFailed(lost))  # an answer had begun
+    assert not retryable(ConnectionRefusedError())
+    assert not retryable(TimeoutError())
+    assert not retryable(ValueError())
 
 
 def test_s3_buffers_are_sized_from_the_upload_window() -> None:
@@ -193,6 +237,28 @@ def test_ingest_names_the_writer_while_the_part_streams() -> None:
     assert [ref.sop_instance_uid for ref in writer.told if ref] == [uids(CT)[1]]
     ingest.handle([PartData(memoryview(data[4096:])), PartEnded()])
     assert len(writer.told) == 1
+
+
+def test_a_named_part_is_validated_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The verdict the writer was named with is the part's verdict at its end: its
+    header is validated once, not again when the part ends; and it is stored."""
+    import twisted_stow.ingest as ingest_module
+
+    calls: list[object] = []
+    validate = ingest_module.validate_header
+
+    def counting(*args: Any) -> Any:
+        calls.append(args)
+        return validate(*args)
+
+    monkeypatch.setattr(ingest_module, "validate_header", counting)
+    storage = NamedMemoryStorage()
+    ingest = Ingest(storage, IngestPolicy(DEFAULT_POLICY), RecordingProducer())
+    data = read(CT)
+    ingest.handle([PartStarted([]), PartData(memoryview(data)), PartEnded()])
+    (outcome,) = [d.result for d in ingest._pending]  # memory storage: settled at once
+    assert outcome.instance.sop_instance_uid == uids(CT)[1], outcome
+    assert len(calls) == 1
 
 
 def test_ingest_tells_none_for_a_part_it_will_not_store() -> None:

@@ -29,8 +29,8 @@ for the sweep like any other, and completed at ``commit`` after the claim.
 
 Every request carries the SHA-256 of its body, signed (SigV4 payload hash)
 and as ``x-amz-checksum-sha256``, so the store verifies what it got; the
-instance's SHA-256 is fed per chunk, each part's taken from its joined body
-(``PartDigests``).
+instance's SHA-256 is fed per chunk on the reactor, each multipart part's
+hashed over its chunks in a thread at its cut (``part_digest``).
 
 Flow: a write's Deferred fires once its bytes left memory (their part was
 sent, or dropped), so a part buffer is held within the upload's window of the
@@ -59,8 +59,9 @@ from xml.sax.saxutils import escape
 
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.web.iweb import IBodyProducer
+from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from ..core.budget import MIN_S3_WINDOW_BYTES, S3_WINDOW_BYTES
@@ -69,7 +70,17 @@ from ..core.outcomes import InstanceRef
 from ..core.policy import CommitResult, StorageFull
 from ..deferreds import detached
 from ..interfaces import INamedPartWriter, IPartWriter, IStorage
-from .s3client import QUOTA_CODES, QUOTA_STATUS, S3Client, S3Error, S3Location, find_all, text_of
+from .s3client import (
+    QUOTA_CODES,
+    QUOTA_STATUS,
+    ChunksProducer,
+    S3Client,
+    S3Error,
+    S3Location,
+    error_code,
+    find_all,
+    text_of,
+)
 
 log = Logger()
 
@@ -108,94 +119,24 @@ UPLOAD_MAX_AGE_SECONDS = 24 * 3600.0
 HEALTH_PROBE_SECONDS = 2.0
 HEALTH_PROBE_TIMEOUT_SECONDS = 2.0
 DOWN_AFTER_FAILURES = 2
+# Threads hashing part checksums (``S3Storage.digest``).
+DIGEST_THREADS = 2
 INDEX_DIR = ".sop-index/"
 STOW_DIR = ".stow/"
 DICOM_CONTENT_TYPE = "application/dicom"
 
 
-class PartDigests:
-    """The instance's SHA-256, fed per chunk, and each S3 part's, taken at its cut.
+def part_digest(chunks: list[bytes | memoryview]) -> bytes:
+    """The SHA-256 of the S3 part made of ``chunks``, over them as they are (never joined).
 
-    The one place the writer hashes.  Per chunk only the instance digest is
-    fed; an S3 part is hashed once at its cut, over its chunks as they are
-    (hashlib releases the GIL above 2 KiB; nothing is joined).  A part below
-    ``MULTIPART_MIN_BYTES`` is never cut: its PutObject, or its one UploadPart
-    when commits are held, carries the instance digest, so it is hashed once.
+    Run in the storage's digest thread (``S3Storage.digest``): hashlib
+    releases the GIL above 2 KiB, so an 8-16 MiB part (~5 ms per 8 MiB) is
+    hashed on the other core while the reactor serves every other upload.
     """
-
-    def __init__(self) -> None:
-        self.instance = hashlib.sha256()
-
-    def update(self, data: bytes | memoryview) -> None:
-        self.instance.update(data)
-
-    def cut(self, chunks: list[bytes | memoryview]) -> bytes:
-        """The digest of the S3 part made of ``chunks`` that ends here."""
-        part = hashlib.sha256()
-        for chunk in chunks:
-            part.update(chunk)
-        return part.digest()
-
-
-@implementer(IBodyProducer)
-class ChunksProducer:
-    """A request body made of the chunks a part was received in, sent as they are.
-
-    The part is never joined: each chunk goes to the transport as it is (a
-    ``memoryview`` of a socket read is copied to ``bytes`` one chunk at a
-    time, as Twisted's transports take only ``bytes``), and only while the
-    transport wants more (it pauses this producer above its buffer size), so
-    sending a part adds one chunk to memory, not a part.
-    """
-
-    def __init__(self, chunks: list[bytes | memoryview]) -> None:
-        self._chunks = chunks
-        self.length = sum(len(chunk) for chunk in chunks)
-        self._next = 0
-        self._paused = False
-        self._consumer: Any = None
-        self._done: Deferred[None] | None = None
-
-    @property
-    def held_chunks(self) -> int:
-        """Chunks still referenced (none once the body is written or stopped)."""
-        return len(self._chunks)
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:
-        self._consumer = consumer
-        self._next = 0
-        self._paused = False
-        self._done = Deferred()
-        done = self._done
-        self._produce()
-        return done
-
-    def _produce(self) -> None:
-        chunks = self._chunks
-        while not self._paused and self._next < len(chunks) and self._done is not None:
-            chunk = chunks[self._next]
-            self._next += 1
-            self._consumer.write(chunk if isinstance(chunk, bytes) else bytes(chunk))
-        if self._next >= len(chunks) and self._done is not None:
-            done, self._done = self._done, None
-            # Let go of the part now: the HTTP client keeps its last request
-            # (and so this producer) on a pooled connection until the next.
-            self._chunks = []
-            done.callback(None)
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        if self._paused:
-            self._paused = False
-            self._produce()
-
-    def stopProducing(self) -> None:
-        # The request was cancelled or its connection lost: Twisted expects
-        # no more writes and no firing of the Deferred.
-        self._done = None
-        self._chunks = []
+    part = hashlib.sha256()
+    for chunk in chunks:
+        part.update(chunk)
+    return part.digest()
 
 
 def checksum_headers(digest: bytes) -> dict[str, str]:
@@ -204,6 +145,10 @@ def checksum_headers(digest: bytes) -> dict[str, str]:
         "X-Amz-Content-SHA256": digest.hex(),
         "x-amz-checksum-sha256": base64.b64encode(digest).decode(),
     }
+
+
+class _Dropped(Exception):
+    """The part's bytes were dropped before it was sent."""
 
 
 def _storage_error(error: S3Error) -> OSError:
@@ -230,7 +175,7 @@ class S3PartWriter:
         self._chunks: list[bytes | memoryview] = []
         self._written: list[Deferred[None]] = []  # of the chunks in _chunks
         self._filled = 0  # bytes in _chunks
-        self._digests = PartDigests()
+        self._sha256 = hashlib.sha256()  # the instance's, fed per chunk
         self.size = 0
         self._key: str | None = None
         self._named = False
@@ -258,7 +203,7 @@ class S3PartWriter:
         when bytes were dropped."""
         if not self._finishing or self._dropping:
             return None
-        return self._digests.instance.digest()
+        return self._sha256.digest()
 
     def write(self, data: bytes | memoryview) -> Deferred[None]:
         if self._finishing or self._done:
@@ -269,7 +214,7 @@ class S3PartWriter:
         if self._dropping:
             written.callback(None)
             return written
-        self._digests.update(data)
+        self._sha256.update(data)
         self._chunks.append(data)
         self._filled += nbytes
         self._written.append(written)
@@ -368,6 +313,7 @@ class S3PartWriter:
                 key,
                 query={"uploads": ""},
                 headers={"Content-Type": DICOM_CONTENT_TYPE},
+                idempotent=False,
             )
             found = find_all(answer.body, "UploadId")
             upload_id = found[0].text if found else None
@@ -387,9 +333,9 @@ class S3PartWriter:
         # and _pump only fires finish (the bytes were dropped).
         self._pump()
 
-    def _cut(self) -> tuple[list[bytes | memoryview], list[Deferred[None]]]:
-        """Take the buffer: its chunks and their write Deferreds."""
-        taken = self._chunks, self._written
+    def _cut(self) -> tuple[list[bytes | memoryview], list[Deferred[None]], int]:
+        """Take the buffer: its chunks, their write Deferreds and their bytes."""
+        taken = self._chunks, self._written, self._filled
         self._chunks, self._written, self._filled = [], [], 0
         return taken
 
@@ -402,22 +348,27 @@ class S3PartWriter:
     async def _send_part(self) -> None:
         number = len(self._etags) + 1
         whole = number == 1 and self._finishing  # the only part: every byte written
-        chunks, written = self._cut()
-        digest = self._digests.instance.digest() if whole else self._digests.cut(chunks)
+        chunks, written, length = self._cut()
         try:
             if number > MAX_PARTS:
                 raise S3Error("UploadPart", 0, "TooManyParts", f"more than {MAX_PARTS} parts")
-            assert self._upload_id is not None and self._key is not None
+            # The only part is the whole instance: its digest is the instance's.
+            digest = self._sha256.digest() if whole else await self._storage.digest(chunks)
+            if self._dropping or self._upload_id is None or self._key is None:
+                # Aborted or failed while it was hashed: nothing to send.
+                raise _Dropped()
             answer = await self._client.request(
                 "UploadPart",
                 "PUT",
                 self._key,
                 query={"partNumber": str(number), "uploadId": self._upload_id},
                 headers=checksum_headers(digest),
-                body=ChunksProducer(chunks),
+                body=ChunksProducer(chunks, length),
                 payload_sha256=digest.hex(),
             )
             self._etags.append(answer.headers.get("etag", ""))
+        except _Dropped:
+            pass
         except S3Error as e:
             self._fail(_storage_error(e))
         finally:
@@ -434,7 +385,7 @@ class S3PartWriter:
     def _drop(self) -> None:
         """Hold no more bytes: fire every write."""
         self._dropping = True
-        _, written = self._cut()
+        _, written, _ = self._cut()
         self._settle(written)
         self._fire_finished()
 
@@ -471,7 +422,7 @@ class S3PartWriter:
             return await self._raise(self._failure)
         storage = self._storage
         key = storage.instance_key(instance)
-        sha = self._digests.instance.hexdigest()
+        sha = self._sha256.hexdigest()
         index = storage.index_key(instance)
         # The owner run lets a claim its crashed run left be taken over
         # (``abandoned``); the token makes every claim's bytes, hence its
@@ -498,7 +449,7 @@ class S3PartWriter:
             await self._abort_upload()
             raise _storage_error(e) from e
         finally:
-            _, written = self._cut()
+            _, written, _ = self._cut()
             self._settle(written)
 
     async def _claim(
@@ -572,7 +523,15 @@ class S3PartWriter:
             ok=(200, 404, 409, 412),
         )
         if answer.status != 200:
-            return False
+            if not answer.retried:
+                return False
+            # Sent twice (the first attempt's answer was lost): the refusal may
+            # be of our own claim, written by that attempt.  The per-upload
+            # token makes the claim's bytes ours alone.
+            current = await self._client.request("GetObject (claim)", "GET", index, ok=(200, 404))
+            if current.status != 200 or current.body != claim:
+                return False
+            answer = current
         self._claim_etag = answer.headers.get("etag")
         return True
 
@@ -591,25 +550,50 @@ class S3PartWriter:
                 key,
                 query={"uploadId": self._upload_id},
                 body=body,
+                ok=(200, 404),
             )
+            if answer.status == 404 and not (answer.retried and await self._completed(key)):
+                code, message = error_code(answer.body)
+                raise S3Error("CompleteMultipartUpload", 404, code, message)
             # S3 may answer 200 with an error document once the completion started.
             if b"<Error>" in answer.body[:512]:
                 raise S3Error("CompleteMultipartUpload", 200, "InternalError", "")
             upload_id, self._upload_id = self._upload_id, None
             await self._storage.delete_quietly(self._storage.upload_marker(upload_id))
         else:
-            digest = self._digests.instance.digest()
+            digest = self._sha256.digest()
             await client.request(
                 "PutObject",
                 "PUT",
                 key,
                 headers={"Content-Type": DICOM_CONTENT_TYPE, **checksum_headers(digest)},
-                body=ChunksProducer(self._chunks),
+                body=ChunksProducer(self._chunks, self._filled),
                 payload_sha256=digest.hex(),
             )
         if self._replaced is not None:
             # Overwritten in another study/series: the older copy goes.
             await self._storage.delete_quietly(self._replaced)
+
+    async def _completed(self, key: str) -> bool:
+        """Whether ``key`` is the object this upload's parts make: a retried
+        CompleteMultipartUpload answered NoSuchUpload because the first,
+        unanswered, attempt completed it (AWS; SeaweedFS answers 200 again).
+
+        The multipart ETag is the MD5 of the parts' MD5s and their count, so
+        it names these parts; a store whose part ETags are not MD5s is not
+        believed.
+        """
+        try:
+            md5s = b"".join(bytes.fromhex(etag.strip('"')) for etag in self._etags)
+        except ValueError:
+            return False
+        expected = f'"{hashlib.md5(md5s).hexdigest()}-{len(self._etags)}"'
+        head = await self._client.request("HeadObject", "HEAD", key, ok=(200, 404))
+        return (
+            head.status == 200
+            and head.headers.get("etag") == expected
+            and head.headers.get("content-length") == str(self.size)
+        )
 
     async def _abort_upload(self) -> None:
         creation = self._creation
@@ -669,6 +653,16 @@ class S3Storage:
         self._prober.clock = reactor
         self._probing = False
         self.last_sweep: Deferred[int] | None = None
+        # Part checksums are hashed here, off the reactor (``part_digest``):
+        # one part in flight per upload, so two threads serve two uploads
+        # cutting at once; more would only queue for the second core.
+        self._digest_pool = ThreadPool(0, DIGEST_THREADS, "s3-part-digest")
+
+    def digest(self, chunks: list[bytes | memoryview]) -> Deferred[bytes]:
+        """``part_digest`` of ``chunks`` in the digest thread, fired on the reactor."""
+        if not self._digest_pool.started:
+            self._digest_pool.start()
+        return deferToThreadPool(self.reactor, self._digest_pool, part_digest, chunks)
 
     def start(self) -> None:
         """Heartbeat, sweep abandoned uploads and probe the store, each now and then."""
@@ -735,6 +729,8 @@ class S3Storage:
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
+        if self._digest_pool.started:
+            self._digest_pool.stop()
         await self.delete_quietly(self.run_key(self.run))
         await self.client.close()
 

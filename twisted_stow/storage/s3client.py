@@ -30,9 +30,16 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.session import Session
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.web._newclient import (
+    RequestNotSent,
+    RequestTransmissionFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer
+from zope.interface import implementer
 
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 # Every S3 request gives up after this long (no hang when the store stops
@@ -177,6 +184,94 @@ class Response:
     status: int
     headers: dict[str, str]  # lower-case names
     body: bytes
+    # Sent a second time (``retryable``): an answer of 412 or 404 may be the
+    # store's view of what the first, unanswered, attempt already did.
+    retried: bool = False
+
+
+def retryable(error: BaseException) -> bool:
+    """Whether a request that failed with ``error`` may be sent once more, on a
+    fresh connection.
+
+    Only a failure before any byte of an answer: the request was not sent,
+    failed while it was sent, or its connection closed before the status line
+    (a pooled keep-alive connection the store closed as we sent on it).  Not
+    a timeout or a cancellation (the store is slow or the caller gave up), not
+    a refused connection (the store is down; the health check counts it), and
+    never once an answer began.  Twisted's pool retries such failures only
+    for body-less idempotent methods; every request here has a body it can
+    send again (bytes, or a part's chunks, ``ChunksProducer``) and is
+    idempotent for our use, the conditional claim write included
+    (``S3PartWriter._put_claim`` reads a retried refusal back).
+    """
+    if not isinstance(error, (RequestNotSent, RequestTransmissionFailed, ResponseNeverReceived)):
+        return False
+    return not any(reason.check(CancelledError) for reason in getattr(error, "reasons", ()))
+
+
+@implementer(IBodyProducer)
+class ChunksProducer:
+    """A request body made of the chunks a part was received in, sent as they are.
+
+    The part is never joined: each chunk goes to the transport as it is (a
+    ``memoryview`` of a socket read is copied to ``bytes`` one chunk at a
+    time, as Twisted's transports take only ``bytes``), and only while the
+    transport wants more (it pauses this producer above its buffer size), so
+    sending a part adds one chunk to memory, not a part.  It may be started
+    again (a retried request sends it from its first chunk) until
+    ``release``, which ``S3Client.request`` calls once the request is over:
+    the HTTP client keeps a pooled connection's last request (and so this
+    producer) until its next one.
+    """
+
+    def __init__(self, chunks: list[bytes | memoryview], length: int) -> None:
+        self._chunks = chunks
+        self.length = length  # the writer's count of the chunks' bytes
+        self._next = 0
+        self._paused = False
+        self._consumer: Any = None
+        self._done: Deferred[None] | None = None
+
+    @property
+    def held_chunks(self) -> int:
+        """Chunks still referenced (none once released)."""
+        return len(self._chunks)
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:
+        self._consumer = consumer
+        self._next = 0
+        self._paused = False
+        self._done = Deferred()
+        done = self._done
+        self._produce()
+        return done
+
+    def _produce(self) -> None:
+        chunks = self._chunks
+        while not self._paused and self._next < len(chunks) and self._done is not None:
+            chunk = chunks[self._next]
+            self._next += 1
+            self._consumer.write(chunk if isinstance(chunk, bytes) else bytes(chunk))
+        if self._next >= len(chunks) and self._done is not None:
+            done, self._done = self._done, None
+            done.callback(None)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        if self._paused:
+            self._paused = False
+            self._produce()
+
+    def stopProducing(self) -> None:
+        # The request was cancelled or its connection lost: Twisted expects
+        # no more writes and no firing of the Deferred.  The chunks stay: a
+        # retry sends them again.
+        self._done = None
+
+    def release(self) -> None:
+        self._chunks = []
 
 
 class S3Client:
@@ -193,6 +288,13 @@ class S3Client:
         # Connections idle longer than this are closed (SeaweedFS keeps them ~2 min).
         self.pool.cachedConnectionTimeout = 50
         self._http = treq.client.HTTPClient(Agent(reactor, pool=self.pool))
+        # A retry (``retryable``) goes on a connection of its own, opened for
+        # it and closed after: the pool may hold more connections the store
+        # closed meanwhile.
+        self._fresh = treq.client.HTTPClient(
+            Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
+        )
+        self.retries = 0  # requests sent a second time (a stale pooled connection)
         # Requests in a row that got no answer at all (connection refused,
         # reset, timed out) or a server error (``UNAVAILABLE_STATUSES``), and
         # the last one's reason: the storage's health.
@@ -211,11 +313,17 @@ class S3Client:
         payload_sha256: str | None = None,
         ok: tuple[int, ...] = (200,),
         timeout: float = REQUEST_TIMEOUT_SECONDS,
+        idempotent: bool = True,
     ) -> Response:
         """Send one request; an answer outside ``ok`` raises ``S3Error``.
 
         ``body`` may be a body producer (an S3 part sent from the chunks it
         was received in, never joined); its ``payload_sha256`` is then required.
+        A request that failed before any answer (``retryable``) is sent once
+        more on a fresh connection.  Not one that is not ``idempotent``
+        (CreateMultipartUpload: a replay after a lost answer would leave the
+        first upload open, unknown to the sweep's markers): it goes on a fresh
+        connection of its own, which no store closed while it sat idle.
         """
         import treq
 
@@ -228,20 +336,33 @@ class S3Client:
         sent = signed_headers(
             self._credentials, self.location.region, method, url, headers or {}, sha
         )
+        retried = False
         try:
-            response = await self._http.request(
-                method,
-                url,
-                headers=Headers({k: [v] for k, v in sent.items()}),
-                data=body if body or method in ("PUT", "POST") else None,
-                timeout=timeout,
-            )
-            content: bytes = await treq.content(response)
-        except Exception as e:  # any transport failure is a storage fault
-            reason = _reason(e)
-            self.failures_in_a_row += 1
-            self.last_failure = f"does not answer ({type(e).__name__}: {reason})"
-            raise S3Error(operation, 0, type(e).__name__, reason) from e
+            while True:
+                http = self._fresh if retried or not idempotent else self._http
+                try:
+                    response = await http.request(
+                        method,
+                        url,
+                        headers=Headers({k: [v] for k, v in sent.items()}),
+                        data=body if body or method in ("PUT", "POST") else None,
+                        timeout=timeout,
+                    )
+                    content: bytes = await treq.content(response)
+                    break
+                except Exception as e:  # any transport failure is a storage fault
+                    if idempotent and not retried and retryable(e):
+                        # Not counted towards "down": the retry's outcome is.
+                        retried = True
+                        self.retries += 1
+                        continue
+                    reason = _reason(e)
+                    self.failures_in_a_row += 1
+                    self.last_failure = f"does not answer ({type(e).__name__}: {reason})"
+                    raise S3Error(operation, 0, type(e).__name__, reason) from e
+        finally:
+            if isinstance(body, ChunksProducer):
+                body.release()
         answer = Response(
             response.code,
             {
@@ -249,6 +370,7 @@ class S3Client:
                 for k, v in response.headers.getAllRawHeaders()
             },
             content,
+            retried,
         )
         code, message = error_code(content) if answer.status >= 300 else ("", "")
         if answer.status in UNAVAILABLE_STATUSES:

@@ -343,54 +343,51 @@ def _issue12_targets(
         found = [_find(rows, scenario="workers", **key) for key in keys]
         return all(row is not None and not row["errors"] for row in found)
 
-    for ours, configuration in OURS_CONFIGURATIONS.items():
-        key = {"scenario": "workers", "ours": ours}
-        sixteen = _find(ratios, study="ct16", clients=16, **key)
-        if sixteen:
-            v = sixteen["vs_orthanc_instances"]
-            met = bool(v and v >= SIXTEEN_VS_ORTHANC) and clean(
-                {"study": "ct16", "target": ours}, {"study": "ct16", "target": "orthanc"}
+    # The three ours / Orthanc rows, each at both of our configurations:
+    # (study, clients, ratio field, per-run field, required, what is measured).
+    versus_orthanc = (
+        (
+            "ct16",
+            16,
+            "vs_orthanc_instances",
+            "instances_per_second",
+            SIXTEEN_VS_ORTHANC,
+            "16 clients at once, each its own CT series: instances/s",
+        ),
+        (
+            "ct",
+            1,
+            "vs_orthanc_instances",
+            "instances_per_second",
+            CT_ONE_VS_ORTHANC,
+            "ct, one client: instances/s",
+        ),
+        (
+            "large",
+            1,
+            "vs_orthanc_mb",
+            "mb_per_second",
+            LARGE_ONE_VS_ORTHANC,
+            "large, one client: MB/s",
+        ),
+    )
+    for study, clients, ratio_field, run_field, required, what in versus_orthanc:
+        for ours, configuration in OURS_CONFIGURATIONS.items():
+            ratio = _find(ratios, scenario="workers", study=study, clients=clients, ours=ours)
+            if not ratio:
+                continue
+            v = ratio[ratio_field]
+            met = bool(v and v >= required) and clean(
+                {"study": study, "target": ours, "clients": clients},
+                {"study": study, "target": "orthanc", "clients": clients},
             )
-            goal = "goal met" if v and v >= SIXTEEN_GOAL else "goal not met"
-            each = runs_note("ct16", 16, ours, "orthanc", "instances_per_second")
-            add(
-                f"16 clients at once, each its own CT series: instances/s,"
-                f" ours ({configuration}) / Orthanc",
-                f">= {SIXTEEN_VS_ORTHANC:g}x (goal {SIXTEEN_GOAL:g}x)",
-                v,
-                met,
-                f"{goal}; {each}",
-            )
-    for ours, configuration in OURS_CONFIGURATIONS.items():
-        ct = _find(ratios, scenario="workers", study="ct", clients=1, ours=ours)
-        if ct:
-            v = ct["vs_orthanc_instances"]
-            met = bool(v and v >= CT_ONE_VS_ORTHANC) and clean(
-                {"study": "ct", "target": ours, "clients": 1},
-                {"study": "ct", "target": "orthanc", "clients": 1},
-            )
-            add(
-                f"ct, one client: instances/s, ours ({configuration}) / Orthanc",
-                f">= {CT_ONE_VS_ORTHANC:g}x",
-                v,
-                met,
-                runs_note("ct", 1, ours, "orthanc", "instances_per_second"),
-            )
-    for ours, configuration in OURS_CONFIGURATIONS.items():
-        large = _find(ratios, scenario="workers", study="large", clients=1, ours=ours)
-        if large:
-            v = large["vs_orthanc_mb"]
-            met = bool(v and v >= LARGE_ONE_VS_ORTHANC) and clean(
-                {"study": "large", "target": ours, "clients": 1},
-                {"study": "large", "target": "orthanc", "clients": 1},
-            )
-            add(
-                f"large, one client: MB/s, ours ({configuration}) / Orthanc",
-                f">= {LARGE_ONE_VS_ORTHANC:g}x",
-                v,
-                met,
-                runs_note("large", 1, ours, "orthanc", "mb_per_second"),
-            )
+            note = runs_note(study, clients, ours, "orthanc", run_field)
+            wanted = f">= {required:g}x"
+            if study == "ct16":
+                goal = "goal met" if v and v >= SIXTEEN_GOAL else "goal not met"
+                note = f"{goal}; {note}"
+                wanted += f" (goal {SIXTEEN_GOAL:g}x)"
+            add(f"{what}, ours ({configuration}) / Orthanc", wanted, v, met, note)
     four = _find(ratios, scenario="workers", study="large", clients=4, ours="ours")
     if four:
         v = four["vs_disk"]

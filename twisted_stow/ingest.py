@@ -56,7 +56,7 @@ from .core.policy import CommitResult, Duplicates, IngestPolicy, StorageFull, St
 from .core.validation import validate_header
 from .deferreds import detached
 from .flow import BytesInFlight, Pausable
-from .interfaces import INamedPartWriter, IPartWriter, IStorage
+from .interfaces import INamedPartWriter, IOneStepPartWriter, IPartWriter, IStorage
 from .ops import observe
 from .ops.metrics import COMMIT_SECONDS, STORAGE_ERRORS
 
@@ -303,9 +303,16 @@ class Ingest:
         self._named = capture
         if writer is None or not INamedPartWriter.providedBy(writer):
             return
-        verdict = validate_header(capture.result(), self._policy.validation)
-        self._verdicts[capture] = verdict
+        verdict = self._verdict(capture)
         writer.named(None if isinstance(verdict, Failed) else verdict)
+
+    def _verdict(self, capture: HeaderCapture) -> InstanceRef | Failed:
+        """The judgement of a done capture, made once per part (kept until ``_retire``)."""
+        verdict = self._verdicts.get(capture)
+        if verdict is None:
+            verdict = validate_header(capture.result(), self._policy.validation)
+            self._verdicts[capture] = verdict
+        return verdict
 
     def _caught_up(self, capture: HeaderCapture) -> Deferred[None]:
         """Fires once ``capture`` has walked every byte fed to it."""
@@ -377,7 +384,7 @@ class Ingest:
         """Finish and commit the part in one storage step, when its commit is
         decided already as it ends; None: ``_store`` decides after ``finish``.
 
-        Decided means: the writer offers the step (``finish_then_commit``: the
+        Decided means: the writer offers the step (``IOneStepPartWriter``: the
         filesystem, for a part of one batch), the header is captured and
         valid, the study policy keeps it, and nothing waits for the digest
         (no part digest claim, no ``--verify-body-digest``).  Every check
@@ -385,14 +392,11 @@ class Ingest:
         the file straight after its fsync: one writer job and one trip back
         to the reactor per small instance instead of two.
         """
-        start = getattr(writer, "finish_then_commit", None)
-        if start is None or claims.expected or self.body_verdict is not None:
+        if not IOneStepPartWriter.providedBy(writer):
             return None
-        if not capture.done:
+        if claims.expected or self.body_verdict is not None or not capture.done:
             return None
-        verdict = self._verdicts.get(capture)
-        if verdict is None:
-            verdict = validate_header(capture.result(), self._policy.validation)
+        verdict = self._verdict(capture)
         if isinstance(verdict, Failed):
             return None
         expected = self._policy.expected_study_uid
@@ -403,7 +407,7 @@ class Ingest:
         ):
             return None
         overwrite = self._policy.duplicates is Duplicates.OVERWRITE
-        started = start(verdict, overwrite=overwrite)
+        started = writer.finish_then_commit(verdict, overwrite=overwrite)
         if started is None:
             return None
         finished, committed = started
@@ -464,11 +468,7 @@ class Ingest:
         if self._behind:  # else nothing to wait for: no Deferred to await
             await self._caught_up(capture)
         # Never 0: the writer is opened on a part's first byte.
-        verdict: InstanceRef | Failed | None = self._verdicts.pop(capture, None)
-        if decided is not None:
-            verdict = decided.instance
-        elif verdict is None:
-            verdict = validate_header(capture.result(), self._policy.validation)
+        verdict = decided.instance if decided is not None else self._verdict(capture)
         if isinstance(verdict, Failed):
             await writer.abort()
             return verdict

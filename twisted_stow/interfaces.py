@@ -110,6 +110,22 @@ class INamedPartWriter(IPartWriter):
         and maybe never (the part ended first); ``commit`` still names it."""
 
 
+class IOneStepPartWriter(IPartWriter):
+    """A writer that can finish and commit a part in one storage step.
+
+    The filesystem stages locally and links after the fsync: when the commit
+    is decided as the part ends (header valid, no digest to wait for, the
+    study policy keeps it), ``Ingest`` asks for both at once, so a small
+    instance costs one writer job and one trip back to the reactor.
+    """
+
+    def finish_then_commit(
+        instance: InstanceRef, *, overwrite: bool
+    ) -> tuple[Deferred[int], Deferred[CommitResult]] | None:
+        """``finish`` then ``commit`` in one step; None when this part cannot
+        (then ``finish`` and ``commit`` as usual)."""
+
+
 class IStorage(Interface):
     """Where accepted instances are kept."""
 

@@ -137,17 +137,7 @@ def proxied(seaweed: SeaweedFS, tmp_path: Path) -> Iterator[tuple[FaultProxy, S3
         # --workers 1: the store's health is each worker's own (its probe and its
         # requests), so after one worker noticed the 5xx "the next POST" may land on
         # a worker that notices a probe period later; one process makes it exact.
-        server = S3Server(
-            seaweed,
-            tmp_path,
-            bucket,
-            "--storage",
-            f"s3://{bucket}/site/a",
-            "--s3-endpoint",
-            proxy.endpoint,
-            "--workers",
-            "1",
-        )
+        server = S3Server.fronted(seaweed, tmp_path, bucket, proxy.endpoint)
         yield proxy, server
     finally:
         if server is not None:

@@ -50,17 +50,7 @@ def relayed(
     try:
         # --workers 1: one process, one pool, so every write meets the relay's
         # sabotage in one place.
-        server = S3Server(
-            seaweed,
-            tmp_path,
-            bucket,
-            "--storage",
-            f"s3://{bucket}/site/a",
-            "--s3-endpoint",
-            relay.endpoint,
-            "--workers",
-            "1",
-        )
+        server = S3Server.fronted(seaweed, tmp_path, bucket, relay.endpoint)
         yield relay, server
     finally:
         if server is not None:

@@ -52,6 +52,22 @@ ANSWER_TIMEOUT_SECONDS = 60.0
 class S3Server:
     """A ``twistd -n stow --storage s3://BUCKET/PREFIX`` and the boto3 view of its bucket."""
 
+    @classmethod
+    def fronted(cls, seaweed: SeaweedFS, base: Path, bucket: str, endpoint: str) -> S3Server:
+        """One process (``--workers 1``) that reaches the store only through ``endpoint``
+        (a proxy or relay in front of ``seaweed``); the test's boto3 client sees the store."""
+        return cls(
+            seaweed,
+            base,
+            bucket,
+            "--storage",
+            f"s3://{bucket}/site/a",
+            "--s3-endpoint",
+            endpoint,
+            "--workers",
+            "1",
+        )
+
     def __init__(
         self,
         seaweed: SeaweedFS,

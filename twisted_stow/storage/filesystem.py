@@ -56,7 +56,7 @@ from ..core.outcomes import InstanceRef
 from ..core.policy import CommitResult
 from ..deferreds import detached
 from ..durable import fsync_directory, pid_alive
-from ..interfaces import IPartWriter, IStorage
+from ..interfaces import IOneStepPartWriter, IStorage
 from .serial import Completions, Jobs, SerialQueue
 from .staging import StagingFile, translate_os_error
 from .syncgroup import SyncGroups
@@ -124,7 +124,7 @@ def indexed_file(index: Path, entry: Path | str) -> Path | None:
     return target if target.is_file() else None
 
 
-@implementer(IPartWriter)
+@implementer(IOneStepPartWriter)
 class FilesystemPartWriter:
     """Stages one part on disk; see ``IPartWriter`` for the lifecycle.
 

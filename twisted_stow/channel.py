@@ -72,6 +72,9 @@ class StowChannel(HookedHTTPChannel):
     header_timeout: float | None = None
     _header_call: IDelayedCall | None = None
     _awaiting_headers = True
+    # A byte of the next request's headers has arrived (the idle timeout then
+    # answers 408 rather than closing an idle keep-alive connection).
+    _headers_begun = False
     # Answered and closing: what the client still sends is read, so that a
     # reset cannot destroy the answer, but never parsed.
     _draining = False
@@ -80,6 +83,8 @@ class StowChannel(HookedHTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._draining:
             return  # answered; only draining until the close
+        if self._awaiting_headers:
+            self._headers_begun = True
         if self._awaiting_headers and self._header_call is None and self.header_timeout:
             self._header_call = self.callLater(  # type: ignore[no-untyped-call]
                 self.header_timeout, self._headers_too_slow
@@ -94,6 +99,7 @@ class StowChannel(HookedHTTPChannel):
     def requestDone(self, request: Any) -> None:
         # Before super(): it may parse a pipelined request's headers at once.
         self._awaiting_headers = True
+        self._headers_begun = False
         super().requestDone(request)  # type: ignore[no-untyped-call]
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -203,6 +209,46 @@ class StowChannel(HookedHTTPChannel):
         self._linger_call = self.callLater(  # type: ignore[no-untyped-call]
             LINGER_SECONDS, transport.abortConnection
         )
+
+    def timeoutConnection(self) -> None:
+        """The idle timeout: a request cut off mid-way gets its 408.
+
+        Between requests (no byte of a next one yet) the connection is
+        closed silently, as Twisted does.  A request whose headers or body
+        stopped arriving is answered ``408`` instead, so the client learns why
+        and, mid-body, which instances were stored whole before the silence
+        (``storedSOPInstanceUIDs``, as for the body-rate 408 and the 413s).
+        """
+        from .request import StreamingRequest  # request.py imports this module
+
+        transport: Any = self.transport
+        if self._draining or transport is None:
+            super().timeoutConnection()  # type: ignore[no-untyped-call]
+            return
+        seconds = self.stow.config.idle_timeout_seconds
+        peer = str(transport.getPeer())
+        # Answering takes over the connection: no second timeout meanwhile.
+        request = self.requests[-1] if self.requests else None
+        if not self._awaiting_headers and isinstance(request, StreamingRequest):
+            self.setTimeout(None)  # type: ignore[no-untyped-call]
+            log.info(
+                "no byte of the body from {peer} for {seconds} s: 408", peer=peer, seconds=seconds
+            )
+            request.body_went_silent(seconds)
+            return
+        if self._awaiting_headers and self._headers_begun:
+            # Part of a request's headers arrived, then nothing.
+            self.setTimeout(None)  # type: ignore[no-untyped-call]
+            log.info(
+                "request headers from {peer} stopped for {seconds} s: 408",
+                peer=peer,
+                seconds=seconds,
+            )
+            self.answer_and_close(
+                RequestTimeout(f"the request headers stopped: no byte for {seconds:g} seconds")
+            )
+            return
+        super().timeoutConnection()  # type: ignore[no-untyped-call]
 
     def _cancel_header_deadline(self) -> None:
         call, self._header_call = self._header_call, None

@@ -385,15 +385,31 @@ class StreamingRequest(Request):
             self._schedule_rate_check(delay)
             return
         self._stop_rate_watch()
-        if self.upload is not None:
-            # Removes the staged part in flight; parts received whole stay.
-            self.upload.abort()
-        self.refuse(
-            RequestTimeout(
-                f"the body arrived slower than {rate.required_bytes / rate.window_seconds:g} "
-                f"bytes per second over {rate.window_seconds:g} seconds"
-            )
+        error = RequestTimeout(
+            f"the body arrived slower than {rate.required_bytes / rate.window_seconds:g} "
+            f"bytes per second over {rate.window_seconds:g} seconds"
         )
+        if self.upload is None:
+            self.refuse(error)
+            return
+        # Removes the staged part in flight; parts received whole stay, and
+        # the answer lists them.
+        self._refuse_naming_what_was_kept(self.upload, error)
+
+    def body_went_silent(self, seconds: float) -> None:
+        """The idle timeout passed mid-body (``StowChannel.timeoutConnection``).
+
+        Answered as the body rate's 408, but naming what was kept: the part
+        in flight is dropped, the parts received whole are still stored and
+        listed, so the client knows what to send again.
+        """
+        if self._refused or self._refusing or self.finished:
+            return
+        error = RequestTimeout(f"no byte of the body arrived for {seconds:g} seconds")
+        if self.upload is None or self._deciding is not None:
+            self.refuse(error)
+            return
+        self._refuse_naming_what_was_kept(self.upload, error)
 
     def _stop_rate_watch(self) -> None:
         self._rate = None

@@ -13,7 +13,7 @@ from twisted.internet.threads import deferToThread
 from tests.dicom_files import CT, MR, read
 from tests.helpers import build_multipart, multipart_content_type
 from tests.integration.conftest import Server
-from tests.integration.crafted import instance, stored_location
+from tests.integration.crafted import instance, sop_instance_uid, stored_location
 from tests.integration.observe import poll, staging_files, stored_files
 from tests.integration.streaming import json_body, raw_exchange, status_of
 from twisted_stow.core.config import StowConfig
@@ -148,14 +148,17 @@ async def test_an_honest_slow_upload_passes(stow_server: Server) -> None:
 async def test_a_silent_client_is_cut_off_and_its_staged_part_removed(
     stow_server: Server,
 ) -> None:
-    """2 MiB of a part, then silence past the idle timeout: closed, staging empty."""
+    """A whole instance, 2 MiB of the next part, then silence past the idle
+    timeout: 408 naming the instance stored whole, the half part's staged file
+    removed, the connection closed."""
     root = stow_server.storage
-    big = instance(MR, padding=4 * 1024 * 1024)
-    body = build_multipart([big], BOUNDARY)
+    first, big = instance(CT), instance(MR, padding=4 * 1024 * 1024)
+    body = build_multipart([first, big], BOUNDARY)
+    sent = body.index(big) + 2 * 1024 * 1024
 
     def send_and_wait() -> tuple[bytes, float]:
         with socket.create_connection(("127.0.0.1", stow_server.port), timeout=10) as sock:
-            sock.sendall(head(len(body)) + body[: 2 * 1024 * 1024])
+            sock.sendall(head(len(body)) + body[:sent])
             start = time.monotonic()
             received = b""
             try:
@@ -168,10 +171,14 @@ async def test_a_silent_client_is_cut_off_and_its_staged_part_removed(
     staged_seen = ensureDeferred(poll(lambda: staging_files(root) != [], 5.0))
     received, waited = await deferToThread(send_and_wait)
     assert await staged_seen
-    assert received == b""  # the idle timeout closes without an answer (CONFORMANCE §9)
+    assert status_of(received) == 408, received[:300]
+    problem = json_body(received)
+    assert "no byte of the body arrived for 1 seconds" in problem["detail"]
+    assert problem["storedSOPInstanceUIDs"] == [sop_instance_uid(first)]
     assert 0.9 < waited < 10
     assert await poll(lambda: staging_files(root) == [])
-    assert stored_files(root) == []
+    assert stored_files(root) == [stored_location(root, first)]
+    assert stored_location(root, first).read_bytes() == first
 
 
 PART_LIMIT = StowConfig(max_part_bytes=200_000)

@@ -7,6 +7,7 @@ and an honest slow upload that keeps a real rate must pass.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -15,7 +16,9 @@ from twisted.internet.defer import maybeDeferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from tests.dicom_files import CT, read
 from tests.helpers import build_multipart, multipart_content_type
+from tests.integration.crafted import instance, sop_instance_uid
 from twisted_stow.app import StowService
 from twisted_stow.core.config import StowConfig
 from twisted_stow.flow import HIGH_WATER_BYTES
@@ -233,3 +236,73 @@ def test_the_pause_holds_when_twisted_resumes_the_transport() -> None:
     assert transport.producerState == "paused"
     storage.writers[0].release()
     assert transport.producerState == "producing"
+
+
+IDLE = replace(CONFIG, header_timeout_seconds=None, min_body_rate_bytes=0, idle_timeout_seconds=3.0)
+
+
+def _problem(answer: bytes) -> dict[str, Any]:
+    return dict(json.loads(answer.split(b"\r\n\r\n", 1)[1]))
+
+
+def test_a_body_gone_silent_is_408_naming_what_was_stored() -> None:
+    """A whole instance, half of the next, then silence past the idle timeout:
+    408 (not a silent close), the first instance stored and listed, the half
+    part dropped, the connection closed."""
+    storage = MemoryStorage()
+    clock = Clock()
+    channel, transport = make_channel(storage, clock, IDLE)
+    first, second = read(CT), instance(CT, padding=64 * 1024)
+    body = build_multipart([first, second], BOUNDARY)
+    cut = body.index(second) + len(second) // 2
+    channel.dataReceived(head())
+    channel.dataReceived(chunk(body[:cut]))
+    clock.advance(2.9)
+    assert transport.value() == b""
+    clock.advance(0.2)
+    answer = transport.value()
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    problem = _problem(answer)
+    assert "no byte of the body arrived for 3 seconds" in problem["detail"]
+    stored_uid = sop_instance_uid(first)
+    assert problem["storedSOPInstanceUIDs"] == [stored_uid]
+    assert [ref.sop_instance_uid for ref in storage.instances] == [stored_uid]
+    assert transport.disconnecting or b"Connection: close" in answer
+
+
+def test_headers_gone_silent_are_408_and_an_idle_keep_alive_closes_silently() -> None:
+    """Half a header section then silence: 408.  A connection with no request
+    started (idle keep-alive) is closed without a word, as before."""
+    clock = Clock()
+    channel, transport = make_channel(MemoryStorage(), clock, IDLE)
+    channel.dataReceived(head()[:30])
+    clock.advance(3.1)
+    answer = transport.value()
+    assert answer.startswith(b"HTTP/1.1 408 "), answer
+    assert "request headers stopped" in _problem(answer)["detail"]
+
+    clock = Clock()
+    channel, transport = make_channel(MemoryStorage(), clock, IDLE)
+    clock.advance(3.1)
+    assert transport.value() == b""
+    assert transport.disconnecting
+
+
+def test_the_body_rate_408_names_what_was_stored() -> None:
+    """A whole instance, then a trickle under the minimum rate: the 408 lists the
+    instance stored whole, as the 413s and the idle 408 do."""
+    storage = MemoryStorage()
+    clock = Clock()
+    channel, transport = make_channel(storage, clock, replace(CONFIG, header_timeout_seconds=None))
+    first = read(CT)
+    body = build_multipart([first, b"v" * 1000], BOUNDARY)
+    cut = body.index(first) + len(first) + 200
+    channel.dataReceived(head())
+    channel.dataReceived(chunk(body[:cut]))
+    for _ in range(int(3 * WINDOW)):
+        clock.advance(1.0)
+        if transport.value():
+            break
+    answer = transport.value()
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert _problem(answer)["storedSOPInstanceUIDs"] == [sop_instance_uid(first)]

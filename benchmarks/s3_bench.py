@@ -43,7 +43,7 @@ from typing import Any
 from boto3.s3.transfer import TransferConfig
 
 from benchmarks import _client, _servers, _studies
-from benchmarks._server_usage import RssSampler, kernel_peak, reset_kernel_peak
+from benchmarks._server_usage import RssSampler, cpu_seconds, kernel_peak, reset_kernel_peak
 from benchmarks._servers import Ours
 from tests.integration.seaweedfs import SeaweedFS, credentials_env
 from twisted_stow.storage.s3 import PART_BYTES
@@ -148,6 +148,55 @@ def run_orthanc(orthanc: _servers.Orthanc, study: _studies.Study) -> dict[str, f
     }
 
 
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of every CPU so far, from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def _own_cpu_seconds() -> float:
+    """CPU seconds of this process, every thread (boto3's are the client)."""
+    times = os.times()
+    return times.user + times.system
+
+
+class CpuShares:
+    """Where a run's CPU went: the store, our server, this process, the machine.
+
+    The store, the server and the client share two cores, so a target's
+    MB/s says little without it: a run that keeps the machine busy is
+    CPU-bound, one that leaves it idle waits on something else.
+    """
+
+    def __init__(self, store_pid: int, server_pid: int) -> None:
+        self.store_pid, self.server_pid = store_pid, server_pid
+
+    def __enter__(self) -> CpuShares:
+        self._store = cpu_seconds(self.store_pid)
+        self._server = cpu_seconds(self.server_pid)
+        self._own = _own_cpu_seconds()
+        self._ticks = _machine_ticks()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.store = cpu_seconds(self.store_pid) - self._store
+        self.server = cpu_seconds(self.server_pid) - self._server
+        self.own = _own_cpu_seconds() - self._own
+        busy, total = _machine_ticks()
+        self.machine_busy = (busy - self._ticks[0]) / max(1, total - self._ticks[1])
+
+    def figures(self, nbytes: int) -> dict[str, float]:
+        gb = nbytes / 1e9
+        return {
+            "store_cpu_s_per_gb": self.store / gb,
+            "server_cpu_s_per_gb": self.server / gb,
+            "client_cpu_s_per_gb": self.own / gb,
+            "machine_busy": self.machine_busy,
+        }
+
+
 def count_objects(s3: Any, bucket: str) -> int:
     """Instance objects in ``bucket`` (the server's claims and markers are not instances)."""
     count = 0
@@ -192,21 +241,29 @@ def main(argv: list[str] | None = None) -> int:
                 study = _studies.generate(work / "studies", name, specs[name])
                 for run in range(args.runs):
                     for target in TARGETS[name]:
-                        if target == "ours":
-                            result = run_ours(server, study.variant(run), server_bucket, s3)
-                            _clear(s3, server_bucket)
-                        elif target == "orthanc":
-                            assert orthanc is not None
-                            result = run_orthanc(orthanc, study.variant(run))
-                        else:
+                        assert store.process is not None
+                        # "server": ours, or Orthanc on its own target.
+                        serving = orthanc.pid if target == "orthanc" and orthanc else server.pid
+                        shares = CpuShares(store.process.pid, serving)
+                        bucket = server_bucket if target == "ours" else ""
+                        if target not in ("ours", "orthanc"):
                             bucket = store.new_bucket()
-                            if target == "boto3":
+                        with shares:
+                            if target == "ours":
+                                result = run_ours(server, study.variant(run), bucket, s3)
+                            elif target == "orthanc":
+                                assert orthanc is not None
+                                result = run_orthanc(orthanc, study.variant(run))
+                            elif target == "boto3":
                                 result = run_boto3(study, bucket, s3)
                             elif target == "boto3-1":
                                 result = run_boto3(study, bucket, s3, ONE_PART_IN_FLIGHT)
                             else:
                                 result = run_multipart(study, bucket, s3)
+                        result.update(shares.figures(study.bytes))
+                        if bucket:
                             _clear(s3, bucket)
+                        if bucket and bucket != server_bucket:
                             # SeaweedFS frees a bucket's volumes only with the
                             # bucket: a new 1 GB bucket per run otherwise runs
                             # out of volume slots (InternalError) in one run.
@@ -250,7 +307,10 @@ def _line(result: dict[str, Any]) -> str:
     )
     return (
         f"{result['study']:<5} {result['target']:<9} run {result['run']}: "
-        f"{result['mb_per_second']:.1f} MB/s ({result['seconds']:.1f} s){rss}"
+        f"{result['mb_per_second']:.1f} MB/s ({result['seconds']:.1f} s){rss}, "
+        f"CPU-s/GB store {result['store_cpu_s_per_gb']:.2f} server "
+        f"{result['server_cpu_s_per_gb']:.2f} client {result['client_cpu_s_per_gb']:.2f}, "
+        f"machine busy {result['machine_busy']:.0%}"
     )
 
 
@@ -306,8 +366,19 @@ def _markdown(args: argparse.Namespace, runs: list[dict[str, Any]], summary: dic
             f"{os.cpu_count()} CPUs; load average at the end {os.getloadavg()[0]:.2f}."
         ),
         "",
-        "| study | target | MB/s median (runs) | ours / target | ours peak RSS MiB (runs) |",
-        "|---|---|---|---|---|",
+        (
+            "CPU-s/GB: medians of CPU seconds per GB of instance bytes, of the store (weed), "
+            "the server (ours, or Orthanc on its row; 0 where the client talks to the store "
+            "directly) and this benchmark process (the client for the boto3 and multipart "
+            "rows); machine busy: the share of both CPUs' time not idle during the run, "
+            "from /proc/stat (near 100% means the run was CPU-bound)."
+        ),
+        "",
+        (
+            "| study | target | MB/s median (runs) | ours / target | ours peak RSS MiB (runs) "
+            "| CPU-s/GB store / server / client | machine busy |"
+        ),
+        "|---|---|---|---|---|---|---|",
     ]
     for name, figures in summary["studies"].items():
         for target in TARGETS[name]:
@@ -319,8 +390,14 @@ def _markdown(args: argparse.Namespace, runs: list[dict[str, Any]], summary: dic
                 if target == "ours"
                 else "-"
             )
+            cpu = " / ".join(
+                f"{statistics.median(r[key] for r in mine):.2f}"
+                for key in ("store_cpu_s_per_gb", "server_cpu_s_per_gb", "client_cpu_s_per_gb")
+            )
+            busy = statistics.median(r["machine_busy"] for r in mine)
             lines.append(
-                f"| {name} | {LABELS[target]} | {figures[target]:.1f} ({each}) | {ratio} | {rss} |"
+                f"| {name} | {LABELS[target]} | {figures[target]:.1f} ({each}) | {ratio} | {rss} "
+                f"| {cpu} | {busy:.0%} |"
             )
     return "\n".join(lines) + "\n"
 

@@ -178,6 +178,12 @@ def test_s3_bench_tiny_runs_every_target_on_large_and_ct(tmp_path: Path) -> None
         assert figures["ratio"] > 0 and figures["ours_peak_rss_mib"] > 0
         assert all(ratio > 0 for ratio in figures["ratios"].values())
     assert "one multipart upload of the body" in (out / "s3.md").read_text()
+    # Where each run's CPU went (10 ms ticks: a tiny run may see none of one
+    # process, never none of the store over all runs nor of the machine).
+    runs = results["runs"]
+    assert all(0 < r["machine_busy"] <= 1 for r in runs), runs
+    assert sum(r["store_cpu_s_per_gb"] for r in runs) > 0
+    assert sum(r["server_cpu_s_per_gb"] for r in runs if r["target"] == "ours") > 0
 
 
 def test_control_cost_tiny_measures_all_three_ways() -> None:

@@ -526,13 +526,10 @@ class Ingest:
                 "SOP Instance UID already stored with different content",
                 instance,
             )
+        # Its log line is ops.observe.outcome_known's, once the part has its
+        # outcome (one line per instance: a second line here cost the main
+        # process of a multi-worker server a relayed event per instance).
         digest = sha256.hex() if sha256 is not None else None
-        log.info(
-            "stored {sop_instance_uid} ({size} bytes, sha256 {sha256})",
-            sop_instance_uid=instance.sop_instance_uid,
-            size=size,
-            sha256=digest or "-",
-        )
         return Stored(instance, warning, detail, size_bytes=size, sha256=digest)
 
     def fail_request(self, error: StowError) -> None:

@@ -439,6 +439,18 @@ class Options(usage.Options):
 
             logs.log_to(self.parent.get("logfile"), nodaemon=bool(self.parent.get("nodaemon")))
             self.parent["logger"] = "twisted_stow.ops.logs.json_observer"
+        elif (
+            self.parent is not None
+            and not self.parent.get("syslog")
+            and not self.parent.get("logger")
+        ):
+            # twistd's text lines, from an observer that formats them for a
+            # fraction of the CPU (ops/logs.py, text_observer); --syslog and
+            # an operator's own --logger keep twistd's choice.
+            from .ops import logs
+
+            logs.log_to(self.parent.get("logfile"), nodaemon=bool(self.parent.get("nodaemon")))
+            self.parent["logger"] = "twisted_stow.ops.logs.text_observer"
 
 
 # A line of twistd's help that starts an option: "  -s, --storage=  ..." or "      --users=".

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import signal
@@ -239,6 +240,9 @@ def test_json_log_lines(tmp_path: Path, servers: list[Twistd]) -> None:
     assert done["peer"] == "127.0.0.1" and done["family"] == "standard"
     (stored,) = [r for r in records if r["event"] == "instance.stored"]
     assert stored["sop_instance_uid"] and stored["size"] == len(read(CT))
+    assert stored["sha256"] == hashlib.sha256(read(CT)).hexdigest()
+    # One line per instance (a second, from ingest, doubled the relayed events).
+    assert [r for r in records if stored["sop_instance_uid"] in r["message"]] == [stored]
 
 
 def test_config_file_starts_the_server(tmp_path: Path, servers: list[Twistd]) -> None:

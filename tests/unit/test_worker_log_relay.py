@@ -126,3 +126,48 @@ def test_json_lines_go_where_twistds_text_would(tmp_path: Path) -> None:
         assert json.loads(line)["worker"] == 2
     finally:
         logs.log_to(None, nodaemon=True)
+
+
+def scalar_event() -> dict[str, Any]:
+    """An instance line as Logger.emit makes it: scalars, plus the logger and source."""
+    return worker_event(
+        log_format="part {part}: stored {uid} ({size:,} bytes, {seconds:.3f} s){warning}",
+        log_level=LogLevel.warn,
+        log_logger=object(),
+        log_source=None,
+        stow_event="instance.stored",
+        part=7,
+        uid="1.2.3.4",
+        size=524288,
+        seconds=0.0123456,
+        warning="",
+        reason=None,
+        verified=True,
+        who="the worker",
+    )
+
+
+def test_a_line_of_scalars_goes_in_plain_json_and_reads_back_the_same() -> None:
+    """The common line (all fields scalars) is plain JSON: the same text line,
+    the same JSON record, the level and time kept."""
+    event = scalar_event()
+    line = encode(event)
+    plain = json.loads(line)
+    assert plain["uid"] == "1.2.3.4" and plain["size"] == 524288  # fields as they are
+    back = relayed(event)
+    assert back["log_level"] is LogLevel.warn and back["log_time"] == event["log_time"]
+    assert formatEventAsClassicLogText(back) == formatEventAsClassicLogText(event)
+    assert "stored 1.2.3.4 (524,288 bytes, 0.012 s)" in formatEvent(back)
+    direct = flat_record(event)
+    assert flat_record(back) == direct
+    assert direct["verified"] is True and direct["reason"] is None
+
+
+def test_a_line_with_anything_else_takes_twisteds_full_form() -> None:
+    """A non-scalar field, a failure or an unknown log_ key: Twisted's JSON form,
+    which still reads back to the same text."""
+    for extra in ({"who": Unprintable()}, {"log_io": "printed"}, {"items": [1, 2]}):
+        event = {**scalar_event(), **extra}
+        back = relayed(event)
+        assert formatEvent(back) == formatEvent(event), extra
+        assert "log_stow_compact" not in encode(event)

@@ -23,7 +23,14 @@ import sys
 from datetime import datetime, timezone
 from typing import IO, Any, cast
 
-from twisted.logger import ILogObserver, formatEvent
+from twisted.logger import (
+    FileLogObserver,
+    ILogObserver,
+    formatEvent,
+    formatEventAsClassicLogText,
+    formatTime,
+    timeFormatRFC3339,
+)
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -42,7 +49,7 @@ def flat_record(event: dict[str, Any]) -> dict[str, Any]:
         ),
         "level": getattr(level, "name", "info"),
         "event": event.get(EVENT_KEY) or DEFAULT_EVENT,
-        "message": formatEvent(event),
+        "message": render_message(event),
         "namespace": event.get("log_namespace", ""),
     }
     for key, value in event.items():
@@ -57,6 +64,63 @@ def flat_record(event: dict[str, Any]) -> dict[str, Any]:
         record["error"] = failure.getErrorMessage()
         record["traceback"] = failure.getTraceback()
     return record
+
+
+def render_message(event: dict[str, Any]) -> str:
+    """The event's message, as ``twisted.logger.formatEvent`` renders it.
+
+    Most events are a format string and their own fields: ``str.format_map``
+    renders those in ~2 us where formatEvent (a Python Formatter over a
+    mapping that also calls ``{name()}`` fields) took ~26, for every line of
+    the server, twice per instance in a multi-worker main process.  Anything
+    else (a ``()`` field, a flattened event from Twisted's JSON form, no
+    format, a format that fails) goes to formatEvent as before.
+    """
+    fmt = event.get("log_format")
+    if type(fmt) is str and "()" not in fmt and "log_flattened" not in event:
+        try:
+            return fmt.format_map(event)
+        except Exception:  # formatEvent says what could not be formatted
+            pass
+    return formatEvent(event)
+
+
+class _ClassicText:
+    """twistd's text line (``formatEventAsClassicLogText``, RFC 3339 time), cheaper.
+
+    The same text as twistd's own observer, byte for byte: the timestamp is
+    formatted once per second (it has no finer part), the message by
+    ``render_message``; an event with a failure goes to Twisted's own.
+    """
+
+    def __init__(self) -> None:
+        self._second: int | None = None
+        self._stamp = "-"
+
+    def _timestamp(self, when: float | None) -> str:
+        if when is None:
+            return "-"
+        second = int(when)
+        if second != self._second:
+            self._stamp = formatTime(float(second), timeFormatRFC3339)
+            self._second = second
+        return self._stamp
+
+    def __call__(self, event: dict[str, Any]) -> str | None:
+        when = event.get("log_time")
+        if "log_failure" in event or (when is not None and type(when) is not float):
+            return formatEventAsClassicLogText(
+                event, formatTime=lambda t: formatTime(t, timeFormatRFC3339)
+            )
+        text = render_message(event)
+        if not text:
+            return None
+        system = event.get("log_system")
+        if system is None:
+            level = event.get("log_level")
+            system = f"{event.get('log_namespace', '-')}#{getattr(level, 'name', '-')}"
+        line = f"{self._timestamp(when)} [{system}] {text}"
+        return line.replace("\n", "\n\t") + "\n"
 
 
 @implementer(ILogObserver)
@@ -85,16 +149,11 @@ def log_to(logfile: str | None, *, nodaemon: bool) -> None:
     _destination.update(logfile=logfile, nodaemon=nodaemon)
 
 
-def json_observer() -> JsonLineObserver:
-    """twistd ``--logger`` factory: JSON lines where twistd would write its text.
-
-    As twistd's own text observer: standard output under ``-n`` without
-    ``--logfile`` (or with ``--logfile -``), else the file (``twistd.log``
-    by default for a daemon), reopened on SIGUSR1 for log rotation.
-    """
+def _log_file() -> IO[str]:
+    """Where twistd would write its text lines (``log_to``), reopened on SIGUSR1."""
     logfile, nodaemon = _destination["logfile"], _destination["nodaemon"]
     if logfile == "-" or (nodaemon and not logfile):
-        return JsonLineObserver(sys.stdout)
+        return sys.stdout
     from twisted.python.logfile import LogFile
 
     out = LogFile.fromFullPath(os.path.abspath(logfile or "twistd.log"))  # type: ignore[no-untyped-call]
@@ -106,4 +165,23 @@ def json_observer() -> JsonLineObserver:
             reactor.callFromThread(out.rotate)  # type: ignore[attr-defined]
 
         signal.signal(signal.SIGUSR1, rotate)
-    return JsonLineObserver(cast(IO[str], out))
+    return cast(IO[str], out)
+
+
+def text_observer() -> FileLogObserver:
+    """twistd ``--logger`` factory for the text form: twistd's own lines, cheaper.
+
+    Set by ``tap.Options.postOptions`` unless ``--syslog`` (twistd's
+    syslog observer stays); written where twistd's text would be.
+    """
+    return FileLogObserver(_log_file(), _ClassicText())
+
+
+def json_observer() -> JsonLineObserver:
+    """twistd ``--logger`` factory: JSON lines where twistd would write its text.
+
+    As twistd's own text observer: standard output under ``-n`` without
+    ``--logfile`` (or with ``--logfile -``), else the file (``twistd.log``
+    by default for a daemon), reopened on SIGUSR1 for log rotation.
+    """
+    return JsonLineObserver(_log_file())

@@ -115,7 +115,7 @@ def outcome_known(outcome: Outcome) -> None:
     if isinstance(outcome, Stored):
         ref = outcome.instance
         log.info(
-            "part {part}: stored {sop_instance_uid} ({size} bytes){warning}",
+            "part {part}: stored {sop_instance_uid} ({size} bytes, sha256 {sha256}){warning}",
             stow_event="instance.stored",
             part=outcome.part,
             sop_instance_uid=ref.sop_instance_uid,
@@ -123,6 +123,7 @@ def outcome_known(outcome: Outcome) -> None:
             study_instance_uid=ref.study_instance_uid,
             series_instance_uid=ref.series_instance_uid,
             size=outcome.size_bytes,
+            sha256=outcome.sha256 or "-",
             reason=f"{outcome.warning:#06x}" if outcome.warning is not None else None,
             warning=f", warning {outcome.warning.name}: {outcome.detail}"
             if outcome.warning is not None

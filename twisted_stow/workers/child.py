@@ -72,7 +72,10 @@ class WorkerLog:
 
         if self.quiet and str(event.get(EVENT_KEY, "")).startswith("reload."):
             return
-        if _PORT_STARTED.match(formatEvent(event)):
+        # Rendered only when it may be the port line (Twisted's Port logs it
+        # through the legacy log.msg: the text is in log_text): formatting
+        # every event here cost as much as relaying it.
+        if _may_be_port_line(event) and _PORT_STARTED.match(formatEvent(event)):
             return
         event = dict(event)
         # The text form names the worker in [system], the JSON form in fields.
@@ -83,6 +86,12 @@ class WorkerLog:
         with self._lock:
             self._out.write(line)
             self._out.flush()
+
+
+def _may_be_port_line(event: dict[str, Any]) -> bool:
+    return any(
+        "starting on" in str(event.get(key, "")) for key in ("log_format", "log_text", "message")
+    )
 
 
 def _system(event: dict[str, Any]) -> str:

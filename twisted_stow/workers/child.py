@@ -18,6 +18,7 @@ checked right after catches a main process that died before the call.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import re
 import signal
@@ -25,6 +26,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import IO, Any, cast
 
 # <linux/prctl.h>
@@ -86,6 +88,24 @@ class WorkerLog:
         with self._lock:
             self._out.write(line)
             self._out.flush()
+
+
+# The log pipe to the main process: a worker's write blocks its reactor once
+# the pipe is full, so give the main process room to be busy (Linux's default
+# is 64 KiB, ~150 instance lines; 1 MiB is the unprivileged maximum).
+LOG_PIPE_BYTES = 1024 * 1024
+
+
+def widen_pipe(fd: int, size: int = LOG_PIPE_BYTES) -> int | None:
+    """Grow the pipe ``fd`` to ``size`` bytes (less if the system caps it); its size, or None."""
+    try:
+        cap = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    except (OSError, ValueError):
+        cap = size
+    try:
+        return fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, min(size, cap))
+    except (OSError, AttributeError):
+        return None  # not a pipe (a terminal, a file), or not Linux: nothing to grow
 
 
 def _may_be_port_line(event: dict[str, Any]) -> bool:
@@ -242,6 +262,7 @@ def main() -> None:
     except usage.UsageError as e:
         startup.fail(str(e))
     config = options.config
+    widen_pipe(sys.stdout.fileno())
     log = WorkerLog(sys.stdout, spec["id"])
     globalLogBeginner.beginLoggingTo([cast(ILogObserver, log)], redirectStandardIO=False)
     worker = Worker(spec, config, reactor, log)

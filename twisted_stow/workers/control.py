@@ -291,9 +291,18 @@ class WorkerControl(amp.AMP):
         super().connectionMade()
         self.connected = True
 
+    # Set once the main process asked this worker to drain: the main process
+    # then closes the connection as it stops, which is no failure.
+    closing_expected = False
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         was_connected, self.connected = self.connected, False
-        if was_connected:
+        if was_connected and self.closing_expected:
+            log.info(
+                "the main process closed its connection while this worker drains",
+                stow_event="workers.control_closed",
+            )
+        elif was_connected:
             log.error(
                 "lost the connection to the main process ({why}); refusing new uploads",
                 why=reason.getErrorMessage(),

@@ -96,6 +96,7 @@ class WorkerSide(WorkerControl):
 
     @Drain.responder
     def drain(self, abort: bool) -> dict[str, Any]:
+        self.closing_expected = True
         self.on_drain(abort)
         return {}
 

@@ -56,7 +56,7 @@ class ZeroCopyChunkedDecoder(_ChunkedTransferDecoder):
                 # leaves its buffer empty again.
                 self._buffer += data[pos : eol + len(_CRLF)]
                 pos = eol + len(_CRLF)
-                self._dataReceived_CHUNK_LENGTH()  # type: ignore[no-untyped-call]
+                self._dataReceived_CHUNK_LENGTH()
             else:
                 break  # TRAILER or FINISHED: Twisted's, on what is left
         if pos < end:

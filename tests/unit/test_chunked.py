@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from hypothesis import given, settings
@@ -11,7 +12,7 @@ from twisted.web.http import _ChunkedTransferDecoder, _MalformedChunkedDataError
 from twisted_stow.chunked import ZeroCopyChunkedDecoder
 from twisted_stow.twisted_private import MAX_CHUNK_SIZE_LINE_BYTES
 
-Record = list[tuple[str, Any, ...]]
+Record = list[tuple[Any, ...]]
 
 
 def run(cls: type[_ChunkedTransferDecoder], reads: list[bytes]) -> Record:
@@ -36,7 +37,7 @@ def run(cls: type[_ChunkedTransferDecoder], reads: list[bytes]) -> Record:
 
 def split(body: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({min(c, len(body)) for c in cuts} | {0, len(body)})
-    return [body[a:b] for a, b in zip(points, points[1:], strict=False) if b > a]
+    return [body[a:b] for a, b in itertools.pairwise(points) if b > a]
 
 
 def chunked(chunks: list[bytes], trailer: bytes = b"", epilogue: bytes = b"") -> bytes:

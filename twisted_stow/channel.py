@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
 
+from .chunked import ZeroCopyChunkedDecoder
 from .core.errors import (
     MalformedRequest,
     RequestHeadTooLarge,
@@ -36,6 +37,7 @@ from .twisted_private import (
     HookedHTTPChannel,
     header_limits_exceeded,
     is_tls,
+    replace_chunked_decoder,
     request_line_parsed,
     socket_transport,
     unsent_bytes,
@@ -92,6 +94,9 @@ class StowChannel(HookedHTTPChannel):
         super().dataReceived(data)  # type: ignore[no-untyped-call]
 
     def allHeadersReceived(self) -> None:
+        # Before super(): gotLength may already answer, and the body's first
+        # byte comes after this returns.
+        replace_chunked_decoder(self, ZeroCopyChunkedDecoder)
         self._awaiting_headers = False
         self._cancel_header_deadline()
         super().allHeadersReceived()  # type: ignore[no-untyped-call]

@@ -10,11 +10,15 @@ one (all unchanged from Twisted 13 to 26).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.abstract import FileDescriptor
 from twisted.protocols.tls import TLSMemoryBIOProtocol
-from twisted.web.http import HTTPChannel, _ChunkedTransferDecoder
+from twisted.web.http import HTTPChannel, _ChunkedTransferDecoder, maxChunkSizeLineLength
+
+# Twisted's cap on a chunk-size line (with extensions), CRLF not counted.
+MAX_CHUNK_SIZE_LINE_BYTES: int = maxChunkSizeLineLength
 
 
 def request_line(channel: Any) -> tuple[bytes, bytes]:
@@ -46,6 +50,17 @@ def announced_chunk_bytes(channel: Any) -> int:
         length: int = decoder.length
         return length
     return 0
+
+
+def replace_chunked_decoder(channel: Any, factory: Callable[..., _ChunkedTransferDecoder]) -> None:
+    """Swap the request's Twisted chunked decoder (``HTTPChannel._transferDecoder``,
+    chosen from the headers) for ``factory(dataCallback, finishCallback)``.
+
+    Only before the body's first byte: the decoder must not have buffered any.
+    """
+    decoder = getattr(channel, "_transferDecoder", None)
+    if type(decoder) is _ChunkedTransferDecoder:
+        channel._transferDecoder = factory(decoder.dataCallback, decoder.finishCallback)
 
 
 def awaiting_response(channel: Any) -> bool:

@@ -13,6 +13,7 @@ from twisted.internet.testing import MemoryReactor, StringTransport
 
 from twisted_stow.app import StowService
 from twisted_stow.channel import ANSWER_POLL_SECONDS, LINGER_SECONDS, StowChannel
+from twisted_stow.chunked import ZeroCopyChunkedDecoder
 from twisted_stow.core.config import StowConfig
 from twisted_stow.site import StowSite
 from twisted_stow.storage.memory import MemoryStorage
@@ -149,3 +150,21 @@ def test_the_linger_starts_only_once_the_answer_is_written() -> None:
     assert not socket.aborted
     clock.advance(LINGER_SECONDS)
     assert socket.aborted
+
+
+def test_a_chunked_body_is_decoded_without_copies() -> None:
+    """The channel swaps Twisted's chunked decoder for ZeroCopyChunkedDecoder, so a
+    read inside one chunk reaches the request as the very object received."""
+    channel, _ = make_channel(Clock())
+    channel.dataReceived(
+        b"POST /studies HTTP/1.1\r\nHost: x\r\nContent-Type: application/dicom\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    decoder = channel._transferDecoder
+    assert isinstance(decoder, ZeroCopyChunkedDecoder)
+    pieces: list[bytes] = []
+    decoder.dataCallback = pieces.append
+    channel.dataReceived(b"1000\r\n")
+    read = b"\x01" * 4000
+    channel.dataReceived(read)
+    assert pieces and pieces[0] is read

@@ -58,43 +58,78 @@ async def _serve(tmp_path: Path, config: StowConfig) -> AsyncIterator[Server]:
         await services.stopService()
 
 
-# The real servers a module's tests share, one of each per module (started on
-# 127.0.0.1 by the tests, stopped by PID; a server that cannot start fails the
-# module's tests).  A module that needs another kind (a TLS RabbitMQ) defines
-# its own fixture of the same name.
+# The real servers the tests share (started on 127.0.0.1 by the tests,
+# stopped by PID; a server that cannot start fails the tests that need it).
+# One of each for the whole session: starting them is most of what a module
+# of theirs costs (RabbitMQ ~9 s, SeaweedFS ~5 s, PostgreSQL ~3 s on this
+# 2-core machine), and the tests keep out of each other's way already, each
+# with a bucket (``new_bucket``), a database (``new_database``) or a queue of
+# its own.  The module-scoped fixtures of the old names start the shared
+# server again if an earlier module left it stopped (a test that stops it
+# to see an outage and fails before starting it again), so one failure does
+# not spread to the modules after it.  A module that needs another kind (a
+# TLS RabbitMQ) defines its own fixture of the same name.
 
 
-@pytest.fixture(scope="module")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    """A real SeaweedFS (S3) for the module."""
+def _running(process: Any) -> bool:
+    return process is not None and process.poll() is None
+
+
+@pytest.fixture(scope="session")
+def _session_seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     store = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
-    store.start()
     try:
+        store.start()
         yield store
     finally:
         store.stop()
 
 
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgreSQL]:
-    """A real PostgreSQL cluster for the module."""
+def seaweed(_session_seaweed: SeaweedFS) -> SeaweedFS:
+    """A real SeaweedFS (S3), shared by the session; running when the module starts."""
+    if not _running(_session_seaweed.process):
+        _session_seaweed.stop()
+        _session_seaweed.start()
+    return _session_seaweed
+
+
+@pytest.fixture(scope="session")
+def _session_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgreSQL]:
     database = PostgreSQL(tmp_path_factory.mktemp("postgres"))
-    database.start()
     try:
+        database.start()
         yield database
     finally:
         database.close()
 
 
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
-    """A real RabbitMQ node for the module."""
+def postgres(_session_postgres: PostgreSQL) -> PostgreSQL:
+    """A real PostgreSQL cluster, shared by the session; running when the module starts."""
+    if not _running(_session_postgres.process):
+        _session_postgres.stop()
+        _session_postgres.start()
+    return _session_postgres
+
+
+@pytest.fixture(scope="session")
+def _session_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
     rabbit = RabbitMQ(tmp_path_factory.mktemp("rabbitmq"))
     try:
         rabbit.start()
         yield rabbit
     finally:
         rabbit.close()
+
+
+@pytest.fixture(scope="module")
+def broker(_session_broker: RabbitMQ) -> RabbitMQ:
+    """A real RabbitMQ node, shared by the session; running when the module starts."""
+    if not _running(_session_broker._server):
+        _session_broker.stop()
+        _session_broker.start()
+    return _session_broker
 
 
 @pytest.fixture

@@ -131,10 +131,16 @@ def _journal_lines(path: Path) -> int:
         return 0
 
 
+# Files of the SIGKILL run: the kill comes once 5 are acknowledged, and every
+# one sent after it is refused, which stow-upload takes ~0.3 s apiece for (17 s
+# for the 55 of a 60-file run here); 25 left still leave the kill plenty of room.
+SIGKILL_RUN_FILES = 30
+
+
 def test_sigkill_and_journal_resume(tmp_path: Path) -> None:
     """Server SIGKILLed mid-run; after a restart the --journal re-run sends only the rest."""
     storage = tmp_path / "store"
-    files = synthetic(tmp_path / "in", 60, padding=100_000)
+    files = synthetic(tmp_path / "in", SIGKILL_RUN_FILES, padding=100_000)
     journal, first_report, second_report = (tmp_path / n for n in ("j", "r1", "r2"))
     twistd = Twistd(storage, "--listen", LOOPBACK_ANY_PORT)
     (port,) = twistd.ports(1)
@@ -156,7 +162,7 @@ def test_sigkill_and_journal_resume(tmp_path: Path) -> None:
         twistd.stop()
     acknowledged = _journal_lines(journal)
     assert client.returncode == 1, out + err  # the rest failed: the server was gone
-    assert 5 <= acknowledged < 60
+    assert 5 <= acknowledged < SIGKILL_RUN_FILES
     first = {line["path"] for line in report_lines(first_report) if line["outcome"] == "stored"}
     assert len(first) == acknowledged
     restarted = Twistd(storage, "--listen", LOOPBACK_ANY_PORT)
@@ -170,7 +176,7 @@ def test_sigkill_and_journal_resume(tmp_path: Path) -> None:
     again = {line["path"] for line in lines if line["outcome"] == "stored"}
     skipped = {line["path"] for line in lines if line["outcome"] == "already-stored"}
     assert skipped == first and again.isdisjoint(first)
-    assert len(again) == 60 - acknowledged
+    assert len(again) == SIGKILL_RUN_FILES - acknowledged
     for path in files:
         assert stored_on_ours(storage, path) == path.read_bytes()
 

@@ -4,7 +4,7 @@
     python3 -m benchmarks.profile_server --study ct --content-length
 
 It writes the study (``_studies.py``), starts ``twistd -n stow`` on
-127.0.0.1, attaches ``py-spy record`` (raw collapsed stacks, every thread,
+127.0.0.1 (``--workers 1``: the process that does the work), attaches ``py-spy record`` (raw collapsed stacks, every thread,
 idle frames excluded) and POSTs the study ``--posts`` times with the
 streaming client.  Then it prints, per thread kind (reactor / storage
 workers), the share of samples and the functions with the most samples:
@@ -112,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     try:
         studies = [_studies.generate(workdir / "data", n, spec[n]) for n in args.study.split(",")]
-        server = _servers.Ours(workdir / "ours")
+        # One process: py-spy follows the process it attaches to, and with
+        # worker processes (the default) the main process only relays logs.
+        server = _servers.Ours(workdir / "ours", ["--workers", "1"])
         raw = workdir / "stacks.txt"
         spy = subprocess.Popen(
             [

@@ -4,8 +4,9 @@
     python3 -m benchmarks.profile_server --study ct --content-length
 
 It writes the study (``_studies.py``), starts ``twistd -n stow`` on
-127.0.0.1 (``--workers 1``: the process that does the work), attaches ``py-spy record`` (raw collapsed stacks, every thread,
-idle frames excluded) and POSTs the study ``--posts`` times with the
+127.0.0.1 (``--workers 1``: the process that does the work), attaches
+``py-spy record`` (raw collapsed stacks, every thread, idle frames
+excluded) and POSTs the study ``--posts`` times with the
 streaming client.  Then it prints, per thread kind (reactor / storage
 workers), the share of samples and the functions with the most samples:
 "self" (the frame itself was on CPU) and "total" (anywhere on the stack).

@@ -245,9 +245,9 @@ def main(argv: list[str] | None = None) -> int:
                         # "server": ours, or Orthanc on its own target.
                         serving = orthanc.pid if target == "orthanc" and orthanc else server.pid
                         shares = CpuShares(store.process.pid, serving)
-                        bucket = server_bucket if target == "ours" else ""
-                        if target not in ("ours", "orthanc"):
-                            bucket = store.new_bucket()
+                        # The boto3 and multipart targets write a bucket of their own.
+                        own_bucket = target not in ("ours", "orthanc")
+                        bucket = store.new_bucket() if own_bucket else server_bucket
                         with shares:
                             if target == "ours":
                                 result = run_ours(server, study.variant(run), bucket, s3)
@@ -261,9 +261,9 @@ def main(argv: list[str] | None = None) -> int:
                             else:
                                 result = run_multipart(study, bucket, s3)
                         result.update(shares.figures(study.bytes))
-                        if bucket:
+                        if target != "orthanc":
                             _clear(s3, bucket)
-                        if bucket and bucket != server_bucket:
+                        if own_bucket:
                             # SeaweedFS frees a bucket's volumes only with the
                             # bucket: a new 1 GB bucket per run otherwise runs
                             # out of volume slots (InternalError) in one run.

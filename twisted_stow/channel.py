@@ -87,10 +87,10 @@ class StowChannel(HookedHTTPChannel):
             return  # answered; only draining until the close
         if self._awaiting_headers:
             self._headers_begun = True
-        if self._awaiting_headers and self._header_call is None and self.header_timeout:
-            self._header_call = self.callLater(  # type: ignore[no-untyped-call]
-                self.header_timeout, self._headers_too_slow
-            )
+            if self._header_call is None and self.header_timeout:
+                self._header_call = self.callLater(  # type: ignore[no-untyped-call]
+                    self.header_timeout, self._headers_too_slow
+                )
         super().dataReceived(data)  # type: ignore[no-untyped-call]
 
     def allHeadersReceived(self) -> None:
@@ -243,15 +243,7 @@ class StowChannel(HookedHTTPChannel):
             return
         if self._awaiting_headers and self._headers_begun:
             # Part of a request's headers arrived, then nothing.
-            self.setTimeout(None)  # type: ignore[no-untyped-call]
-            log.info(
-                "request headers from {peer} stopped for {seconds} s: 408",
-                peer=peer,
-                seconds=seconds,
-            )
-            self.answer_and_close(
-                RequestTimeout(f"the request headers stopped: no byte for {seconds:g} seconds")
-            )
+            self._refuse_slow_headers(f"stopped: no byte for {seconds:g} seconds")
             return
         super().timeoutConnection()  # type: ignore[no-untyped-call]
 
@@ -264,16 +256,15 @@ class StowChannel(HookedHTTPChannel):
         self._header_call = None
         if self.transport is None or not self._awaiting_headers:
             return
+        self._refuse_slow_headers(f"did not arrive within {self.header_timeout:g} seconds")
+
+    def _refuse_slow_headers(self, why: str) -> None:
+        """408 for headers too slow (the deadline) or gone silent (the idle timeout)."""
+        assert self.transport is not None
         log.info(
-            "request headers from {peer} incomplete after {seconds} s: 408",
-            peer=str(self.transport.getPeer()),
-            seconds=self.header_timeout,
+            "request headers from {peer} {why}: 408", peer=str(self.transport.getPeer()), why=why
         )
-        self.answer_and_close(
-            RequestTimeout(
-                f"the request headers did not arrive within {self.header_timeout:g} seconds"
-            )
-        )
+        self.answer_and_close(RequestTimeout(f"the request headers {why}"))
 
 
 def _reason_phrase(error: StowError) -> bytes:

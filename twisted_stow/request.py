@@ -389,12 +389,7 @@ class StreamingRequest(Request):
             f"the body arrived slower than {rate.required_bytes / rate.window_seconds:g} "
             f"bytes per second over {rate.window_seconds:g} seconds"
         )
-        if self.upload is None:
-            self.refuse(error)
-            return
-        # Removes the staged part in flight; parts received whole stay, and
-        # the answer lists them.
-        self._refuse_naming_what_was_kept(self.upload, error)
+        self._refuse_mid_body(error)
 
     def body_went_silent(self, seconds: float) -> None:
         """The idle timeout passed mid-body (``StowChannel.timeoutConnection``).
@@ -403,13 +398,18 @@ class StreamingRequest(Request):
         in flight is dropped, the parts received whole are still stored and
         listed, so the client knows what to send again.
         """
-        if self._refused or self._refusing or self.finished:
-            return
-        error = RequestTimeout(f"no byte of the body arrived for {seconds:g} seconds")
-        if self.upload is None or self._deciding is not None:
-            self.refuse(error)
-            return
-        self._refuse_naming_what_was_kept(self.upload, error)
+        if not (self._refused or self._refusing or self.finished):
+            self._refuse_mid_body(
+                RequestTimeout(f"no byte of the body arrived for {seconds:g} seconds")
+            )
+
+    def _refuse_mid_body(self, error: StowError) -> None:
+        """A guard stopped the body: the part in flight is dropped, the parts
+        received whole are still stored and the answer lists them."""
+        if self.upload is None:
+            self.refuse(error)  # not a STOW route: nothing was kept
+        else:
+            self._refuse_naming_what_was_kept(self.upload, error)
 
     def _stop_rate_watch(self) -> None:
         self._rate = None

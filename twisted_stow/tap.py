@@ -432,25 +432,28 @@ class Options(usage.Options):
         except ValueError as e:
             raise usage.UsageError(str(e)) from e
         _check_auth(self.config)
-        if self.config.log_format == "json" and self.parent is not None:
-            # twistd's one observer (its own lines included), resolved after
-            # this (TWISTED: --logger), writing where twistd's text would.
-            from .ops import logs
+        if self.parent is not None:
+            _choose_log_observer(self.parent, json=self.config.log_format == "json")
 
-            logs.log_to(self.parent.get("logfile"), nodaemon=bool(self.parent.get("nodaemon")))
-            self.parent["logger"] = "twisted_stow.ops.logs.json_observer"
-        elif (
-            self.parent is not None
-            and not self.parent.get("syslog")
-            and not self.parent.get("logger")
-        ):
-            # twistd's text lines, from an observer that formats them for a
-            # fraction of the CPU (ops/logs.py, text_observer); --syslog and
-            # an operator's own --logger keep twistd's choice.
-            from .ops import logs
 
-            logs.log_to(self.parent.get("logfile"), nodaemon=bool(self.parent.get("nodaemon")))
-            self.parent["logger"] = "twisted_stow.ops.logs.text_observer"
+def _choose_log_observer(twistd: Any, *, json: bool) -> None:
+    """twistd's one observer (its own lines included), resolved after this
+    (``--logger``), writing where twistd's text would (ops/logs.py).
+
+    JSON lines for ``--log-format json``; else twistd's text lines from an
+    observer that formats them for a fraction of the CPU, unless ``--syslog``
+    or an operator's own ``--logger`` keeps twistd's choice.
+    """
+    if json:
+        observer = "json_observer"
+    elif not twistd.get("syslog") and not twistd.get("logger"):
+        observer = "text_observer"
+    else:
+        return
+    from .ops import logs
+
+    logs.log_to(twistd.get("logfile"), nodaemon=bool(twistd.get("nodaemon")))
+    twistd["logger"] = f"twisted_stow.ops.logs.{observer}"
 
 
 # A line of twistd's help that starts an option: "  -s, --storage=  ..." or "      --users=".

@@ -7,10 +7,10 @@ tests that start a twistd of their own.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import pytest
 import pytest_twisted
@@ -71,65 +71,71 @@ async def _serve(tmp_path: Path, config: StowConfig) -> AsyncIterator[Server]:
 # TLS RabbitMQ) defines its own fixture of the same name.
 
 
-def _running(process: Any) -> bool:
-    return process is not None and process.poll() is None
+class _Shared(Protocol):
+    """What the session's shared servers have in common."""
+
+    @property
+    def running(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+_S = TypeVar("_S", bound=_Shared)
+
+
+def _for_the_session(server: _S, shut: Callable[[], None]) -> Iterator[_S]:
+    """The body of a session fixture: ``server`` started, then ``shut()`` at the end."""
+    try:
+        server.start()
+        yield server
+    finally:
+        shut()
+
+
+def _running_again(server: _S) -> _S:
+    """``server``, started again if an earlier module left it stopped."""
+    if not server.running:
+        server.stop()
+        server.start()
+    return server
 
 
 @pytest.fixture(scope="session")
 def _session_seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
     store = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
-    try:
-        store.start()
-        yield store
-    finally:
-        store.stop()
+    yield from _for_the_session(store, store.stop)
 
 
 @pytest.fixture(scope="module")
 def seaweed(_session_seaweed: SeaweedFS) -> SeaweedFS:
     """A real SeaweedFS (S3), shared by the session; running when the module starts."""
-    if not _running(_session_seaweed.process):
-        _session_seaweed.stop()
-        _session_seaweed.start()
-    return _session_seaweed
+    return _running_again(_session_seaweed)
 
 
 @pytest.fixture(scope="session")
 def _session_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgreSQL]:
     database = PostgreSQL(tmp_path_factory.mktemp("postgres"))
-    try:
-        database.start()
-        yield database
-    finally:
-        database.close()
+    yield from _for_the_session(database, database.close)
 
 
 @pytest.fixture(scope="module")
 def postgres(_session_postgres: PostgreSQL) -> PostgreSQL:
     """A real PostgreSQL cluster, shared by the session; running when the module starts."""
-    if not _running(_session_postgres.process):
-        _session_postgres.stop()
-        _session_postgres.start()
-    return _session_postgres
+    return _running_again(_session_postgres)
 
 
 @pytest.fixture(scope="session")
 def _session_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitMQ]:
     rabbit = RabbitMQ(tmp_path_factory.mktemp("rabbitmq"))
-    try:
-        rabbit.start()
-        yield rabbit
-    finally:
-        rabbit.close()
+    yield from _for_the_session(rabbit, rabbit.close)
 
 
 @pytest.fixture(scope="module")
 def broker(_session_broker: RabbitMQ) -> RabbitMQ:
     """A real RabbitMQ node, shared by the session; running when the module starts."""
-    if not _running(_session_broker._server):
-        _session_broker.stop()
-        _session_broker.start()
-    return _session_broker
+    return _running_again(_session_broker)
 
 
 @pytest.fixture

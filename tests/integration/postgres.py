@@ -188,6 +188,11 @@ class PostgreSQL:
             conn.execute(f"CREATE DATABASE {name}")
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{name}"
 
+    @property
+    def running(self) -> bool:
+        """Whether the server this object started is still alive."""
+        return self.process is not None and self.process.poll() is None
+
     def stop(self) -> None:
         """Fast shutdown (SIGINT) of the postmaster by PID and wait; SIGKILL if it hangs."""
         process, self.process = self.process, None

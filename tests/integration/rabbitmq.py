@@ -127,6 +127,11 @@ class RabbitMQ:
             setattr(parameters, name, value)
         return parameters
 
+    @property
+    def running(self) -> bool:
+        """Whether the server this object started is still alive."""
+        return self._server is not None and self._server.poll() is None
+
     def stop(self) -> None:
         """SIGTERM the broker by PID and wait for it (SIGKILL if it hangs)."""
         server, self._server = self._server, None

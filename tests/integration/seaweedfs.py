@@ -163,6 +163,11 @@ class SeaweedFS:
         self.client().create_bucket(Bucket=name)
         return name
 
+    @property
+    def running(self) -> bool:
+        """Whether the server this object started is still alive."""
+        return self.process is not None and self.process.poll() is None
+
     def stop(self) -> None:
         """SIGTERM by PID, SIGKILL after ``STOP_WAIT_SECONDS``."""
         process, self.process = self.process, None

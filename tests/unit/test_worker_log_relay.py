@@ -65,6 +65,13 @@ def test_a_failure_keeps_its_message_and_traceback() -> None:
         raise ZeroDivisionError("worker arithmetic")
     except ZeroDivisionError:
         failure = Failure()
+    # With a field JSON cannot hold (Twisted's form) and with scalars only (plain JSON).
+    for who in (Unprintable(), "the worker"):
+        event = worker_event(log_failure=failure, log_level=LogLevel.critical, who=who)
+        back = relayed(event)
+        assert isinstance(back["log_failure"], RelayedFailure), who
+        assert back["log_failure"].getTraceback() == failure.getTraceback()
+        assert back["log_level"] is LogLevel.critical
     event = worker_event(log_failure=failure, log_level=LogLevel.critical)
     back = relayed(event)
     assert isinstance(back["log_failure"], RelayedFailure)

@@ -93,32 +93,26 @@ def _compact(event: dict[str, Any]) -> str | None:
 def encode(event: dict[str, Any]) -> str:
     """One event as a line for the pipe (worker side), newline included."""
     failure = event.get("log_failure")
-    if failure is None:
-        try:
-            line = _compact(event)
-        except (TypeError, ValueError):  # a str that is not valid text
-            line = None
-        if line is not None:
-            return line
     if isinstance(failure, Failure):
         event = dict(event)
         event[_ERROR_KEY] = failure.getErrorMessage()
         event[_TRACEBACK_KEY] = failure.getTraceback()
         del event["log_failure"]
     try:
-        return eventAsJSON(event) + "\n"
+        return _compact(event) or eventAsJSON(event) + "\n"
     except Exception as e:  # a log line must never take the worker down
         return json.dumps({"log_format": "unencodable log event: {error}", "error": repr(e)}) + "\n"
 
 
 def _from_compact(line: str) -> dict[str, Any] | None:
     try:
-        event = json.loads(line)
+        # A dict once pop(str) worked: a list's pop raises TypeError.
+        event: dict[str, Any] = json.loads(line)
         level_name, *carried = event.pop(_COMPACT)
         level = LogLevel.levelWithName(level_name) if level_name else LogLevel.info
     except (ValueError, TypeError, KeyError, AttributeError, InvalidLogLevelError):
         return None
-    if not isinstance(event, dict) or len(carried) != len(_CARRIED):
+    if len(carried) != len(_CARRIED):
         return None
     event["log_level"] = level
     for key, value in zip(_CARRIED, carried, strict=True):
@@ -129,14 +123,12 @@ def _from_compact(line: str) -> dict[str, Any] | None:
 
 def decode(line: str) -> dict[str, Any] | None:
     """The event of one line (main side), or None if it is not an encoded event."""
-    if _COMPACT in line:
-        compact = _from_compact(line)
-        if compact is not None:
-            return compact
-    try:
-        event = eventFromJSON(line)
-    except (ValueError, TypeError, KeyError):
-        return None
+    event = _from_compact(line) if _COMPACT in line else None
+    if event is None:
+        try:
+            event = eventFromJSON(line)
+        except (ValueError, TypeError, KeyError):
+            return None
     if not isinstance(event, dict):
         return None
     if _TRACEBACK_KEY in event:

@@ -228,13 +228,22 @@ def check_loopback_only(pid: int) -> list[str]:
 
 
 class Sink(ServerProcess):
-    """``_sink.py`` in its own process: reads bodies, discards them, answers 200."""
+    """``_sink.py`` in its own process: reads bodies, discards them, answers 200.
+
+    With ``store``, it writes them there as durable files instead (the
+    floor of a durable server, ``_sink.py`` says how); ``options`` go to it.
+    """
 
     name = "loopback sink"
     path = "/studies"
 
-    def __init__(self) -> None:
-        super().__init__([sys.executable, "-m", "benchmarks._sink"], cwd=REPO)
+    def __init__(self, store: Path | None = None, options: Sequence[str] = ()) -> None:
+        self.store = store
+        command = [sys.executable, "-m", "benchmarks._sink", *options]
+        if store is not None:
+            store.mkdir(parents=True, exist_ok=True)
+            command += ["--store", str(store)]
+        super().__init__(command, cwd=REPO)
         # Its first line is its port.
         if not self.wait_for(lambda lines: lines and lines[0].strip().isdigit()):
             self.stop()
@@ -242,7 +251,8 @@ class Sink(ServerProcess):
         self.port = int(self.log().split(maxsplit=1)[0])
 
     def release_space(self) -> None:
-        pass
+        if self.store is not None:
+            truncate_files(self.store.glob("*.dcm"))
 
     def clear(self) -> None:
         pass

@@ -16,7 +16,8 @@ before the clock starts) and the figures are per GB of decoded bytes.
 (``PYTHONPATH=CHECKOUT``, so its ``twisted_stow`` is imported) and POSTs the
 study to each in turn, ``--runs`` rounds, so every code tree meets the same
 load from the machine's other work; it reports medians of CPU-s/GB, CPU-ms
-per instance and MB/s per tree (plain bodies only).
+per instance, MB/s and how busy the machine was (/proc/stat) per tree (plain
+bodies only).
 
 Run it on the commit before issue 19 (``PYTHONPATH=<that checkout>``) for
 the "before" figures; docs/DESIGN.md ("Integrity") quotes both.
@@ -39,6 +40,7 @@ from pathlib import Path
 from benchmarks import _client, _studies
 from benchmarks._server_usage import cpu_seconds
 from benchmarks._servers import Ours
+from benchmarks.floor_bench import machine_ticks
 
 GB = 10**9
 # Level 1: a client on a slow link compresses as fast as it can send.
@@ -166,7 +168,9 @@ def compare(args: argparse.Namespace, spec: list[tuple[int, int]]) -> int:
         work = Path(tmp)
         study = _studies.generate(work / "studies", args.study, spec)
         servers: dict[str, Ours] = {}
-        figures: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _ in trees}
+        figures: dict[str, list[tuple[float, float, float, float]]] = {
+            name: [] for name, _ in trees
+        }
         try:
             for name, checkout in trees:
                 env = dict(os.environ, PYTHONPATH=str(Path(checkout).absolute()))
@@ -181,10 +185,12 @@ def compare(args: argparse.Namespace, spec: list[tuple[int, int]]) -> int:
                     server = servers[name]
                     variant = study.variant(100 * run + offset)
                     cpu = cpu_seconds(server.pid)
+                    ticks = machine_ticks()
                     reply = _client.post_instances(
                         server.port, "/studies", variant.instances, chunked=False
                     )
                     used = cpu_seconds(server.pid) - cpu
+                    busy, total = machine_ticks()
                     if reply.problem:
                         print(f"{name} run {run}: {reply.problem}", file=sys.stderr)
                         return 1
@@ -193,6 +199,7 @@ def compare(args: argparse.Namespace, spec: list[tuple[int, int]]) -> int:
                             used / (study.bytes / GB),
                             1000 * used / len(study.instances),
                             study.bytes / reply.seconds / 1e6,
+                            (busy - ticks[0]) / max(1, total - ticks[1]),
                         )
                     )
                     print(f"{name} run {run}: {figures[name][-1]}", flush=True)
@@ -202,12 +209,13 @@ def compare(args: argparse.Namespace, spec: list[tuple[int, int]]) -> int:
                 server.stop()
     print(f"{args.study}: {len(study.instances)} instances, {study.bytes / 1e6:.0f} MB")
     for name, values in figures.items():
-        cpu_gb, cpu_ms, rate = (sorted(v[i] for v in values) for i in range(3))
+        cpu_gb, cpu_ms, rate, machine = (sorted(v[i] for v in values) for i in range(4))
         print(
             f"{name}: {statistics.median(cpu_gb):.2f} CPU-s/GB "
             f"({', '.join(f'{c:.2f}' for c in cpu_gb)}), "
             f"{statistics.median(cpu_ms):.2f} CPU-ms/instance, "
-            f"{statistics.median(rate):.0f} MB/s ({', '.join(f'{r:.0f}' for r in rate)})"
+            f"{statistics.median(rate):.0f} MB/s ({', '.join(f'{r:.0f}' for r in rate)}), "
+            f"machine {statistics.median(machine):.0%} busy"
         )
     return 0
 

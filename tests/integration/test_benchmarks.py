@@ -192,3 +192,17 @@ def test_control_cost_tiny_measures_all_three_ways() -> None:
     done = _run("-m", "benchmarks.control_cost", "--count", "20", "--batches", "1")
     rows = {line.split()[0] for line in done.stdout.splitlines()[2:]}
     assert rows == {"local", "one", "two"}, done.stdout
+
+
+def test_floor_bench_tiny_measures_every_target(tmp_path: Path) -> None:
+    """benchmarks.floor_bench at the tiny size: the sink, the floor with and without its
+    SHA-256, the disk and our server all stored the study, with the figures written."""
+    out = tmp_path / "floor.json"
+    _run("-m", "benchmarks.floor_bench", "--size", "tiny", "--runs", "1", "--out", str(out))
+    medians = json.loads(out.read_text())["medians"]
+    assert set(medians) == {"1", "4"}
+    for row in medians.values():
+        assert set(row) == {"sink", "floor", "floor+sha256", "disk", "ours"}
+        assert all(figures["mb_per_second"] > 0 for figures in row.values())
+        # CPU is counted in 10 ms ticks: only our server does enough at this size.
+        assert row["ours"]["server_cpu_s_per_gb"] > 0

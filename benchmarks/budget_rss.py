@@ -12,7 +12,10 @@ rate-limiting proxy of ours (``tests/integration/throttle.py``) on
 127.0.0.1, so the store is slower than the clients and the server's buffers
 are what is measured.  Each run first stores one warm-up instance, then
 resets VmHWM (``/proc/PID/clear_refs``) and records the RSS at rest; it
-reports the peak (VmHWM) and its growth over rest, in MiB.
+reports the peak (VmHWM) and its growth over rest, in MiB, of the one
+process that grew most: the target is per process, and a server of
+``--workers N`` is a main process and N workers (their sum is not what the
+target bounds).
 
 ``--code DIR`` runs the server from another checkout (``PYTHONPATH``): the
 same script measures before and after side by side, alternately, e.g.
@@ -39,7 +42,7 @@ from typing import Any
 
 from benchmarks import _client
 from benchmarks._dicom import Part, framing_bytes, plan_request
-from benchmarks._server_usage import RssSampler, kernel_peak, reset_kernel_peak
+from benchmarks._server_usage import RssSampler, kernel_peaks, reset_kernel_peak, tree
 from benchmarks._servers import Ours
 from tests.helpers import iter_multipart, multipart_content_type
 from tests.integration.seaweedfs import SeaweedFS, credentials_env
@@ -73,6 +76,11 @@ def status_rss(pid: int) -> int:
     return int(line.split()[1]) * 1024
 
 
+def tree_rss(pid: int) -> list[int]:
+    """VmRSS of each process of ``pid``'s tree (main process first, then its workers)."""
+    return [status_rss(process.pid) for process in tree(pid)]
+
+
 def run(
     scenario: str,
     size: str,
@@ -101,7 +109,9 @@ def run(
             if warm.problem:
                 raise RuntimeError(f"warm-up failed: {warm.problem}")
             time.sleep(1.0)
-            rest = status_rss(server.pid)
+            # Per process: the target is one process's RSS, and with
+            # --workers the tree is a main process plus its workers.
+            rests = tree_rss(server.pid)
             reset_kernel_peak(server.pid)
             requests = [plan_request(each, 1) for _ in range(count)]
             replies: list[_client.Reply | None] = [None] * count
@@ -117,22 +127,28 @@ def run(
                 for thread in threads:
                     thread.join()
             seconds = time.monotonic() - started
-            end_rss = status_rss(server.pid)
-            peak = kernel_peak(server.pid) or 0
+            ends = tree_rss(server.pid)
+            peaks = kernel_peaks(server.pid) or [0] * len(rests)
         finally:
             server.stop()
     problems = [r.problem if r else "no reply" for r in replies if r is None or r.problem]
+    if not (len(rests) == len(peaks) == len(ends)):
+        problems.append(f"the process tree changed during the run: {len(rests)} -> {len(peaks)}")
+    # The process that grew most (a worker, or the one process of --workers 1).
+    worst = max(range(min(len(rests), len(peaks), len(ends))), key=lambda i: peaks[i] - rests[i])
+    rest, peak, end_rss = rests[worst], peaks[worst], ends[worst]
     return {
         "scenario": scenario,
         "code": str(code) if code else "this checkout",
         "uploads": count,
         "bytes_each": each,
         "seconds": round(seconds, 1),
+        "processes": len(rests),
         "rest_mib": round(rest / MIB, 1),
         "peak_mib": round(peak / MIB, 1),
         "growth_mib": round((peak - rest) / MIB, 1),
         "end_mib": round(end_rss / MIB, 1),
-        # When the sampled RSS first came within 1 MiB of its peak (s from the start).
+        # When the tree's sampled RSS first came within 1 MiB of its peak (s from the start).
         "peak_at_seconds": next(
             (round(t, 1) for t, rss in sampler.samples if rss >= sampler.peak - MIB), None
         ),

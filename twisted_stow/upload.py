@@ -23,7 +23,7 @@ from .core.digests import ALGORITHMS, ExpectedDigest, digest_field
 from .core.errors import BodyTooLarge, InvalidChunkSize, MalformedMultipart, StowError
 from .core.multipart import BodyReader, Event, PartData, PartStarted
 from .core.outcomes import Failed, FailureReason, Outcome
-from .flow import BytesInFlight, Pausable
+from .flow import WINDOW_READ_BYTES, BytesInFlight, Pausable
 from .ingest import Cooperate, Ingest, IngestResult
 from .interfaces import IStorage
 
@@ -32,9 +32,8 @@ log = Logger()
 # No body is larger (RFC 9112 §7.1 asks to guard chunk sizes against overflow).
 MAX_CHUNK_BYTES = 2**63 - 1
 
-# A socket read of 256 KiB-1 MiB halves the receive-path CPU compared with
-# Twisted's 64 KiB default (measured, docs/DESIGN.md).
-READ_SIZE_BYTES = 256 * 1024
+# The most one socket read hands the parser (flow.BytesInFlight.read_size_bytes).
+READ_SIZE_BYTES = WINDOW_READ_BYTES
 
 # A compressed body is inflated at most this many bytes per zlib call (RFC
 # 9110 §8.4.1: gzip/deflate), the size checks and the parser running between
@@ -325,8 +324,6 @@ class BodyPipeline:
 
 class Upload:
     """One request body being parsed and stored as it arrives."""
-
-    read_size_bytes = READ_SIZE_BYTES
 
     def __init__(
         self,

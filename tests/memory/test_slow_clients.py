@@ -38,12 +38,22 @@ CONFIG = StowConfig(
 )
 
 
-def make_channel(storage: Any, clock: Clock, config: StowConfig = CONFIG) -> tuple[Any, Any]:
-    service = StowService(config, storage, clock, lambda f, *a: maybeDeferred(f, *a))
-    site = StowSite(service, timeout=config.idle_timeout_seconds)
+def make_channel(
+    storage: Any,
+    clock: Clock,
+    config: StowConfig = CONFIG,
+    *,
+    site: StowSite | None = None,
+    transport: StringTransport | None = None,
+) -> tuple[Any, Any]:
+    """A channel of ``site`` (a new one by default) connected to ``transport``."""
+    if site is None:
+        service = StowService(config, storage, clock, lambda f, *a: maybeDeferred(f, *a))
+        site = StowSite(service, timeout=config.idle_timeout_seconds)
     channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
     channel.callLater = clock.callLater
-    transport = StringTransport()
+    if transport is None:
+        transport = StringTransport()
     channel.makeConnection(transport)
     return channel, transport
 

@@ -20,10 +20,11 @@ from tests.memory.test_slow_clients import make_channel
 from twisted_stow.core.config import StowConfig
 from twisted_stow.flow import HIGH_WATER_BYTES
 from twisted_stow.storage.memory import MemoryStorage
+from twisted_stow.upload import READ_SIZE_BYTES
 
 BOUNDARY = "gib-boundary"
 BODY_PAYLOAD_BYTES = 1024**3
-READ_BYTES = 256 * 1024  # one socket read of the server (upload.READ_SIZE_BYTES)
+READ_BYTES = READ_SIZE_BYTES  # one socket read of the server
 DISK_BYTES_PER_STEP = READ_BYTES // 4
 # Bytes received but not yet on disk, at most: the high-water mark plus the
 # read that crossed it (a paused socket may still deliver one).

@@ -6,7 +6,7 @@ import pytest
 
 from tests.fakes import RecordingProducer
 from twisted_stow.core.budget import MemoryBudget
-from twisted_stow.flow import BytesInFlight
+from twisted_stow.flow import WAITING_READ_BYTES, WINDOW_READ_BYTES, BytesInFlight
 
 
 def make(window: int = 100, **marks: int) -> tuple[BytesInFlight, RecordingProducer]:
@@ -89,3 +89,22 @@ def test_captures_behind_pause_and_hold_the_resume() -> None:
     assert producer.calls == ["pause"]
     flow.captures_behind_changed(False)
     assert producer.calls == ["pause", "resume"]
+
+
+def test_reads_are_large_only_inside_a_window() -> None:
+    """An upload reads 1 MiB at a time while it holds a window of the budget, where the bytes
+    are counted, and 256 KiB while it waits for one (that read is beyond the budget)."""
+    budget = MemoryBudget(100, 100)
+    a = BytesInFlight(RecordingProducer(), budget=budget)
+    b = BytesInFlight(RecordingProducer(), budget=budget)
+    sizes: dict[str, list[int]] = {"a": [], "b": []}
+    a.watch_read_size(sizes["a"].append)
+    b.watch_read_size(sizes["b"].append)
+    assert sizes == {"a": [WAITING_READ_BYTES], "b": [WAITING_READ_BYTES]}
+    a.add(10)  # granted the only window
+    b.add(10)  # queued behind it
+    assert sizes == {"a": [WAITING_READ_BYTES, WINDOW_READ_BYTES], "b": [WAITING_READ_BYTES]}
+    a.done(10)  # a's window goes to b
+    assert sizes["a"] == [WAITING_READ_BYTES, WINDOW_READ_BYTES, WAITING_READ_BYTES]
+    assert sizes["b"] == [WAITING_READ_BYTES, WINDOW_READ_BYTES]
+    assert a.read_size_bytes == WAITING_READ_BYTES and b.read_size_bytes == WINDOW_READ_BYTES

@@ -43,6 +43,7 @@ from twisted_stow.core.validation import (
     validate_bytes,
     validate_header,
 )
+from twisted_stow.upload import READ_SIZE_BYTES
 
 # Read straight from the installed package: get_testdata_files() may download.
 TEST_FILES = Path(pydicom.data.__file__).parent / "test_files"
@@ -57,8 +58,8 @@ STUDY = "1.2.826.0.1.3680043.8.498.2"
 SERIES = "1.2.826.0.1.3680043.8.498.3"
 
 PIXEL_BYTES = 50 * 1024 * 1024
-# What one socket read hands ingest at most (upload.READ_SIZE_BYTES).
-PIECE_BYTES = 256 * 1024
+# What one socket read hands ingest at most.
+PIECE_BYTES = READ_SIZE_BYTES
 
 
 def _validate_data(data: bytes, policy: ValidationPolicy = DEFAULT_POLICY) -> InstanceRef | Failed:

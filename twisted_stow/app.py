@@ -40,6 +40,7 @@ from .core.admission import (
 from .core.budget import MemoryBudget, upload_window_bytes
 from .core.config import StowConfig
 from .core.errors import (
+    BodyTooLarge,
     InvalidRequestTarget,
     MethodNotAllowed,
     NoParts,
@@ -54,6 +55,7 @@ from .core.response import (
     StoreResponse,
     build_store_response,
     name_failed_parts,
+    name_kept_parts,
     problem_document,
     problem_json,
     render,
@@ -408,6 +410,11 @@ class StowService:
         # that must not cancel the storing of parts already received whole
         # (DESIGN.md: they are committed whatever happens to the connection).
         result = await detached(upload.result)
+        if isinstance(result.request_error, BodyTooLarge):
+            # A limit met while a compressed body that was all in inflated:
+            # the same 413 as mid-body, naming what was kept.
+            name_kept_parts(result.request_error, result.outcomes)
+            raise result.request_error
         if result.request_error is not None and not result.stored_any:
             # Nothing stored and the body itself was broken: a syntax error
             # of the request (PS3.18 Table 10.5.3-1, 400).

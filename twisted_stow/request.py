@@ -39,8 +39,7 @@ from .core.errors import (
     ServiceUnavailable,
     StowError,
 )
-from .core.outcomes import Stored
-from .core.response import name_failed_parts
+from .core.response import name_kept_parts
 from .deferreds import detached
 from .ingest import IngestResult
 from .ops import observe
@@ -70,8 +69,6 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 # (issue 18 point 7), so it waits for their outcomes, but no longer than
 # this: a stalled disk must not keep the connection (and its slot) forever.
 MID_BODY_OUTCOMES_SECONDS = 10.0
-# The problem document's extension member listing them (RFC 9457 §3.2).
-STORED_EXTENSION = "storedSOPInstanceUIDs"
 
 
 @provider(INonQueuedRequestFactory)
@@ -421,6 +418,11 @@ class StreamingRequest(Request):
     # Refusing mid-body: say what was kept.
 
     def _limit_while_decoding(self, upload: Upload, error: StowError) -> None:
+        if upload.result is not None:
+            # The whole body was in (a small bomb fits one read): the route is
+            # waiting for its outcomes, which carry the limit; answering here
+            # too would send a second response.
+            return
         if not (self._refused or self._refusing):
             self._refuse_naming_what_was_kept(upload, error)
 
@@ -428,7 +430,7 @@ class StreamingRequest(Request):
         """Refuse once the parts received whole before ``error`` have their outcomes.
 
         The rest of the body is read and dropped meanwhile; the answer lists
-        the stored SOP Instance UIDs (extension member ``STORED_EXTENSION``),
+        the stored SOP Instance UIDs (``core.response.STORED_EXTENSION``),
         so the client knows what to send again.  Storing is never cancelled:
         the wait is on a detached copy.
         """
@@ -440,10 +442,7 @@ class StreamingRequest(Request):
 
         def answer(result: object) -> None:
             if isinstance(result, IngestResult):
-                error.extensions[STORED_EXTENSION] = [
-                    o.instance.sop_instance_uid for o in result.outcomes if isinstance(o, Stored)
-                ]
-                name_failed_parts(error, result.outcomes)
+                name_kept_parts(error, result.outcomes)
             else:
                 error.detail += (
                     "; the instances received whole before it were still being stored "

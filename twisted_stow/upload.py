@@ -131,7 +131,8 @@ class BodyPipeline:
         self._task: CooperativeTask[Iterator[Any]] | None = None
         self._close_waiters: list[Deferred[None]] = []
         # Called with a limit met while inflating behind the socket (no feed
-        # call to raise it from); the request sets it to its mid-body refusal.
+        # call to raise it from); the request sets it to its mid-body refusal,
+        # which it skips once the body is complete (the route answers then).
         self.on_limit: Callable[[StowError], None] | None = None
         # The body's Content-Digest (RFC 9530), hashed over the bytes as
         # received (the content, after its coding) on the reactor: only for
@@ -212,7 +213,11 @@ class BodyPipeline:
                 try:
                     self._decode(DECODE_SLICE_BYTES)
                 except StowError as error:
-                    self.error = error
+                    # As a limit met in feed: the part in flight is dropped
+                    # (its staging removed), the parts before it kept.  The
+                    # whole body may be in already, a small bomb in one read:
+                    # then the outcomes carry the limit to the route's answer.
+                    self._fail([], error)
                     if self.on_limit is not None:
                         self.on_limit(error)
                     return

@@ -17,6 +17,7 @@ from tests.helpers import build_multipart, multipart_content_type
 from twisted_stow.core.admission import BodyLimits
 from twisted_stow.core.contentcoding import BodyDecoder
 from twisted_stow.core.digests import content_digests
+from twisted_stow.core.errors import BodyTooLarge
 from twisted_stow.core.mediatype import reader_for
 from twisted_stow.core.multipart import PartData, PartEnded, PartStarted
 from twisted_stow.core.outcomes import Failed, Stored
@@ -118,6 +119,43 @@ def test_a_gzip_bomb_is_inflated_within_the_backpressure_budget() -> None:
     assert producer.calls[-1] == "resume"
     outcomes = result(pipeline.close()).outcomes
     assert [type(o) for o in outcomes] == [Stored]
+
+
+def test_a_limit_met_inflating_a_body_already_in_fails_its_outcomes() -> None:
+    """The whole bomb came in one read and the body is complete before the limit.
+
+    The limit is met on the cooperator, after close(): the part in flight is
+    dropped (its writer aborted), the part before it kept, and the outcomes
+    carry the limit for the route to answer (no second refusal).
+    """
+    body = build_multipart([read(MR), read(CT) + bytes(64 * 1024 * 1024)], BOUNDARY)
+    storage = MemoryStorage()
+    gate = ReadGate(RecordingProducer())
+    steps = Steps()
+    ingest = Ingest(storage, IngestPolicy(DEFAULT_POLICY), gate, cooperate=steps.cooperate)
+    pipeline = BodyPipeline(
+        reader_for(multipart_content_type(BOUNDARY)),
+        ingest,
+        BodyLimits(max_body_bytes=16 * 1024 * 1024),
+        decoder=BodyDecoder("gzip"),
+        gate=gate,
+        cooperate=steps.cooperate,
+    )
+    limits: list[Exception] = []
+    pipeline.on_limit = limits.append
+    pipeline.feed(gzip.compress(body, compresslevel=9))
+    closed = pipeline.close()  # the last byte is in; inflating is still behind
+    steps.run()
+    outcome = result(closed)
+    assert isinstance(outcome.request_error, BodyTooLarge)
+    assert "decoded body is larger" in outcome.request_error.detail
+    assert limits == [outcome.request_error]
+    stored, failed = outcome.outcomes
+    assert isinstance(stored, Stored) and stored.instance.sop_instance_uid == uids(MR)[1]
+    assert isinstance(failed, Failed) and failed.sop_instance_uid is None
+    mr_writer, ct_writer = storage.writers
+    assert ct_writer.aborted and not mr_writer.aborted
+    assert [i.sop_instance_uid for i in storage.instances] == [uids(MR)[1]]
 
 
 def test_held_commits_fail_together_on_a_body_digest_mismatch() -> None:

@@ -337,6 +337,20 @@ WARNING_PARTS_SHOWN: Final = 10
 FAILED_PARTS_EXTENSION: Final = "failedPartsWithoutUIDs"
 
 
+# The extension member of a refusal mid-body (413, 408): the instances
+# stored whole before it, so the client knows what to send again.
+STORED_EXTENSION: Final = "storedSOPInstanceUIDs"
+
+
+def name_kept_parts(error: StowError, outcomes: Sequence[Outcome]) -> None:
+    """Name in ``error``'s problem document what a refusal mid-body kept and
+    the parts that failed without UIDs."""
+    error.extensions[STORED_EXTENSION] = [
+        o.instance.sop_instance_uid for o in outcomes if isinstance(o, Stored)
+    ]
+    name_failed_parts(error, outcomes)
+
+
 def name_failed_parts(error: StowError, outcomes: Sequence[Outcome]) -> None:
     """Add the first parts that failed without UIDs, and their count, to ``error``'s
     problem document (kept short: the answer to a body of 10,000 empty parts must

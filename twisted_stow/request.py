@@ -418,11 +418,6 @@ class StreamingRequest(Request):
     # Refusing mid-body: say what was kept.
 
     def _limit_while_decoding(self, upload: Upload, error: StowError) -> None:
-        if upload.result is not None:
-            # The whole body was in (a small bomb fits one read): the route is
-            # waiting for its outcomes, which carry the limit; answering here
-            # too would send a second response.
-            return
         if not (self._refused or self._refusing):
             self._refuse_naming_what_was_kept(upload, error)
 

@@ -130,9 +130,9 @@ class BodyPipeline:
         self._cooperate = cooperate
         self._task: CooperativeTask[Iterator[Any]] | None = None
         self._close_waiters: list[Deferred[None]] = []
-        # Called with a limit met while inflating behind the socket (no feed
-        # call to raise it from); the request sets it to its mid-body refusal,
-        # which it skips once the body is complete (the route answers then).
+        # Called with a limit met while inflating behind the socket before
+        # the body is complete (no feed call to raise it from, no close() to
+        # report it through); the request sets it to its mid-body refusal.
         self.on_limit: Callable[[StowError], None] | None = None
         # The body's Content-Digest (RFC 9530), hashed over the bytes as
         # received (the content, after its coding) on the reactor: only for
@@ -191,9 +191,11 @@ class BodyPipeline:
             budget -= len(out)
             self.decoded_bytes += len(out)
             if limit is not None and self.decoded_bytes > limit:
-                raise BodyTooLarge(
+                too_large = BodyTooLarge(
                     f"the decoded body is larger than this server's limit of {limit} bytes"
                 )
+                self._fail([], too_large)  # as _parse does for the part limits
+                raise too_large
             self._parse(out)
 
     def _fall_behind(self) -> None:
@@ -213,12 +215,12 @@ class BodyPipeline:
                 try:
                     self._decode(DECODE_SLICE_BYTES)
                 except StowError as error:
-                    # As a limit met in feed: the part in flight is dropped
-                    # (its staging removed), the parts before it kept.  The
-                    # whole body may be in already, a small bomb in one read:
-                    # then the outcomes carry the limit to the route's answer.
-                    self._fail([], error)
-                    if self.on_limit is not None:
+                    # The pipeline has failed (_fail: the part in flight
+                    # dropped, the parts before it kept).  With close()
+                    # waiting, the whole body is in (a small bomb fits one
+                    # read): its outcomes carry the limit to the route's
+                    # answer, and a refusal now would be a second response.
+                    if self.on_limit is not None and not self._close_waiters:
                         self.on_limit(error)
                     return
                 yield None

@@ -8,6 +8,7 @@ import hashlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Cooperator
 
@@ -121,12 +122,15 @@ def test_a_gzip_bomb_is_inflated_within_the_backpressure_budget() -> None:
     assert [type(o) for o in outcomes] == [Stored]
 
 
-def test_a_limit_met_inflating_a_body_already_in_fails_its_outcomes() -> None:
-    """The whole bomb came in one read and the body is complete before the limit.
+@pytest.mark.parametrize("body_in", [True, False], ids=["body-in", "body-arriving"])
+def test_a_limit_met_inflating_behind_the_socket_fails_the_part_in_flight(body_in: bool) -> None:
+    """The whole bomb came in one read; the limit is met on the cooperator.
 
-    The limit is met on the cooperator, after close(): the part in flight is
-    dropped (its writer aborted), the part before it kept, and the outcomes
-    carry the limit for the route to answer (no second refusal).
+    Either way the part in flight is dropped (its writer aborted), the part
+    before it kept, and the outcomes carry the limit.  While the body still
+    arrives on_limit (the request's refusal mid-body) is called with it; once
+    close() waits (the last byte is in) it is not: the route answers from the
+    outcomes, and a refusal too would be a second response.
     """
     body = build_multipart([read(MR), read(CT) + bytes(64 * 1024 * 1024)], BOUNDARY)
     storage = MemoryStorage()
@@ -144,12 +148,16 @@ def test_a_limit_met_inflating_a_body_already_in_fails_its_outcomes() -> None:
     limits: list[Exception] = []
     pipeline.on_limit = limits.append
     pipeline.feed(gzip.compress(body, compresslevel=9))
-    closed = pipeline.close()  # the last byte is in; inflating is still behind
-    steps.run()
+    if body_in:
+        closed = pipeline.close()  # the last byte is in; inflating is still behind
+        steps.run()
+    else:
+        steps.run()  # the limit is met before the last byte
+        closed = pipeline.close()
     outcome = result(closed)
+    assert limits == ([] if body_in else [outcome.request_error])
     assert isinstance(outcome.request_error, BodyTooLarge)
     assert "decoded body is larger" in outcome.request_error.detail
-    assert limits == [outcome.request_error]
     stored, failed = outcome.outcomes
     assert isinstance(stored, Stored) and stored.instance.sop_instance_uid == uids(MR)[1]
     assert isinstance(failed, Failed) and failed.sop_instance_uid is None

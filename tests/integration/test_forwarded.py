@@ -87,9 +87,14 @@ def upload(port: int, source: str, forwarded_for: str | None = None) -> int:
     return status_of(answer_to_upload(port, source, forwarded_for))
 
 
+# The last answer refused_as saw, for the message of an assertion that waited in vain.
+LAST_ANSWER: list[bytes] = [b""]
+
+
 def refused_as(port: int, source: str, forwarded_for: str | None, client: str) -> bool:
     """Whether an upload from ``source`` gets the node's per-client refusal of ``client``."""
     answer = answer_to_upload(port, source, forwarded_for)
+    LAST_ANSWER[0] = answer
     if status_of(answer) != 503:
         return False
     detail = str(json_body(answer).get("detail", ""))
@@ -147,7 +152,7 @@ def test_limits_apply_per_real_client_behind_the_balancer(balancer: Balancer) ->
         assert wait_until(
             lambda: refused_as(balancer.port, "127.0.0.2", "127.0.0.7", client="127.0.0.2"),
             ADMITTED_SECONDS,
-        ), balancer.log_tail()
+        ), (LAST_ANSWER[0][:600], balancer.log_tail())
         # ... while the client it named, another address, is served.
         assert upload(balancer.port, "127.0.0.3") == 200, balancer.log_tail()
     finally:
@@ -163,7 +168,7 @@ def test_forged_header_on_a_direct_connection_is_ignored(node: NodeProcess) -> N
         assert wait_until(
             lambda: refused_as(node.port, "127.0.0.4", "127.0.0.6", client="127.0.0.4"),
             ADMITTED_SECONDS,
-        )
+        ), LAST_ANSWER[0][:600]
         # And 127.0.0.5 was never the holder.
         assert upload(node.port, "127.0.0.5") == 200
     finally:
